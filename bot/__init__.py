@@ -1,0 +1,1 @@
+"""The front ends: the discord.py bot and the console mode."""

@@ -1,0 +1,56 @@
+"""`python -m bot` — the Discord bot, or the console when no DISCORD_TOKEN is set.
+
+    python -m bot            Discord bot (console mode if DISCORD_TOKEN is empty)
+    python -m bot console    chat in the terminal (reads stdin; pipe lines in to script it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from models.settings import get_settings
+
+NO_TOKEN = (
+    "No DISCORD_TOKEN set — starting console mode. To run on Discord, create an application at\n"
+    "https://discord.com/developers/applications, copy its bot token into .env (see README), then `make run`."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "console"])
+    parser.add_argument("--session", default="default", help="console conversation name")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "run" and settings.discord_token is None:
+        print(NO_TOKEN, file=sys.stderr)
+        args.command = "console"
+    if args.command == "console":
+        if settings.log_level.upper() == "INFO":
+            logging.getLogger().setLevel(logging.WARNING)  # keep the chat readable
+        return asyncio.run(_console(settings, args.session))
+    from .client import run_discord
+
+    return run_discord(settings)
+
+
+async def _console(settings, session: str) -> int:
+    from .console import run_console
+    from .runtime import Runtime
+
+    runtime = await Runtime.start(settings)
+    try:
+        await run_console(runtime, session)
+    finally:
+        await runtime.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Console mode: chat with the bot in a terminal, through the same handlers, history and worker as Discord.
+
+Interactive on a TTY (a "thinking" indicator while queued, tokens as they come), and scriptable with
+piped input: one message per line, answers on stdout, exit at end of input.  The conversation lives in
+Redis like a channel's, so a second run continues it.  Commands: `/reset`, `/help`, `/quit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TextIO
+
+from handlers.chat import InputError, Reply, Request, Update
+from handlers.history import conversation_id
+
+from .runtime import Runtime
+
+HELP = """Commands:
+  /reset          forget this conversation
+  /help           this text
+  /quit           leave (Ctrl-D works too)
+Anything else is a message to the model."""
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+Command = Callable[["Console", str], Awaitable[None]]
+
+
+class Console:
+    """One terminal conversation."""
+
+    commands: dict[str, Command] = {}
+
+    def __init__(self, runtime: Runtime, session: str = "default", out: TextIO = sys.stdout,
+                 err: TextIO = sys.stderr) -> None:
+        self.runtime = runtime
+        self.conversation = conversation_id(console=session)
+        self.out = out
+        self.err = err
+        self.interactive = sys.stdin.isatty() and out.isatty()
+
+    def print(self, text: str = "", *, end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    def status(self, text: str) -> None:
+        """A transient line on stderr (only on a terminal)."""
+        if self.interactive:
+            self.err.write("\r\x1b[2K" + text)
+            self.err.flush()
+
+    def clear_status(self) -> None:
+        if self.interactive:
+            self.err.write("\r\x1b[2K")
+            self.err.flush()
+
+    async def handle_line(self, line: str) -> bool:
+        """Answer one line; False means the user wants to leave."""
+        line = line.strip()
+        if not line:
+            return True
+        if line.startswith("/"):
+            name, _, rest = line[1:].partition(" ")
+            if name in ("quit", "exit"):
+                return False
+            command = self.commands.get(name)
+            if command is None:
+                self.print(f"Unknown command /{name}. Type /help.")
+            else:
+                await command(self, rest.strip())
+            return True
+        try:
+            reply = await self.runtime.chat.ask(Request(conversation=self.conversation, text=line))
+        except InputError as exc:
+            self.print(str(exc))
+            return True
+        await self.render(reply)
+        return True
+
+    async def render(self, reply: Reply) -> Update | None:
+        """Stream a reply to stdout; returns the final update."""
+        shown = 0
+        tick = 0
+        final: Update | None = None
+        async for update in self.runtime.chat.follow(reply):
+            if update.kind in ("queued", "no_worker"):
+                tick += 1
+                note = (f"queued — position {update.position}" if update.kind == "queued" and update.position
+                        else "thinking" if update.kind == "queued" else update.data.get("message", ""))
+                self.status(f"{SPINNER[tick % len(SPINNER)]} {note}")
+            elif update.kind == "restart":
+                self.clear_status()
+                if shown:
+                    self.print("\n[the worker restarted; answering again]")
+                shown = 0
+            elif update.kind in ("text", "done"):
+                self.clear_status()
+                self.print(update.text[shown:], end="")
+                shown = len(update.text)
+                if update.kind == "done":
+                    suffix = " [stopped]" if update.data.get("stopped") else ""
+                    self.print(suffix)
+            elif update.kind == "step":
+                self.on_step(update)
+            elif update.kind == "error":
+                self.clear_status()
+                if shown:
+                    self.print()
+                self.print(f"⚠️ {update.data.get('message', 'error')}")
+            if update.final:
+                final = update
+        return final
+
+    def on_step(self, update: Update) -> None:
+        """Agent steps and article stages (their issues render them in detail)."""
+        title = update.data.get("title") or update.data.get("type") or "step"
+        self.clear_status()
+        self.print(f"[{title}]")
+
+    async def run(self, stdin: TextIO = sys.stdin) -> None:
+        if self.interactive:
+            self.print("InternLM console — type a message, /help for commands, Ctrl-D to leave.")
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.interactive:
+                self.out.write("you › ")
+                self.out.flush()
+            line = await loop.run_in_executor(None, stdin.readline)
+            if not line:
+                break
+            if self.interactive:
+                self.out.write("bot › ")
+            if not await self.handle_line(line):
+                break
+
+
+async def _reset(console: Console, _rest: str) -> None:
+    dropped = await console.runtime.chat.reset(console.conversation)
+    console.print(f"Conversation cleared ({dropped} turns forgotten).")
+
+
+async def _help(console: Console, _rest: str) -> None:
+    console.print(HELP)
+
+
+Console.commands.update({"reset": _reset, "help": _help})
+
+
+async def run_console(runtime: Runtime, session: str = "default") -> None:
+    await Console(runtime, session).run()

@@ -1,0 +1,1 @@
+"""Inference: engines, the job protocol, the worker process, the Lagent agent and XComposer."""

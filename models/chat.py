@@ -1,0 +1,73 @@
+"""The `chat` job: stream a reply to a conversation.
+
+Payload: `{"system": str, "messages": [{"role", "content", "images": [blob refs]}], "params": {...}}`.
+Images are resolved from blobs here; a text-only engine refuses them with a clear message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .context import JobContext, JobError
+from .engines.base import ChatMessage, VisionUnsupported
+from .prompting import fit_messages
+
+ROLES = {"user", "assistant", "system", "environment"}
+MAX_MESSAGES = 400
+
+NO_VISION = (
+    "The configured model cannot see images. To use image features, run the bot with "
+    "ENGINE=openai and VISION_MODEL set to a vision model (for example InternLM-XComposer served by "
+    "`lmdeploy serve api_server`), or ENGINE=lmdeploy with LMDEPLOY_VISION_MODEL."
+)
+
+
+def parse_messages(raw: Any) -> list[dict[str, Any]]:
+    """Validate the `messages` field; raise `JobError` with a clear message if it is malformed."""
+    if not isinstance(raw, list) or not raw:
+        raise JobError("the request has no messages")
+    if len(raw) > MAX_MESSAGES:
+        raise JobError("the request has too many messages")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict) or item.get("role") not in ROLES:
+            raise JobError("the request has a malformed message")
+        content = item.get("content", "")
+        images = item.get("images") or []
+        if not isinstance(content, str) or not isinstance(images, list):
+            raise JobError("the request has a malformed message")
+        out.append({"role": item["role"], "content": content, "images": [str(i) for i in images]})
+    return out
+
+
+async def build_messages(ctx: JobContext, raw: Any) -> list[ChatMessage]:
+    """Parsed messages with image blobs loaded (only the newest image-bearing turns if several)."""
+    messages: list[ChatMessage] = []
+    for item in parse_messages(raw):
+        images = []
+        if item["images"]:
+            if not ctx.engine.supports_vision:
+                raise VisionUnsupported(NO_VISION)
+            images = [await ctx.load_image(ref) for ref in item["images"]]
+        messages.append(ChatMessage(item["role"], item["content"], images))
+    return messages
+
+
+async def run_chat(ctx: JobContext) -> None:
+    payload = ctx.job.payload
+    params = ctx.params()
+    turns = await build_messages(ctx, payload.get("messages"))
+    system = payload.get("system")
+    system = system if isinstance(system, str) else ctx.settings.system_prompt
+    prompt = fit_messages(ctx.engine, system, turns, params.max_new_tokens)
+    prompt_tokens = ctx.engine.count_message_tokens(prompt)
+    parts: list[str] = []
+    async for piece in ctx.engine.stream_chat(prompt, params, ctx.cancel):
+        parts.append(piece)
+        await ctx.delta(piece)
+        if ctx.cancel.is_set():
+            break
+    text = "".join(parts)
+    await ctx.done(text, prompt_tokens=prompt_tokens,
+                   completion_tokens=ctx.engine.count_tokens(text) if text else 0,
+                   stopped=ctx.cancel.is_set())

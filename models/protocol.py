@@ -1,0 +1,427 @@
+"""The job protocol shared by the bot and the inference workers — and the only place that knows Redis keys.
+
+Shape of the bus:
+
+* Jobs go on one Redis Stream (`KEYS.jobs`) read by the consumer group `KEYS.group`.  A job envelope
+  holds `id`, `kind` (`chat` | `agent` | `vision` | `article`), `conversation` and a JSON `payload`.
+* Every job has its own reply stream (`KEYS.events(job_id)`) of `Event`s: `delta` (text), `step`
+  (an agent step or an article stage), `file` (a blob reference), `status`, `done`, `error`.  Each
+  event carries the `attempt` number so a reader can tell a retried job from the first try.  Reply
+  streams are capped (MAXLEN) and expire (TTL).
+* Large payloads (images, figures) are stored once under a content-addressed key with a TTL.
+* Cancellation sets a key and publishes on a channel, so a worker hears it within milliseconds.
+* Workers register a heartbeat so the bot can tell "queued behind others" from "no worker alive".
+
+Anything that reads or writes these keys goes through `Bus`; nothing else spells a key name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+JobKind = Literal["chat", "agent", "vision", "article"]
+JOB_KINDS: tuple[str, ...] = ("chat", "agent", "vision", "article")
+EventType = Literal["delta", "step", "file", "status", "done", "error"]
+FINAL_EVENTS = ("done", "error")
+
+REPLY_MAXLEN = 20_000  # events per reply stream; a 4k-token answer needs ~4k
+DEAD_MAXLEN = 10_000
+JOBS_MAXLEN = 100_000
+
+
+class ProtocolError(ValueError):
+    """A job or event that does not follow the protocol.  Its message is safe to show a user."""
+
+
+class PayloadTooLarge(ProtocolError):
+    """The job envelope is over `MAX_JOB_BYTES`."""
+
+
+class _Keys:
+    """Every Redis key name the project uses.  History and settings keys are here too, so that a
+    single file answers "what does this bot keep in Redis?"."""
+
+    prefix = "ilm"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def group(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:jobs:dead"
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self.prefix}:cancel"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers:alive"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def attempts(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:attempts"
+
+    def cancel(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:cancel"
+
+    def blob(self, digest: str) -> str:
+        return f"{self.prefix}:blob:{digest}"
+
+    def history(self, conversation: str) -> str:
+        return f"{self.prefix}:hist:{conversation}"
+
+    def conf(self, scope: str) -> str:
+        return f"{self.prefix}:conf:{scope}"
+
+    def rate(self, user: str) -> str:
+        return f"{self.prefix}:rate:{user}"
+
+    @property
+    def command_hash(self) -> str:
+        return f"{self.prefix}:commands:hash"
+
+    def active_reply(self, conversation: str) -> str:
+        return f"{self.prefix}:active:{conversation}"
+
+
+KEYS = _Keys()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Job:
+    """One unit of work for a worker."""
+
+    kind: str
+    payload: dict[str, Any]
+    conversation: str = ""
+    id: str = field(default_factory=new_id)
+    created: float = field(default_factory=time.time)
+
+    def encode(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "conversation": self.conversation,
+            "created": repr(self.created),
+            "payload": json.dumps(self.payload, ensure_ascii=False, separators=(",", ":")),
+        }
+
+    @classmethod
+    def decode(cls, fields: dict[str, str]) -> Job:
+        """Parse a stream entry; raise `ProtocolError` with a user-safe message if it is malformed."""
+        job_id = fields.get("id") or ""
+        if not job_id or len(job_id) > 64 or not job_id.replace("-", "").isalnum():
+            raise ProtocolError("the job has no valid id")
+        kind = fields.get("kind", "")
+        if kind not in JOB_KINDS:
+            raise ProtocolError(f"unknown job kind {kind[:32]!r}")
+        try:
+            payload = json.loads(fields.get("payload") or "")
+        except ValueError as exc:
+            raise ProtocolError("the job payload is not valid JSON") from exc
+        if not isinstance(payload, dict):
+            raise ProtocolError("the job payload must be an object")
+        try:
+            created = float(fields.get("created") or time.time())
+        except ValueError:
+            created = time.time()
+        return cls(kind=kind, payload=payload, conversation=fields.get("conversation", ""), id=job_id,
+                   created=created)
+
+
+@dataclass
+class Event:
+    """One entry of a job's reply stream."""
+
+    type: str
+    attempt: int
+    data: dict[str, Any]
+    id: str = ""  # the stream id, filled in when read
+
+    @property
+    def final(self) -> bool:
+        return self.type in FINAL_EVENTS
+
+    @classmethod
+    def decode(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        try:
+            data = json.loads(fields.get("data") or "{}")
+        except ValueError:
+            data = {}
+        return cls(type=fields.get("type", ""), attempt=int(fields.get("attempt") or 1), data=data,
+                   id=entry_id)
+
+
+@dataclass
+class Claimed:
+    """A job a worker took from the stream (or the reason it could not be parsed)."""
+
+    entry_id: str
+    job: Job | None
+    error: ProtocolError | None = None
+    raw: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class WorkerInfo:
+    worker_id: str
+    host: str
+    engine: str
+    concurrency: int
+    in_flight: int
+    vision: bool
+    last_seen: float
+
+
+class Bus:
+    """Typed access to the job protocol over one Redis connection pool."""
+
+    def __init__(self, redis: aioredis.Redis, *, reply_ttl: int = 3600, blob_ttl: int = 86400,
+                 max_job_bytes: int = 2_000_000) -> None:
+        self.redis = redis  # decode_responses=True: every key but blobs holds text
+        kwargs = dict(redis.connection_pool.connection_kwargs)
+        kwargs["decode_responses"] = False
+        self.raw = aioredis.Redis(
+            connection_pool=aioredis.ConnectionPool(
+                connection_class=redis.connection_pool.connection_class, **kwargs
+            )
+        )
+        self.reply_ttl = reply_ttl
+        self.blob_ttl = blob_ttl
+        self.max_job_bytes = max_job_bytes
+
+    # ---------------------------------------------------------------- producer (bot) side
+    async def submit(self, job: Job) -> str:
+        """Put a job on the stream; its reply stream exists (empty) from now on.  Returns the job id."""
+        fields = job.encode()
+        size = sum(len(v.encode()) for v in fields.values())
+        if size > self.max_job_bytes:
+            raise PayloadTooLarge(
+                f"that request is too large to process ({size // 1024} KiB; the limit is "
+                f"{self.max_job_bytes // 1024} KiB)"
+            )
+        await self.redis.xadd(KEYS.jobs, fields, maxlen=JOBS_MAXLEN, approximate=True)
+        return job.id
+
+    async def events(self, job_id: str, *, after: str = "0-0", block_ms: int = 1000,
+                     idle_timeout: float | None = None) -> AsyncIterator[Event | None]:
+        """Yield the reply events of a job as they arrive; yields `None` every `block_ms` without news
+        (so the caller can update a queue notice or give up).  Stops after a final event."""
+        key = KEYS.events(job_id)
+        last = after
+        while True:
+            result = await self.redis.xread({key: last}, count=256, block=block_ms)
+            if not result:
+                yield None
+                continue
+            for _stream, entries in result:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    event = Event.decode(entry_id, fields)
+                    yield event
+
+    async def read_events(self, job_id: str) -> list[Event]:
+        """Everything written to a job's reply stream so far (for tests and late readers)."""
+        entries = await self.redis.xrange(KEYS.events(job_id))
+        return [Event.decode(eid, fields) for eid, fields in entries]
+
+    async def cancel(self, job_id: str) -> None:
+        """Ask whoever runs (or will run) the job to stop.  Reaches a running worker via pub/sub."""
+        await self.redis.set(KEYS.cancel(job_id), "1", ex=max(self.reply_ttl, 60))
+        await self.redis.publish(KEYS.cancel_channel, job_id)
+
+    async def is_cancelled(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(KEYS.cancel(job_id)))
+
+    async def queue_position(self, job_id: str, entry_hint: str | None = None) -> int | None:
+        """1-based position of a not-yet-claimed job in the queue, or None once a worker has it."""
+        try:
+            groups = await self.redis.xinfo_groups(KEYS.jobs)
+        except ResponseError:
+            return None
+        last_delivered = "0-0"
+        for group in groups:
+            if group.get("name") == KEYS.group:
+                last_delivered = group.get("last-delivered-id") or "0-0"
+        entries = await self.redis.xrange(KEYS.jobs, min=f"({last_delivered}", max="+", count=1000)
+        for position, (_entry_id, fields) in enumerate(entries, start=1):
+            if fields.get("id") == job_id:
+                return position
+        return None
+
+    async def alive_workers(self, within: float = 15.0) -> list[WorkerInfo]:
+        now = time.time()
+        ids = await self.redis.zrangebyscore(KEYS.workers, now - within, "+inf")
+        infos: list[WorkerInfo] = []
+        for worker_id in ids:
+            raw = await self.redis.get(KEYS.worker(worker_id))
+            if not raw:
+                continue
+            data = json.loads(raw)
+            infos.append(WorkerInfo(**data))
+        return infos
+
+    async def queue_depth(self) -> int:
+        """Jobs waiting for a worker (not yet delivered to any consumer)."""
+        try:
+            groups = await self.redis.xinfo_groups(KEYS.jobs)
+        except ResponseError:
+            return 0
+        for group in groups:
+            if group.get("name") == KEYS.group:
+                last = group.get("last-delivered-id") or "0-0"
+                return len(await self.redis.xrange(KEYS.jobs, min=f"({last}", max="+", count=10_000))
+        return await self.redis.xlen(KEYS.jobs)
+
+    async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
+        entries = await self.redis.xrevrange(KEYS.dead, count=count)
+        return [fields for _eid, fields in entries]
+
+    # ---------------------------------------------------------------- blobs
+    async def put_blob(self, data: bytes, mime: str) -> str:
+        """Store bytes once under their SHA-256; returns the reference to put in a job."""
+        digest = hashlib.sha256(data).hexdigest()
+        key = KEYS.blob(digest)
+        async with self.raw.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"mime": mime, "data": data})
+            pipe.expire(key, self.blob_ttl)
+            await pipe.execute()
+        return digest
+
+    async def get_blob(self, ref: str) -> tuple[bytes, str] | None:
+        """The bytes and MIME type of a stored blob, or None once it has expired."""
+        if not ref or len(ref) != 64 or not all(c in "0123456789abcdef" for c in ref):
+            return None
+        raw = await self.raw.hgetall(KEYS.blob(ref))
+        if not raw:
+            return None
+        mime = raw.get(b"mime", b"application/octet-stream")
+        return raw[b"data"], mime.decode() if isinstance(mime, bytes) else mime
+
+    async def touch_blob(self, ref: str) -> bool:
+        """Extend a blob's life (it is still referenced by a conversation)."""
+        return bool(await self.redis.expire(KEYS.blob(ref), self.blob_ttl))
+
+    # ---------------------------------------------------------------- consumer (worker) side
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(KEYS.jobs, KEYS.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _claimed(self, entries: Iterable[tuple[str, dict[str, str]]]) -> list[Claimed]:
+        out: list[Claimed] = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted from the stream while pending
+                out.append(Claimed(entry_id, None, ProtocolError("the job vanished"), {}))
+                continue
+            try:
+                out.append(Claimed(entry_id, Job.decode(fields), None, fields))
+            except ProtocolError as exc:
+                out.append(Claimed(entry_id, None, exc, fields))
+        return out
+
+    async def claim_new(self, consumer: str, count: int, block_ms: int) -> list[Claimed]:
+        result = await self.redis.xreadgroup(KEYS.group, consumer, {KEYS.jobs: ">"}, count=count,
+                                             block=block_ms)
+        claimed: list[Claimed] = []
+        for _stream, entries in result or []:
+            claimed.extend(self._claimed(entries))
+        return claimed
+
+    async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Claimed]:
+        """Take over jobs whose worker stopped heartbeating (XAUTOCLAIM)."""
+        result = await self.redis.xautoclaim(KEYS.jobs, KEYS.group, consumer, min_idle_ms,
+                                             start_id="0-0", count=count)
+        entries = result[1] if result else []
+        deleted = result[2] if result and len(result) > 2 else []
+        for entry_id in deleted:  # entries trimmed away while pending: nothing left to run
+            await self.redis.xack(KEYS.jobs, KEYS.group, entry_id)
+        return self._claimed(entries)
+
+    async def heartbeat_jobs(self, consumer: str, entry_ids: list[str]) -> None:
+        """Reset the idle time of jobs this worker still runs, so nobody takes them over."""
+        if entry_ids:
+            await self.redis.xclaim(KEYS.jobs, KEYS.group, consumer, 0, entry_ids, justid=True)
+
+    async def release(self, consumer: str, entry_ids: list[str], idle_ms: int) -> None:
+        """Hand jobs back without finishing them: mark them idle so the next XAUTOCLAIM takes them."""
+        if entry_ids:
+            await self.redis.xclaim(KEYS.jobs, KEYS.group, consumer, 0, entry_ids, idle=idle_ms,
+                                    justid=True)
+
+    async def ack(self, entry_id: str) -> None:
+        await self.redis.xack(KEYS.jobs, KEYS.group, entry_id)
+
+    async def next_attempt(self, job_id: str) -> int:
+        key = KEYS.attempts(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, max(self.reply_ttl, 3600))
+            attempt, _ = await pipe.execute()
+        return int(attempt)
+
+    async def emit(self, job_id: str, attempt: int, type_: str, data: dict[str, Any] | None = None,
+                   *, refresh_ttl: bool = False) -> str:
+        """Append an event to the job's reply stream.  The TTL is refreshed on the first and final events
+        (and when asked), which keeps the per-token cost at one round trip."""
+        key = KEYS.events(job_id)
+        fields = {"type": type_, "attempt": str(attempt),
+                  "data": json.dumps(data or {}, ensure_ascii=False, separators=(",", ":"))}
+        if refresh_ttl or type_ in FINAL_EVENTS:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, fields, maxlen=REPLY_MAXLEN, approximate=True)
+                pipe.expire(key, self.reply_ttl)
+                entry_id, _ = await pipe.execute()
+            return entry_id
+        return await self.redis.xadd(key, fields, maxlen=REPLY_MAXLEN, approximate=True)
+
+    async def dead_letter(self, claimed: Claimed, reason: str) -> None:
+        fields = dict(claimed.raw)
+        fields.update({"reason": reason[:500], "entry_id": claimed.entry_id, "at": repr(time.time())})
+        await self.redis.xadd(KEYS.dead, fields, maxlen=DEAD_MAXLEN, approximate=True)
+
+    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(KEYS.worker(info.worker_id), json.dumps(info.__dict__), ex=max(1, int(ttl)))
+            pipe.zadd(KEYS.workers, {info.worker_id: info.last_seen})
+            pipe.zremrangebyscore(KEYS.workers, 0, info.last_seen - 24 * 3600)
+            await pipe.execute()
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self.redis.delete(KEYS.worker(worker_id))
+        await self.redis.zrem(KEYS.workers, worker_id)
+
+    async def cancel_listener(self) -> Any:
+        """A pub/sub object subscribed to cancellations; its messages' `data` are job ids."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(KEYS.cancel_channel)
+        return pubsub
+
+    async def close(self) -> None:
+        await self.raw.aclose()

@@ -1,0 +1,17 @@
+"""Which coroutine runs which job kind.  Feature modules add their kind here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from .context import JobContext
+
+Runner = Callable[[JobContext], Awaitable[None]]
+
+
+def runners() -> dict[str, Runner]:
+    """Kind → runner.  Imported lazily so a worker only loads what it runs."""
+    from .chat import run_chat
+
+    table: dict[str, Runner] = {"chat": run_chat, "vision": run_chat}
+    return table

@@ -1,0 +1,114 @@
+"""Typed settings, read from the environment and `.env`.
+
+They live in `models/` because that is the bottom of the import flow (bot → handlers → models):
+every layer, the bot and the worker process alike, reads the same object.  Every field here is
+documented in `.env.example` and the README; `tests/test_settings.py` checks that they agree.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+INTERNLM_META_PROMPT = (
+    "You are InternLM (书生·浦语), a helpful, honest, and harmless AI assistant developed by "
+    "Shanghai AI Laboratory (上海人工智能实验室)."
+)
+
+CsvInts = Annotated[list[int], NoDecode]
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All knobs of the bot and the worker.  Names are a public contract (deployment docs use them)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- Discord -------------------------------------------------------------------------------
+    discord_token: SecretStr | None = None
+    discord_api_base: str = ""  # e.g. a rate-limit proxy; empty = Discord itself
+    allow_dms: bool = True
+    chat_channels: CsvInts = Field(default_factory=list)
+    allowed_guilds: CsvInts = Field(default_factory=list)
+    allowed_channels: CsvInts = Field(default_factory=list)
+    allowed_roles: CsvInts = Field(default_factory=list)
+    admin_role: str = ""  # role name or id that may use /settings; Manage Server always may
+    user_rate_limit: str = "5/60"  # requests / seconds per user
+    max_input_chars: int = 4000
+
+    # --- Redis ---------------------------------------------------------------------------------
+    redis_url: str = ""  # empty = embedded Redis with data under DATA_DIR
+    data_dir: Path = Path("data")
+
+    # --- Engine --------------------------------------------------------------------------------
+    engine: Literal["llamacpp", "openai", "lmdeploy", "test"] = "llamacpp"
+    llamacpp_model_path: str = ""  # empty = the bundled SmolLM2-135M-Instruct GGUF
+    llamacpp_n_ctx: int = 4096
+    llamacpp_threads: int = 0  # 0 = let llama.cpp decide
+    openai_base_url: str = ""
+    openai_api_key: SecretStr = SecretStr("")
+    chat_model: str = "internlm2_5-7b-chat"
+    vision_model: str = ""
+    vision_base_url: str = ""  # a second OpenAI-compatible server for the vision model
+    openai_context_window: int = 32768
+    lmdeploy_model: str = "internlm/internlm2_5-7b-chat"
+    lmdeploy_vision_model: str = ""
+    lmdeploy_backend: Literal["turbomind", "pytorch"] = "turbomind"
+    lmdeploy_tp: int = 1
+    lmdeploy_session_len: int = 8192
+    test_engine_token_delay: float = 0.0  # ENGINE=test only: seconds per token (benchmarks, tests)
+
+    # --- Generation defaults (as in the InternLM chat demo) -------------------------------------
+    system_prompt: str = INTERNLM_META_PROMPT
+    temperature: float = 0.8
+    top_p: float = 0.8
+    max_new_tokens: int = 1024
+    repetition_penalty: float = 1.005
+
+    # --- Worker --------------------------------------------------------------------------------
+    embedded_worker: bool = True
+    worker_concurrency: int = 4
+    job_visibility_timeout: float = 30.0  # seconds without a heartbeat before a job is taken over
+    job_max_attempts: int = 3
+    job_timeout: float = 300.0  # hard deadline for one attempt
+    worker_shutdown_grace: float = 20.0
+
+    # --- History -------------------------------------------------------------------------------
+    history_max_turns: int = 40
+    history_ttl: int = 7 * 24 * 3600  # seconds; 0 = keep forever
+
+    # --- Limits on payloads ---------------------------------------------------------------------
+    max_job_bytes: int = 2_000_000  # a job envelope larger than this is refused
+    blob_ttl: int = 24 * 3600  # how long stored images live
+    reply_ttl: int = 3600  # how long a finished reply stream is kept
+
+    log_level: str = "INFO"
+
+    @field_validator(
+        "chat_channels", "allowed_guilds", "allowed_channels", "allowed_roles", mode="before"
+    )
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        return _csv(value)
+
+    @property
+    def rate_limit(self) -> tuple[int, float]:
+        """`USER_RATE_LIMIT` as (requests, seconds); `0/...` disables it."""
+        count, _, window = self.user_rate_limit.partition("/")
+        return int(count or 0), float(window or 60)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own `Settings(...)` instead)."""
+    return Settings()
+

@@ -1,0 +1,256 @@
+"""The inference worker: claims jobs from the Redis stream, runs them on the engine, streams events back.
+
+Run it with `python -m models.worker` (or in-process, when `EMBEDDED_WORKER` is on).  What it promises:
+
+* up to `WORKER_CONCURRENCY` jobs at once, so a batching engine really batches;
+* a job is XACKed only after its final event is written; while it runs, the worker refreshes the job's
+  idle time, so a job whose worker died (no refresh for `JOB_VISIBILITY_TIMEOUT`) is taken over by
+  another worker (XAUTOCLAIM) and its reply restarts with the next attempt number;
+* after `JOB_MAX_ATTEMPTS` the job is dead-lettered and the user gets an error event;
+* a heartbeat lets the bot tell "queued behind others" from "no worker alive";
+* SIGTERM: stop claiming, let running jobs finish for `WORKER_SHUTDOWN_GRACE` seconds, hand back the
+  rest for another worker, and exit;
+* a malformed job gets an error event (when it names a reply stream) and the worker keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+
+from .context import JobContext, JobError
+from .engines import build_engine
+from .engines.base import Engine, EngineError
+from .protocol import Bus, Claimed, ProtocolError, WorkerInfo
+from .redis_server import connect, resolve_redis_url, wait_ready
+from .runners import Runner, runners
+from .settings import Settings, get_settings
+
+log = logging.getLogger("worker")
+
+GENERIC_ERROR = "Sorry — something went wrong while generating this answer. Please try again."
+
+
+class Worker:
+    def __init__(self, settings: Settings, bus: Bus, engine: Engine, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.engine = engine
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.runners: dict[str, Runner] = runners()
+        self.in_flight: dict[str, asyncio.Task[None]] = {}  # stream entry id → task
+        self.cancels: dict[str, asyncio.Event] = {}  # job id → cancel event
+        self.stopping = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.jobs_done = 0
+        self._slot_free = asyncio.Event()
+
+    @property
+    def visibility_ms(self) -> int:
+        return int(self.settings.job_visibility_timeout * 1000)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Serve until `stop()` is called; then shut down cleanly."""
+        await self.bus.ensure_group()
+        await self.engine.start()
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
+            asyncio.create_task(self._cancel_loop(), name="worker-cancels"),
+        ]
+        log.info("worker %s serving with engine %s, concurrency %d", self.worker_id,
+                 self.engine.describe(), self.settings.worker_concurrency)
+        try:
+            await self._claim_loop()
+        finally:
+            await self._drain()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.bus.unregister_worker(self.worker_id)
+            await self.engine.close()
+            self.stopped.set()
+            log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._slot_free.set()
+
+    async def _claim_loop(self) -> None:
+        concurrency = max(1, self.settings.worker_concurrency)
+        last_stale_check = 0.0
+        stale_every = min(1.0, self.settings.job_visibility_timeout / 4)
+        while not self.stopping.is_set():
+            free = concurrency - len(self.in_flight)
+            if free <= 0:
+                self._slot_free.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._slot_free.wait(), timeout=stale_every)
+                continue
+            try:
+                claimed: list[Claimed] = []
+                if time.monotonic() - last_stale_check >= stale_every:
+                    last_stale_check = time.monotonic()
+                    claimed = await self.bus.claim_stale(self.worker_id, self.visibility_ms, free)
+                if not claimed:
+                    claimed = await self.bus.claim_new(self.worker_id, free, block_ms=250)
+            except (ConnectionError, OSError) as exc:  # Redis restarting: back off and retry
+                log.warning("redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            except Exception as exc:
+                if self.stopping.is_set():
+                    break
+                log.warning("claim failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            for item in claimed:
+                await self._accept(item)
+
+    async def _accept(self, item: Claimed) -> None:
+        if item.job is None:
+            await self._reject(item, item.error or ProtocolError("malformed job"))
+            return
+        job = item.job
+        attempt = await self.bus.next_attempt(job.id)
+        if attempt > self.settings.job_max_attempts:
+            log.error("job %s failed %d times; dead-lettering", job.id, attempt - 1)
+            await self.bus.emit(job.id, attempt, "error", {
+                "message": "This request failed repeatedly, so I gave up on it. Please try again later.",
+                "code": "dead_letter"})
+            await self.bus.dead_letter(item, "too many attempts")
+            await self.bus.ack(item.entry_id)
+            return
+        task = asyncio.create_task(self._run_job(item, attempt), name=f"job-{job.id}")
+        self.in_flight[item.entry_id] = task
+        task.add_done_callback(lambda _t, entry=item.entry_id: self._finished(entry))
+
+    def _finished(self, entry_id: str) -> None:
+        self.in_flight.pop(entry_id, None)
+        self._slot_free.set()
+
+    async def _reject(self, item: Claimed, error: ProtocolError) -> None:
+        """A job that cannot be parsed: tell its reader if it has one, dead-letter it, keep serving."""
+        job_id = item.raw.get("id", "")
+        log.warning("rejecting malformed job %s: %s", item.entry_id, error)
+        if job_id and len(job_id) <= 64 and job_id.replace("-", "").isalnum():
+            await self.bus.emit(job_id, 1, "error", {"message": f"Invalid request: {error}", "code": "bad_job"})
+        await self.bus.dead_letter(item, str(error))
+        await self.bus.ack(item.entry_id)
+
+    async def _run_job(self, item: Claimed, attempt: int) -> None:
+        assert item.job is not None
+        job = item.job
+        cancel = asyncio.Event()
+        self.cancels[job.id] = cancel
+        ctx = JobContext(job=job, attempt=attempt, engine=self.engine, bus=self.bus,
+                         settings=self.settings, cancel=cancel, worker_id=self.worker_id)
+        try:
+            if await self.bus.is_cancelled(job.id):
+                cancel.set()
+            await ctx.status(state="started", worker=self.worker_id)
+            runner = self.runners.get(job.kind)
+            if runner is None:
+                raise JobError(f"this worker cannot run {job.kind!r} jobs")
+            if cancel.is_set():
+                await ctx.done("", stopped=True)
+            else:
+                await asyncio.wait_for(runner(ctx), timeout=self.settings.job_timeout)
+            if not ctx.finished:
+                await ctx.error(GENERIC_ERROR, "no_result")
+        except asyncio.CancelledError:
+            raise  # shutdown hands the job back; no ack
+        except (JobError, EngineError, ProtocolError) as exc:
+            await ctx.error(str(exc), type(exc).__name__)
+        except asyncio.TimeoutError:
+            await ctx.error("That took too long, so I stopped. Try a shorter request.", "timeout")
+        except Exception:
+            log.exception("job %s (%s) crashed", job.id, job.kind)
+            await ctx.error(GENERIC_ERROR, "internal")
+        finally:
+            self.cancels.pop(job.id, None)
+        await self.bus.ack(item.entry_id)
+        self.jobs_done += 1
+
+    async def _drain(self) -> None:
+        """Let running jobs finish for the grace period, then hand the rest back."""
+        if not self.in_flight:
+            return
+        log.info("waiting up to %.0fs for %d running jobs", self.settings.worker_shutdown_grace,
+                 len(self.in_flight))
+        _done, pending = await asyncio.wait(list(self.in_flight.values()),
+                                            timeout=self.settings.worker_shutdown_grace)
+        if pending:
+            entries = [entry for entry, task in self.in_flight.items() if task in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await self.bus.release(self.worker_id, entries, idle_ms=self.visibility_ms + 1)
+            log.info("handed back %d unfinished jobs", len(entries))
+
+    # ------------------------------------------------------------------ background loops
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.2, min(5.0, self.settings.job_visibility_timeout / 3))
+        while True:
+            try:
+                await self.bus.register_worker(WorkerInfo(
+                    worker_id=self.worker_id, host=socket.gethostname(), engine=self.engine.describe(),
+                    concurrency=self.settings.worker_concurrency, in_flight=len(self.in_flight),
+                    vision=self.engine.supports_vision, last_seen=time.time()), ttl=max(15.0, interval * 3))
+                await self.bus.heartbeat_jobs(self.worker_id, list(self.in_flight))
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", type(exc).__name__)
+            await asyncio.sleep(interval)
+
+    async def _cancel_loop(self) -> None:
+        while True:
+            try:
+                pubsub = await self.bus.cancel_listener()
+                async for message in pubsub.listen():
+                    event = self.cancels.get(message.get("data"))
+                    if event is not None:
+                        event.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cancel listener lost (%s); resubscribing", type(exc).__name__)
+                await asyncio.sleep(0.5)
+
+
+def make_bus(settings: Settings, url: str | None = None) -> Bus:
+    client = connect(url or resolve_redis_url(settings.redis_url, settings.data_dir))
+    return Bus(client, reply_ttl=settings.reply_ttl, blob_ttl=settings.blob_ttl,
+               max_job_bytes=settings.max_job_bytes)
+
+
+async def serve(settings: Settings) -> None:
+    """Run one worker process until SIGTERM/SIGINT."""
+    bus = make_bus(settings)
+    await wait_ready(bus.redis, timeout=30)
+    worker = Worker(settings, bus, build_engine(settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await bus.close()
+        await bus.redis.aclose()
+
+
+def main() -> None:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
