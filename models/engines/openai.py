@@ -1,0 +1,250 @@
+"""`ENGINE=openai`: any OpenAI-compatible server — `lmdeploy serve api_server`, vLLM, llama.cpp's server, Ollama.
+
+Why a thin client rather than a local model: the GPU (and InternLM-XComposer) can live on another machine,
+and one server can batch every worker's requests.  What it does:
+
+* streams chat completions with the job's sampling parameters (temperature, top_p, max_tokens, stop;
+  `repetition_penalty` goes in the request body as lmdeploy and vLLM accept it);
+* messages with images go to `VISION_MODEL` (on `VISION_BASE_URL` when set, else the same server) as
+  `image_url` content parts holding base64 `data:` URLs — the server never fetches anything;
+* `stream_raw` uses the plain completions endpoint (the agent renders its own prompt);
+* cancelling closes the HTTP stream at once, which makes lmdeploy/vLLM stop generating;
+* every server failure becomes an `EngineError` whose message is safe to show (no key, no URL userinfo).
+
+There is no tokenizer here, so `count_tokens` is an estimate (see `estimate_tokens`); it only decides how
+much history to send, and `OPENAI_CONTEXT_WINDOW` should leave some headroom for that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import openai
+
+from ..settings import Settings
+from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
+
+log = logging.getLogger(__name__)
+
+NO_VISION_MODEL = ("No vision model is configured for the OpenAI-compatible engine; set VISION_MODEL "
+                   "(and VISION_BASE_URL if it runs on a second server).")
+
+
+def estimate_tokens(text: str) -> int:
+    """Roughly the tokens `text` takes: one per non-ASCII character (CJK is ~1 token per character in
+    InternLM's tokenizer), one per 3 ASCII characters (English averages 3.5–4).  It errs on the high side
+    so that history fitted with it does not overflow the server's context window."""
+    if not text:
+        return 0
+    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    return max(1, (len(text) - ascii_chars) + math.ceil(ascii_chars / 3))
+
+
+def public_url(url: str) -> str:
+    """`scheme://host:port` of a URL: what may appear in a user-facing message (no userinfo, no path)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "the configured server"
+
+
+def data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class OpenAIEngine(Engine):
+    """Streaming client for an OpenAI-compatible chat server, with an optional second (vision) server."""
+
+    name = "openai"
+    supports_raw = True
+
+    def __init__(self, base_url: str, api_key: str = "", chat_model: str = "", vision_model: str = "",
+                 vision_base_url: str = "", context_window: int = 32768, timeout: float = 120.0) -> None:
+        if not base_url:
+            raise ValueError("ENGINE=openai needs OPENAI_BASE_URL (for example http://localhost:23333/v1)")
+        self.base_url = base_url
+        self.vision_base_url = vision_base_url or base_url
+        self.chat_model = chat_model
+        self.vision_model = vision_model
+        self.context_window = context_window
+        self.supports_vision = bool(vision_model)
+        self._secret = api_key
+        key = api_key or "EMPTY"  # local servers ignore it, the client insists on one
+        # Retries are ours to decide (the job queue retries whole jobs); a retried stream would duplicate text.
+        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
+        self.vision_client = (
+            openai.AsyncOpenAI(base_url=vision_base_url, api_key=key, timeout=timeout, max_retries=0)
+            if vision_base_url and vision_base_url != base_url else self.client
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIEngine:
+        return cls(base_url=settings.openai_base_url, api_key=settings.openai_api_key.get_secret_value(),
+                   chat_model=settings.chat_model, vision_model=settings.vision_model,
+                   vision_base_url=settings.vision_base_url, context_window=settings.openai_context_window,
+                   timeout=settings.openai_timeout)
+
+    def describe(self) -> str:
+        vision = f", vision {self.vision_model}" if self.vision_model else ""
+        return f"openai ({self.chat_model}{vision} at {public_url(self.base_url)})"
+
+    async def start(self) -> None:
+        """Check, without failing, that the server answers and knows the models (a log line helps operators)."""
+        try:
+            models = await asyncio.wait_for(self.client.models.list(), timeout=5)
+            names = {m.id for m in models.data}
+            for wanted in (self.chat_model, self.vision_model if self.vision_client is self.client else ""):
+                if wanted and names and wanted not in names:
+                    log.warning("model %r is not served at %s (it has: %s)", wanted, public_url(self.base_url),
+                                ", ".join(sorted(names))[:300])
+        except Exception as exc:
+            log.warning("OpenAI-compatible server at %s not reachable yet (%s)", public_url(self.base_url),
+                        type(exc).__name__)
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.vision_client is not self.client:
+            await self.vision_client.close()
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    # ------------------------------------------------------------------ requests
+    @staticmethod
+    def to_openai_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+        """Our messages in the OpenAI wire format.  `environment` (agent tool output) has no OpenAI role,
+        so it travels as a user message marked as such."""
+        out: list[dict[str, Any]] = []
+        for m in messages:
+            role = m.role if m.role in ("system", "user", "assistant") else "user"
+            text = m.content if m.role != "environment" else f"[environment]\n{m.content}"
+            if m.images:
+                parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+                parts += [{"type": "image_url", "image_url": {"url": data_url(img.data, img.mime)}}
+                          for img in m.images]
+                out.append({"role": role, "content": parts})
+            else:
+                out.append({"role": role, "content": text})
+        return out
+
+    @staticmethod
+    def sampling(params: GenParams) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p,
+                                  "max_tokens": params.max_new_tokens}
+        if params.stop:
+            kwargs["stop"] = params.stop[:4]  # the OpenAI API accepts at most 4
+        if params.repetition_penalty != 1.0:  # not an OpenAI field; lmdeploy, vLLM and others read it
+            kwargs["extra_body"] = {"repetition_penalty": params.repetition_penalty}
+        return kwargs
+
+    async def stream_chat(self, messages: list[ChatMessage], params: GenParams,
+                          cancel: asyncio.Event) -> AsyncIterator[str]:
+        vision = any(m.images for m in messages)
+        if vision and not self.vision_model:
+            raise VisionUnsupported(NO_VISION_MODEL)
+        client = self.vision_client if vision else self.client
+        model = self.vision_model if vision else self.chat_model
+        url = self.vision_base_url if vision else self.base_url
+        create = client.chat.completions.create(model=model, messages=self.to_openai_messages(messages),
+                                                stream=True, **self.sampling(params))
+        async for chunk in self._stream(create, cancel, url, model):
+            if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
+
+    async def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
+        create = self.client.completions.create(model=self.chat_model, prompt=prompt, stream=True,
+                                                **self.sampling(params))
+        async for chunk in self._stream(create, cancel, self.base_url, self.chat_model):
+            if chunk.choices and chunk.choices[0].text:
+                yield chunk.choices[0].text
+
+    async def _stream(self, create: Any, cancel: asyncio.Event, url: str, model: str) -> AsyncIterator[Any]:
+        """Open the stream and yield its chunks; stop as soon as `cancel` is set, closing the connection
+        (waiting for the next chunk is raced against the cancel event, so a stalled server cannot delay it)."""
+        stream = None
+        try:
+            stream = await self._race(create, cancel)
+            if stream is None:
+                return
+            iterator = stream.__aiter__()
+            while not cancel.is_set():
+                try:
+                    chunk = await self._race(iterator.__anext__(), cancel)
+                except StopAsyncIteration:
+                    return
+                if chunk is None:
+                    return
+                yield chunk
+        except openai.APIError as exc:
+            raise EngineError(self._user_message(exc, url, model)) from None
+        finally:
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await stream.close()
+
+    @staticmethod
+    async def _race(awaitable: Any, cancel: asyncio.Event) -> Any:
+        """The awaitable's result, or None if `cancel` is set first (the awaitable is then cancelled)."""
+        if cancel.is_set():
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            return None
+        task = asyncio.ensure_future(awaitable)
+        waiter = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        return None
+
+    def _user_message(self, exc: openai.APIError, url: str, model: str) -> str:
+        """A short explanation of a server failure, safe for a chat channel."""
+        where = public_url(url)
+        if isinstance(exc, openai.APITimeoutError):
+            text = f"The model server at {where} did not answer in time. Please try again."
+        elif isinstance(exc, openai.APIConnectionError):
+            text = f"I can't reach the model server at {where} right now. Please try again later."
+        elif isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status in (401, 403):
+                text = f"The model server at {where} refused the API key (HTTP {status}); check OPENAI_API_KEY."
+            elif status == 404:
+                text = f"The model server at {where} does not serve the model {model!r} (HTTP 404)."
+            elif status == 429:
+                text = "The model server is busy (HTTP 429). Please try again in a moment."
+            else:
+                detail = _detail(exc)
+                text = f"The model server returned an error (HTTP {status})" + (f": {detail}" if detail else ".")
+        else:
+            text = "The model server sent something I could not understand. Please try again."
+        if self._secret and len(self._secret) >= 4:
+            text = text.replace(self._secret, "***")
+        return text
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    """The server's own error message, shortened (it often says what was wrong with the request)."""
+    body = exc.body
+    message = ""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message", "") if isinstance(inner, dict) else str(inner)
+        message = message or str(body.get("message", "") or "")
+    elif isinstance(body, str):
+        message = body
+    message = " ".join(str(message).split())
+    return message[:200] + ("…" if len(message) > 200 else "")
