@@ -1,0 +1,242 @@
+"""`ENGINE=lmdeploy`: InternLM (and InternLM-XComposer for images) in this process, on the GPU, via lmdeploy 0.14.
+
+Written against lmdeploy 0.14's documented `pipeline` API — verified on GPU: not yet (`scripts/gpu_check`
+exercises it).  Deliberately thin:
+
+* `pipeline(model, backend_config=TurbomindEngineConfig | PytorchEngineConfig(tp=, session_len=))`,
+  loaded in `start()` in a thread; `lmdeploy` is imported only there, so the default install never needs it.
+* Each job is one lmdeploy *session*: `Pipeline.stream_infer(messages, sessions=session, gen_config=...)`
+  streams `Response`s whose `text` is the new piece.  The blocking iterator is drained in a thread and the
+  pieces handed to asyncio through a queue; concurrent jobs are concurrent sessions, which lmdeploy
+  batches (that is why the worker runs `WORKER_CONCURRENCY` jobs at once).
+* Stop: `Session.abort()` cancels the request inside the engine; the stream then ends with
+  `finish_reason="abort"`.
+* Sampling: lmdeploy ignores temperature/top_p unless `do_sample=True`, so `do_sample = temperature > 0`.
+* Images (`LMDEPLOY_VISION_MODEL`, e.g. internlm/internlm-xcomposer2d5-7b — lmdeploy 0.15 dropped
+  XComposer, hence the `<0.15` pin) go in as OpenAI-style `image_url` parts with data URLs, which the
+  0.14 VLM pipeline decodes itself.  A message with images is routed to the vision pipeline; when the
+  vision model is the only model (or the same as `LMDEPLOY_MODEL`) one pipeline serves both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..settings import Settings
+from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+def generation_config_kwargs(params: GenParams, *, skip_special_tokens: bool = True) -> dict[str, Any]:
+    """GenParams → keyword arguments of `lmdeploy.GenerationConfig`.
+
+    `do_sample` must be on for temperature/top_p to matter at all (lmdeploy decodes greedily otherwise);
+    temperature 0 therefore means greedy decoding.  Raw (agent) completions keep special tokens, because
+    the InternLM2 tool protocol marks actions with them (`<|action_start|>` ...).
+    """
+    sample = params.temperature > 0
+    return {
+        "max_new_tokens": int(params.max_new_tokens),
+        "do_sample": sample,
+        "temperature": float(min(max(params.temperature, 0.0), 2.0)) if sample else 1.0,
+        "top_p": float(min(max(params.top_p, 0.0), 1.0)) if sample else 1.0,
+        "repetition_penalty": float(params.repetition_penalty),
+        "stop_words": list(params.stop) or None,
+        "skip_special_tokens": skip_special_tokens,
+    }
+
+
+def to_openai_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """ChatMessages → the OpenAI-format messages lmdeploy 0.14's pipeline accepts (images as data URLs).
+
+    The agent's `environment` role is passed through: InternLM2's chat template knows it.
+    """
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.images:
+            parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+            parts += [{"type": "image_url", "image_url": {
+                "url": f"data:{img.mime};base64,{base64.b64encode(img.data).decode()}"}} for img in message.images]
+            out.append({"role": message.role, "content": parts})
+        else:
+            out.append({"role": message.role, "content": message.content})
+    return out
+
+
+def cut_at_stop(text: str, stops: list[str]) -> int | None:
+    """Index where the first stop string starts in `text`, or None.  lmdeploy maps stop words to single
+    token ids only, so multi-token stop strings are enforced here, on the text."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+@dataclass
+class _Stream:
+    """One running lmdeploy session, as the event loop sees it."""
+
+    session: Any
+    queue: asyncio.Queue[Any]
+    stop: threading.Event
+
+
+class LMDeployEngine(Engine):
+    name = "lmdeploy"
+    supports_raw = True
+
+    def __init__(self, model: str, *, vision_model: str = "", backend: str = "turbomind", tp: int = 1,
+                 session_len: int = 8192, log_level: str = "ERROR") -> None:
+        self.model = model
+        self.vision_model = vision_model
+        self.backend = backend
+        self.tp = tp
+        self.session_len = session_len
+        self.context_window = session_len
+        self.supports_vision = bool(vision_model)
+        self.log_level = log_level
+        self.pipe: Any = None
+        self.vision_pipe: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LMDeployEngine:
+        return cls(settings.lmdeploy_model, vision_model=settings.lmdeploy_vision_model,
+                   backend=settings.lmdeploy_backend, tp=settings.lmdeploy_tp,
+                   session_len=settings.lmdeploy_session_len)
+
+    def describe(self) -> str:
+        names = self.model + (f"+{self.vision_model}" if self.vision_model and self.vision_model != self.model else "")
+        return f"lmdeploy:{self.backend}:{names}"
+
+    # ------------------------------------------------------------------ lifecycle
+    def backend_config(self, cache_share: float = 0.8) -> Any:
+        import lmdeploy
+
+        cls = lmdeploy.TurbomindEngineConfig if self.backend == "turbomind" else lmdeploy.PytorchEngineConfig
+        return cls(tp=self.tp, session_len=self.session_len, cache_max_entry_count=cache_share)
+
+    def _load(self) -> None:
+        try:
+            import lmdeploy
+        except ImportError as exc:
+            raise EngineError("ENGINE=lmdeploy needs the GPU extra: pip install -e '.[gpu]'") from exc
+        models = [m for m in dict.fromkeys([self.model, self.vision_model]) if m]
+        if not models:
+            raise EngineError("set LMDEPLOY_MODEL (and/or LMDEPLOY_VISION_MODEL)")
+        # Two models share the GPU's KV-cache budget (each takes a share of the memory still free).
+        share = 0.8 if len(models) == 1 else 0.4
+        pipes = {m: lmdeploy.pipeline(m, backend_config=self.backend_config(share), log_level=self.log_level,
+                                      trust_remote_code=True) for m in models}
+        self.pipe = pipes[self.model or self.vision_model]
+        self.vision_pipe = pipes.get(self.vision_model) if self.vision_model else None
+
+    async def start(self) -> None:
+        if self.pipe is None:
+            await asyncio.to_thread(self._load)
+
+    async def close(self) -> None:
+        pipes = {id(p): p for p in (self.pipe, self.vision_pipe) if p is not None}
+        self.pipe = self.vision_pipe = None
+        for pipe in pipes.values():
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(pipe.close)
+
+    # ------------------------------------------------------------------ tokens
+    def count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        if self.pipe is None:
+            return max(1, len(text) // 3)  # before start(): a conservative estimate
+        return len(self.pipe.async_engine.tokenizer.encode(text, add_bos=False))
+
+    # ------------------------------------------------------------------ generation
+    def stream_chat(self, messages: list[ChatMessage], params: GenParams,
+                    cancel: asyncio.Event) -> AsyncIterator[str]:
+        has_images = any(m.images for m in messages)
+        if has_images and self.vision_pipe is None:
+            raise VisionUnsupported("no LMDEPLOY_VISION_MODEL is configured")
+        pipe = self.vision_pipe if has_images else self.pipe
+        return self._generate(pipe, to_openai_messages(messages), params, cancel, skip_special_tokens=True)
+
+    def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
+        return self._generate(self.pipe, prompt, params, cancel, skip_special_tokens=False, do_preprocess=False)
+
+    async def _generate(self, pipe: Any, prompt: Any, params: GenParams, cancel: asyncio.Event, *,
+                        skip_special_tokens: bool, do_preprocess: bool = True) -> AsyncIterator[str]:
+        if pipe is None:
+            raise EngineError("the lmdeploy engine is not started")
+        import lmdeploy
+
+        gen_config = lmdeploy.GenerationConfig(**generation_config_kwargs(
+            params, skip_special_tokens=skip_special_tokens))
+        loop = asyncio.get_running_loop()
+        stream = _Stream(session=pipe.session(), queue=asyncio.Queue(), stop=threading.Event())
+
+        def put(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+        def pump() -> None:
+            try:
+                for response in pipe.stream_infer(prompt, sessions=stream.session, gen_config=gen_config,
+                                                  do_preprocess=do_preprocess):
+                    if response.finish_reason == "error":
+                        put(EngineError("the GPU model failed on this request"))
+                        break
+                    if response.text and not stream.stop.is_set():
+                        put(response.text)
+            except Exception as exc:
+                log.exception("lmdeploy generation failed")
+                put(EngineError(f"the GPU model failed ({type(exc).__name__})"))
+            finally:
+                put(_DONE)
+
+        def abort() -> None:
+            if not stream.stop.is_set():
+                stream.stop.set()
+                with contextlib.suppress(Exception):
+                    stream.session.abort()
+
+        watcher = asyncio.ensure_future(cancel.wait())
+        watcher.add_done_callback(lambda f: None if f.cancelled() else loop.run_in_executor(None, abort))
+        threading.Thread(target=pump, name="lmdeploy-stream", daemon=True).start()
+        text = ""
+        emitted = 0
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                if stream.stop.is_set():
+                    continue  # aborted: drain until the stream ends
+                text += item
+                cut = cut_at_stop(text, params.stop)
+                if cut is not None:
+                    if cut > emitted:
+                        yield text[emitted:cut]
+                    await asyncio.to_thread(abort)
+                    continue
+                # Hold back a tail that could be the start of a stop string.
+                hold = max((len(s) - 1 for s in params.stop), default=0)
+                safe = max(emitted, len(text) - hold)
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+            finished = True
+            if not stream.stop.is_set() and emitted < len(text):
+                yield text[emitted:]
+        finally:
+            watcher.cancel()
+            if not finished:  # the consumer left early: the session must not keep generating
+                await asyncio.to_thread(abort)
