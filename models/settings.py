@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     lmdeploy_session_len: int = 8192
     test_engine_token_delay: float = 0.0  # ENGINE=test only: seconds per token (benchmarks, tests)
 
+    # --- llama.cpp vision (optional multimodal GGUF) --------------------------------------------
+    llamacpp_clip_model_path: str = ""  # a LLaVA-1.5-style projector GGUF; set = the llamacpp engine sees images
+
     # --- Generation defaults (as in the InternLM chat demo) -------------------------------------
     system_prompt: str = INTERNLM_META_PROMPT
     temperature: float = 0.8
