@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .context import JobContext, JobError
+from .context import BadPayload, JobContext, JobError
 from .engines.base import ChatMessage, VisionUnsupported
 from .prompting import fit_messages
 
@@ -23,33 +23,61 @@ NO_VISION = (
 
 
 def parse_messages(raw: Any) -> list[dict[str, Any]]:
-    """Validate the `messages` field; raise `JobError` with a clear message if it is malformed."""
+    """Validate the `messages` field; raise `BadPayload` (a `JobError`) with a clear message if it is malformed."""
     if not isinstance(raw, list) or not raw:
-        raise JobError("the request has no messages")
+        raise BadPayload("the request has no messages")
     if len(raw) > MAX_MESSAGES:
-        raise JobError("the request has too many messages")
+        raise BadPayload("the request has too many messages")
     out = []
     for item in raw:
         if not isinstance(item, dict) or item.get("role") not in ROLES:
-            raise JobError("the request has a malformed message")
+            raise BadPayload("the request has a malformed message")
         content = item.get("content", "")
         images = item.get("images") or []
         if not isinstance(content, str) or not isinstance(images, list):
-            raise JobError("the request has a malformed message")
+            raise BadPayload("the request has a malformed message")
         out.append({"role": item["role"], "content": content, "images": [str(i) for i in images]})
     return out
 
 
+IMAGE_GONE = "[an image was shared here, but it has expired: say you can no longer see it if asked about it]"
+IMAGE_UNSEEN = "[an image was shared here, which this text-only model cannot see]"
+
+
 async def build_messages(ctx: JobContext, raw: Any) -> list[ChatMessage]:
-    """Parsed messages with image blobs loaded (only the newest image-bearing turns if several)."""
+    """Parsed messages with image blobs loaded.
+
+    Only the image the conversation is about decides failure: the newest image-bearing message, when it is
+    the current message or the one just before the last answer (a follow-up such as "and what colour is the
+    car?").  Its images must load (else the friendly "expired" `JobError`) and need a vision engine (else
+    `VisionUnsupported`).  Images of older turns that expired, or that a text-only engine cannot see, are
+    replaced by a short note, so one old picture cannot break a whole conversation.  Loaded images get
+    their TTL refreshed: they are still referenced.
+    """
+    parsed = parse_messages(raw)
+    with_images = [i for i, item in enumerate(parsed) if item["images"]]
+    focus = with_images[-1] if with_images and with_images[-1] >= len(parsed) - 3 else -1
     messages: list[ChatMessage] = []
-    for item in parse_messages(raw):
+    for index, item in enumerate(parsed):
+        newest = index == focus
         images = []
+        content = item["content"]
         if item["images"]:
             if not ctx.engine.supports_vision:
-                raise VisionUnsupported(NO_VISION)
-            images = [await ctx.load_image(ref) for ref in item["images"]]
-        messages.append(ChatMessage(item["role"], item["content"], images))
+                if newest:
+                    raise VisionUnsupported(NO_VISION)
+                content = f"{content}\n{IMAGE_UNSEEN}"
+            else:
+                for ref in item["images"]:
+                    try:
+                        images.append(await ctx.load_image(ref))
+                    except JobError:
+                        if newest:
+                            raise
+                        content = f"{content}\n{IMAGE_GONE}"
+                        continue
+                    await ctx.bus.touch_blob(ref)
+        messages.append(ChatMessage(item["role"], content, images))
     return messages
 
 
