@@ -96,6 +96,13 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # --- Production: metrics, logs, bot restarts (issue 6) -----------------------------------------
+    log_format: Literal["text", "json"] = "text"  # json = one object per line, with the job id
+    worker_metrics_port: int = 0  # Prometheus /metrics and /healthz of a worker; 0 = off
+    bot_metrics_port: int = 0  # Prometheus /metrics of the bot; 0 = off
+    metrics_host: str = "127.0.0.1"  # address the metrics servers bind (0.0.0.0 in containers)
+    resume_replies: bool = True  # a restarted bot finishes the replies that were streaming when it stopped
+
     @field_validator(
         "chat_channels", "allowed_guilds", "allowed_channels", "allowed_roles", mode="before"
     )

@@ -24,9 +24,12 @@ import socket
 import time
 import uuid
 
-from .context import JobContext, JobError
+from .context import JobError
 from .engines import build_engine
 from .engines.base import Engine, EngineError
+from .logs import bind as bind_log_context
+from .logs import setup_logging
+from .metrics import MeteredContext, WorkerMetrics, start_worker_metrics
 from .protocol import Bus, Claimed, ProtocolError, WorkerInfo
 from .redis_server import connect, resolve_redis_url, wait_ready
 from .runners import Runner, runners
@@ -50,6 +53,8 @@ class Worker:
         self.stopped = asyncio.Event()
         self.jobs_done = 0
         self._slot_free = asyncio.Event()
+        self.metrics = WorkerMetrics(self.worker_id)  # Prometheus; served when WORKER_METRICS_PORT is set
+        self.metrics.attach(self)
 
     @property
     def visibility_ms(self) -> int:
@@ -60,6 +65,9 @@ class Worker:
         """Serve until `stop()` is called; then shut down cleanly."""
         await self.bus.ensure_group()
         await self.engine.start()
+        self.metrics.engine_loaded = True
+        metrics_server = await start_worker_metrics(self.metrics, self.settings.metrics_host,
+                                                    self.settings.worker_metrics_port)
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
             asyncio.create_task(self._cancel_loop(), name="worker-cancels"),
@@ -76,6 +84,9 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.bus.unregister_worker(self.worker_id)
             await self.engine.close()
+            self.metrics.engine_loaded = False
+            if metrics_server is not None:
+                await metrics_server.stop()
             self.stopped.set()
             log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
 
@@ -109,6 +120,7 @@ class Worker:
                 if self.stopping.is_set():
                     break
                 log.warning("claim failed (%s); retrying", type(exc).__name__)
+                self.metrics.redis_error()
                 await asyncio.sleep(0.5)
                 continue
             for item in claimed:
@@ -126,8 +138,10 @@ class Worker:
                 "message": "This request failed repeatedly, so I gave up on it. Please try again later.",
                 "code": "dead_letter"})
             await self.bus.dead_letter(item, "too many attempts")
+            self.metrics.dead_lettered("too_many_attempts")
             await self.bus.ack(item.entry_id)
             return
+        self.metrics.accepted(job, attempt)
         task = asyncio.create_task(self._run_job(item, attempt), name=f"job-{job.id}")
         self.in_flight[item.entry_id] = task
         task.add_done_callback(lambda _t, entry=item.entry_id: self._finished(entry))
@@ -143,6 +157,7 @@ class Worker:
         if job_id and len(job_id) <= 64 and job_id.replace("-", "").isalnum():
             await self.bus.emit(job_id, 1, "error", {"message": f"Invalid request: {error}", "code": "bad_job"})
         await self.bus.dead_letter(item, str(error))
+        self.metrics.dead_lettered("bad_job")
         await self.bus.ack(item.entry_id)
 
     async def _run_job(self, item: Claimed, attempt: int) -> None:
@@ -150,8 +165,9 @@ class Worker:
         job = item.job
         cancel = asyncio.Event()
         self.cancels[job.id] = cancel
-        ctx = JobContext(job=job, attempt=attempt, engine=self.engine, bus=self.bus,
-                         settings=self.settings, cancel=cancel, worker_id=self.worker_id)
+        bind_log_context(job=job.id, attempt=attempt, kind=job.kind)  # this task's log lines carry the job id
+        ctx = MeteredContext(job=job, attempt=attempt, engine=self.engine, bus=self.bus, settings=self.settings,
+                             cancel=cancel, worker_id=self.worker_id, metrics=self.metrics)
         try:
             if await self.bus.is_cancelled(job.id):
                 cancel.set()
@@ -247,8 +263,7 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings)  # LOG_FORMAT text|json, job ids, secrets redacted
     asyncio.run(serve(settings))
 
 
