@@ -1,0 +1,247 @@
+"""The `article` job: InternLM-XComposer's (浦语·灵笔) illustrated-article composition, as one streamed job.
+
+XComposer's own composition demo works in separate prompts, and so does this runner (each stage is
+announced with a `step` event so the front end can show progress):
+
+1. **write** — the article text from the title (and an optional paragraph count), streamed as `delta`s;
+   the user's images, if any, are shown to the model with the request, as in the demo;
+2. **place** — the paragraphs are numbered `<Seg0>`, `<Seg1>`, … and the model is asked after which of
+   them the images fit (the demo's prompt).  Its answer is parsed defensively (`parse_locations`): garbage,
+   out-of-range numbers and duplicates fall back to evenly spread positions, so a confused answer still
+   gives a complete article.  The user's images go to those places in the order they were given;
+3. **captions** (no user images) — for each place, the model suggests a picture caption (the demo's
+   prompt); the front end shows them in italics.  The original demo then fetched matching pictures from a
+   retrieval service of its authors that is not public, so this bot suggests rather than illustrates.
+
+The `done` event carries `layout`: a list of blocks (`text`, `image` with a blob ref, `caption`) that the
+front ends render within Discord's limits (handlers/article.py).  Sampling follows the demo: top_p 0.8 and
+repetition penalty 1.005 (`ARTICLE_REPETITION_PENALTY`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+from .chat import NO_VISION
+from .context import BadPayload, JobContext, JobError
+from .engines.base import ChatMessage, GenParams, ImageInput, VisionUnsupported
+
+# The meta instructions of XComposer's composition demo (text-only and multimodal variants).
+XCOMPOSER_META = (
+    "You are an AI assistant whose name is InternLM-XComposer (浦语·灵笔).\n"
+    "- InternLM-XComposer (浦语·灵笔) is a conversational language model that is developed by Shanghai AI "
+    "Laboratory (上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n"
+    "- InternLM-XComposer (浦语·灵笔) can understand and communicate fluently in the language chosen by the "
+    "user such as English and 中文.\n"
+)
+XCOMPOSER_CHAT_META = (
+    "You are an AI assistant whose name is InternLM-XComposer (浦语·灵笔).\n"
+    "- InternLM-XComposer (浦语·灵笔) is a multi-modality conversational language model that is developed by "
+    "Shanghai AI Laboratory (上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n"
+    "- InternLM-XComposer (浦语·灵笔) can understand and communicate fluently in the language chosen by the "
+    "user such as English and 中文.\n"
+    "- InternLM-XComposer (浦语·灵笔) is capable of comprehending and articulating responses effectively based "
+    "on the provided image.\n"
+)
+
+MAX_SECTIONS = 60  # the demo's cap on paragraphs
+MAX_TITLE_CHARS = 300
+MAX_SUGGESTED_IMAGES = 4
+_SEG = re.compile(r"<\s*seg\s*(\d+)\s*>", re.I)
+_NUMBER = re.compile(r"(?<![\d.])(\d{1,3})(?![\d.])")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def is_chinese(text: str) -> bool:
+    return bool(_CJK.search(text))
+
+
+def write_prompt(title: str, paragraphs: int | None, image_count: int) -> str:
+    """Stage 1: the demo's instruction (Chinese titles) or its English equivalent."""
+    if is_chinese(title):
+        prompt = f"根据给定标题写一个图文并茂，不重复的文章：{title}"
+        if paragraphs:
+            prompt += f"\n文章分为{paragraphs}段。"
+        if image_count:
+            prompt += f"\n请结合给出的{image_count}张图片。"
+        return prompt
+    prompt = f"Write an illustrated, non-repetitive article for the given title: {title}"
+    if paragraphs:
+        prompt += f"\nWrite {paragraphs} paragraphs."
+    if image_count:
+        prompt += f"\nUse the {image_count} given images as material."
+    return prompt
+
+
+def split_sections(text: str) -> list[str]:
+    """Paragraphs as the demo splits them: one per non-empty line, at most `MAX_SECTIONS`."""
+    text = re.sub(r"(\n\s*)+", "\n", text.strip())
+    return [line.strip() for line in text.split("\n") if line.strip()][:MAX_SECTIONS]
+
+
+def numbered(sections: list[str]) -> list[str]:
+    """`<Seg{i}> paragraph` lines — the numbering XComposer was trained to answer with."""
+    return [f"<Seg{i}> {s}\n" for i, s in enumerate(sections)]
+
+
+def place_prompt(sections: list[str], count: int) -> str:
+    """Stage 2: the demo's insertion-point question (its answer starts with 适合插入图像的行是)."""
+    full = "".join(numbered(sections))
+    return (f'给定文章"{full}" 根据上述文章，选择适合插入图像的{count}行\n'
+            f"请以“适合插入图像的行是”开头，用<Seg编号>回答。")
+
+
+def caption_prompt(sections: list[str], at: int, previous: dict[int, str]) -> str:
+    """Stage 3: the demo's caption question, with the captions chosen so far as context."""
+    full = "".join(numbered(sections)[: at + 2])
+    past = ""
+    if previous:
+        past = "现在" + "， ".join(f'<Seg{k}>后插入图像对应的标题是"{v}"' for k, v in previous.items()) + "。"
+    return f'给定文章"{full}" {past}给出适合在<Seg{at}>后插入的图像对应的标题。\n请以 标题是"…" 的格式回答。'
+
+
+def spread(count: int, sections: int, taken: set[int] | None = None) -> list[int]:
+    """`count` evenly spaced paragraph indices (after which an image goes), avoiding `taken`."""
+    taken = set(taken or ())
+    free = [i for i in range(sections) if i not in taken]
+    if count <= 0 or not free:
+        return []
+    if count >= len(free):
+        return free
+    step = len(free) / count
+    return sorted({free[min(len(free) - 1, int(step * k + step / 2))] for k in range(count)})
+
+
+def parse_locations(answer: str, sections: int, count: int) -> list[int]:
+    """The paragraph indices the model chose, cleaned: `<SegN>` markers (or bare numbers if it gave none),
+    in range, without duplicates, at most `count`; missing ones are filled with evenly spread positions.
+    Sorted, so images keep the order the user gave them."""
+    if sections <= 0 or count <= 0:
+        return []
+    found = [int(m) for m in _SEG.findall(answer)] or [int(m) for m in _NUMBER.findall(answer)]
+    chosen: list[int] = []
+    for index in found:
+        if 0 <= index < sections and index not in chosen:
+            chosen.append(index)
+        if len(chosen) == count:
+            break
+    if len(chosen) < count:
+        chosen += spread(count - len(chosen), sections, set(chosen))
+    return sorted(chosen[:count])
+
+
+def parse_caption(answer: str) -> str:
+    """The caption out of an answer like `标题是"…"` / `Caption: "…"`; one short line, no quotes."""
+    text = answer.strip()
+    text = re.sub(r'^(标题是|caption\s*(is)?\s*[:：]?|title\s*[:：]?)\s*', "", text, flags=re.I)
+    quoted = re.search(r'[“"「『]([^”"」』\n]{2,})[”"」』]', text)
+    text = quoted.group(1) if quoted else text.split("\n", 1)[0]
+    text = text.strip(" \"'“”「」『』*_`")
+    return text[:200]
+
+
+def build_layout(sections: list[str], images: dict[int, str], captions: dict[int, str]) -> list[dict[str, Any]]:
+    """Blocks in reading order: each paragraph, then the image (or caption suggestion) placed after it."""
+    blocks: list[dict[str, Any]] = []
+    for i, text in enumerate(sections):
+        blocks.append({"type": "text", "text": text})
+        if i in images:
+            blocks.append({"type": "image", "ref": images[i], "after": i})
+        elif i in captions:
+            blocks.append({"type": "caption", "text": captions[i], "after": i})
+    return blocks
+
+
+def layout_text(blocks: list[dict[str, Any]], image_numbers: dict[str, int] | None = None) -> str:
+    """The article as plain Markdown (history, console): captions in italics, images as `[image N]`."""
+    numbers = image_numbers or {}
+    out = []
+    for block in blocks:
+        if block["type"] == "text":
+            out.append(block["text"])
+        elif block["type"] == "caption":
+            out.append(f"*🖼️ {block['text']}*")
+        elif block["type"] == "image":
+            out.append(f"[image {numbers.get(block['ref'], '?')}]")
+    return "\n\n".join(out)
+
+
+def _payload(ctx: JobContext) -> tuple[str, int | None, list[str]]:
+    payload = ctx.job.payload
+    title = payload.get("title")
+    if not isinstance(title, str) or not title.strip():
+        raise BadPayload("the article request has no title")
+    paragraphs = payload.get("paragraphs")
+    if paragraphs is not None and (not isinstance(paragraphs, int) or not 1 <= paragraphs <= 30):
+        raise BadPayload("the paragraph count must be between 1 and 30")
+    refs = payload.get("images") or []
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise BadPayload("the article request has malformed images")
+    return title.strip()[:MAX_TITLE_CHARS], paragraphs, refs
+
+
+async def _generate(ctx: JobContext, system: str, prompt: str, images: list[ImageInput], params: GenParams,
+                    *, stream: bool) -> str:
+    messages = [ChatMessage("system", system), ChatMessage("user", prompt, images)]
+    parts: list[str] = []
+    async for piece in ctx.engine.stream_chat(messages, params, ctx.cancel):
+        parts.append(piece)
+        if stream:
+            await ctx.delta(piece)
+        if ctx.cancel.is_set():
+            break
+    return "".join(parts)
+
+
+async def run_article(ctx: JobContext) -> None:
+    title, paragraphs, refs = _payload(ctx)
+    if refs and not ctx.engine.supports_vision:
+        raise VisionUnsupported(NO_VISION)
+    images = [await ctx.load_image(ref) for ref in refs]
+    system = XCOMPOSER_CHAT_META if images else XCOMPOSER_META
+    base = ctx.params()
+    text_params = replace(base, max_new_tokens=ctx.settings.article_max_new_tokens,
+                          repetition_penalty=ctx.settings.article_repetition_penalty)
+    short = replace(text_params, max_new_tokens=200)
+
+    await ctx.step({"stage": "write", "title": "Writing the article"})
+    article = await _generate(ctx, system, write_prompt(title, paragraphs, len(images)), images, text_params,
+                              stream=True)
+    sections = split_sections(article)
+    if ctx.cancel.is_set() or not sections:
+        if not sections and not ctx.cancel.is_set():
+            raise JobError("The model returned an empty article. Please try again or rephrase the title.")
+        await ctx.done(article, completion_tokens=ctx.engine.count_tokens(article), stopped=True,
+                       extra={"layout": build_layout(sections, {}, {}), "title": title})
+        return
+
+    placed: dict[int, str] = {}
+    captions: dict[int, str] = {}
+    count = len(images) if images else min(MAX_SUGGESTED_IMAGES, max(1, len(sections) // 3))
+    count = min(count, len(sections))
+    await ctx.step({"stage": "place", "title": "Choosing where the images go", "paragraphs": len(sections),
+                    "images": count})
+    answer = await _generate(ctx, system, place_prompt(sections, count), images, short, stream=False)
+    locations = parse_locations(answer, len(sections), count)
+    await ctx.step({"stage": "placed", "title": "Image places chosen", "locations": locations})
+    if images:
+        placed = dict(zip(locations, refs, strict=False))
+    else:
+        await ctx.step({"stage": "captions", "title": "Suggesting pictures", "locations": locations})
+        for at in locations:
+            if ctx.cancel.is_set():
+                break
+            reply = await _generate(ctx, system, caption_prompt(sections, at, captions), [],
+                                    replace(short, max_new_tokens=100), stream=False)
+            caption = parse_caption(reply)
+            if caption:
+                captions[at] = caption
+
+    layout = build_layout(sections, placed, captions)
+    numbers = {ref: i + 1 for i, ref in enumerate(refs)}
+    final = layout_text(layout, numbers)
+    await ctx.done(final, prompt_tokens=ctx.engine.count_tokens(title),
+                   completion_tokens=ctx.engine.count_tokens(article), stopped=ctx.cancel.is_set(),
+                   extra={"layout": layout, "title": title, "history": final})

@@ -1,0 +1,247 @@
+"""`/article`: XComposer's composition flow with a scripted engine, through the real worker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from PIL import Image
+
+from handlers.article import DISCORD_MESSAGE_LIMIT, ArticleHandler, plan_posts, split_text
+from handlers.chat import ChatHandler, InputError, Request
+from handlers.conf import ConfStore
+from handlers.history import HistoryStore
+from handlers.images import ImageRefused
+from models.engines.base import ChatMessage, Engine, GenParams
+from models.protocol import Bus
+from models.settings import Settings
+from models.worker import Worker
+from models.xcomposer import (
+    numbered,
+    parse_caption,
+    parse_locations,
+    place_prompt,
+    split_sections,
+    spread,
+    write_prompt,
+)
+
+ARTICLE = "\n\n".join(f"Paragraph {i} about the city, its food and its people." for i in range(6))
+
+
+class ScriptedEngine(Engine):
+    """Answers each composition stage from a script, and records what it was asked."""
+
+    name = "scripted"
+
+    def __init__(self, vision: bool = True) -> None:
+        self.supports_vision = vision
+        self.context_window = 8192
+        self.article = ARTICLE
+        self.placement: str | Callable[[str], str] = "适合插入图像的行是<Seg1>, <Seg4>"
+        self.calls: list[tuple[list[ChatMessage], GenParams]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def answer(self, prompt: str) -> str:
+        if "选择适合插入图像" in prompt:
+            return self.placement(prompt) if callable(self.placement) else self.placement
+        if "插入的图像对应的标题" in prompt:
+            at = prompt.rsplit("适合在<Seg", 1)[1].split(">", 1)[0]
+            return f'标题是"A picture for paragraph {at}"'
+        return self.article
+
+    async def stream_chat(self, messages: list[ChatMessage], params: GenParams,
+                          cancel: asyncio.Event) -> AsyncIterator[str]:
+        self.calls.append((messages, params))
+        text = self.answer(messages[-1].content)
+        for i in range(0, len(text), 7):
+            if cancel.is_set():
+                return
+            yield text[i:i + 7]
+
+
+@pytest.fixture
+def engine() -> ScriptedEngine:  # overrides conftest's: the worker fixture runs this engine
+    return ScriptedEngine()
+
+
+@pytest.fixture
+def chat(bus: Bus, settings: Settings) -> ChatHandler:
+    return ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings)
+
+
+def png(colour: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- pure parts
+def test_sections_and_numbering() -> None:
+    sections = split_sections("First.\n\n\n  \nSecond.\r\n\nThird.\n")
+    assert sections == ["First.", "Second.", "Third."]
+    assert numbered(sections) == ["<Seg0> First.\n", "<Seg1> Second.\n", "<Seg2> Third.\n"]
+    prompt = place_prompt(sections, 2)
+    assert "<Seg0> First.\n<Seg1> Second.\n<Seg2> Third.\n" in prompt and "2行" in prompt
+    assert "浦语" not in write_prompt("Chengdu", None, 0) and "根据给定标题" in write_prompt("成都三日游", 5, 0)
+    assert "5 paragraphs" in write_prompt("Chengdu", 5, 0)
+
+
+@pytest.mark.parametrize(("answer", "sections", "count", "expected"), [
+    ("适合插入图像的行是<Seg2>, <Seg5>", 8, 2, [2, 5]),
+    ("<Seg5> <Seg2>", 8, 2, [2, 5]),  # sorted: images keep the user's order
+    ("<seg 3>、<SEG7>", 8, 2, [3, 7]),  # sloppy markers
+    ("paragraphs 1 and 4", 8, 2, [1, 4]),  # no markers: bare numbers
+    ("I am not sure what you mean.", 6, 2, [1, 4]),  # garbage: evenly spread
+    ("", 6, 2, [1, 4]),
+    ("<Seg99>, <Seg-1>, <Seg3>", 6, 2, [2, 3]),  # out of range dropped, gap filled
+    ("<Seg3><Seg3><Seg3>", 6, 2, [2, 3]),  # duplicates
+    ("<Seg0><Seg1><Seg2><Seg3>", 6, 2, [0, 1]),  # too many: the first ones
+    ("<Seg1>", 2, 4, [0, 1]),  # more images than paragraphs: every paragraph
+    ("<Seg1>", 0, 2, []),
+])
+def test_parse_locations(answer: str, sections: int, count: int, expected: list[int]) -> None:
+    assert parse_locations(answer, sections, count) == expected
+
+
+def test_spread() -> None:
+    assert spread(3, 9) == [1, 4, 7]
+    assert spread(1, 5, {2}) == [3]
+    assert spread(2, 2) == [0, 1]
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ('标题是"成都的春熙路夜景"', "成都的春熙路夜景"),
+    ('Caption: "A red bridge at dusk"', "A red bridge at dusk"),
+    ("A quiet street\nand more text", "A quiet street"),
+    ("“熊猫基地”", "熊猫基地"),
+])
+def test_parse_caption(answer: str, expected: str) -> None:
+    assert parse_caption(answer) == expected
+
+
+def test_split_text_respects_limit() -> None:
+    text = ("This is a sentence. " * 300).strip()
+    pieces = split_text(text, 500)
+    assert all(len(p) <= 500 for p in pieces) and len(pieces) > 5
+    assert " ".join(pieces).split() == text.split()
+    assert all(p.endswith(".") for p in pieces[:-1])  # cut at sentence ends
+    assert split_text("x" * 1200, 500) == ["x" * 500, "x" * 500, "x" * 200]  # no spaces: hard cut
+
+
+def test_plan_posts_places_images_within_limits() -> None:
+    long_paragraph = "Word " * 900  # 4,500 characters: must be split
+    layout = [{"type": "text", "text": "Intro."}, {"type": "image", "ref": "r1"},
+              {"type": "text", "text": long_paragraph.strip()}, {"type": "text", "text": "Middle."},
+              {"type": "image", "ref": "r2"}, {"type": "text", "text": "End."},
+              {"type": "caption", "text": "A suggested picture"}]
+    posts = plan_posts(layout, "My title", ["r1", "r2"])
+    assert all(len(p.text) <= DISCORD_MESSAGE_LIMIT for p in posts)
+    assert posts[0].text.startswith("## My title") and posts[0].image == "r1" and posts[0].image_number == 1
+    assert [p.image for p in posts].count("r2") == 1
+    r2 = next(p for p in posts if p.image == "r2")
+    assert r2.text.endswith("Middle.") and r2.image_number == 2
+    assert posts[-1].text == "End.\n\n*🖼️ A suggested picture*" and posts[-1].image is None
+    joined = " ".join(p.text for p in posts)
+    assert joined.count("Word") == 900  # nothing lost
+
+
+# ------------------------------------------------------------------------------------------- the job
+async def run(chat: ChatHandler, title: str, refs: list[str] | None = None, paragraphs: int | None = None):
+    reply = await ArticleHandler(chat).ask(Request(conversation="console:art", text=""), title, refs or [],
+                                           paragraphs)
+    return [u async for u in chat.follow(reply)]
+
+
+async def test_article_with_two_images(chat: ChatHandler, bus: Bus, worker: Worker,
+                                       engine: ScriptedEngine) -> None:
+    refs = [await bus.put_blob(png("red"), "image/png"), await bus.put_blob(png("blue"), "image/png")]
+    updates = await run(chat, "A weekend in Chengdu", refs, paragraphs=6)
+    final = updates[-1]
+    assert final.kind == "done", final.data
+    stages = [u.data.get("stage") for u in updates if u.kind == "step"]
+    assert stages == ["write", "place", "placed"]
+    texts = [u.text for u in updates if u.kind == "text"]
+    assert len(texts) > 3 and texts[-1] == ARTICLE  # the article streamed before the layout
+    layout = final.data["layout"]
+    kinds = [b["type"] for b in layout]
+    assert kinds.count("text") == 6 and kinds.count("image") == 2
+    assert layout[kinds.index("image") - 1]["text"].startswith("Paragraph 1")  # after <Seg1>
+    assert [b["ref"] for b in layout if b["type"] == "image"] == refs
+    assert layout[[i for i, k in enumerate(kinds) if k == "image"][1] - 1]["text"].startswith("Paragraph 4")
+    # the XComposer demo's settings reached the engine
+    (messages, params), *_ = engine.calls
+    assert "浦语·灵笔" in messages[0].content and params.repetition_penalty == 1.005
+    assert len(messages[-1].images) == 2 and "6 paragraphs" in messages[-1].content
+    place_call = engine.calls[1][0][-1]
+    assert "<Seg5>" in place_call.content and len(place_call.images) == 2
+    posts = plan_posts(layout, final.data["title"], refs)
+    assert [p.image_number for p in posts if p.image] == [1, 2]
+    history = await chat.history.recent("console:art")
+    assert history[0].images == refs and "[image 1]" in history[1].content
+
+
+async def test_garbage_placement_falls_back(chat: ChatHandler, bus: Bus, worker: Worker,
+                                            engine: ScriptedEngine) -> None:
+    engine.placement = "Sorry, as an AI I cannot decide. <Seg42>"
+    refs = [await bus.put_blob(png("green"), "image/png")]
+    final = (await run(chat, "Gardens", refs))[-1]
+    assert final.kind == "done"
+    kinds = [b["type"] for b in final.data["layout"]]
+    assert kinds.count("image") == 1 and kinds.index("image") == 4  # spread: after paragraph 3 of 6
+
+
+async def test_without_images_suggests_captions(chat: ChatHandler, worker: Worker, engine: ScriptedEngine) -> None:
+    engine.placement = "<Seg0> <Seg3>"
+    updates = await run(chat, "成都三日游")
+    final = updates[-1]
+    assert final.kind == "done"
+    assert [u.data.get("stage") for u in updates if u.kind == "step"] == ["write", "place", "placed", "captions"]
+    captions = [b for b in final.data["layout"] if b["type"] == "caption"]
+    assert [c["text"] for c in captions] == ["A picture for paragraph 0", "A picture for paragraph 3"]
+    assert "*🖼️ A picture for paragraph 0*" in final.text
+    assert "浦语·灵笔" in engine.calls[0][0][0].content and not engine.calls[0][0][-1].images
+    assert "根据给定标题写一个图文并茂，不重复的文章：成都三日游" in engine.calls[0][0][-1].content
+
+
+async def test_images_need_a_vision_engine(chat: ChatHandler, bus: Bus, worker: Worker,
+                                           engine: ScriptedEngine) -> None:
+    engine.supports_vision = False
+    ref = await bus.put_blob(png("red"), "image/png")
+    for _ in range(200):  # let the worker's heartbeat say it is text-only
+        if await bus.alive_workers():
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(ImageRefused, match="VISION_MODEL"):  # refused up front, history untouched
+        await run(chat, "Cats", [ref])
+    assert not await chat.history.recent("console:art")
+    # A job that reaches a text-only worker anyway (no heartbeat yet) gets the same explanation.
+    reply = await chat.submit(Request(conversation="console:art", text="", kind="article", record=False,
+                                      payload={"title": "Cats", "images": [ref]}))
+    final = [u async for u in chat.follow(reply)][-1]
+    assert final.kind == "error" and "VISION_MODEL" in final.data["message"]
+    final = (await run(chat, "Cats"))[-1]  # a text-only article still works
+    assert final.kind == "done"
+
+
+async def test_expired_image(chat: ChatHandler, worker: Worker) -> None:
+    final = (await run(chat, "Cats", ["0" * 64]))[-1]
+    assert final.kind == "error" and "expired" in final.data["message"]
+
+
+async def test_request_validation(chat: ChatHandler) -> None:
+    handler = ArticleHandler(chat)
+    request = Request(conversation="console:art", text="")
+    with pytest.raises(InputError, match="title"):
+        await handler.ask(request, "   ")
+    with pytest.raises(InputError, match="characters"):
+        await handler.ask(request, "x" * 400)
+    with pytest.raises(InputError, match="between 1 and"):
+        await handler.ask(request, "Cats", paragraphs=0)
+    with pytest.raises(ImageRefused):
+        await handler.ask(request, "Cats", ["a" * 64] * 9)
+    assert not await chat.history.recent("console:art")  # refused requests leave history alone
