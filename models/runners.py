@@ -14,4 +14,7 @@ def runners() -> dict[str, Runner]:
     from .chat import run_chat
 
     table: dict[str, Runner] = {"chat": run_chat, "vision": run_chat}
+    from .xcomposer import run_article
+
+    table["article"] = run_article
     return table
