@@ -132,13 +132,19 @@ class ChatHandler:
 
     # ------------------------------------------------------------------ following a reply
     async def follow(self, reply: Reply) -> AsyncIterator[Update]:
-        """Translate the job's events into updates; on `done`, write the answer into history."""
+        """Translate the job's events into updates; on `done`, write the answer into history.
+
+        Attempts: events of an attempt older than the newest one seen are dropped (a worker that stalled
+        and was taken over may still write a few); the first event of a newer attempt yields `restart` and
+        the answer starts again from empty.  Only the final event of the newest attempt ends the reply, so
+        history gets exactly one assistant turn per reply."""
         job_id = reply.job.id
         attempt = 1
         parts: list[str] = []
         started = False
         last_news = time.monotonic()
         no_worker_since: float | None = None
+        orphan_noted = False
         deadline = self.settings.job_timeout + self.settings.job_visibility_timeout + 10
         async for event in self.bus.events(job_id, block_ms=250):
             now = time.monotonic()
@@ -156,18 +162,26 @@ class ChatHandler:
                         no_worker_since = None
                         position = await self.bus.queue_position(job_id)
                         yield Update("queued", position=position)
+                elif (started and not orphan_noted
+                      and now - last_news > self.settings.job_visibility_timeout + 5
+                      and not await self.bus.alive_workers()):
+                    # The worker running it died and no other is alive to take it over: say so once.
+                    orphan_noted = True
+                    yield Update("no_worker", attempt=attempt, data={"message": NO_WORKER})
                 if now - last_news > deadline:
                     await self.bus.cancel(job_id)
                     yield Update("error", data={"message": GAVE_UP, "code": "timeout"})
                     return
                 continue
             last_news = now
+            orphan_noted = False
             if event.attempt < attempt:
                 continue  # a late event of an abandoned attempt
             if event.attempt > attempt:
                 attempt = event.attempt
+                if not event.final:  # a dead-letter error needs no "answering again" first
+                    yield Update("restart", attempt=attempt)
                 parts.clear()
-                yield Update("restart", attempt=attempt)
             if event.type == "status":
                 if not started:
                     started = True

@@ -16,6 +16,11 @@ class JobError(RuntimeError):
     """A failure of one job whose message is safe and useful to show the user."""
 
 
+class BadPayload(JobError):
+    """The job's payload does not follow its kind's format (no messages, wrong types).  A producer bug, not
+    a user's: the worker reports it as an error event *and* dead-letters the job so it can be inspected."""
+
+
 @dataclass
 class JobContext:
     job: Job
@@ -28,6 +33,12 @@ class JobContext:
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     finished: bool = False
+    parts: list[str] = field(default_factory=list)  # the text streamed so far (reported if interrupted)
+
+    @property
+    def text(self) -> str:
+        """Everything `delta()` has streamed in this attempt."""
+        return "".join(self.parts)
 
     def params(self) -> GenParams:
         """Sampling parameters of the job, clamped, with the settings as defaults."""
@@ -44,6 +55,7 @@ class JobContext:
             return
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
+        self.parts.append(text)
         await self.emit("delta", {"text": text})
 
     async def step(self, data: dict[str, Any]) -> None:

@@ -84,6 +84,10 @@ class _Keys:
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:cancel"
 
+    def handbacks(self, job_id: str) -> str:
+        """How often a job was handed back unfinished by a worker shutting down (not a failure)."""
+        return f"{self.prefix}:job:{job_id}:handbacks"
+
     def blob(self, digest: str) -> str:
         return f"{self.prefix}:blob:{digest}"
 
@@ -105,6 +109,37 @@ class _Keys:
 
 
 KEYS = _Keys()
+
+# Refresh the idle time of the entries this consumer still owns; return the ones it no longer owns (another
+# worker took them over, or they were acked).  Checking ownership matters: a plain XCLAIM would steal a job
+# back from the worker that took it over after this one stalled, and two workers would run it.
+_HEARTBEAT = """
+local lost, mine = {}, {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then table.insert(mine, ARGV[i]) else table.insert(lost, ARGV[i]) end
+end
+if #mine > 0 then
+  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+  for _, id in ipairs(mine) do table.insert(args, id) end
+  table.insert(args, 'JUSTID')
+  redis.call(unpack(args))
+end
+return lost
+"""
+
+# XAUTOCLAIM in JUSTID form (so the cursor survives and entries deleted from the stream are visible by id on
+# Redis 6.2, which otherwise returns them as nils and keeps them pending forever), then read the entries;
+# entries trimmed away while pending are acked here.  Returns {cursor, {{id, fields}...}, {gone ids}}.
+_AUTOCLAIM = """
+local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'JUSTID')
+local out, gone = {}, {}
+for _, id in ipairs(res[2]) do
+  local e = redis.call('XRANGE', KEYS[1], id, id)
+  if e[1] then table.insert(out, e[1]) else redis.call('XACK', KEYS[1], ARGV[1], id); table.insert(gone, id) end
+end
+return {res[1], out, gone}
+"""
 
 
 def new_id() -> str:
@@ -172,7 +207,11 @@ class Event:
             data = json.loads(fields.get("data") or "{}")
         except ValueError:
             data = {}
-        return cls(type=fields.get("type", ""), attempt=int(fields.get("attempt") or 1), data=data,
+        try:
+            attempt = int(fields.get("attempt") or 1)
+        except ValueError:
+            attempt = 1
+        return cls(type=fields.get("type", ""), attempt=attempt, data=data if isinstance(data, dict) else {},
                    id=entry_id)
 
 
@@ -213,10 +252,15 @@ class Bus:
         self.reply_ttl = reply_ttl
         self.blob_ttl = blob_ttl
         self.max_job_bytes = max_job_bytes
+        self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._autoclaim = redis.register_script(_AUTOCLAIM)
+        self._autoclaim_cursor: dict[str, str] = {}  # consumer → where its next XAUTOCLAIM scan starts
 
     # ---------------------------------------------------------------- producer (bot) side
     async def submit(self, job: Job) -> str:
-        """Put a job on the stream; its reply stream exists (empty) from now on.  Returns the job id."""
+        """Put a job on the stream (its reply stream appears with the first event).  Returns the job id.
+
+        Raises `PayloadTooLarge` (a user-safe `ProtocolError`) when the envelope is over `max_job_bytes`."""
         fields = job.encode()
         size = sum(len(v.encode()) for v in fields.values())
         if size > self.max_job_bytes:
@@ -230,7 +274,9 @@ class Bus:
     async def events(self, job_id: str, *, after: str = "0-0", block_ms: int = 1000,
                      idle_timeout: float | None = None) -> AsyncIterator[Event | None]:
         """Yield the reply events of a job as they arrive; yields `None` every `block_ms` without news
-        (so the caller can update a queue notice or give up).  Stops after a final event."""
+        (so the caller can update a queue notice or give up).  Never stops by itself: a final event of an
+        attempt that was already superseded must not end the reading, so the caller decides when it is done
+        (`ChatHandler.follow` does)."""
         key = KEYS.events(job_id)
         last = after
         while True:
@@ -257,6 +303,17 @@ class Bus:
     async def is_cancelled(self, job_id: str) -> bool:
         return bool(await self.redis.exists(KEYS.cancel(job_id)))
 
+    async def cancelled_among(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of these jobs were cancelled (one round trip for all of them)."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(KEYS.cancel(job_id))
+            flags = await pipe.execute()
+        return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag}
+
     async def queue_position(self, job_id: str, entry_hint: str | None = None) -> int | None:
         """1-based position of a not-yet-claimed job in the queue, or None once a worker has it."""
         try:
@@ -281,8 +338,11 @@ class Bus:
             raw = await self.redis.get(KEYS.worker(worker_id))
             if not raw:
                 continue
-            data = json.loads(raw)
-            infos.append(WorkerInfo(**data))
+            try:
+                data = json.loads(raw)
+                infos.append(WorkerInfo(**{k: data[k] for k in WorkerInfo.__dataclass_fields__}))
+            except (ValueError, TypeError, KeyError):  # a worker of another version: still alive
+                infos.append(WorkerInfo(worker_id, "", "", 0, 0, False, now))
         return infos
 
     async def queue_depth(self) -> int:
@@ -340,6 +400,13 @@ class Bus:
             if fields is None:  # deleted from the stream while pending
                 out.append(Claimed(entry_id, None, ProtocolError("the job vanished"), {}))
                 continue
+            size = sum(len(k) + len(v.encode()) for k, v in fields.items())
+            if size > self.max_job_bytes:  # written past `submit` (another client, an older bot)
+                raw = {k: v for k, v in fields.items() if k != "payload"}
+                out.append(Claimed(entry_id, None, PayloadTooLarge(
+                    f"the request is too large to process ({size // 1024} KiB; the limit is "
+                    f"{self.max_job_bytes // 1024} KiB)"), raw))
+                continue
             try:
                 out.append(Claimed(entry_id, Job.decode(fields), None, fields))
             except ProtocolError as exc:
@@ -355,25 +422,55 @@ class Bus:
         return claimed
 
     async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Claimed]:
-        """Take over jobs whose worker stopped heartbeating (XAUTOCLAIM)."""
-        result = await self.redis.xautoclaim(KEYS.jobs, KEYS.group, consumer, min_idle_ms,
-                                             start_id="0-0", count=count)
-        entries = result[1] if result else []
-        deleted = result[2] if result and len(result) > 2 else []
-        for entry_id in deleted:  # entries trimmed away while pending: nothing left to run
-            await self.redis.xack(KEYS.jobs, KEYS.group, entry_id)
+        """Take over jobs whose worker stopped heartbeating (XAUTOCLAIM).
+
+        The scan resumes where the previous one stopped (per consumer), so stale entries behind many
+        healthy pending ones are found too; entries trimmed from the stream while pending are acked."""
+        start = self._autoclaim_cursor.get(consumer, "0-0")
+        cursor, raw_entries, _gone = await self._autoclaim(
+            keys=[KEYS.jobs], args=[KEYS.group, consumer, max(0, int(min_idle_ms)), start, max(1, count)])
+        self._autoclaim_cursor[consumer] = cursor or "0-0"
+        entries = []
+        for entry_id, flat in raw_entries:
+            entries.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True))))
         return self._claimed(entries)
 
-    async def heartbeat_jobs(self, consumer: str, entry_ids: list[str]) -> None:
-        """Reset the idle time of jobs this worker still runs, so nobody takes them over."""
-        if entry_ids:
-            await self.redis.xclaim(KEYS.jobs, KEYS.group, consumer, 0, entry_ids, justid=True)
+    async def heartbeat_jobs(self, consumer: str, entry_ids: list[str]) -> list[str]:
+        """Reset the idle time of jobs this worker still runs, so nobody takes them over.
 
-    async def release(self, consumer: str, entry_ids: list[str], idle_ms: int) -> None:
-        """Hand jobs back without finishing them: mark them idle so the next XAUTOCLAIM takes them."""
+        Returns the entries this consumer no longer owns (taken over by another worker meanwhile): the
+        caller should stop running them, since their reply now belongs to a newer attempt."""
+        if not entry_ids:
+            return []
+        return list(await self._heartbeat(keys=[KEYS.jobs], args=[KEYS.group, consumer, *entry_ids]))
+
+    async def release(self, consumer: str, entry_ids: list[str], idle_ms: int,
+                      job_ids: Iterable[str] = ()) -> None:
+        """Hand jobs back without finishing them: mark them idle so the next XAUTOCLAIM takes them.
+
+        `job_ids` (of the same jobs) are counted as hand-backs, which do not count against
+        `JOB_MAX_ATTEMPTS`: a job interrupted by rolling restarts is not a poison job."""
         if entry_ids:
             await self.redis.xclaim(KEYS.jobs, KEYS.group, consumer, 0, entry_ids, idle=idle_ms,
                                     justid=True)
+        for job_id in job_ids:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(KEYS.handbacks(job_id))
+                pipe.expire(KEYS.handbacks(job_id), max(self.reply_ttl, 3600))
+                await pipe.execute()
+
+    async def handbacks(self, job_id: str) -> int:
+        """How often the job was handed back by a shutting-down worker."""
+        return int(await self.redis.get(KEYS.handbacks(job_id)) or 0)
+
+    async def final_event(self, job_id: str) -> Event | None:
+        """The job's final event if its reply stream ends with one (the job is complete; a takeover after a
+        crash between the final event and the XACK must not run it again)."""
+        entries = await self.redis.xrevrange(KEYS.events(job_id), count=1)
+        if not entries:
+            return None
+        event = Event.decode(*entries[0])
+        return event if event.final else None
 
     async def ack(self, entry_id: str) -> None:
         await self.redis.xack(KEYS.jobs, KEYS.group, entry_id)
@@ -388,12 +485,13 @@ class Bus:
 
     async def emit(self, job_id: str, attempt: int, type_: str, data: dict[str, Any] | None = None,
                    *, refresh_ttl: bool = False) -> str:
-        """Append an event to the job's reply stream.  The TTL is refreshed on the first and final events
-        (and when asked), which keeps the per-token cost at one round trip."""
+        """Append an event to the job's reply stream.  The TTL is set on `status` events (every attempt
+        starts with one), on final events and when asked, which keeps the per-token cost at one round trip
+        and still lets the stream of a job whose worker died expire."""
         key = KEYS.events(job_id)
         fields = {"type": type_, "attempt": str(attempt),
                   "data": json.dumps(data or {}, ensure_ascii=False, separators=(",", ":"))}
-        if refresh_ttl or type_ in FINAL_EVENTS:
+        if refresh_ttl or type_ in FINAL_EVENTS or type_ == "status":
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(key, fields, maxlen=REPLY_MAXLEN, approximate=True)
                 pipe.expire(key, self.reply_ttl)

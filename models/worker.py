@@ -10,7 +10,17 @@ Run it with `python -m models.worker` (or in-process, when `EMBEDDED_WORKER` is 
 * a heartbeat lets the bot tell "queued behind others" from "no worker alive";
 * SIGTERM: stop claiming, let running jobs finish for `WORKER_SHUTDOWN_GRACE` seconds, hand back the
   rest for another worker, and exit;
-* a malformed job gets an error event (when it names a reply stream) and the worker keeps going.
+* a malformed job gets an error event (when it names a reply stream) and the worker keeps going;
+* Redis going away (a restart) never ends the worker: every loop backs off and retries.
+
+Failure policy (what is retried and what is not):
+* a user-safe failure (`JobError`, `EngineError`, e.g. the test engine's `[[fail]]`, a malformed message
+  list) is the job's answer: it becomes an `error` event at once and is not retried, since running it
+  again would fail the same way;
+* a bug inside a runner (any other exception) is reported as a generic error, also not retried;
+* only a worker that *disappears* mid-job (killed, OOM, host lost) leads to a retry: the job is taken over
+  with the next attempt number.  A job that kills its worker every time is dead-lettered once its
+  attempts exceed `JOB_MAX_ATTEMPTS`; hand-backs on SIGTERM do not count as attempts.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import socket
 import time
 import uuid
 
-from .context import JobError
+from .context import BadPayload, JobContext, JobError
 from .engines import build_engine
 from .engines.base import Engine, EngineError
 from .logs import bind as bind_log_context
@@ -38,6 +48,9 @@ from .settings import Settings, get_settings
 log = logging.getLogger("worker")
 
 GENERIC_ERROR = "Sorry — something went wrong while generating this answer. Please try again."
+DEAD_LETTER = "This request failed repeatedly, so I gave up on it. Please try again later."
+CANCEL_GRACE = 0.5  # seconds a runner gets to stop by itself after a cancel before it is interrupted
+RETRY_DELAY = 0.5  # seconds between retries while Redis is unreachable
 
 
 class Worker:
@@ -48,7 +61,9 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.runners: dict[str, Runner] = runners()
         self.in_flight: dict[str, asyncio.Task[None]] = {}  # stream entry id → task
+        self.in_flight_jobs: dict[str, str] = {}  # stream entry id → job id
         self.cancels: dict[str, asyncio.Event] = {}  # job id → cancel event
+        self.lost: set[str] = set()  # entry ids another worker took over: stop without writing
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self.jobs_done = 0
@@ -63,7 +78,7 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         """Serve until `stop()` is called; then shut down cleanly."""
-        await self.bus.ensure_group()
+        await self._retrying(self.bus.ensure_group, "create the consumer group")
         await self.engine.start()
         self.metrics.engine_loaded = True
         metrics_server = await start_worker_metrics(self.metrics, self.settings.metrics_host,
@@ -94,6 +109,18 @@ class Worker:
         self.stopping.set()
         self._slot_free.set()
 
+    async def _retrying(self, call, what: str) -> None:  # type: ignore[no-untyped-def]
+        """Run `call()` until it succeeds (Redis may be restarting) or the worker is told to stop."""
+        while True:
+            try:
+                await call()
+                return
+            except Exception as exc:
+                if self.stopping.is_set():
+                    raise
+                log.warning("could not %s (%s); retrying", what, type(exc).__name__)
+                await asyncio.sleep(RETRY_DELAY)
+
     async def _claim_loop(self) -> None:
         concurrency = max(1, self.settings.worker_concurrency)
         last_stale_check = 0.0
@@ -112,51 +139,62 @@ class Worker:
                     claimed = await self.bus.claim_stale(self.worker_id, self.visibility_ms, free)
                 if not claimed:
                     claimed = await self.bus.claim_new(self.worker_id, free, block_ms=250)
-            except (ConnectionError, OSError) as exc:  # Redis restarting: back off and retry
-                log.warning("redis unavailable (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
-            except Exception as exc:
+            except Exception as exc:  # Redis restarting (ConnectionError), group lost (NOGROUP): retry
                 if self.stopping.is_set():
                     break
-                log.warning("claim failed (%s); retrying", type(exc).__name__)
+                log.warning("claim failed (%s: %s); retrying", type(exc).__name__, str(exc)[:200])
                 self.metrics.redis_error()
-                await asyncio.sleep(0.5)
+                if "NOGROUP" in str(exc):  # Redis came back without our data: recreate the group
+                    with contextlib.suppress(Exception):
+                        await self.bus.ensure_group()
+                await asyncio.sleep(RETRY_DELAY)
                 continue
             for item in claimed:
-                await self._accept(item)
+                try:
+                    await self._accept(item)
+                except Exception as exc:  # the entry stays pending; a stale check takes it up again later
+                    log.warning("could not start job %s (%s)", item.entry_id, type(exc).__name__)
 
     async def _accept(self, item: Claimed) -> None:
         if item.job is None:
             await self._reject(item, item.error or ProtocolError("malformed job"))
             return
         job = item.job
+        if item.entry_id in self.in_flight:  # our own job came back to us (we stalled): keep running it
+            return
         attempt = await self.bus.next_attempt(job.id)
-        if attempt > self.settings.job_max_attempts:
-            log.error("job %s failed %d times; dead-lettering", job.id, attempt - 1)
-            await self.bus.emit(job.id, attempt, "error", {
-                "message": "This request failed repeatedly, so I gave up on it. Please try again later.",
-                "code": "dead_letter"})
-            await self.bus.dead_letter(item, "too many attempts")
+        if attempt > 1 and await self.bus.final_event(job.id) is not None:
+            # The previous attempt wrote its final event but died before the XACK: nothing to redo.
+            await self.bus.ack(item.entry_id)
+            return
+        failures = attempt - 1 - await self.bus.handbacks(job.id)
+        if failures >= self.settings.job_max_attempts:
+            log.error("job %s failed %d times; dead-lettering", job.id, failures)
+            # Dead-letter first, then tell: whoever sees the error finds the dead-letter entry.
+            await self.bus.dead_letter(item, f"too many attempts ({failures})")
+            await self.bus.emit(job.id, attempt, "error", {"message": DEAD_LETTER, "code": "dead_letter"})
             self.metrics.dead_lettered("too_many_attempts")
             await self.bus.ack(item.entry_id)
             return
         self.metrics.accepted(job, attempt)
         task = asyncio.create_task(self._run_job(item, attempt), name=f"job-{job.id}")
         self.in_flight[item.entry_id] = task
+        self.in_flight_jobs[item.entry_id] = job.id
         task.add_done_callback(lambda _t, entry=item.entry_id: self._finished(entry))
 
     def _finished(self, entry_id: str) -> None:
         self.in_flight.pop(entry_id, None)
+        self.in_flight_jobs.pop(entry_id, None)
+        self.lost.discard(entry_id)
         self._slot_free.set()
 
     async def _reject(self, item: Claimed, error: ProtocolError) -> None:
         """A job that cannot be parsed: tell its reader if it has one, dead-letter it, keep serving."""
         job_id = item.raw.get("id", "")
         log.warning("rejecting malformed job %s: %s", item.entry_id, error)
+        await self.bus.dead_letter(item, str(error))
         if job_id and len(job_id) <= 64 and job_id.replace("-", "").isalnum():
             await self.bus.emit(job_id, 1, "error", {"message": f"Invalid request: {error}", "code": "bad_job"})
-        await self.bus.dead_letter(item, str(error))
         self.metrics.dead_lettered("bad_job")
         await self.bus.ack(item.entry_id)
 
@@ -169,31 +207,71 @@ class Worker:
         ctx = MeteredContext(job=job, attempt=attempt, engine=self.engine, bus=self.bus, settings=self.settings,
                              cancel=cancel, worker_id=self.worker_id, metrics=self.metrics)
         try:
-            if await self.bus.is_cancelled(job.id):
-                cancel.set()
-            await ctx.status(state="started", worker=self.worker_id)
-            runner = self.runners.get(job.kind)
-            if runner is None:
-                raise JobError(f"this worker cannot run {job.kind!r} jobs")
-            if cancel.is_set():
-                await ctx.done("", stopped=True)
-            else:
-                await asyncio.wait_for(runner(ctx), timeout=self.settings.job_timeout)
-            if not ctx.finished:
-                await ctx.error(GENERIC_ERROR, "no_result")
-        except asyncio.CancelledError:
-            raise  # shutdown hands the job back; no ack
-        except (JobError, EngineError, ProtocolError) as exc:
-            await ctx.error(str(exc), type(exc).__name__)
-        except asyncio.TimeoutError:
-            await ctx.error("That took too long, so I stopped. Try a shorter request.", "timeout")
-        except Exception:
-            log.exception("job %s (%s) crashed", job.id, job.kind)
-            await ctx.error(GENERIC_ERROR, "internal")
+            try:
+                if await self.bus.is_cancelled(job.id):
+                    cancel.set()
+                await ctx.status(state="started", worker=self.worker_id)
+                runner = self.runners.get(job.kind)
+                if runner is None:
+                    raise JobError(f"this worker cannot run {job.kind!r} jobs")
+                if cancel.is_set():
+                    await ctx.done("", stopped=True)
+                else:
+                    await self._run_runner(runner, ctx)
+                if not ctx.finished:
+                    await ctx.error(GENERIC_ERROR, "no_result")
+            except asyncio.CancelledError:
+                raise  # shutdown hands the job back, or another worker took it over; no ack
+            except (BadPayload, ProtocolError) as exc:
+                await self.bus.dead_letter(item, str(exc))
+                await ctx.error(f"Invalid request: {exc}", "bad_job")
+            except (JobError, EngineError) as exc:
+                await ctx.error(str(exc), type(exc).__name__)
+            except asyncio.TimeoutError:
+                await ctx.error("That took too long, so I stopped. Try a shorter request.", "timeout")
+            except Exception:
+                log.exception("job %s (%s) crashed", job.id, job.kind)
+                await ctx.error(GENERIC_ERROR, "internal")
         finally:
             self.cancels.pop(job.id, None)
-        await self.bus.ack(item.entry_id)
+        for delay in (0.1, 0.5, 1.0, 2.0, 0.0):  # the final event is written; make the XACK stick
+            try:
+                await self.bus.ack(item.entry_id)
+                break
+            except Exception:
+                if not delay:
+                    raise  # left pending: whoever takes it over sees the final event and only acks
+                await asyncio.sleep(delay)
         self.jobs_done += 1
+
+    async def _run_runner(self, runner: Runner, ctx: JobContext) -> None:
+        """Run one attempt under the job deadline; after a cancel, give the runner `CANCEL_GRACE` to stop
+        by itself (it then reports its partial answer), else interrupt it and report what was streamed."""
+        task = asyncio.create_task(runner(ctx))
+        cancelled = asyncio.create_task(ctx.cancel.wait())
+        try:
+            done, _ = await asyncio.wait({task, cancelled}, timeout=self.settings.job_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if task not in done and cancelled in done:
+                done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+                if task not in done:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    await ctx.done(ctx.text, stopped=True)
+                    return
+            if task not in done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise asyncio.TimeoutError
+            task.result()
+        finally:
+            cancelled.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _drain(self) -> None:
         """Let running jobs finish for the grace period, then hand the rest back."""
@@ -205,28 +283,47 @@ class Worker:
                                             timeout=self.settings.worker_shutdown_grace)
         if pending:
             entries = [entry for entry, task in self.in_flight.items() if task in pending]
+            jobs = [self.in_flight_jobs[entry] for entry in entries if entry in self.in_flight_jobs]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            await self.bus.release(self.worker_id, entries, idle_ms=self.visibility_ms + 1)
-            log.info("handed back %d unfinished jobs", len(entries))
+            try:
+                await self.bus.release(self.worker_id, entries, idle_ms=self.visibility_ms + 1, job_ids=jobs)
+                log.info("handed back %d unfinished jobs", len(entries))
+            except Exception as exc:  # still pending under our name: taken over after the visibility timeout
+                log.warning("could not hand back %d jobs (%s)", len(entries), type(exc).__name__)
 
     # ------------------------------------------------------------------ background loops
     async def _heartbeat_loop(self) -> None:
-        interval = max(0.2, min(5.0, self.settings.job_visibility_timeout / 3))
+        """Register the worker, keep its jobs from being taken over, notice jobs it lost, and poll the
+        cancel keys of running jobs (a cancel published while the pub/sub link was down is not lost)."""
+        interval = max(0.2, min(5.0, self.settings.job_visibility_timeout / 4))
         while True:
             try:
                 await self.bus.register_worker(WorkerInfo(
                     worker_id=self.worker_id, host=socket.gethostname(), engine=self.engine.describe(),
                     concurrency=self.settings.worker_concurrency, in_flight=len(self.in_flight),
                     vision=self.engine.supports_vision, last_seen=time.time()), ttl=max(15.0, interval * 3))
-                await self.bus.heartbeat_jobs(self.worker_id, list(self.in_flight))
+                lost = await self.bus.heartbeat_jobs(self.worker_id, list(self.in_flight))
+                for entry in lost:
+                    task = self.in_flight.get(entry)
+                    if task is not None and entry not in self.lost:
+                        # Another worker runs it now (we stalled past the visibility timeout); its attempt
+                        # owns the reply, so stop ours without writing or acking anything.
+                        log.warning("job entry %s was taken over by another worker; stopping ours", entry)
+                        self.lost.add(entry)
+                        task.cancel()
+                waiting = [job_id for job_id, event in self.cancels.items() if not event.is_set()]
+                for job_id in await self.bus.cancelled_among(waiting):
+                    if job_id in self.cancels:
+                        self.cancels[job_id].set()
             except Exception as exc:
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             await asyncio.sleep(interval)
 
     async def _cancel_loop(self) -> None:
         while True:
+            pubsub = None
             try:
                 pubsub = await self.bus.cancel_listener()
                 async for message in pubsub.listen():
@@ -237,7 +334,11 @@ class Worker:
                 raise
             except Exception as exc:
                 log.warning("cancel listener lost (%s); resubscribing", type(exc).__name__)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(RETRY_DELAY)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
 
 
 def make_bus(settings: Settings, url: str | None = None) -> Bus:
