@@ -2,6 +2,7 @@
 
     python -m bot            Discord bot (console mode if DISCORD_TOKEN is empty)
     python -m bot console    chat in the terminal (reads stdin; pipe lines in to script it)
+    python -m bot status     workers, queue, dead letters, Redis memory (--json for scripts)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import sys
 
+from models.logs import setup_logging
 from models.settings import get_settings
 
 NO_TOKEN = (
@@ -22,12 +24,16 @@ NO_TOKEN = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "console"])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "console", "status"])
     parser.add_argument("--session", default="default", help="console conversation name")
+    parser.add_argument("--json", action="store_true", help="status: print JSON")
     args = parser.parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "status":
+        from .status import run_status
+
+        return asyncio.run(run_status(settings, as_json=args.json))
+    setup_logging(settings, sys.stderr)  # LOG_FORMAT text|json, job ids, secrets redacted
     if args.command == "run" and settings.discord_token is None:
         print(NO_TOKEN, file=sys.stderr)
         args.command = "console"

@@ -107,6 +107,11 @@ class _Keys:
     def active_reply(self, conversation: str) -> str:
         return f"{self.prefix}:active:{conversation}"
 
+    @property
+    def active_conversations(self) -> str:
+        """Index (sorted set) of conversations with a reply being streamed to Discord (handlers/resume.py)."""
+        return f"{self.prefix}:active-index"
+
 
 KEYS = _Keys()
 
