@@ -48,7 +48,7 @@ async def build_messages(ctx: JobContext, raw: Any) -> list[ChatMessage]:
     """Parsed messages with image blobs loaded.
 
     Only the image the conversation is about decides failure: the newest image-bearing message, when it is
-    the current message or the one just before the last answer (a follow-up such as "and what colour is the
+    the current message or the user message just before it (a follow-up such as "and what colour is the
     car?").  Its images must load (else the friendly "expired" `JobError`) and need a vision engine (else
     `VisionUnsupported`).  Images of older turns that expired, or that a text-only engine cannot see, are
     replaced by a short note, so one old picture cannot break a whole conversation.  Loaded images get
@@ -56,7 +56,9 @@ async def build_messages(ctx: JobContext, raw: Any) -> list[ChatMessage]:
     """
     parsed = parse_messages(raw)
     with_images = [i for i, item in enumerate(parsed) if item["images"]]
-    focus = with_images[-1] if with_images and with_images[-1] >= len(parsed) - 3 else -1
+    focus = -1
+    if with_images and sum(1 for item in parsed[with_images[-1] + 1:] if item["role"] == "user") <= 1:
+        focus = with_images[-1]  # the image message, or the one the current message follows up on
     messages: list[ChatMessage] = []
     for index, item in enumerate(parsed):
         newest = index == focus

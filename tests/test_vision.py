@@ -1,0 +1,175 @@
+"""Captions and visual Q&A end to end: image intake → Redis blob → real worker → `openai` engine → a local
+OpenAI-compatible server that decodes the image it receives.  Also: follow-ups, expiry, text-only engines."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+
+import pytest
+from PIL import Image
+
+from handlers.chat import ChatHandler, Request, Update
+from handlers.conf import ConfStore
+from handlers.history import HistoryStore
+from handlers.images import CAPTION_PROMPT, Attachment, ImageIntake, ImageRefused, VisionHandler
+from models.chat import IMAGE_GONE, NO_VISION
+from models.engines.openai import OpenAIEngine
+from models.engines.testing import TestEngine
+from models.protocol import KEYS, Bus
+from models.settings import Settings
+from models.worker import Worker
+from tests.fakeopenai import FakeOpenAI
+
+CONV = "g1:c2"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    server = await FakeOpenAI().start()
+    server.reply = "A red square on a white background."
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def engine(fake: FakeOpenAI) -> OpenAIEngine:  # the worker fixture runs this engine
+    return OpenAIEngine(base_url=fake.base_url, chat_model="internlm2_5-7b-chat",
+                        vision_model="internlm-xcomposer2d5-7b")
+
+
+@pytest.fixture
+def chat(bus: Bus, settings: Settings) -> ChatHandler:
+    return ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings)
+
+
+@pytest.fixture
+def vision(chat: ChatHandler, bus: Bus, settings: Settings) -> VisionHandler:
+    settings.image_max_side = 256
+    return VisionHandler(chat, ImageIntake(bus, settings))
+
+
+def photo(size: tuple[int, int] = (600, 400), fmt: str = "JPEG") -> Attachment:
+    buf = io.BytesIO()
+    img = Image.new("RGB", size, "white")
+    img.paste((220, 0, 0), (100, 100, 300, 300))
+    img.save(buf, fmt)
+    data = buf.getvalue()
+
+    async def fetch() -> bytes:
+        return data
+
+    return Attachment(f"photo.{fmt.lower()}", len(data), f"image/{fmt.lower()}", fetch)
+
+
+async def finish(chat: ChatHandler, reply: object) -> list[Update]:
+    return [u async for u in chat.follow(reply)]  # type: ignore[arg-type]
+
+
+async def ask_image(vision: VisionHandler, text: str = "", *attachments: Attachment) -> list[Update]:
+    stored = await vision.intake.ingest(list(attachments) or [photo()])
+    reply = await vision.ask(Request(conversation=CONV, text=text, user_name="ana"), [s.ref for s in stored])
+    return await finish(vision.chat, reply)
+
+
+async def test_caption_carries_the_image(vision: VisionHandler, fake: FakeOpenAI, worker: Worker) -> None:
+    updates = await ask_image(vision)
+    assert updates[-1].kind == "done" and updates[-1].text == fake.reply
+    assert any(u.kind == "text" for u in updates[:-1])  # streamed
+    rec = fake.requests[-1]
+    assert rec.body["model"] == "internlm-xcomposer2d5-7b"
+    assert [(i.format, i.size) for i in rec.images] == [("JPEG", (256, 171))]  # downsized, re-encoded
+    user = rec.body["messages"][-1]["content"]
+    assert CAPTION_PROMPT in user[0]["text"]  # no text: a detailed caption was asked for
+
+
+async def test_question_and_follow_up_keep_the_image(vision: VisionHandler, fake: FakeOpenAI, bus: Bus,
+                                                     worker: Worker, chat: ChatHandler) -> None:
+    updates = await ask_image(vision, "what shape is this?", photo(fmt="PNG"))
+    assert updates[-1].kind == "done"
+    first = fake.requests[-1]
+    assert "what shape is this?" in first.body["messages"][-1]["content"][0]["text"]
+    assert first.images[0].format == "PNG"
+    [turn, _answer] = await chat.history.recent(CONV)
+    ref = turn.images[0]
+    await bus.redis.expire(KEYS.blob(ref), 50)  # nearly expired...
+    fake.reply = "It is red."
+    follow = await finish(chat, await chat.ask(Request(conversation=CONV, text="and what colour is it?")))
+    assert follow[-1].kind == "done" and follow[-1].text == "It is red."
+    second = fake.requests[-1]
+    assert second.body["model"] == "internlm-xcomposer2d5-7b"  # the image is still in the conversation
+    assert [(i.format, i.size) for i in second.images] == [("PNG", (256, 171))]
+    assert second.body["messages"][-1]["content"] == "and what colour is it?"
+    assert await bus.redis.ttl(KEYS.blob(ref)) > 50  # ...and its life was extended: still referenced
+
+
+async def test_expired_image_follow_up_gets_a_friendly_message(vision: VisionHandler, fake: FakeOpenAI,
+                                                               bus: Bus, worker: Worker,
+                                                               chat: ChatHandler) -> None:
+    await ask_image(vision, "describe")
+    [turn, _] = await chat.history.recent(CONV)
+    await bus.redis.delete(KEYS.blob(turn.images[0]))  # the TTL ran out
+    requests_before = len(fake.requests)
+    follow = await finish(chat, await chat.ask(Request(conversation=CONV, text="what colour was it?")))
+    assert follow[-1].kind == "error"
+    assert "expired" in follow[-1].data["message"] and "can no longer see" in follow[-1].data["message"]
+    assert len(fake.requests) == requests_before  # nothing half-built was sent
+    # Once the conversation has moved on, the old image no longer blocks it: the model is told it expired.
+    updates = await finish(chat, await chat.ask(Request(conversation=CONV, text="tell me a joke")))
+    assert updates[-1].kind == "done"
+    last = fake.requests[-1]
+    assert last.body["model"] == "internlm2_5-7b-chat" and not last.images
+    assert any(IMAGE_GONE in str(m["content"]) for m in last.body["messages"])
+
+
+async def test_expired_image_in_the_new_message(vision: VisionHandler, chat: ChatHandler, worker: Worker) -> None:
+    reply = await vision.ask(Request(conversation=CONV, text="hm?"), ["f" * 64])
+    updates = await finish(chat, reply)
+    assert updates[-1].kind == "error" and "expired" in updates[-1].data["message"]
+
+
+async def test_several_images_in_one_message(vision: VisionHandler, fake: FakeOpenAI, worker: Worker) -> None:
+    updates = await ask_image(vision, "", photo((300, 300)), photo((120, 60), "PNG"))
+    assert updates[-1].kind == "done"
+    assert [(i.format, i.size) for i in fake.requests[-1].images] == [("JPEG", (256, 256)), ("PNG", (120, 60))]
+    assert "2 images" in fake.requests[-1].body["messages"][-1]["content"][0]["text"]
+
+
+async def test_server_error_reaches_the_user_safely(vision: VisionHandler, fake: FakeOpenAI,
+                                                    worker: Worker) -> None:
+    fake.fail_status = 500
+    updates = await ask_image(vision, "what?")
+    assert updates[-1].kind == "error" and "HTTP 500" in updates[-1].data["message"]
+
+
+class TestTextOnlyEngine:
+    """The CPU default has no vision model: the bot says exactly that instead of guessing."""
+
+    @pytest.fixture
+    def engine(self) -> TestEngine:
+        return TestEngine()
+
+    async def test_refused_up_front_when_workers_are_text_only(self, vision: VisionHandler, bus: Bus,
+                                                               worker: Worker, chat: ChatHandler) -> None:
+        for _ in range(200):
+            if await bus.alive_workers():
+                break
+            await asyncio.sleep(0.05)
+        stored = await vision.intake.ingest([photo()])
+        with pytest.raises(ImageRefused) as info:
+            await vision.ask(Request(conversation=CONV, text="what is it?"), [stored[0].ref])
+        assert str(info.value) == NO_VISION and "VISION_MODEL" in str(info.value)
+        assert not await chat.history.recent(CONV)
+
+    async def test_worker_says_no_vision_and_chat_goes_on(self, bus: Bus, worker: Worker,
+                                                          chat: ChatHandler, settings: Settings) -> None:
+        ref = (await ImageIntake(bus, settings).ingest([photo()]))[0].ref
+        # no live worker known yet, or an old client: the job reaches the text-only worker
+        reply = await chat.ask(Request(conversation=CONV, text="what is it?", images=[ref], kind="vision"))
+        updates = await finish(chat, reply)
+        assert updates[-1].kind == "error" and updates[-1].data["message"] == NO_VISION
+        follow = await finish(chat, await chat.ask(Request(conversation=CONV, text="and its colour?")))
+        assert follow[-1].kind == "error" and follow[-1].data["message"] == NO_VISION  # still about the image
+        updates = await finish(chat, await chat.ask(Request(conversation=CONV, text="hello")))
+        assert updates[-1].kind == "done" and updates[-1].text.startswith("echo: hello")  # moved on
