@@ -2,6 +2,7 @@
 
     python -m bot            Discord bot (console mode if DISCORD_TOKEN is empty)
     python -m bot console    chat in the terminal (reads stdin; pipe lines in to script it)
+    python -m bot sync       register the slash commands with Discord now, then exit
     python -m bot status     workers, queue, dead letters, Redis memory (--json for scripts)
 """
 
@@ -24,7 +25,7 @@ NO_TOKEN = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "console", "status"])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "console", "sync", "status"])
     parser.add_argument("--session", default="default", help="console conversation name")
     parser.add_argument("--json", action="store_true", help="status: print JSON")
     args = parser.parse_args(argv)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_console(settings, args.session))
     from .client import run_discord
 
-    return run_discord(settings)
+    return run_discord(settings, sync_only=args.command == "sync")
 
 
 async def _console(settings, session: str) -> int:

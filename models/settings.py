@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     # --- Discord -------------------------------------------------------------------------------
     discord_token: SecretStr | None = None
     discord_api_base: str = ""  # e.g. a rate-limit proxy; empty = Discord itself
+    discord_gateway_url: str = ""  # e.g. a gateway proxy (wss://...); empty = Discord's own gateway
     allow_dms: bool = True
     chat_channels: CsvInts = Field(default_factory=list)
     allowed_guilds: CsvInts = Field(default_factory=list)

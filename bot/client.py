@@ -1,0 +1,199 @@
+"""The Discord client: a `commands.Bot` holding the `Runtime`, one extension (Cog) per feature.
+
+`python -m bot` calls `run_discord(settings)`.  Features live in `bot/cogs/`: chat and admin always,
+agent and images when their modules exist, so adding a feature is adding a Cog.  Slash commands are
+synced with Discord only when their definition changed (a hash in Redis) or on `python -m bot sync`,
+because Discord rate-limits syncing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import json
+import logging
+from typing import Any
+
+import discord
+import yarl
+from discord.ext import commands
+
+from handlers.ratelimit import UserRateLimiter
+from models.protocol import KEYS
+from models.settings import Settings
+
+from . import i18n
+from .ratelimit import BucketRegistry
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+CORE_EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin")
+OPTIONAL_EXTENSIONS = ("bot.cogs.agent", "bot.cogs.images")
+# Permissions the invite link asks for: View Channels, Send Messages, Send Messages in Threads,
+# Embed Links, Attach Files, Read Message History (see docs/discord.md).
+INVITE_PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, send_messages_in_threads=True,
+                                         embed_links=True, attach_files=True, read_message_history=True)
+
+
+class InternLMBot(commands.Bot):
+    """The bot.  Cogs reach the handlers through `bot.runtime` and stream replies with `bot.streaming`."""
+
+    def __init__(self, runtime: Runtime, *, sync: str = "auto") -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True  # a privileged intent: enable it in the developer portal
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
+                         allowed_mentions=discord.AllowedMentions.none())
+        self.runtime = runtime
+        self.settings: Settings = runtime.settings
+        self.buckets = BucketRegistry(capacity=5, per=5.0, reserve=1)
+        self.limiter = UserRateLimiter.from_settings(runtime.bus.redis, runtime.settings)
+        self.sync_mode = sync  # "auto" (when changed), "force", or "never"
+        self.synced: bool | None = None  # whether setup_hook synced the commands
+        self.regenerable_kinds: set[str] = {"chat", "vision"}
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """No text commands: messages are the chat cog's business (this stops `process_commands`)."""
+
+    async def setup_hook(self) -> None:
+        await self.tree.set_translator(i18n.Translator())
+        for name in CORE_EXTENSIONS:
+            await self.load_extension(name)
+        for name in OPTIONAL_EXTENSIONS:
+            if importlib.util.find_spec(name) is not None:
+                await self.load_extension(name)
+        if self.sync_mode != "never":
+            self.synced = await self.sync_commands(force=self.sync_mode == "force")
+
+    async def command_payload(self) -> list[dict[str, Any]]:
+        """The global command tree as Discord would receive it (translations included)."""
+        translator = self.tree.translator
+        payload = []
+        for command in self.tree.get_commands():
+            if translator is not None:
+                payload.append(await command.get_translated_payload(self.tree, translator))
+            else:
+                payload.append(command.to_dict(self.tree))
+        return payload
+
+    async def command_hash(self) -> str:
+        data = json.dumps([self.application_id, await self.command_payload()], sort_keys=True, default=str)
+        return hashlib.sha256(data.encode()).hexdigest()
+
+    async def sync_commands(self, *, force: bool = False) -> bool:
+        """Sync the application commands if their definition changed since the last sync."""
+        digest = await self.command_hash()
+        redis = self.runtime.bus.redis
+        if not force and await redis.get(KEYS.command_hash) == digest:
+            log.info("application commands unchanged; not syncing")
+            return False
+        synced = await self.tree.sync()
+        await redis.set(KEYS.command_hash, digest)
+        log.info("synced %d application commands", len(synced))
+        return True
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s (id %s) in %d guilds", self.user, getattr(self.user, "id", "?"),
+                 len(self.guilds))
+        if self.application_id:
+            log.info("invite link: %s", invite_url(self.application_id))
+
+    def reply_view(self, reply: Any, state: str, lang: str, owner: int | None = None) -> discord.ui.View | None:
+        """The buttons on a reply: Stop while streaming, Regenerate when done (chat cog's items)."""
+        from .cogs.chat import reply_buttons
+
+        return reply_buttons(self, reply, state, lang, owner)
+
+
+def invite_url(application_id: int) -> str:
+    return discord.utils.oauth_url(application_id, permissions=INVITE_PERMISSIONS,
+                                   scopes=("bot", "applications.commands"))
+
+
+def build_bot(runtime: Runtime, *, sync: str = "auto") -> InternLMBot:
+    return InternLMBot(runtime, sync=sync)
+
+
+class _RedactToken(logging.Filter):
+    """Belt and braces: the token never reaches a log line, whoever logs it."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.token and self.token in record.getMessage():
+            record.msg = record.getMessage().replace(self.token, "[token]")
+            record.args = ()
+        return True
+
+
+def configure_discord(settings: Settings) -> None:
+    """Point discord.py at a REST proxy / gateway when configured, and set up its logging."""
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+    gateway = getattr(settings, "discord_gateway_url", "")
+    if gateway:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO), root=True)
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    for handler in root.handlers:
+        handler.addFilter(_RedactToken(token))
+
+
+async def _serve(settings: Settings, sync: str) -> int:
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    if not token:
+        log.error("DISCORD_TOKEN is not set")
+        return 2
+    runtime = await Runtime.start(settings)
+    bot = build_bot(runtime, sync=sync)
+    try:
+        async with bot:
+            await bot.start(token)
+    except discord.LoginFailure:
+        log.error("Discord refused the token (DISCORD_TOKEN): check it in the developer portal")
+        return 1
+    except discord.PrivilegedIntentsRequired:
+        log.error("Enable the Message Content intent for this bot in the developer portal (Bot → "
+                  "Privileged Gateway Intents), then start again")
+        return 1
+    finally:
+        await runtime.close()
+    return 0
+
+
+async def _sync_only(settings: Settings) -> int:
+    """Log in over REST only, sync the commands, and leave (`python -m bot sync`)."""
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    if not token:
+        log.error("DISCORD_TOKEN is not set")
+        return 2
+    runtime = await Runtime.start(settings.model_copy(update={"embedded_worker": False}))
+    bot = build_bot(runtime, sync="force")
+    try:
+        async with bot:
+            await bot.login(token)  # runs setup_hook, which syncs
+        print(f"Synced application commands for application {bot.application_id}.")
+    except discord.LoginFailure:
+        log.error("Discord refused the token (DISCORD_TOKEN)")
+        return 1
+    finally:
+        await runtime.close()
+    return 0
+
+
+def run_discord(settings: Settings, *, sync_only: bool = False) -> int:
+    """Run the bot until interrupted (or just sync the commands); returns the process exit code."""
+    configure_discord(settings)
+    try:
+        return asyncio.run(_sync_only(settings) if sync_only else _serve(settings, "auto"))
+    except KeyboardInterrupt:
+        return 0
+
+
+__all__ = ["InternLMBot", "build_bot", "invite_url", "run_discord"]

@@ -1,0 +1,156 @@
+"""`/settings`: admins tune the model per server or per channel (system prompt, temperature, top_p,
+max new tokens).  Values are validated by `handlers.conf` and stored in Redis, so they survive
+restarts and apply to every bot process.  Who is an admin: anyone with Manage Server, or the
+`ADMIN_ROLE` role (name or id).  Replies are ephemeral: settings are not channel chatter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.app_commands import Choice, locale_str
+from discord.ext import commands
+
+from handlers.conf import FIELDS, ConfError, ConfStore
+
+from .. import i18n
+from ..streaming import NO_MENTIONS
+from .chat import settings_channel
+
+if TYPE_CHECKING:
+    from ..client import InternLMBot
+
+EMBED_DESCRIPTION_MAX = 4096
+EMBED_FIELD_MAX = 1024
+SCOPES = [Choice(name=locale_str("server"), value="guild"), Choice(name=locale_str("channel"), value="channel")]
+NAMES = [Choice(name=name, value=name) for name in FIELDS]
+NUMERIC = [name for name in FIELDS if FIELDS[name][0] is not str]
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Admin(commands.Cog):
+    """Per-guild and per-channel generation settings."""
+
+    settings_group = app_commands.Group(
+        name=locale_str("settings"),
+        description=locale_str("Change the bot's settings for this server or channel (admins)"),
+        guild_only=True)
+
+    def __init__(self, bot: InternLMBot) -> None:
+        self.bot = bot
+        self.conf: ConfStore = bot.runtime.conf
+
+    # ---------------------------------------------------------------- helpers
+    def is_admin(self, interaction: discord.Interaction) -> bool:
+        if interaction.permissions.manage_guild:
+            return True
+        role = self.bot.settings.admin_role.strip()
+        roles = getattr(interaction.user, "roles", [])
+        return bool(role) and any(r.name == role or str(r.id) == role for r in roles)
+
+    async def _gate(self, interaction: discord.Interaction) -> str | None:
+        """The language to answer in if the caller may change settings; otherwise answer and None."""
+        lang = i18n.lang_for(interaction=interaction)
+        if interaction.guild is None:
+            await interaction.response.send_message(i18n.t("guild_only", lang), ephemeral=True)
+            return None
+        if not self.is_admin(interaction):
+            role = self.bot.settings.admin_role.strip()
+            hint = i18n.t("admin_role_hint", lang, role=role) if role else ""
+            await interaction.response.send_message(i18n.t("not_admin", lang, role=hint), ephemeral=True,
+                                                    allowed_mentions=NO_MENTIONS)
+            return None
+        return lang
+
+    def _scope(self, interaction: discord.Interaction, scope: Choice[str] | None, lang: str) -> tuple[str, str]:
+        """(ConfStore scope key, a human name for it)."""
+        if scope is not None and scope.value == "channel":
+            channel_id = settings_channel(interaction.channel)
+            channel = interaction.guild.get_channel(channel_id) if interaction.guild and channel_id else None
+            name = channel.name if channel is not None else str(channel_id)
+            return ConfStore.scope(channel=channel_id), i18n.t("scope_channel", lang, name=name)
+        return ConfStore.scope(guild=interaction.guild_id), i18n.t("scope_guild", lang)
+
+    async def settings_embed(self, interaction: discord.Interaction, lang: str, scope_name: str) -> discord.Embed:
+        """The effective settings here, with where each value comes from; always within embed limits."""
+        guild_id = interaction.guild_id
+        channel_id = settings_channel(interaction.channel)
+        guild_values = await self.conf.get_scope(ConfStore.scope(guild=guild_id))
+        channel_values = await self.conf.get_scope(ConfStore.scope(channel=channel_id)) if channel_id else {}
+        effective = await self.conf.effective(guild=guild_id, channel=channel_id)
+
+        def source(name: str) -> str:
+            if name in channel_values:
+                return i18n.t("source_channel", lang)
+            if name in guild_values:
+                return i18n.t("source_guild", lang)
+            return i18n.t("source_default", lang)
+
+        prompt_head = f"**{i18n.t('system_prompt', lang)}** ({source('system_prompt')})\n"
+        prompt = effective.system_prompt or "—"
+        embed = discord.Embed(
+            title=_clip(i18n.t("settings_title", lang, scope=scope_name), 256),
+            description=prompt_head + _clip(prompt, EMBED_DESCRIPTION_MAX - len(prompt_head) - 200),
+            colour=discord.Colour.blurple())
+        for name in NUMERIC:
+            value = getattr(effective, name)
+            embed.add_field(name=name, value=_clip(f"`{value}` ({source(name)})", EMBED_FIELD_MAX), inline=True)
+        return embed
+
+    # ---------------------------------------------------------------- commands
+    @settings_group.command(name=locale_str("view"), description=locale_str("Show the effective settings"))
+    async def view(self, interaction: discord.Interaction) -> None:
+        lang = await self._gate(interaction)
+        if lang is None:
+            return
+        _, scope_name = self._scope(interaction, SCOPES[1], lang)
+        embed = await self.settings_embed(interaction, lang, scope_name)
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @settings_group.command(name=locale_str("set"), description=locale_str("Change one setting"))
+    @app_commands.rename(name=locale_str("name"), value=locale_str("value"), scope=locale_str("scope"))
+    @app_commands.describe(name=locale_str("Which setting"), value=locale_str("The new value"),
+                           scope=locale_str("Server-wide or this channel only"))
+    @app_commands.choices(name=NAMES, scope=SCOPES)
+    async def set_(self, interaction: discord.Interaction, name: Choice[str],
+                   value: app_commands.Range[str, 1, 4000], scope: Choice[str] | None = None) -> None:
+        lang = await self._gate(interaction)
+        if lang is None:
+            return
+        key, scope_name = self._scope(interaction, scope, lang)
+        try:
+            await self.conf.set(key, name.value, value)
+        except ConfError as exc:
+            await interaction.response.send_message(i18n.t("settings_invalid", lang, error=exc), ephemeral=True,
+                                                    allowed_mentions=NO_MENTIONS)
+            return
+        shown = _clip(value.replace("`", "ˋ"), 200)
+        embed = await self.settings_embed(interaction, lang, scope_name)
+        await interaction.response.send_message(
+            i18n.t("settings_saved", lang, name=name.value, value=shown, scope=scope_name), embed=embed,
+            ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @settings_group.command(name=locale_str("clear"), description=locale_str("Remove an override (or all of them)"))
+    @app_commands.rename(name=locale_str("name"), scope=locale_str("scope"))
+    @app_commands.describe(name=locale_str("Which setting"), scope=locale_str("Server-wide or this channel only"))
+    @app_commands.choices(name=NAMES, scope=SCOPES)
+    async def clear(self, interaction: discord.Interaction, name: Choice[str] | None = None,
+                    scope: Choice[str] | None = None) -> None:
+        lang = await self._gate(interaction)
+        if lang is None:
+            return
+        key, scope_name = self._scope(interaction, scope, lang)
+        await self.conf.clear(key, name.value if name else None)
+        what = f"`{name.value}`" if name else i18n.t("settings_all", lang)
+        embed = await self.settings_embed(interaction, lang, scope_name)
+        await interaction.response.send_message(i18n.t("settings_cleared", lang, what=what, scope=scope_name),
+                                                embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+async def setup(bot: InternLMBot) -> None:
+    await bot.add_cog(Admin(bot))
