@@ -19,6 +19,8 @@ from .runtime import Runtime
 
 HELP = """Commands:
   /reset          forget this conversation
+  /image PATH [question]   describe an image, or ask about it (needs a vision engine)
+  /article TITLE [--image PATH]... [--paragraphs N]   an illustrated article (InternLM-XComposer)
   /help           this text
   /quit           leave (Ctrl-D works too)
 Anything else is a message to the model."""
@@ -146,6 +148,10 @@ async def _help(console: Console, _rest: str) -> None:
 
 
 Console.commands.update({"reset": _reset, "help": _help})
+
+from .console_images import article_command, image_command  # noqa: E402 - image commands live apart
+
+Console.commands.update({"image": image_command, "article": article_command})
 
 
 async def run_console(runtime: Runtime, session: str = "default") -> None:

@@ -13,8 +13,9 @@ announced with a `step` event so the front end can show progress):
    prompt); the front end shows them in italics.  The original demo then fetched matching pictures from a
    retrieval service of its authors that is not public, so this bot suggests rather than illustrates.
 
-The `done` event carries `layout`: a list of blocks (`text`, `image` with a blob ref, `caption`) that the
-front ends render within Discord's limits (handlers/article.py).  Sampling follows the demo: top_p 0.8 and
+The `done` event's `text` is the article as streamed; its `layout` is a list of blocks (`text`, `image`
+with a blob ref, `caption`) that the front ends render within Discord's limits (handlers/article.py), and
+its `history` is the layout as Markdown (what the conversation remembers).  Sampling follows the demo: top_p 0.8 and
 repetition penalty 1.005 (`ARTICLE_REPETITION_PENALTY`).
 """
 
@@ -242,6 +243,7 @@ async def run_article(ctx: JobContext) -> None:
     layout = build_layout(sections, placed, captions)
     numbers = {ref: i + 1 for i, ref in enumerate(refs)}
     final = layout_text(layout, numbers)
-    await ctx.done(final, prompt_tokens=ctx.engine.count_tokens(title),
+    # `text` stays the streamed article (front ends replace it with the layout); history keeps the layout.
+    await ctx.done(article, prompt_tokens=ctx.engine.count_tokens(title),
                    completion_tokens=ctx.engine.count_tokens(article), stopped=ctx.cancel.is_set(),
                    extra={"layout": layout, "title": title, "history": final})

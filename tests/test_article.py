@@ -203,7 +203,7 @@ async def test_without_images_suggests_captions(chat: ChatHandler, worker: Worke
     assert [u.data.get("stage") for u in updates if u.kind == "step"] == ["write", "place", "placed", "captions"]
     captions = [b for b in final.data["layout"] if b["type"] == "caption"]
     assert [c["text"] for c in captions] == ["A picture for paragraph 0", "A picture for paragraph 3"]
-    assert "*🖼️ A picture for paragraph 0*" in final.text
+    assert final.text == ARTICLE and "*🖼️ A picture for paragraph 0*" in final.data["history"]
     assert "浦语·灵笔" in engine.calls[0][0][0].content and not engine.calls[0][0][-1].images
     assert "根据给定标题写一个图文并茂，不重复的文章：成都三日游" in engine.calls[0][0][-1].content
 

@@ -173,3 +173,41 @@ class TestTextOnlyEngine:
         assert follow[-1].kind == "error" and follow[-1].data["message"] == NO_VISION  # still about the image
         updates = await finish(chat, await chat.ask(Request(conversation=CONV, text="hello")))
         assert updates[-1].kind == "done" and updates[-1].text.startswith("echo: hello")  # moved on
+
+
+async def test_console_image_and_article(settings: Settings, fake: FakeOpenAI, tmp_path: object) -> None:
+    """The console's `/image` and `/article` use the same handlers, here against the OpenAI-compatible server."""
+    from pathlib import Path
+
+    from bot.console import Console
+    from bot.runtime import Runtime
+
+    path = Path(str(tmp_path)) / "my photo.png"
+    Image.new("RGB", (64, 64), "red").save(path)
+    settings.engine = "openai"
+    settings.openai_base_url = fake.base_url
+    settings.vision_model = "internlm-xcomposer2d5-7b"
+    runtime = await Runtime.start(settings)
+    out = io.StringIO()
+    console = Console(runtime, "vis", out=out)
+    try:
+        await console.handle_line(f'/image "{path}" what\'s in it?')
+        assert fake.requests[-1].images[0].size == (64, 64)
+        assert "what's in it?" in fake.requests[-1].body["messages"][-1]["content"][0]["text"]
+        assert fake.reply in out.getvalue()
+        await console.handle_line("/image /no/such/file.png")
+        assert "no such file" in out.getvalue()
+
+        def script(body: dict) -> str:
+            prompt = str(body["messages"][-1]["content"])
+            if "选择适合插入图像" in prompt:
+                return "适合插入图像的行是<Seg1>"
+            return "First paragraph.\nSecond paragraph.\nThird paragraph."
+
+        fake.reply = script
+        await console.handle_line(f'/article Red things --image "{path}" --paragraphs 3')
+        text = out.getvalue()
+        assert "Third paragraph." in text and "after paragraph 2: [image] my photo.png" in text
+        assert fake.requests[-1].images and "浦语·灵笔" in fake.requests[-1].body["messages"][0]["content"]
+    finally:
+        await runtime.close()
