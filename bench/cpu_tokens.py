@@ -1,0 +1,85 @@
+"""Tokens/s of the bundled CPU model: raw llama.cpp vs delivered through the queue and the worker.
+
+Same prompts, same greedy settings, measured alternately (raw, worker, raw, worker …) so machine load hits
+both sides alike.  Raw = llama-cpp-python's streaming chat completion called directly; delivered = a chat job
+submitted to Redis, run by a worker with the llama.cpp engine, read back from the reply stream until `done`.
+Tokens are counted with the model's tokenizer on the final text, on both sides; time runs from the request to
+the last token.  Target: delivered / raw ≥ 0.9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bench.common import (
+    Options,
+    Result,
+    bench_settings,
+    bus_for,
+    chat_job,
+    in_process_worker,
+    main_for,
+    private_redis,
+    run_job,
+)
+from models.engines.llamacpp import LlamaCppEngine
+
+SYSTEM = "You are a helpful assistant."
+PROMPTS = [
+    "Explain in a few sentences why the sky is blue.",
+    "Write a short poem about the sea.",
+    "List five tips for learning a new language.",
+]
+MAX_TOKENS = 96
+TARGET = 0.9
+
+
+def _raw(llm, prompt: str) -> tuple[str, float]:
+    """One direct llama-cpp-python streaming call: (text, seconds to the last token)."""
+    started = time.perf_counter()
+    parts: list[str] = []
+    for chunk in llm.create_chat_completion(
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+            stream=True, temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS, repeat_penalty=1.0):
+        piece = chunk["choices"][0]["delta"].get("content")
+        if piece:
+            parts.append(piece)
+    return "".join(parts), time.perf_counter() - started
+
+
+async def run(opts: Options) -> list[Result]:
+    rounds = 1 if opts.quick else 2
+    prompts = PROMPTS[:2] if opts.quick else PROMPTS
+    raw_tokens = raw_seconds = got_tokens = got_seconds = 0.0
+    with private_redis() as url:
+        settings = bench_settings(url, engine="llamacpp", worker_concurrency=1, llamacpp_n_ctx=2048)
+        engine = LlamaCppEngine.from_settings(settings)
+        raw_engine = LlamaCppEngine.from_settings(settings)  # its own llama.cpp context, same weights file
+        await raw_engine.start()
+        async with bus_for(settings) as bus, in_process_worker(settings, bus, engine):
+            params = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": MAX_TOKENS, "repetition_penalty": 1.0}
+            await run_job(bus, chat_job("Hi", system=SYSTEM, params=params | {"max_new_tokens": 4}))  # warm-up
+            await asyncio.to_thread(_raw, raw_engine.llm, "Hi")
+            for _ in range(rounds):
+                for prompt in prompts:
+                    text, seconds = await asyncio.to_thread(_raw, raw_engine.llm, prompt)
+                    raw_tokens += raw_engine.count_tokens(text)
+                    raw_seconds += seconds
+                    final, seconds = await run_job(bus, chat_job(prompt, system=SYSTEM, params=params))
+                    assert final.type == "done", final
+                    got_tokens += engine.count_tokens(final.data["text"])
+                    got_seconds += seconds
+        await raw_engine.close()
+    raw_rate, got_rate = raw_tokens / raw_seconds, got_tokens / got_seconds
+    ratio = got_rate / raw_rate
+    return [
+        Result("cpu_tokens", "raw llama.cpp", raw_rate, "tok/s", note=f"{raw_tokens:.0f} tokens"),
+        Result("cpu_tokens", "delivered by worker", got_rate, "tok/s", note=f"{got_tokens:.0f} tokens"),
+        Result("cpu_tokens", "delivered / raw", ratio, "×", f"≥ {TARGET:g}", ratio >= TARGET,
+               "SmolLM2-135M Q4_1, greedy, same prompts"),
+    ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_for(run))
