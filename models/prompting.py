@@ -9,11 +9,15 @@ def fit_messages(engine: Engine, system: str, turns: list[ChatMessage], reply_bu
     """The system prompt plus the newest turns that fit `context_window - reply_budget`.
 
     The newest user turn is always kept; if it alone does not fit it is cut from the front (its end is
-    usually the question).  Older turns are dropped whole, oldest first, never split.
+    usually the question).  Older turns are dropped whole, oldest first, never split.  A system prompt that
+    would take more than half the budget is cut (its end) to half, so the question always has room.
     """
     budget = max(64, engine.context_window - reply_budget)
     head = [ChatMessage("system", system)] if system else []
     used = engine.count_message_tokens(head) if head else 0
+    if used > budget // 2:
+        head = [_truncate_back(engine, head[0], budget // 2)]
+        used = engine.count_message_tokens(head)
     kept: list[ChatMessage] = []
     for index, turn in enumerate(reversed(turns)):
         cost = engine.count_message_tokens([turn])
@@ -28,6 +32,19 @@ def fit_messages(engine: Engine, system: str, turns: list[ChatMessage], reply_bu
     while kept and kept[0].role == "assistant":
         kept.pop(0)
     return head + kept
+
+
+def _truncate_back(engine: Engine, turn: ChatMessage, budget: int) -> ChatMessage:
+    """The longest beginning of the turn that fits `budget` (message overhead included)."""
+    text = turn.content
+    lo, hi = 0, len(text)
+    while lo < hi:  # longest prefix that fits
+        mid = (lo + hi + 1) // 2
+        if engine.count_message_tokens([ChatMessage(turn.role, text[:mid] + "…")]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return ChatMessage(turn.role, text[:lo] + "…", turn.images, turn.name)
 
 
 def _truncate_front(engine: Engine, turn: ChatMessage, budget: int) -> ChatMessage:

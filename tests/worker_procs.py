@@ -25,7 +25,7 @@ class WorkerProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "models.worker"], cwd=ROOT, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT,
-            env=subprocess_env(settings, LOG_LEVEL="INFO", **env))
+            env=subprocess_env(settings, **{"LOG_LEVEL": "INFO", **env}))
 
     @property
     def pid(self) -> int:
