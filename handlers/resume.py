@@ -1,0 +1,162 @@
+"""Replies that survive a bot restart: a Redis record of every reply being streamed, so a new bot process
+can finish posting them (or say that the answer was lost).
+
+Why this works: the answer is produced by a worker and written to the job's reply stream in Redis, not
+held by the bot.  When the bot dies mid-reply the worker carries on (or, with the embedded worker, the
+job is taken over by the next worker after `JOB_VISIBILITY_TIMEOUT`).  All a new bot process needs is to
+know *which* jobs it was showing, and *where* — that is this record.  Following the reply stream from
+its start gives the whole answer so far, so the Discord message simply catches up.
+
+The behaviour (documented in docs/deploy.md):
+* the front end calls `begin` when it starts showing a reply (with where it shows it: channel and
+  message ids — opaque to this module) and `end` when the final text is posted;
+* on startup, `pending()` lists the records left behind (optionally only those a shard owns), and
+  `reopen(record)` turns one into a `Reply` to follow again — or None when the answer cannot be had any
+  more (its reply stream expired and the job is nowhere), in which case the front end tells the person
+  the answer was interrupted;
+* the answer goes into history exactly once: if the old process recorded it before dying (it got as far
+  as the final event), the reopened reply does not record it again.
+
+Keys: `KEYS.active_reply(conversation)` is a hash job id → record; `KEYS.active_conversations` is a
+sorted set of conversations with records (by time), so startup does not SCAN the keyspace.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from models.protocol import KEYS, Bus, Job
+from models.settings import Settings
+
+from .chat import Reply, Request
+from .history import HistoryStore
+
+# Drop a conversation from the index once its hash is empty — atomically, so a `begin` racing with the
+# cleanup is never dropped from the index.
+_FORGET_IF_EMPTY = """
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class ActiveRecord:
+    """One reply that was being shown when the record was written."""
+
+    job_id: str
+    kind: str
+    conversation: str
+    record: bool  # whether the answer goes into history
+    guild: int | None = None
+    channel: int | None = None  # the request's channel (for settings), not necessarily where it shows
+    where: dict[str, Any] = field(default_factory=dict)  # front-end data: channel/message ids, lang, owner
+    started: float = field(default_factory=time.time)
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str) -> ActiveRecord | None:
+        try:
+            data = json.loads(raw)
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except (ValueError, TypeError):
+            return None
+
+
+class ActiveReplies:
+    """The record of replies in progress (see the module docstring)."""
+
+    def __init__(self, bus: Bus, history: HistoryStore, settings: Settings) -> None:
+        self.bus = bus
+        self.redis = bus.redis
+        self.history = history
+        self.settings = settings
+        # A job nobody has started yet and that is not in the queue may still be about to be retried:
+        # only after this long is it declared lost.
+        self.lost_after = 2 * settings.job_visibility_timeout + 10
+        self.ttl = max(settings.reply_ttl, int(settings.job_timeout + settings.job_visibility_timeout) + 60)
+        self._forget = self.redis.register_script(_FORGET_IF_EMPTY)
+
+    async def begin(self, reply: Reply, **where: Any) -> ActiveRecord:
+        """Note that `reply` is being shown (where: e.g. channel_id, message_id, reference_id, lang)."""
+        req = reply.request
+        rec = ActiveRecord(job_id=reply.job.id, kind=req.kind, conversation=req.conversation, record=req.record,
+                           guild=req.guild, channel=req.channel, where=dict(where))
+        await self._write(rec)
+        return rec
+
+    async def update(self, reply: Reply, **where: Any) -> None:
+        """Add to where the reply is shown (the first message's id once it was sent)."""
+        key = KEYS.active_reply(reply.request.conversation)
+        raw = await self.redis.hget(key, reply.job.id)
+        rec = ActiveRecord.decode(raw) if raw else None
+        if rec is None:
+            return
+        rec.where.update(where)
+        await self._write(rec)
+
+    async def _write(self, rec: ActiveRecord) -> None:
+        key = KEYS.active_reply(rec.conversation)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, rec.job_id, rec.encode())
+            pipe.expire(key, self.ttl)
+            pipe.zadd(KEYS.active_conversations, {rec.conversation: time.time()})
+            await pipe.execute()
+
+    async def end(self, reply_or_record: Reply | ActiveRecord) -> None:
+        """The final text is posted: forget the record."""
+        if isinstance(reply_or_record, Reply):
+            conversation, job_id = reply_or_record.request.conversation, reply_or_record.job.id
+        else:
+            conversation, job_id = reply_or_record.conversation, reply_or_record.job_id
+        key = KEYS.active_reply(conversation)
+        await self.redis.hdel(key, job_id)
+        await self._forget(keys=[key, KEYS.active_conversations], args=[conversation])
+
+    async def pending(self, owns: Callable[[ActiveRecord], bool] | None = None) -> list[ActiveRecord]:
+        """Records left by a previous process (oldest first); `owns` filters them (e.g. by shard)."""
+        out: list[ActiveRecord] = []
+        horizon = time.time() - self.ttl
+        for conversation in await self.redis.zrange(KEYS.active_conversations, 0, -1):
+            key = KEYS.active_reply(conversation)
+            entries = await self.redis.hgetall(key)
+            if not entries:
+                await self._forget(keys=[key, KEYS.active_conversations], args=[conversation])
+                continue
+            for job_id, raw in entries.items():
+                rec = ActiveRecord.decode(raw)
+                if rec is None or rec.started < horizon:
+                    await self.redis.hdel(key, job_id)
+                    continue
+                if owns is None or owns(rec):
+                    out.append(rec)
+        out.sort(key=lambda r: r.started)
+        return out
+
+    async def answer_recorded(self, rec: ActiveRecord) -> bool:
+        """Whether history already holds the answer of this job (the old process recorded it)."""
+        for turn in await self.history.recent(rec.conversation):
+            if turn.role == "assistant" and turn.meta.get("job") == rec.job_id:
+                return True
+        return False
+
+    async def reopen(self, rec: ActiveRecord) -> Reply | None:
+        """A `Reply` to follow again from the start of its reply stream, or None if the answer is lost."""
+        has_events = bool(await self.redis.exists(KEYS.events(rec.job_id)))
+        if not has_events:
+            queued = await self.bus.queue_position(rec.job_id) is not None
+            if not queued and time.time() - rec.started > self.lost_after:
+                return None
+        record = rec.record and not await self.answer_recorded(rec)
+        job = Job(kind=rec.kind, payload={}, conversation=rec.conversation, id=rec.job_id, created=rec.started)
+        request = Request(conversation=rec.conversation, text="", guild=rec.guild, channel=rec.channel,
+                          kind=rec.kind, record=record)
+        return Reply(job, request)
