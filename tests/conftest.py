@@ -24,6 +24,8 @@ from models.redis_server import connect, find_redis_server  # noqa: E402
 from models.settings import Settings  # noqa: E402
 from models.worker import Worker  # noqa: E402
 
+pytest_plugins = ["tests.fakediscord.fixtures"]  # the fake Discord: discord_harness, discord_bot
+
 # Tests must never pick up a developer's .env or environment by accident.
 for _name in list(os.environ):
     if _name in Settings.model_fields or _name.lower() in Settings.model_fields:

@@ -1,0 +1,178 @@
+"""What Discord refuses in a message a bot sends, with Discord's own error codes and shapes.
+
+The point of the fake server is that a bot bug which real Discord would reject (a 2001-character
+message, an empty edit, a 26th embed field, a duplicate button id) fails the test here too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONTENT_LIMIT = 2000
+EMBED_TOTAL = 6000
+EMBED_LIMITS = {"title": 256, "description": 4096}
+MAX_EMBEDS = 10
+MAX_FIELDS = 25
+FIELD_NAME = 256
+FIELD_VALUE = 1024
+FOOTER_TEXT = 2048
+AUTHOR_NAME = 256
+MAX_ROWS = 5
+MAX_ROW_ITEMS = 5
+LABEL_LIMIT = 80
+CUSTOM_ID_LIMIT = 100
+
+
+class ApiError(Exception):
+    """An error response: HTTP status plus Discord's JSON body (`code`, `message`, optional `errors`)."""
+
+    def __init__(self, status: int, code: int, message: str, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{status} {code} {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"message": self.message, "code": self.code}
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+def form_error(path: str, code: str, message: str) -> ApiError:
+    """Discord's 50035 "Invalid Form Body", with the nested `errors` object it uses."""
+    errors: dict[str, Any] = {"_errors": [{"code": code, "message": message}]}
+    for key in reversed(path.split(".")):
+        errors = {key: errors}
+    return ApiError(400, 50035, "Invalid Form Body", errors)
+
+
+def unknown(what: str) -> ApiError:
+    codes = {"channel": 10003, "guild": 10004, "member": 10007, "message": 10008, "role": 10011,
+             "user": 10013, "webhook": 10015, "interaction": 10062, "command": 10063}
+    return ApiError(404, codes[what], f"Unknown {what.capitalize()}")
+
+
+MISSING_PERMISSIONS = ApiError(403, 50013, "Missing Permissions")
+MISSING_ACCESS = ApiError(403, 50001, "Missing Access")
+EMPTY_MESSAGE = ApiError(400, 50006, "Cannot send an empty message")
+ALREADY_ACKNOWLEDGED = ApiError(400, 40060, "Interaction has already been acknowledged.")
+NOT_AUTHOR = ApiError(403, 50005, "Cannot edit a message authored by another user")
+
+
+def check_content(content: Any) -> None:
+    if content is None:
+        return
+    if not isinstance(content, str):
+        raise form_error("content", "STRING_TYPE_CONVERT", "Could not interpret value as string.")
+    if len(content) > CONTENT_LIMIT:
+        raise form_error("content", "BASE_TYPE_MAX_LENGTH", f"Must be {CONTENT_LIMIT} or fewer in length.")
+
+
+def _embed_text_size(embed: dict[str, Any]) -> int:
+    size = len(embed.get("title") or "") + len(embed.get("description") or "")
+    size += len((embed.get("footer") or {}).get("text") or "") + len((embed.get("author") or {}).get("name") or "")
+    for fld in embed.get("fields") or []:
+        size += len(fld.get("name") or "") + len(fld.get("value") or "")
+    return size
+
+
+def check_embeds(embeds: Any) -> None:
+    if embeds is None:
+        return
+    if not isinstance(embeds, list):
+        raise form_error("embeds", "LIST_TYPE_CONVERT", "Must be an array.")
+    if len(embeds) > MAX_EMBEDS:
+        raise form_error("embeds", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_EMBEDS} or fewer in length.")
+    total = 0
+    for i, embed in enumerate(embeds):
+        for key, limit in EMBED_LIMITS.items():
+            if len(embed.get(key) or "") > limit:
+                raise form_error(f"embeds.{i}.{key}", "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+        fields = embed.get("fields") or []
+        if len(fields) > MAX_FIELDS:
+            raise form_error(f"embeds.{i}.fields", "BASE_TYPE_MAX_LENGTH",
+                             f"Must be {MAX_FIELDS} or fewer in length.")
+        for j, fld in enumerate(fields):
+            name, value = fld.get("name"), fld.get("value")
+            if not name or not str(name).strip():
+                raise form_error(f"embeds.{i}.fields.{j}.name", "BASE_TYPE_REQUIRED", "This field is required")
+            if value is None or not str(value).strip():
+                raise form_error(f"embeds.{i}.fields.{j}.value", "BASE_TYPE_REQUIRED", "This field is required")
+            if len(name) > FIELD_NAME:
+                raise form_error(f"embeds.{i}.fields.{j}.name", "BASE_TYPE_MAX_LENGTH",
+                                 f"Must be {FIELD_NAME} or fewer in length.")
+            if len(value) > FIELD_VALUE:
+                raise form_error(f"embeds.{i}.fields.{j}.value", "BASE_TYPE_MAX_LENGTH",
+                                 f"Must be {FIELD_VALUE} or fewer in length.")
+        if len((embed.get("footer") or {}).get("text") or "") > FOOTER_TEXT:
+            raise form_error(f"embeds.{i}.footer.text", "BASE_TYPE_MAX_LENGTH", "Must be 2048 or fewer in length.")
+        if len((embed.get("author") or {}).get("name") or "") > AUTHOR_NAME:
+            raise form_error(f"embeds.{i}.author.name", "BASE_TYPE_MAX_LENGTH", "Must be 256 or fewer in length.")
+        total += _embed_text_size(embed)
+    if total > EMBED_TOTAL:
+        raise form_error("embeds", "MAX_EMBED_SIZE_EXCEEDED", "Embed size exceeds maximum size of 6000")
+
+
+def check_components(components: Any) -> None:
+    if components is None:
+        return
+    if len(components) > MAX_ROWS:
+        raise form_error("components", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_ROWS} or fewer in length.")
+    seen: set[str] = set()
+    for i, row in enumerate(components):
+        if row.get("type") != 1:
+            continue  # components v2 layouts are not checked further
+        items = row.get("components") or []
+        if not items or len(items) > MAX_ROW_ITEMS:
+            raise form_error(f"components.{i}.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
+        for j, item in enumerate(items):
+            path = f"components.{i}.components.{j}"
+            if item.get("type") == 2:
+                if len(item.get("label") or "") > LABEL_LIMIT:
+                    raise form_error(f"{path}.label", "BASE_TYPE_MAX_LENGTH", "Must be 80 or fewer in length.")
+                if not item.get("label") and not item.get("emoji"):
+                    raise form_error(path, "COMPONENT_INVALID", "A button needs a label or an emoji.")
+                if item.get("style") == 5:
+                    if not item.get("url") or item.get("custom_id"):
+                        raise form_error(path, "BUTTON_COMPONENT_INVALID_URL", "A link button needs a url only.")
+                    continue
+            custom_id = item.get("custom_id")
+            if not custom_id:
+                raise form_error(f"{path}.custom_id", "BASE_TYPE_REQUIRED", "This field is required")
+            if len(custom_id) > CUSTOM_ID_LIMIT:
+                raise form_error(f"{path}.custom_id", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length.")
+            if custom_id in seen:
+                raise form_error(f"{path}.custom_id", "COMPONENT_CUSTOM_ID_DUPLICATED",
+                                 "Component custom id cannot be duplicated")
+            seen.add(custom_id)
+
+
+def check_allowed_mentions(allowed: Any) -> None:
+    if allowed is None:
+        return
+    parse = set(allowed.get("parse") or [])
+    if not parse <= {"users", "roles", "everyone"}:
+        raise form_error("allowed_mentions.parse", "ENUM_TYPE_COERCE", "Value is not a valid enum value.")
+    if "users" in parse and allowed.get("users"):
+        raise form_error("allowed_mentions", "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+                         'parse:["users"] and users: [ids...] are mutually exclusive.')
+    if "roles" in parse and allowed.get("roles"):
+        raise form_error("allowed_mentions", "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+                         'parse:["roles"] and roles: [ids...] are mutually exclusive.')
+
+
+def check_payload(payload: dict[str, Any]) -> None:
+    """Everything that can be checked on a create/edit body by itself."""
+    check_content(payload.get("content"))
+    check_embeds(payload.get("embeds"))
+    check_components(payload.get("components"))
+    check_allowed_mentions(payload.get("allowed_mentions"))
+
+
+def is_empty(content: str, embeds: list[Any], attachments: list[Any], components: list[Any],
+             extra: dict[str, Any] | None = None) -> bool:
+    extra = extra or {}
+    return not ((content or "").strip() or embeds or attachments or components
+                or extra.get("sticker_ids") or extra.get("poll"))
