@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.chat import NO_VISION
+from models.chat import NO_VISION, caption_prompt
 from models.protocol import Bus
 from models.settings import Settings
 
@@ -45,9 +45,6 @@ MESSAGES: dict[str, str] = {
     "no_vision": NO_VISION,
 }
 
-CAPTION_PROMPT = ("Describe this image in detail: what it shows, notable objects, people and text, the setting, "
-                  "colours and mood.")
-CAPTION_PROMPT_MANY = "Describe these {count} images in detail, one after another, then say how they relate."
 
 
 class ImageRefused(InputError):
@@ -230,7 +227,7 @@ class VisionHandler:
         question = question.strip()
         if question:
             return question
-        return CAPTION_PROMPT if count <= 1 else CAPTION_PROMPT_MANY.format(count=count)
+        return caption_prompt(count)
 
     async def ask(self, request: Request, refs: Sequence[str]) -> Reply:
         """Record the user's turn (text + image references) and submit a `vision` job for it."""

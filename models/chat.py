@@ -6,6 +6,7 @@ Images are resolved from blobs here; a text-only engine refuses them with a clea
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .context import BadPayload, JobContext, JobError
@@ -38,6 +39,17 @@ def parse_messages(raw: Any) -> list[dict[str, Any]]:
             raise BadPayload("the request has a malformed message")
         out.append({"role": item["role"], "content": content, "images": [str(i) for i in images]})
     return out
+
+
+CAPTION_PROMPT = ("Describe this image in detail: what it shows, notable objects, people and text, the setting, "
+                  "colours and mood.")
+CAPTION_PROMPT_MANY = "Describe these {count} images in detail, one after another, then say how they relate."
+_SPEAKER_ONLY = re.compile(r"^\s*([^:\n]{1,100}:)?\s*$")  # "" or just the "name:" prefix of a shared channel
+
+
+def caption_prompt(count: int) -> str:
+    """What to ask when someone posts images without a question: a detailed caption."""
+    return CAPTION_PROMPT if count <= 1 else CAPTION_PROMPT_MANY.format(count=count)
 
 
 IMAGE_GONE = "[an image was shared here, but it has expired: say you can no longer see it if asked about it]"
@@ -79,6 +91,8 @@ async def build_messages(ctx: JobContext, raw: Any) -> list[ChatMessage]:
                         content = f"{content}\n{IMAGE_GONE}"
                         continue
                     await ctx.bus.touch_blob(ref)
+                if newest and images and _SPEAKER_ONLY.match(content):  # images without a question
+                    content = f"{content} {caption_prompt(len(images))}".strip()
         messages.append(ChatMessage(item["role"], content, images))
     return messages
 

@@ -13,8 +13,8 @@ from PIL import Image
 from handlers.chat import ChatHandler, Request, Update
 from handlers.conf import ConfStore
 from handlers.history import HistoryStore
-from handlers.images import CAPTION_PROMPT, Attachment, ImageIntake, ImageRefused, VisionHandler
-from models.chat import IMAGE_GONE, NO_VISION
+from handlers.images import Attachment, ImageIntake, ImageRefused, VisionHandler
+from models.chat import CAPTION_PROMPT, IMAGE_GONE, NO_VISION
 from models.engines.openai import OpenAIEngine
 from models.engines.testing import TestEngine
 from models.protocol import KEYS, Bus
@@ -211,3 +211,15 @@ async def test_console_image_and_article(settings: Settings, fake: FakeOpenAI, t
         assert fake.requests[-1].images and "浦语·灵笔" in fake.requests[-1].body["messages"][0]["content"]
     finally:
         await runtime.close()
+
+
+async def test_images_without_text_from_any_front_end_get_a_caption_prompt(
+        vision: VisionHandler, fake: FakeOpenAI, worker: Worker, chat: ChatHandler) -> None:
+    """A front end that submits the image turn itself (the Discord chat cog) with no text and a speaker
+    name still gets a detailed caption, not an empty prompt."""
+    stored = await vision.intake.ingest([photo()])
+    reply = await chat.ask(Request(conversation=CONV, text="", user_name="ana", images=[stored[0].ref],
+                                   kind="vision"))
+    assert (await finish(chat, reply))[-1].kind == "done"
+    text = fake.requests[-1].body["messages"][-1]["content"][0]["text"]
+    assert text.startswith("ana:") and CAPTION_PROMPT in text
