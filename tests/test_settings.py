@@ -1,0 +1,80 @@
+"""Settings are a public contract: every field is documented in `.env.example`, and values parse the way the
+documentation says."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import ROOT
+
+from models.settings import Settings
+
+ENV_EXAMPLE = ROOT / ".env.example"
+
+
+def documented_names() -> set[str]:
+    names = set()
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^\s*#?\s*([A-Z][A-Z0-9_]*)=", line)
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def test_every_setting_is_documented_in_env_example() -> None:
+    missing = sorted(name.upper() for name in Settings.model_fields if name.upper() not in documented_names())
+    assert not missing, f"add these to .env.example (with a comment): {missing}"
+
+
+def test_env_example_names_only_real_settings() -> None:
+    known = {name.upper() for name in Settings.model_fields}
+    unknown = sorted(documented_names() - known)
+    assert not unknown, f".env.example documents settings that do not exist: {unknown}"
+
+
+def test_env_example_itself_parses() -> None:
+    settings = Settings(_env_file=ENV_EXAMPLE)
+    assert settings.engine == "llamacpp"
+    assert settings.redis_url == ""
+    assert settings.discord_token is None or not settings.discord_token.get_secret_value()
+
+
+def test_csv_lists_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(_env_file=None, chat_channels="1, 2;3").chat_channels == [1, 2, 3]
+    assert Settings(_env_file=None, allowed_guilds="").allowed_guilds == []
+    monkeypatch.setenv("ALLOWED_GUILDS", "10,20")
+    monkeypatch.setenv("ALLOWED_ROLES", " 7 ")
+    settings = Settings(_env_file=None)
+    assert settings.allowed_guilds == [10, 20]
+    assert settings.allowed_roles == [7]
+    assert settings.allowed_channels == []
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, chat_channels="general")
+
+
+def test_user_rate_limit_parses() -> None:
+    assert Settings(_env_file=None).rate_limit == (5, 60.0)
+    assert Settings(_env_file=None, user_rate_limit="3/10").rate_limit == (3, 10.0)
+    assert Settings(_env_file=None, user_rate_limit="0/60").rate_limit[0] == 0  # disabled
+    assert Settings(_env_file=None, user_rate_limit="12").rate_limit == (12, 60.0)
+
+
+def test_environment_overrides_and_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_CONCURRENCY", "64")
+    monkeypatch.setenv("EMBEDDED_WORKER", "false")
+    monkeypatch.setenv("JOB_VISIBILITY_TIMEOUT", "1.5")
+    monkeypatch.setenv("DISCORD_TOKEN", "secret-token")
+    settings = Settings(_env_file=None)
+    assert settings.worker_concurrency == 64
+    assert settings.embedded_worker is False
+    assert settings.job_visibility_timeout == 1.5
+    assert "secret-token" not in repr(settings)  # secrets never print
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, engine="gpt")
+
+
+def test_generation_defaults_follow_the_internlm_demo() -> None:
+    settings = Settings(_env_file=None)
+    assert (settings.temperature, settings.top_p, settings.repetition_penalty) == (0.8, 0.8, 1.005)
+    assert "InternLM (书生·浦语)" in settings.system_prompt
