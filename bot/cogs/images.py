@@ -1,0 +1,240 @@
+"""Images on Discord: attachments on chat messages, `/caption`, and `/article` illustrated articles.
+
+* `Images.ingest(attachments)` is what the chat cog calls for a message with attachments: each file is
+  refused from its declared size before anything is downloaded, then downloaded by the bot (workers never
+  see Discord URLs), validated and stored as a blob; it returns the references or raises `InputError`.
+* `/caption image:<attachment> [question]` — a detailed caption, or an answer about the image; deferred,
+  streamed like a chat answer, and part of the channel's conversation (follow-ups still see the image).
+* `/article title [image1..image4] [paragraphs]` — InternLM-XComposer's composition: the text streams
+  first with the stages shown, then the article is posted as a sequence of messages with each image
+  attached right after the paragraph the model chose (`handlers.article.plan_posts`), every message
+  within Discord's 2,000 characters.  Without images, suggested picture captions appear in italics.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.app_commands import locale_str
+from discord.ext import commands
+
+from handlers.article import ArticleHandler, Post, plan_posts
+from handlers.chat import InputError, Request, Update
+from handlers.images import MESSAGES, Attachment, ImageIntake, ImageRefused, VisionHandler
+
+from .. import i18n
+from ..streaming import NO_MENTIONS, InteractionTarget, Renderer, stream_reply
+
+if TYPE_CHECKING:
+    from ..client import InternLMBot
+
+log = logging.getLogger(__name__)
+
+_ZH_REFUSALS = {
+    "too_many": "一共 {count} 张图片 — 我一次最多看 {limit} 张。请少发几张。",
+    "too_large": "“{name}” 有 {size_mb:.1f} MB，超过了 {limit_mb:.1f} MB 的上限。请发送更小的图片。",
+    "empty": "“{name}” 是空文件，没有可看的内容。",
+    "svg": "“{name}” 是 SVG 矢量图；我只能读取 PNG、JPEG、WebP 或 GIF 图片。",
+    "not_image": "“{name}” 不是我能读取的图片 — 请发送 PNG、JPEG、WebP 或 GIF。",
+    "corrupt": "“{name}” 似乎已损坏或不完整，无法打开。请重新保存后再试。",
+    "bomb": "“{name}” 声明了 {mpix} 百万像素，超过了我接受的上限（{limit} 百万像素）。请发送更小的图片。",
+    "download": "无法下载 “{name}”。请重试。",
+    "no_vision": "当前配置的模型无法看图。要使用图片功能，请设置 ENGINE=openai 并将 VISION_MODEL 设为视觉模型"
+                 "（例如用 `lmdeploy serve api_server` 部署的 InternLM-XComposer），或设置 ENGINE=lmdeploy 与 "
+                 "LMDEPLOY_VISION_MODEL。",
+}
+i18n.register({f"image_{code}": {i18n.EN: text, i18n.ZH: _ZH_REFUSALS.get(code, text)}
+               for code, text in MESSAGES.items()})
+i18n.register({
+    "article_write": {i18n.EN: "✍️ *writing the article…*", i18n.ZH: "✍️ *正在撰写文章…*"},
+    "article_place": {i18n.EN: "🖼️ *choosing where the pictures go…*", i18n.ZH: "🖼️ *正在为图片选择位置…*"},
+    "article_captions": {i18n.EN: "🖼️ *suggesting pictures…*", i18n.ZH: "🖼️ *正在构思配图…*"},
+    "article_header": {i18n.EN: "📝 **{title}** — the illustrated article follows ⬇️",
+                       i18n.ZH: "📝 **{title}** — 图文并茂的文章如下 ⬇️"},
+    "article_no_retrieval": {i18n.EN: "*Suggested pictures are shown in italics.*",
+                             i18n.ZH: "*斜体为建议的配图。*"},
+})
+i18n.register_commands({
+    "caption": "看图",
+    "Describe an image, or ask a question about it": "描述图片，或就图片提问",
+    "image": "图片",
+    "The image (PNG, JPEG, WebP or GIF)": "图片（PNG、JPEG、WebP 或 GIF）",
+    "question": "问题",
+    "What to ask about the image (empty: a detailed caption)": "关于图片的问题（留空则生成详细描述）",
+    "article": "图文创作",
+    "Write an illustrated article (InternLM-XComposer)": "创作图文并茂的文章（浦语·灵笔）",
+    "title": "标题",
+    "The article's title or topic": "文章的标题或主题",
+    "paragraphs": "段落数",
+    "How many paragraphs (optional)": "段落数量（可选）",
+    "image1": "图片1", "image2": "图片2", "image3": "图片3", "image4": "图片4",
+    "An image to place in the article": "放入文章的图片",
+})
+
+
+def localized(exc: InputError, lang: str) -> str:
+    """An image refusal in the user's language (other refusals are shown as they are)."""
+    if isinstance(exc, ImageRefused):
+        return i18n.t(f"image_{exc.code}", lang, **exc.params)
+    return str(exc)
+
+
+class ArticleRenderer(Renderer):
+    """Shows the stage line above the article text while it is written and placed."""
+
+    STAGES = {"write": "article_write", "place": "article_place", "captions": "article_captions"}
+
+    def __init__(self, lang: str = i18n.EN) -> None:
+        super().__init__(lang)
+        self.stage = "article_write"
+
+    def render(self, update: Update) -> str | None:
+        if update.kind == "step":
+            key = self.STAGES.get(str(update.data.get("stage")))
+            if key is None:
+                return None
+            self.stage = key
+            return self.body()
+        if update.kind == "text":
+            self.answer = update.text
+            return self.body()
+        return super().render(update)
+
+    def body(self) -> str:
+        return f"{i18n.t(self.stage, self.lang)}\n\n{self.answer}".rstrip()
+
+
+class Images(commands.Cog):
+    """Captions, visual Q&A and illustrated articles."""
+
+    def __init__(self, bot: InternLMBot) -> None:
+        self.bot = bot
+        self.intake = ImageIntake(bot.runtime.bus, bot.settings)
+        self.vision = VisionHandler(bot.runtime.chat, self.intake)
+        self.articles = ArticleHandler(bot.runtime.chat)
+
+    # ---------------------------------------------------------------- used by the chat cog
+    async def ingest(self, attachments: Sequence[discord.Attachment]) -> list[str]:
+        """Check, download, validate and store a message's attachments; their blob references."""
+        stored = await self.intake.ingest([Attachment(a.filename, a.size, a.content_type, a.read)
+                                           for a in attachments])
+        return [s.ref for s in stored]
+
+    # ---------------------------------------------------------------- shared checks
+    def _chat(self) -> Any:
+        return self.bot.get_cog("Chat")
+
+    async def _refusal(self, interaction: discord.Interaction, text: str, lang: str) -> str | None:
+        """The chat cog's access and rate-limit rules, so images cannot bypass them."""
+        chat = self._chat()
+        if chat is None:
+            return None
+        if not chat.permitted(interaction.channel, interaction.user):
+            return i18n.t("not_allowed", lang)
+        return await chat.refusal(interaction.user.id, text, lang)
+
+    def _request(self, interaction: discord.Interaction, text: str) -> Request:
+        from .chat import conversation_for, settings_channel
+
+        return Request(conversation=conversation_for(interaction.channel, interaction.user), text=text,
+                       user_name=interaction.user.display_name if interaction.guild_id else None,
+                       guild=interaction.guild_id, channel=settings_channel(interaction.channel))
+
+    # ---------------------------------------------------------------- /caption
+    @app_commands.command(name=locale_str("caption"),
+                          description=locale_str("Describe an image, or ask a question about it"))
+    @app_commands.rename(image=locale_str("image"), question=locale_str("question"))
+    @app_commands.describe(image=locale_str("The image (PNG, JPEG, WebP or GIF)"),
+                           question=locale_str("What to ask about the image (empty: a detailed caption)"))
+    async def caption_command(self, interaction: discord.Interaction, image: discord.Attachment,
+                              question: app_commands.Range[str, 0, 4000] | None = None) -> None:
+        lang = i18n.lang_for(interaction=interaction)
+        question = (question or "").strip()
+        reason = await self._refusal(interaction, question, lang)
+        if reason:
+            await interaction.response.send_message(reason, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            refs = await self.ingest([image])
+            reply = await self.vision.ask(self._request(interaction, question), refs)
+        except InputError as exc:
+            await interaction.edit_original_response(content=localized(exc, lang), allowed_mentions=NO_MENTIONS)
+            return
+        await stream_reply(self.bot, reply, InteractionTarget(interaction), lang=lang, owner=interaction.user.id)
+
+    # ---------------------------------------------------------------- /article
+    @app_commands.command(name=locale_str("article"),
+                          description=locale_str("Write an illustrated article (InternLM-XComposer)"))
+    @app_commands.rename(title=locale_str("title"), paragraphs=locale_str("paragraphs"),
+                         image1=locale_str("image1"), image2=locale_str("image2"), image3=locale_str("image3"),
+                         image4=locale_str("image4"))
+    @app_commands.describe(title=locale_str("The article's title or topic"),
+                           paragraphs=locale_str("How many paragraphs (optional)"),
+                           image1=locale_str("An image to place in the article"),
+                           image2=locale_str("An image to place in the article"),
+                           image3=locale_str("An image to place in the article"),
+                           image4=locale_str("An image to place in the article"))
+    async def article_command(self, interaction: discord.Interaction, title: app_commands.Range[str, 1, 300],
+                              image1: discord.Attachment | None = None, image2: discord.Attachment | None = None,
+                              image3: discord.Attachment | None = None, image4: discord.Attachment | None = None,
+                              paragraphs: app_commands.Range[int, 1, 20] | None = None) -> None:
+        lang = i18n.lang_for(interaction=interaction)
+        reason = await self._refusal(interaction, title, lang)
+        if reason:
+            await interaction.response.send_message(reason, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
+        await interaction.response.defer(thinking=True)
+        attachments = [a for a in (image1, image2, image3, image4) if a is not None]
+        try:
+            refs = await self.ingest(attachments) if attachments else []
+            reply = await self.articles.ask(self._request(interaction, ""), title, refs, paragraphs)
+        except InputError as exc:
+            await interaction.edit_original_response(content=localized(exc, lang), allowed_mentions=NO_MENTIONS)
+            return
+        target = InteractionTarget(interaction)
+        result = await stream_reply(self.bot, reply, target, lang=lang, renderer=ArticleRenderer(lang),
+                                    owner=interaction.user.id)
+        final = result.final
+        if final is None or final.kind != "done" or final.data.get("stopped") or not final.data.get("layout"):
+            return  # errors and stops are already shown by the streamer
+        posts = plan_posts(final.data["layout"], "", refs)
+        await self.post_article(target, result.messages, str(final.data.get("title") or title), posts, lang)
+
+    async def post_article(self, target: InteractionTarget, streamed: list[Any], title: str, posts: list[Post],
+                           lang: str) -> None:
+        """Replace the streamed draft by a header, then post the article with the images in place."""
+        bucket = self.bot.buckets.get(target.channel_id)
+        header = i18n.t("article_header", lang, title=discord.utils.escape_markdown(title))
+        if any(p.image is None and "*🖼️" in p.text for p in posts):
+            header += "\n" + i18n.t("article_no_retrieval", lang)
+        try:
+            if streamed:
+                await bucket.acquire(priority=True)
+                await target.edit(streamed[0], header[:2000], view=None)
+                for handle in streamed[1:]:  # overflow messages of the draft
+                    await bucket.acquire()
+                    await target.delete(handle)
+            for post in posts:
+                files = []
+                if post.image:
+                    blob = await self.bot.runtime.bus.get_blob(post.image)
+                    if blob is not None:
+                        data, mime = blob
+                        ext = "jpg" if mime == "image/jpeg" else "png"
+                        files.append(discord.File(io.BytesIO(data), filename=f"image{post.image_number or 1}.{ext}"))
+                if not post.text and not files:
+                    continue
+                await bucket.acquire(priority=True)
+                await target.send(post.text, files=files or None)
+        except discord.HTTPException as exc:
+            log.warning("posting article failed: %s", exc)
+
+
+async def setup(bot: InternLMBot) -> None:
+    await bot.add_cog(Images(bot))
