@@ -183,8 +183,8 @@ def hook(event, args):
             raise Blocked("network access is not allowed in the sandbox")
         if event in ("os.kill", "os.killpg", "signal.pthread_kill") and args[0] not in (0, ME):
             raise Blocked("signalling other processes is not allowed in the sandbox")
-        if event == "ctypes.dlopen":
-            raise BlockedImport("ctypes is not available in the sandbox")
+        if (event == "ctypes.dlopen" and args[0] is not None) or event.startswith("ctypes.dlsym"):
+            raise Blocked("calling C functions through ctypes is not allowed in the sandbox")
         if event in ("os.link", "os.symlink", "os.rename", "os.remove", "os.rmdir", "os.chmod", "os.chown",
                      "os.truncate", "os.mkdir", "shutil.rmtree", "os.utime"):
             for p in args:
@@ -192,6 +192,8 @@ def hook(event, args):
                     raise Blocked("the sandbox may only change files inside its working directory")
         if event == "open":
             check_open(args[0], args[1], args[2])
+        if event in ("os.listdir", "os.scandir") and isinstance(args[0], str):
+            check_open(args[0], "r", 0)
 sys.addaudithook(hook)
 warnings.filterwarnings("ignore", message=".*non-interactive.*")
 saved = [0]
@@ -469,11 +471,12 @@ class Sandbox:
                     timed_out = True
                 finally:
                     _kill_group(proc)
-            return self._result(proc.returncode, timed_out, work, out, isolation, time.monotonic() - started)
+            return self._result(proc.returncode, timed_out, timeout, work, out, isolation,
+                                time.monotonic() - started)
         finally:
             shutil.rmtree(base, ignore_errors=True)
 
-    def _result(self, code: int, timed_out: bool, work: Path, out: Path, isolation: str,
+    def _result(self, code: int, timed_out: bool, timeout: float, work: Path, out: Path, isolation: str,
                 duration: float) -> RunResult:
         limit = self.limits.max_output_chars
         stdout, cut_out = _truncate(_read_capped(out / "stdout", limit * 4), limit)
@@ -483,7 +486,7 @@ class Sandbox:
         if cut_out or cut_err:
             result.notes.append(f"output truncated to {limit} characters")
         if timed_out:
-            result.notes.append(f"stopped: the time limit of {self.limits.timeout:g} s was reached")
+            result.notes.append(f"stopped: the time limit of {timeout:g} s was reached")
         elif code == 128 + signal.SIGXCPU or code == -signal.SIGXCPU:
             result.notes.append(f"stopped: the CPU time limit of {self.limits.cpu_seconds} s was reached")
         elif code == 128 + signal.SIGKILL or code == -signal.SIGKILL:
