@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     blob_ttl: int = 24 * 3600  # how long stored images live
     reply_ttl: int = 3600  # how long a finished reply stream is kept
 
+    # --- Images (InternLM-XComposer: captions, visual Q&A, /article) --------------------------------
+    max_image_bytes: int = 10_000_000  # refused from the attachment's declared size, before downloading
+    max_images_per_message: int = 4
+    image_max_side: int = 1024  # images are downsized so their longer side is at most this (pixels)
+    image_max_pixels: int = 50_000_000  # Pillow's decompression-bomb limit (declared width × height)
+    article_max_new_tokens: int = 2048  # length budget of the article text (/article)
+    article_repetition_penalty: float = 1.005  # XComposer's composition demo default
+    openai_timeout: float = 120.0  # seconds to wait on the OpenAI-compatible server per request
+
     log_level: str = "INFO"
 
     # --- Production: metrics, logs, bot restarts (issue 6) -----------------------------------------
