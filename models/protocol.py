@@ -17,6 +17,7 @@ Anything that reads or writes these keys goes through `Bus`; nothing else spells
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -260,6 +261,8 @@ class Bus:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._autoclaim = redis.register_script(_AUTOCLAIM)
         self._autoclaim_cursor: dict[str, str] = {}  # consumer → where its next XAUTOCLAIM scan starts
+        self._emits: list[tuple[str, dict[str, str], bool, asyncio.Future[str]]] = []  # events to write
+        self._emitter: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- producer (bot) side
     async def submit(self, job: Job) -> str:
@@ -496,13 +499,41 @@ class Bus:
         key = KEYS.events(job_id)
         fields = {"type": type_, "attempt": str(attempt),
                   "data": json.dumps(data or {}, ensure_ascii=False, separators=(",", ":"))}
-        if refresh_ttl or type_ in FINAL_EVENTS or type_ == "status":
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, fields, maxlen=REPLY_MAXLEN, approximate=True)
-                pipe.expire(key, self.reply_ttl)
-                entry_id, _ = await pipe.execute()
-            return entry_id
-        return await self.redis.xadd(key, fields, maxlen=REPLY_MAXLEN, approximate=True)
+        ttl = refresh_ttl or type_ in FINAL_EVENTS or type_ == "status"
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._emits.append((key, fields, ttl, future))
+        if self._emitter is None or self._emitter.done():
+            self._emitter = asyncio.create_task(self._flush_emits(), name="bus-emit")
+        return await future
+
+    async def _flush_emits(self) -> None:
+        """Write queued events in one pipeline per round trip.  Alone, an event goes out at once (one loop
+        tick later); with many jobs streaming, all deltas produced meanwhile share one round trip, which
+        is what keeps 64 concurrent answers as fast as one.  Per job the order is kept (one queue)."""
+        while self._emits:
+            batch, self._emits = self._emits, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key, fields, ttl, _future in batch:
+                        pipe.xadd(key, fields, maxlen=REPLY_MAXLEN, approximate=True)
+                        if ttl:
+                            pipe.expire(key, self.reply_ttl)
+                    results = iter(await pipe.execute(raise_on_error=False))
+            except Exception as exc:  # Redis unreachable even after the client's retries
+                for *_rest, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _key, _fields, ttl, future in batch:
+                entry_id = next(results)
+                if ttl:
+                    next(results)
+                if future.done():  # the emitting job was cancelled meanwhile
+                    continue
+                if isinstance(entry_id, Exception):
+                    future.set_exception(entry_id)
+                else:
+                    future.set_result(entry_id)
 
     async def dead_letter(self, claimed: Claimed, reason: str) -> None:
         fields = dict(claimed.raw)
