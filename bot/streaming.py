@@ -8,7 +8,7 @@ Usage (a cog that has a `Reply` from a handler):
 What the person sees: the typing indicator while the job waits; after about a second without a
 worker, "⏳ queued — position N" (updated); "no worker" as a clear message; then the answer, appearing
 with the first tokens and growing by edits.  Answers longer than a message continue in follow-up
-messages (`bot.splitting`).  A Stop button sits on the first message while the answer streams and a
+messages (`bot.splitting`).  A Stop button sits on the last message while the answer streams and a
 Regenerate button replaces it when it is done.
 
 Pacing: one writer task per reply always writes the *newest* text (tokens coalesce while it waits),
@@ -273,12 +273,15 @@ class ReplyStreamer:
         return self.body if self.body.strip() else self.notice
 
     def desired(self) -> list[tuple[str, str | None]]:
-        """(content, view state) per message: the buttons live on the first message."""
+        """(content, view state) per message.  The buttons live on the last message: when an answer
+        overflows, the previous message gets its final text in the same edit that drops its buttons,
+        and the final write of an answer is a single edit (text and Regenerate together)."""
         parts = split_message(self.display(), self.limit)
         if not parts:
             return []
         state = "done" if self.final is not None else "streaming"
-        return [(content, state if index == 0 else None) for index, content in enumerate(parts)]
+        last = len(parts) - 1
+        return [(content, state if index == last else None) for index, content in enumerate(parts)]
 
     # ---------------------------------------------------------------- writing
     def _view(self, state: str | None) -> discord.ui.View | None:
