@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from handlers.history import conversation_id
 from models.chat import CAPTION_PROMPT
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner
@@ -76,9 +78,15 @@ async def test_bad_attachment_gets_a_friendly_refusal(discord_harness: Harness, 
 async def test_text_only_engine_says_so(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     await discord_bot.start()  # ENGINE=test: no vision model, like the CPU default
+    for _ in range(200):  # the worker's first heartbeat says it is text-only
+        if await discord_bot.runtime.bus.alive_workers():
+            break
+        await asyncio.sleep(0.05)
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} what is it?", attachments=[image("blue")])
     replies = await h.reply_to(msg, until=lambda ms: "VISION_MODEL" in h.text(ms))
     assert "cannot see images" in h.text(replies)
+    conversation = conversation_id(guild=h.guild.id, channel=h.general.id)
+    assert await discord_bot.runtime.history.recent(conversation) == []  # refused before anything was recorded
 
 
 async def test_caption_command(discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI) -> None:

@@ -120,7 +120,9 @@ class Images(commands.Cog):
 
     # ---------------------------------------------------------------- used by the chat cog
     async def ingest(self, attachments: Sequence[discord.Attachment]) -> list[str]:
-        """Check, download, validate and store a message's attachments; their blob references."""
+        """Check, download, validate and store a message's attachments; their blob references.
+        When every live worker is text-only, says so before downloading anything."""
+        await self.vision.check_vision_available()
         stored = await self.intake.ingest([Attachment(a.filename, a.size, a.content_type, a.read)
                                            for a in attachments])
         return [s.ref for s in stored]
