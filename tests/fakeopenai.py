@@ -9,7 +9,8 @@ Scripting (attributes, set between requests):
 * `reply`: the text to stream (or a callable `(request_json) -> str`); split into small chunks;
 * `fail_status` / `fail_message`: answer with an OpenAI-style error body instead;
 * `chunk_delay`: seconds between chunks; `hang_after`: stop sending after this many chunks and wait
-  until the client disconnects (`disconnected` is set when it does).
+  until the client disconnects (`disconnected` is set when it does); `drop_after`: cut the connection
+  after this many chunks, as a crashing server would.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class FakeOpenAI:
         self.fail_message = "something went wrong"
         self.chunk_delay = 0.0
         self.hang_after: int | None = None
+        self.drop_after: int | None = None
         self.requests: list[Recorded] = []
         self.disconnected = asyncio.Event()
         self.runner: web.AppRunner | None = None
@@ -162,6 +164,10 @@ class FakeOpenAI:
         pieces = [text[i:i + 5] for i in range(0, len(text), 5)]
         try:
             for count, piece in enumerate(pieces):
+                if self.drop_after is not None and count >= self.drop_after:
+                    assert request.transport is not None
+                    request.transport.abort()  # the server dies mid-answer
+                    return response
                 if self.hang_after is not None and count >= self.hang_after:
                     await self._wait_for_disconnect(request)
                     return response

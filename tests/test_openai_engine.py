@@ -171,3 +171,15 @@ def test_token_estimate() -> None:
 def test_needs_a_base_url() -> None:
     with pytest.raises(ValueError, match="OPENAI_BASE_URL"):
         OpenAIEngine.from_settings(Settings(_env_file=None, engine="openai"))
+
+
+async def test_connection_lost_mid_answer(fake: FakeOpenAI) -> None:
+    engine = make_engine(fake)
+    fake.reply = "y" * 100
+    fake.drop_after = 3
+    pieces: list[str] = []
+    with pytest.raises(EngineError, match="broke off in the middle"):
+        async for piece in engine.stream_chat([ChatMessage("user", "hi")], GenParams(), asyncio.Event()):
+            pieces.append(piece)
+    assert "".join(pieces) == "y" * 15  # what arrived before the cut was streamed
+    await engine.close()

@@ -171,6 +171,7 @@ class OpenAIEngine(Engine):
         """Open the stream and yield its chunks; stop as soon as `cancel` is set, closing the connection
         (waiting for the next chunk is raced against the cancel event, so a stalled server cannot delay it)."""
         stream = None
+        received = False
         try:
             stream = await self._race(create, cancel)
             if stream is None:
@@ -183,7 +184,13 @@ class OpenAIEngine(Engine):
                     return
                 if chunk is None:
                     return
+                received = True
                 yield chunk
+        except openai.APIConnectionError as exc:
+            if received and not isinstance(exc, openai.APITimeoutError):
+                raise EngineError("The connection to the model server broke off in the middle of the answer. "
+                                  "Please try again.") from None
+            raise EngineError(self._user_message(exc, url, model)) from None
         except openai.APIError as exc:
             raise EngineError(self._user_message(exc, url, model)) from None
         finally:
