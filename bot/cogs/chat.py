@@ -232,7 +232,10 @@ class Chat(commands.Cog):
         try:
             if has_images:
                 request.images = list(await images_cog.ingest(message.attachments))  # type: ignore[union-attr]
-                request.kind = "vision"
+                request.kind = "vision" if request.images else "chat"
+                if not request.images and not text:
+                    await self.say(message, i18n.t("empty_prompt", lang))
+                    return
             reply = await self.bot.runtime.chat.ask(request)
         except InputError as exc:
             await self.say(message, str(exc))
@@ -298,6 +301,10 @@ class Chat(commands.Cog):
         lang = i18n.lang_for(interaction=interaction)
         if not self.may_press(interaction, owner):
             await interaction.response.send_message(i18n.t("not_yours", lang), ephemeral=True)
+            return
+        events = await self.bot.runtime.bus.read_events(job)
+        if events and events[-1].final:  # a button left over from a reply that finished long ago
+            await interaction.response.edit_message(view=None, allowed_mentions=NO_MENTIONS)
             return
         await interaction.response.defer()  # the streamer edits the message as the job stops
         await self.bot.runtime.bus.cancel(job)
