@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import mimetypes
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,8 @@ from models.protocol import Bus
 from models.settings import Settings
 
 from .chat import ChatHandler, InputError, Reply, Request
+
+log = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
@@ -51,6 +54,8 @@ class ImageRefused(InputError):
     """A refused image; `code` names the message in `MESSAGES` (for translations)."""
 
     def __init__(self, code: str, **params: Any) -> None:
+        if isinstance(params.get("name"), str) and len(params["name"]) > 80:  # user-chosen; keep replies short
+            params["name"] = params["name"][:77] + "…"
         self.code = code
         self.params = params
         super().__init__(MESSAGES[code].format(**params))
@@ -198,9 +203,15 @@ class ImageIntake:
             if len(data) > self.settings.max_image_bytes:  # the declared size was wrong
                 raise ImageRefused("too_large", name=a.filename, size_mb=len(data) / 1e6,
                                    limit_mb=self.settings.max_image_bytes / 1e6)
-            prepared.append((a, await asyncio.to_thread(
-                prepare_image, data, a.filename, max_side=self.settings.image_max_side,
-                max_pixels=self.settings.image_max_pixels)))
+            try:
+                prepared.append((a, await asyncio.to_thread(
+                    prepare_image, data, a.filename, max_side=self.settings.image_max_side,
+                    max_pixels=self.settings.image_max_pixels)))
+            except ImageRefused:
+                raise
+            except Exception:  # any other decoder failure is still the file's fault, and still gets a reply
+                log.warning("image %r could not be processed", a.filename[:100], exc_info=True)
+                raise ImageRefused("corrupt", name=a.filename) from None
         stored = []
         for a, p in prepared:
             ref = await self.bus.put_blob(p.data, p.mime)
