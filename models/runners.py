@@ -14,6 +14,13 @@ def runners() -> dict[str, Runner]:
     from .chat import run_chat
 
     table: dict[str, Runner] = {"chat": run_chat, "vision": run_chat}
+
+    async def run_agent(ctx: JobContext) -> None:
+        from .agent.runner import run_agent as run  # Lagent is imported by the first agent job only
+
+        await run(ctx)
+
+    table["agent"] = run_agent
     from .xcomposer import run_article
 
     table["article"] = run_article

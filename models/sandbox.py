@@ -199,8 +199,10 @@ warnings.filterwarnings("ignore", message=".*non-interactive.*")
 saved = [0]
 def save_figures(plt):
     for num in plt.get_fignums():
-        saved[0] += 1
-        plt.figure(num).savefig("figure_%d.png" % saved[0], dpi=100, bbox_inches="tight")
+        fig = plt.figure(num)
+        if not getattr(fig, "_sandbox_saved", False):
+            saved[0] += 1
+            fig.savefig("figure_%d.png" % saved[0], dpi=100, bbox_inches="tight")
     plt.close("all")
 class PyplotHook:
     """Make plt.show() save the open figures (the Agg backend cannot show anything)."""
@@ -214,6 +216,12 @@ class PyplotHook:
         def exec_module(module):
             original(module)
             module.show = lambda *a, **k: save_figures(module)
+            figure = sys.modules["matplotlib.figure"].Figure
+            savefig = figure.savefig
+            def marking_savefig(self, *a, **k):  # a figure the code saved itself is not saved again
+                self._sandbox_saved = True
+                return savefig(self, *a, **k)
+            figure.savefig = marking_savefig
         spec.loader.exec_module = exec_module
         return spec
 sys.meta_path.insert(0, PyplotHook())

@@ -104,6 +104,31 @@ class Settings(BaseSettings):
     article_repetition_penalty: float = 1.005  # XComposer's composition demo default
     openai_timeout: float = 120.0  # seconds to wait on the OpenAI-compatible server per request
 
+    # --- Agent (/agent) and its Python sandbox ----------------------------------------------------
+    agent_max_turns: int = 6  # model calls per agent run (each may run one tool)
+    agent_timeout: float = 180.0  # overall deadline (seconds) of one agent run
+    agent_arxiv: bool = True  # offer the arXiv search tool (needs internet)
+    arxiv_base_url: str = "https://export.arxiv.org/api/query"
+    arxiv_timeout: float = 15.0
+    arxiv_max_results: int = 3
+    serper_api_key: SecretStr = SecretStr("")  # set to offer Lagent's GoogleSearch (serper.dev)
+    sandbox_timeout: float = 10.0  # wall-clock seconds per code run; the whole process tree is killed
+    sandbox_memory_mb: int = 512  # address-space limit of the sandboxed process
+    sandbox_cpu_seconds: int = 10
+    sandbox_max_processes: int = 32
+    sandbox_max_file_mb: int = 16  # largest file the code may write
+    sandbox_max_open_files: int = 64
+    sandbox_max_output_chars: int = 4000  # stdout/stderr kept (the rest is cut with a note)
+    sandbox_allowed_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [
+        "numpy", "sympy", "mpmath", "matplotlib", "pandas", "scipy", "PIL"])  # besides the standard library
+    sandbox_isolation: Literal["auto", "namespace", "audit"] = "auto"  # see docs/agent.md
+    sandbox_hide_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)  # more dirs to hide
+
+    @field_validator("sandbox_allowed_modules", "sandbox_hide_paths", mode="before")
+    @classmethod
+    def _split_csv_str(cls, value: object) -> object:
+        return _csv(value)
+
     log_level: str = "INFO"
 
     # --- Production: metrics, logs, bot restarts (issue 6) -----------------------------------------

@@ -1,0 +1,75 @@
+"""What `/agent <task>` means: record the task, submit an `agent` job, and say how its steps read.
+
+The job itself (models/agent) streams `step` events; `ChatHandler.follow` turns them into `Update("step")`
+and records the final answer with its one-line tool summary in the conversation, so a later chat message can
+refer to it.  `format_step` renders a step as Markdown for any front end (console, Discord).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .chat import ChatHandler, InputError, Reply, Request
+
+USAGE = ("Tell the agent what to do, for example: `/agent Solve 2x + 3 = 10` or "
+         "`/agent find recent arXiv papers on RLHF`.")
+CODE_LINES = 30  # a code block longer than this is shown cut (the full code still ran)
+
+
+class AgentHandler:
+    """Thin layer over `ChatHandler`: the agent's request is a chat turn with kind "agent"."""
+
+    def __init__(self, chat: ChatHandler) -> None:
+        self.chat = chat
+
+    async def ask(self, conversation: str, task: str, *, user_name: str | None = None, guild: int | None = None,
+                  channel: int | None = None) -> Reply:
+        """Record the task as the user's turn and queue the agent job; `InputError` for an empty one."""
+        task = (task or "").strip()
+        if not task:
+            raise InputError(USAGE)
+        request = Request(conversation=conversation, text=task, user_name=user_name, guild=guild,
+                          channel=channel, kind="agent", payload={"task": task})
+        return await self.chat.ask(request)
+
+    def follow(self, reply: Reply) -> Any:
+        return self.chat.follow(reply)
+
+    async def stop(self, reply: Reply) -> None:
+        await self.chat.stop(reply)
+
+
+def _fence(text: str, lang: str = "") -> str:
+    """A code block that the content cannot break out of."""
+    text = text.replace("```", "`\u200b``")
+    return f"```{lang}\n{text.rstrip()}\n```"
+
+
+def format_step(step: dict[str, Any]) -> str:
+    """One agent step as Markdown (the Discord message and the console both show this)."""
+    kind = step.get("type")
+    text = str(step.get("text") or "")
+    if kind == "thought":
+        return f"💭 {text}"
+    if kind == "tool_call":
+        if step.get("code") is not None:
+            lines = str(step["code"]).rstrip().splitlines()
+            code = "\n".join(lines[:CODE_LINES]) + (f"\n# … {len(lines) - CODE_LINES} more lines" if len(lines) >
+                                                   CODE_LINES else "")
+            return "🐍 **Python**\n" + _fence(code, "python")
+        args = step.get("args") or {}
+        shown = ", ".join(f"{k}={v!r}" for k, v in args.items()) if isinstance(args, dict) else str(args)
+        return f"🔧 **{step.get('tool', 'tool')}**({shown[:300]})"
+    if kind == "tool_result":
+        mark = "✅" if step.get("ok", True) else "⚠️"
+        note = "\n*(output truncated)*" if step.get("truncated") else ""
+        figures = step.get("figures") or []
+        fig = f"\n🖼️ {len(figures)} figure(s) attached" if figures else ""
+        if step.get("links"):
+            return f"{mark} **Results**\n{text}{note}"
+        return f"{mark} **Result**\n{_fence(text or '(no output)')}{note}{fig}"
+    if kind == "note":
+        return f"ℹ️ *{text}*"
+    if kind == "answer":
+        return f"**Answer:** {text}" if text else ""
+    return text

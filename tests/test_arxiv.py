@@ -1,0 +1,133 @@
+"""arXiv search against a local HTTP server serving the arXiv API's Atom feed (no internet needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from models.agent.actions import ArxivSearchAction, render_links
+
+FEED = """<?xml version="1.0" encoding="UTF-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/"
+      xmlns:arxiv="http://arxiv.org/schemas/atom">
+  <title type="html">ArXiv Query: search_query=all:test</title>
+  <id>http://arxiv.org/api/test</id>
+  <updated>2024-01-10T00:00:00-05:00</updated>
+  <opensearch:totalResults>2</opensearch:totalResults>
+  <opensearch:startIndex>0</opensearch:startIndex>
+  <opensearch:itemsPerPage>2</opensearch:itemsPerPage>
+  <entry>
+    <id>http://arxiv.org/abs/2401.00001v1</id>
+    <updated>2024-01-02T00:00:00Z</updated>
+    <published>2024-01-01T00:00:00Z</published>
+    <title>Denoising Diffusion
+      for Testing</title>
+    <summary>  We test diffusion [models] thoroughly.  </summary>
+    <author><name>Ada Lovelace</name></author>
+    <author><name>Alan Turing</name></author>
+    <link href="http://arxiv.org/abs/2401.00001v1" rel="alternate" type="text/html"/>
+    <link title="pdf" href="http://arxiv.org/pdf/2401.00001v1" rel="related" type="application/pdf"/>
+    <arxiv:primary_category term="cs.LG" scheme="http://arxiv.org/schemas/atom"/>
+    <category term="cs.LG" scheme="http://arxiv.org/schemas/atom"/>
+  </entry>
+  <entry>
+    <id>http://arxiv.org/abs/2401.00002v2</id>
+    <updated>2024-01-05T00:00:00Z</updated>
+    <published>2024-01-03T00:00:00Z</published>
+    <title>A [Bracketed] Title</title>
+    <summary>Second paper.</summary>
+    <author><name>A</name></author><author><name>B</name></author>
+    <author><name>C</name></author><author><name>D</name></author>
+    <link href="http://arxiv.org/abs/2401.00002v2" rel="alternate" type="text/html"/>
+    <arxiv:primary_category term="math.NT" scheme="http://arxiv.org/schemas/atom"/>
+    <category term="math.NT" scheme="http://arxiv.org/schemas/atom"/>
+  </entry>
+</feed>
+"""
+
+EMPTY = FEED.split("<entry>")[0].replace("<opensearch:totalResults>2", "<opensearch:totalResults>0") + "</feed>"
+
+
+class AtomServer:
+    """A local stand-in for export.arxiv.org/api/query that records the queries it got."""
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode  # "ok" | "empty" | "slow" | "error"
+        self.queries: list[str] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/query"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        query = parse_qs(request.query_string).get("search_query", [""])[0]
+        self.queries.append(query)
+        if self.mode == "slow":
+            await asyncio.sleep(3)
+        if self.mode == "error":
+            return web.Response(status=503, text="busy")
+        body = EMPTY if self.mode == "empty" else FEED
+        return web.Response(text=body, content_type="application/atom+xml")
+
+    async def __aenter__(self) -> AtomServer:
+        app = web.Application()
+        app.router.add_get("/api/query", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def test_results_are_parsed_and_rendered_as_links() -> None:
+    async with AtomServer() as server:
+        action = ArxivSearchAction(base_url=server.url, timeout=5, max_results=3)
+        result = await asyncio.to_thread(action, {"query": "diffusion"}, "get_arxiv_article_information")
+    assert server.queries == ["diffusion"]
+    assert result.errmsg is None, result.errmsg
+    papers = action.papers
+    assert [p.title for p in papers] == ["Denoising Diffusion for Testing", "A [Bracketed] Title"]
+    assert papers[0].authors == ["Ada Lovelace", "Alan Turing"]
+    assert papers[0].published == "2024-01-01"
+    assert papers[0].summary == "We test diffusion [models] thoroughly."
+    text = result.format_result()
+    assert "Link: http://arxiv.org/abs/2401.00001v1" in text and "Title: Denoising Diffusion for Testing" in text
+    links = render_links(papers)
+    assert links.splitlines()[0] == ("1. [Denoising Diffusion for Testing](<http://arxiv.org/abs/2401.00001v1>) "
+                                     "— Ada Lovelace, Alan Turing (2024-01-01)")
+    assert "[A (Bracketed) Title](<http://arxiv.org/abs/2401.00002v2>) — A, B, C et al." in links
+
+
+async def test_no_results() -> None:
+    async with AtomServer("empty") as server:
+        action = ArxivSearchAction(base_url=server.url, timeout=5)
+        result = await asyncio.to_thread(action, {"query": "nothing"}, "get_arxiv_article_information")
+    assert "No arXiv papers" in result.format_result()
+
+
+async def test_server_error_is_a_clear_tool_error() -> None:
+    async with AtomServer("error") as server:
+        action = ArxivSearchAction(base_url=server.url, timeout=5)
+        result = await asyncio.to_thread(action, {"query": "x"}, "get_arxiv_article_information")
+    assert result.errmsg and "arXiv search failed" in result.errmsg
+
+
+async def test_a_stalled_server_hits_the_timeout() -> None:
+    async with AtomServer("slow") as server:
+        action = ArxivSearchAction(base_url=server.url, timeout=0.5)
+        started = time.monotonic()
+        result = await asyncio.to_thread(action, {"query": "x"}, "get_arxiv_article_information")
+        elapsed = time.monotonic() - started
+    assert elapsed < 4
+    assert result.errmsg and "Timeout" in result.errmsg
