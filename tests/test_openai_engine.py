@@ -161,7 +161,11 @@ async def test_cancel_closes_the_stream_promptly(fake: FakeOpenAI) -> None:
     await engine.close()
 
 
-def test_token_estimate() -> None:
+async def test_token_estimate(fake: FakeOpenAI) -> None:
+    engine = make_engine(fake)
+    text_only = engine.count_message_tokens([ChatMessage("user", "abc" * 10)])
+    with_image = engine.count_message_tokens([ChatMessage("user", "abc" * 10, [ImageInput(b"")])])
+    assert with_image - text_only >= 1000  # images are budgeted generously when fitting history
     assert estimate_tokens("") == 0
     assert estimate_tokens("abc" * 10) == 10
     assert estimate_tokens("你好世界") == 4  # CJK: about one token per character

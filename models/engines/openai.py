@@ -37,6 +37,9 @@ NO_VISION_MODEL = ("No vision model is configured for the OpenAI-compatible engi
                    "(and VISION_BASE_URL if it runs on a second server).")
 
 
+IMAGE_TOKENS = 2000  # context an image takes on the vision server (an over-estimate is the safe side)
+
+
 def estimate_tokens(text: str) -> int:
     """Roughly the tokens `text` takes: one per non-ASCII character (CJK is ~1 token per character in
     InternLM's tokenizer), one per 3 ASCII characters (English averages 3.5–4).  It errs on the high side
@@ -117,6 +120,11 @@ class OpenAIEngine(Engine):
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)
+
+    def count_message_tokens(self, messages: list[ChatMessage]) -> int:
+        """Like the base estimate, but an image costs `IMAGE_TOKENS`: XComposer 2.5 cuts a 1024-pixel image
+        into several 560-pixel tiles of ~400 tokens each, far more than the generic 256."""
+        return sum(self.count_tokens(m.content) + 4 + IMAGE_TOKENS * len(m.images) for m in messages) + 2
 
     # ------------------------------------------------------------------ requests
     @staticmethod
