@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TextIO
 
+from handlers.agent import AGENT_STEPS, AgentHandler, format_step
 from handlers.chat import InputError, Reply, Request, Update
 from handlers.history import conversation_id
 
@@ -19,6 +21,7 @@ from .runtime import Runtime
 
 HELP = """Commands:
   /reset          forget this conversation
+  /agent TASK     the agent: thinks, runs Python in a sandbox, searches arXiv (steps shown as they happen)
   /image PATH [question]   describe an image, or ask about it (needs a vision engine)
   /article TITLE [--image PATH]... [--paragraphs N]   an illustrated article (InternLM-XComposer)
   /help           this text
@@ -106,6 +109,8 @@ class Console:
                     self.print(suffix)
             elif update.kind == "step":
                 self.on_step(update)
+            elif update.kind == "file":
+                await self.on_file(update)
             elif update.kind == "error":
                 self.clear_status()
                 if shown:
@@ -117,9 +122,27 @@ class Console:
 
     def on_step(self, update: Update) -> None:
         """Agent steps and article stages (their issues render them in detail)."""
+        if update.data.get("type") in AGENT_STEPS:
+            if update.data["type"] != "answer":  # the answer itself is printed when the run is done
+                self.clear_status()
+                self.print(format_step(update.data))
+            return
         title = update.data.get("title") or update.data.get("type") or "step"
         self.clear_status()
         self.print(f"[{title}]")
+
+    async def on_file(self, update: Update) -> None:
+        """A file a job produced (an agent's figure): saved under DATA_DIR/files, its path printed."""
+        blob = await self.runtime.bus.get_blob(str(update.data.get("blob", "")))
+        if blob is None:
+            return
+        name = Path(str(update.data.get("name") or "file")).name
+        folder = Path(self.runtime.settings.data_dir) / "files"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{str(update.data.get('blob'))[:8]}-{name}"
+        path.write_bytes(blob[0])
+        self.clear_status()
+        self.print(f"🖼️ {name} saved to {path}")
 
     async def run(self, stdin: TextIO = sys.stdin) -> None:
         if self.interactive:
@@ -148,6 +171,19 @@ async def _help(console: Console, _rest: str) -> None:
 
 
 Console.commands.update({"reset": _reset, "help": _help})
+
+
+async def _agent(console: Console, rest: str) -> None:
+    """`/agent <task>`: the Lagent agent with sandboxed Python and arXiv search, its steps printed."""
+    try:
+        reply = await AgentHandler(console.runtime.chat).ask(console.conversation, rest)
+    except InputError as exc:
+        console.print(str(exc))
+        return
+    await console.render(reply)
+
+
+Console.commands["agent"] = _agent
 
 from .console_images import article_command, image_command  # noqa: E402 - image commands live apart
 

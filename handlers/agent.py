@@ -13,6 +13,7 @@ from .chat import ChatHandler, InputError, Reply, Request
 
 USAGE = ("Tell the agent what to do, for example: `/agent Solve 2x + 3 = 10` or "
          "`/agent find recent arXiv papers on RLHF`.")
+AGENT_STEPS = frozenset({"thought", "tool_call", "tool_result", "note", "answer"})
 CODE_LINES = 30  # a code block longer than this is shown cut (the full code still ran)
 
 

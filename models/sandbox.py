@@ -89,7 +89,8 @@ if cfg["isolation"] == "namespace":
         fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in keep}
         work_fd = os.open(work, os.O_PATH | os.O_DIRECTORY)
         for h in hide:
-            mount("tmpfs", h, "tmpfs", NOSUID | NODEV, "size=4m,mode=755")
+            if os.path.isdir(h):
+                mount("tmpfs", h, "tmpfs", NOSUID | NODEV, "size=4m,mode=755")
         for p in sorted(keep, key=len):
             os.makedirs(p, exist_ok=True)
             mount("/proc/self/fd/%d" % fds[p], p, None, BIND | REC)
@@ -383,7 +384,8 @@ class Sandbox:
             real = os.path.realpath(p)
             if real not in out and real != "/" and os.path.isdir(real):
                 out.append(real)
-        return out
+        # A directory inside another hidden one is hidden with it (and would not exist to mount on).
+        return [p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out)]
 
     def kept_paths(self) -> list[str]:
         """The interpreter and its packages, put back (read-only) if they live under a hidden directory."""

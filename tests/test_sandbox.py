@@ -29,6 +29,8 @@ MODES = ["namespace", "audit"]
 def sandbox(request: pytest.FixtureRequest, settings: Settings) -> Sandbox:
     if request.param == "namespace" and not namespaces_available()[0]:
         pytest.skip(f"no Linux namespaces here: {namespaces_available()[1]}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # DATA_DIR (Redis socket, files) exists and is hidden
+    (settings.data_dir / "secret.txt").write_text("data-dir-secret")
     limits = SandboxLimits.from_settings(settings)
     limits.isolation = request.param
     limits.timeout = 8.0  # generous for imports on a busy machine; the limit tests pass a short one
@@ -99,9 +101,11 @@ async def test_worker_environ_via_proc_is_not_visible(sandbox: Sandbox, secrets_
 async def test_project_files_are_not_readable(sandbox: Sandbox, project_secret: tuple[str, str],
                                               settings: Settings, bus: Bus, worker: Worker) -> None:
     path, value = project_secret
+    data_secret = str(settings.data_dir / "secret.txt")
     result = run(sandbox, f"""
         import os
-        for attempt in ({path!r}, {str(PROJECT_ROOT / '.env')!r}, {str(PROJECT_ROOT / 'pyproject.toml')!r}):
+        for attempt in ({path!r}, {str(PROJECT_ROOT / '.env')!r}, {str(PROJECT_ROOT / 'pyproject.toml')!r},
+                        {data_secret!r}):
             try:
                 print(open(attempt).read())
             except OSError as exc:
@@ -113,7 +117,8 @@ async def test_project_files_are_not_readable(sandbox: Sandbox, project_secret: 
     """)
     assert value not in result.for_model()
     assert "[project]" not in result.stdout  # pyproject.toml
-    assert result.stdout.count("refused:") >= 3, result.for_model()
+    assert "data-dir-secret" not in result.stdout
+    assert result.stdout.count("refused:") >= 4, result.for_model()
     assert os.path.basename(path) not in result.stdout
     await assert_worker_serves(settings, bus)
 
