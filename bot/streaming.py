@@ -437,8 +437,22 @@ async def stream_reply(bot: InternLMBot, reply: Reply, target: Target, *, lang: 
 
     `owner` (the asker's user id) may press Stop/Regenerate (moderators always may); None = anyone.
     `buttons=False` leaves them off.  `updates` defaults to `bot.runtime.chat.follow(reply)`; pass your
-    own iterator to post-process.
+    own iterator to post-process.  A job is rendered at most once per process: a second call for a job
+    already streaming here returns at once (with `final=None`), so nothing is written or recorded twice.
     """
+    streaming: set[str] = bot.__dict__.setdefault("streaming_jobs", set())
+    if reply.job.id in streaming:
+        return StreamResult(None, "")
+    streaming.add(reply.job.id)
+    try:
+        return await _stream_reply(bot, reply, target, lang=lang, renderer=renderer, buttons=buttons,
+                                   owner=owner, updates=updates)
+    finally:
+        streaming.discard(reply.job.id)
+
+
+async def _stream_reply(bot: InternLMBot, reply: Reply, target: Target, *, lang: str, renderer: Renderer | None,
+                        buttons: bool, owner: int | None, updates: AsyncIterator[Update] | None) -> StreamResult:
     streamer = ReplyStreamer(
         target, bot.buckets.get(target.channel_id), lang=lang, renderer=renderer,
         views=(lambda r, state: bot.reply_view(r, state, lang, owner)) if buttons else None,
