@@ -170,3 +170,18 @@ async def test_restart_keeps_history_and_buttons(discord_harness: Harness, disco
     regenerated = await discord_bot.answer(inter)
     assert "turns=2" in regenerated[0].content
     assert len(await discord_bot.history(h.general)) == 4
+
+
+async def test_reply_streaming_when_ready_fires_is_not_duplicated(discord_harness: Harness,
+                                                                  discord_bot: BotRunner) -> None:
+    """Discord delivers messages before `on_ready` (which waits ~2 s for guilds): a reply that is
+    streaming at that moment must not be picked up a second time by start-up work."""
+    h = discord_harness
+    bot = await discord_bot.start(test_engine_token_delay=0.05)
+    assert not bot.is_ready()
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:70]]")
+    [reply] = await discord_bot.reply(msg)
+    assert bot.is_ready()
+    assert reply.content.split() == [f"w{i}" for i in range(70)]
+    assert len(h.bot_messages(h.general)) == 1
+    assert [t.role for t in await discord_bot.history(h.general)] == ["user", "assistant"]

@@ -62,7 +62,7 @@ class Tiny(discord.Client):
             async with message.channel.typing():
                 sent = await message.reply(f"echo {message.content} @everyone", mention_author=False)
             for i in range(3):
-                await sent.edit(content=f"{sent.content} +{i}")
+                sent = await sent.edit(content=f"{sent.content} +{i}")
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         if interaction.type is discord.InteractionType.component:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +112,24 @@ class BotRunner:
             await self.runtime.close()
         self.bot = self.runtime = self._task = None
 
-    async def reply(self, message: Message, timeout: float = 20.0) -> list[Message]:
-        """The bot's complete reply to a user's message (all its messages, once the Stop button is gone)."""
-        return await self.harness.reply_to(message, until=reply_finished, quiet=0.3, timeout=timeout)
+    async def reply(self, message: Message, timeout: float = 20.0,
+                    until: Callable[[list[Message]], Any] | None = None) -> list[Message]:
+        """The bot's complete reply to a user's message (all its messages, once the Stop button is gone).
 
-    async def answer(self, interaction: Interaction, timeout: float = 20.0) -> list[Message]:
+        The first message loses its Stop button before later parts of a long answer are written, so
+        pass `until` (e.g. on the text) when the answer spans several messages."""
+        def done(msgs: list[Message]) -> bool:
+            return reply_finished(msgs) and (until is None or bool(until(msgs)))
+
+        return await self.harness.reply_to(message, until=done, quiet=0.3, timeout=timeout)
+
+    async def answer(self, interaction: Interaction, timeout: float = 20.0,
+                     until: Callable[[list[Message]], Any] | None = None) -> list[Message]:
         """The bot's complete answer to an interaction: the original response and its follow-ups."""
-        await self.harness.response(interaction, until=interaction_finished, quiet=0.3, timeout=timeout)
+        def done(i: Interaction) -> bool:
+            return interaction_finished(i) and (until is None or bool(until(interaction_messages(i))))
+
+        await self.harness.response(interaction, until=done, quiet=0.3, timeout=timeout)
         return interaction_messages(interaction)
 
     async def history(self, channel: Channel, user: User | None = None) -> list[Any]:

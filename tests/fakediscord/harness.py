@@ -320,8 +320,8 @@ class Harness:
                 and (include_ephemeral or not m.ephemeral)]
 
     def replies_to(self, message: Message) -> list[Message]:
-        """The bot's messages in the channel after `message` (a reply and its overflow messages)."""
-        return self.bot_messages(self.world.channels[message.channel_id], after=message)
+        """The bot's public messages in the channel after `message` (a reply and its overflow messages)."""
+        return self.bot_messages(self.world.channels[message.channel_id], after=message, include_ephemeral=False)
 
     def channel_calls(self, channel: Channel, *, method: str | None = None, route: str | None = None) -> list[Call]:
         return [c for c in self.calls if c.channel_id == channel.id and (method is None or c.method == method)
@@ -389,7 +389,7 @@ class Harness:
     async def reply_to(self, message: Message, *, until: Callable[[list[Message]], Any] | None = None,
                        quiet: float = 0.6, timeout: float = 15.0) -> list[Message]:
         return await self.settled(self.world.channels[message.channel_id], after=message, until=until,
-                                  quiet=quiet, timeout=timeout)
+                                  quiet=quiet, timeout=timeout, include_ephemeral=False)
 
     async def response(self, interaction: Interaction, *, until: Callable[[Interaction], Any] | None = None,
                        quiet: float = 0.6, timeout: float = 15.0) -> Interaction:
