@@ -56,6 +56,11 @@ ViewFactory = Callable[[Reply, str], discord.ui.View | None]
 BlobLoader = Callable[[str], Awaitable[tuple[bytes, str] | None]]
 
 
+async def ephemeral(interaction: discord.Interaction, text: str) -> None:
+    """Answer an interaction with a notice only the person sees (refusals, confirmations)."""
+    await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
 # ====================================================================== renderers
 class Renderer:
     """Turns updates into the reply's visible body.  The default shows the answer text as it grows.

@@ -16,7 +16,7 @@ from discord.ext import commands
 from handlers.conf import FIELDS, ConfError, ConfStore
 
 from .. import i18n
-from ..streaming import NO_MENTIONS
+from ..streaming import NO_MENTIONS, ephemeral
 from .chat import settings_channel
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Admin(commands.Cog):
         """The language to answer in if the caller may change settings; otherwise answer and None."""
         lang = i18n.lang_for(interaction=interaction)
         if interaction.guild is None:
-            await interaction.response.send_message(i18n.t("guild_only", lang), ephemeral=True)
+            await ephemeral(interaction, i18n.t("guild_only", lang))
             return None
         if not self.is_admin(interaction):
             role = self.bot.settings.admin_role.strip()

@@ -23,7 +23,7 @@ from handlers.chat import InputError, Reply, Request
 from handlers.history import conversation_id
 
 from .. import i18n
-from ..streaming import NO_MENTIONS, ChannelTarget, InteractionTarget, stream_reply
+from ..streaming import NO_MENTIONS, ChannelTarget, InteractionTarget, ephemeral, stream_reply
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -258,7 +258,7 @@ class Chat(commands.Cog):
     async def chat_command(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000]) -> None:
         lang = i18n.lang_for(interaction=interaction)
         if not self.permitted(interaction.channel, interaction.user):
-            await interaction.response.send_message(i18n.t("not_allowed", lang), ephemeral=True)
+            await ephemeral(interaction, i18n.t("not_allowed", lang))
             return
         reason = await self.refusal(interaction.user.id, prompt, lang)
         if reason:
@@ -280,10 +280,10 @@ class Chat(commands.Cog):
     async def reset_command(self, interaction: discord.Interaction) -> None:
         lang = i18n.lang_for(interaction=interaction)
         if not self.permitted(interaction.channel, interaction.user):
-            await interaction.response.send_message(i18n.t("not_allowed", lang), ephemeral=True)
+            await ephemeral(interaction, i18n.t("not_allowed", lang))
             return
         dropped = await self.bot.runtime.chat.reset(conversation_for(interaction.channel, interaction.user))
-        await interaction.response.send_message(i18n.t("reset_done", lang, n=dropped), ephemeral=True)
+        await ephemeral(interaction, i18n.t("reset_done", lang, n=dropped))
 
     @app_commands.command(name=locale_str("help"), description=locale_str("How to use this bot"))
     async def help_command(self, interaction: discord.Interaction) -> None:
@@ -300,7 +300,7 @@ class Chat(commands.Cog):
     async def press_stop(self, interaction: discord.Interaction, job: str, owner: int) -> None:
         lang = i18n.lang_for(interaction=interaction)
         if not self.may_press(interaction, owner):
-            await interaction.response.send_message(i18n.t("not_yours", lang), ephemeral=True)
+            await ephemeral(interaction, i18n.t("not_yours", lang))
             return
         events = await self.bot.runtime.bus.read_events(job)
         if events and events[-1].final:  # a button left over from a reply that finished long ago
@@ -312,16 +312,16 @@ class Chat(commands.Cog):
     async def press_regenerate(self, interaction: discord.Interaction, kind: str, job: str, owner: int) -> None:
         lang = i18n.lang_for(interaction=interaction)
         if not self.may_press(interaction, owner):
-            await interaction.response.send_message(i18n.t("not_yours", lang), ephemeral=True)
+            await ephemeral(interaction, i18n.t("not_yours", lang))
             return
         conversation = conversation_for(interaction.channel, interaction.user if owner == 0 else
                                         discord.Object(owner))  # type: ignore[arg-type]
         last = await self.bot.runtime.history.recent(conversation, limit=1)
         if not last or last[-1].role != "assistant" or last[-1].meta.get("job") != job:
-            await interaction.response.send_message(i18n.t("not_latest", lang), ephemeral=True)
+            await ephemeral(interaction, i18n.t("not_latest", lang))
             return
         if conversation in self._regenerating:
-            await interaction.response.send_message(i18n.t("busy_regenerating", lang), ephemeral=True)
+            await ephemeral(interaction, i18n.t("busy_regenerating", lang))
             return
         self._regenerating.add(conversation)
         try:
@@ -329,14 +329,15 @@ class Chat(commands.Cog):
             if interaction.message is not None:  # the old answer loses its button
                 await self.bot.buckets.get(interaction.channel_id or 0).acquire()
                 try:
-                    await interaction.message.edit(view=None)
+                    await interaction.message.edit(view=None, allowed_mentions=NO_MENTIONS)
                 except discord.HTTPException:
                     pass
             request = Request(conversation=conversation, text="", guild=interaction.guild_id,
                               channel=settings_channel(interaction.channel), kind=kind)
             reply = await self.bot.runtime.chat.regenerate(request)
             if reply is None:
-                await interaction.edit_original_response(content=i18n.t("nothing_to_regenerate", lang))
+                await interaction.edit_original_response(content=i18n.t("nothing_to_regenerate", lang),
+                                                      allowed_mentions=NO_MENTIONS)
                 return
             await stream_reply(self.bot, reply, InteractionTarget(interaction), lang=lang, owner=owner or None)
         finally:
