@@ -36,6 +36,7 @@ class ScriptedEngine(Engine):
     def __init__(self) -> None:
         self.script: list[Script] = []
         self.prompts: list[str] = []
+        self.pauses: dict[int, float] = {}  # model call number (1-based) → seconds to think first
         self.chats: list[list[ChatMessage]] = []
 
     def count_tokens(self, text: str) -> int:
@@ -60,6 +61,7 @@ class ScriptedEngine(Engine):
     async def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         assert "<|action_end|>" in params.stop and "<|im_end|>" in params.stop
         self.prompts.append(prompt)
+        await asyncio.sleep(self.pauses.get(len(self.prompts), 0.0))
         async for piece in self._pieces(self._next(prompt), cancel):
             yield piece
 

@@ -1,0 +1,146 @@
+"""`/agent task:<text>`: the Lagent agent, its steps shown live in Discord.
+
+Each step (thought, Python code, tool result, note) is appended to the reply as it happens, by the shared
+streamer (`bot.streaming`: paced edits, Stop button, overflow into follow-up messages within Discord's
+2000-character limit, no pings).  When a long run would fill more than a couple of messages, older steps
+shrink to one line each so the newest step and the answer stay readable.  Figures the code saved arrive
+as image attachments after the answer.  Access and rate limits are the chat cog's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.app_commands import locale_str
+from discord.ext import commands
+
+from handlers.agent import AgentHandler, format_step
+from handlers.chat import InputError, Update
+
+from .. import i18n
+from ..streaming import NO_MENTIONS, InteractionTarget, Renderer, stream_reply
+
+if TYPE_CHECKING:
+    from ..client import InternLMBot
+
+log = logging.getLogger(__name__)
+
+BODY_BUDGET = 3800  # characters of steps kept in full (about two messages); older steps are summarised
+KEEP_FULL = 2  # the newest steps are always shown in full
+
+i18n.register({
+    "agent_header": {i18n.EN: "🤖 **Agent** — {task}", i18n.ZH: "🤖 **智能体** — {task}"},
+    "agent_working": {i18n.EN: "*working…*", i18n.ZH: "*处理中……*"},
+    "agent_earlier": {i18n.EN: "*{n} earlier step(s), shortened:*", i18n.ZH: "*前面 {n} 步（已缩略）：*"},
+    "agent_answer": {i18n.EN: "**Answer:**", i18n.ZH: "**回答：**"},
+})
+i18n.register_commands({
+    "agent": "智能体",
+    "Let the InternLM agent solve a task with Python and arXiv search":
+        "让书生·浦语智能体用 Python 和 arXiv 搜索完成任务",
+    "task": "任务",
+    "What the agent should do": "希望智能体做什么",
+})
+
+
+def one_line(step: dict[str, Any]) -> str:
+    """A step shrunk to a single line (for older steps of a long run)."""
+    kind = step.get("type")
+    if kind == "tool_call" and step.get("code") is not None:
+        lines = str(step["code"]).strip().splitlines()
+        return f"🐍 Python ({len(lines)} line{'s' if len(lines) != 1 else ''})"
+    text = format_step(step).replace("```python", "").replace("```", "").replace("\n", " ").strip()
+    return text[:120] + ("…" if len(text) > 120 else "")
+
+
+class AgentRenderer(Renderer):
+    """The task, the steps so far, then the answer — re-rendered in full on every update."""
+
+    def __init__(self, task: str, lang: str = i18n.EN) -> None:
+        super().__init__(lang)
+        task = " ".join(task.split())
+        self.header = i18n.t("agent_header", lang, task=task[:200] + ("…" if len(task) > 200 else ""))
+        self.steps: list[dict[str, Any]] = []
+        self.final = False
+
+    def render(self, update: Update) -> str | None:
+        if update.kind == "step":
+            if update.data.get("type") != "answer":  # the answer is shown with the done update
+                self.steps.append(dict(update.data))
+            return self.body()
+        if update.kind == "restart":
+            self.steps.clear()
+            self.answer = ""
+            return self.body()
+        if update.kind in ("done", "error"):
+            self.final = True
+            self.answer = update.text if update.kind == "done" else ""
+            return self.body()
+        return None
+
+    def body(self) -> str:
+        shown = [format_step(s) for s in self.steps]
+        total = sum(len(s) + 2 for s in shown)
+        cut = 0
+        while total > BODY_BUDGET and cut < len(shown) - KEEP_FULL:
+            total -= len(shown[cut]) - len(one_line(self.steps[cut]))
+            cut += 1
+        parts = [self.header]
+        if cut:
+            parts.append(i18n.t("agent_earlier", self.lang, n=cut) + "\n" +
+                         "\n".join(f"• {one_line(s)}" for s in self.steps[:cut]))
+        parts += [s for s in shown[cut:] if s]
+        if self.answer:
+            parts.append(f"{i18n.t('agent_answer', self.lang)} {self.answer}")
+        elif not self.final:
+            parts.append(i18n.t("agent_working", self.lang))
+        return "\n\n".join(parts)
+
+
+class Agent(commands.Cog):
+    """The `/agent` command."""
+
+    def __init__(self, bot: InternLMBot) -> None:
+        self.bot = bot
+        self.handler = AgentHandler(bot.runtime.chat)
+
+    async def _refusal(self, interaction: discord.Interaction, text: str, lang: str) -> str | None:
+        """The chat cog's access and rate-limit rules, so the agent cannot bypass them."""
+        chat: Any = self.bot.get_cog("Chat")
+        if chat is None:
+            return None
+        if not chat.permitted(interaction.channel, interaction.user):
+            return i18n.t("not_allowed", lang)
+        return await chat.refusal(interaction.user.id, text, lang)
+
+    @app_commands.command(name=locale_str("agent"),
+                          description=locale_str("Let the InternLM agent solve a task with Python and arXiv search"))
+    @app_commands.rename(task=locale_str("task"))
+    @app_commands.describe(task=locale_str("What the agent should do"))
+    async def agent_command(self, interaction: discord.Interaction,
+                            task: app_commands.Range[str, 1, 4000]) -> None:
+        from .chat import conversation_for, settings_channel
+
+        lang = i18n.lang_for(interaction=interaction)
+        reason = await self._refusal(interaction, task, lang)
+        if reason:
+            await interaction.response.send_message(reason, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            reply = await self.handler.ask(
+                conversation_for(interaction.channel, interaction.user), task,
+                user_name=interaction.user.display_name if interaction.guild_id else None,
+                guild=interaction.guild_id, channel=settings_channel(interaction.channel))
+        except InputError as exc:
+            await interaction.edit_original_response(content=str(exc), allowed_mentions=NO_MENTIONS)
+            return
+        await stream_reply(self.bot, reply, InteractionTarget(interaction), lang=lang,
+                           renderer=AgentRenderer(task, lang), owner=interaction.user.id)
+
+
+async def setup(bot: InternLMBot) -> None:
+    await bot.add_cog(Agent(bot))
