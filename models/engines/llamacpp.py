@@ -119,9 +119,12 @@ class LlamaCppEngine(Engine):
     async def close(self) -> None:
         llm, self.llm = self.llm, None
         if llm is not None:
-            with self._gen_lock:  # never free the model under a running generation
-                with contextlib.suppress(Exception):
-                    llm.close()
+            await asyncio.to_thread(self._free, llm)
+
+    def _free(self, llm: Any) -> None:
+        with self._gen_lock:  # never free the model under a running generation (it stops within a token)
+            with contextlib.suppress(Exception):
+                llm.close()
 
     def _ensure_loaded(self) -> Any:
         with self._load_lock:
