@@ -193,3 +193,52 @@ async def test_resume_after_reconnect(harness: Harness) -> None:
             assert len(h.server.identifies) == 1
         finally:
             await stop_tiny(client, task)
+
+
+async def test_discord_refusals(harness: Harness) -> None:
+    """What Discord refuses, the fake refuses with Discord's codes (seen through discord.py's exceptions)."""
+    h = harness
+    with pointed_at(h):
+        client, task = await run_tiny(h)
+        try:
+            channel = client.get_channel(h.general.id)
+            assert isinstance(channel, discord.TextChannel)
+            with pytest.raises(discord.HTTPException) as empty:
+                await client.http.send_message(channel.id, params=discord.http.handle_message_parameters(
+                    content="   "))
+            assert empty.value.code == 50006
+            with pytest.raises(discord.HTTPException) as big:
+                await channel.send(embeds=[discord.Embed(description="d" * 4000) for _ in range(2)])
+            assert big.value.code == 50035  # 8000 characters of embeds > 6000
+            too_many = discord.Embed(title="t")
+            for i in range(26):
+                too_many.add_field(name=f"n{i}", value="v")
+            with pytest.raises(discord.HTTPException) as fields:
+                await channel.send(embed=too_many)
+            assert fields.value.code == 50035
+            with pytest.raises(discord.HTTPException) as ref:
+                await channel.send("x", reference=discord.MessageReference(message_id=123, channel_id=channel.id))
+            assert ref.value.code == 50035
+            # The bot can't edit someone else's message.
+            user_msg = await h.send(h.general, h.alice, "mine")
+            with pytest.raises(discord.Forbidden):
+                await channel.get_partial_message(user_msg.id).edit(content="hijacked")
+            # Acknowledging twice.
+            inter = await h.slash("say", {"text": "hi"})
+            await h.response(inter)
+            with pytest.raises(discord.HTTPException) as twice:
+                await client.http.request(discord.http.Route(
+                    "POST", "/interactions/{iid}/{token}/callback", iid=inter.id, token=inter.token),
+                    json={"type": 5})
+            assert twice.value.code == 40060
+        finally:
+            await stop_tiny(client, task)
+
+
+async def test_bad_token_is_refused(harness: Harness) -> None:
+    h = harness
+    with pointed_at(h):
+        client = Tiny()
+        with pytest.raises(discord.LoginFailure):
+            await client.start("not-the-token")
+        await client.close()
