@@ -130,8 +130,12 @@ class ChannelTarget(Target):
         if files:
             kwargs["files"] = files
         if first and self.reference is not None:
-            kwargs["reference"] = self.reference.to_reference(fail_if_not_exists=False)
-            kwargs["mention_author"] = False
+            try:
+                return await self.channel.send(
+                    content or None, reference=self.reference.to_reference(fail_if_not_exists=False),
+                    mention_author=False, **kwargs)
+            except discord.Forbidden:
+                pass  # replying needs Read Message History; without it, answer as a plain message
         return await self.channel.send(content or None, **kwargs)
 
     async def edit(self, handle: discord.Message, content: str, *, view: discord.ui.View | None) -> Any:
@@ -417,6 +421,9 @@ class ReplyStreamer:
                 self.apply(update)
                 if update.final:
                     break
+            aclose = getattr(updates, "aclose", None)
+            if aclose is not None:  # finish the generator now, not whenever it is garbage-collected
+                await aclose()
             if self.final is None:  # the stream ended without a final event
                 self.apply(Update("error", text=self.renderer.answer, data={"message": "the answer was cut off"}))
             await writer
