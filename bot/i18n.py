@@ -30,6 +30,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "timeout": {EN: "⚠️ No answer arrived in time, so I stopped waiting. Please try again.",
                 ZH: "⚠️ 等待超时，未收到回答。请重试。"},
     "error": {EN: "⚠️ {message}", ZH: "⚠️ {message}"},
+    "lost_track": {EN: "I lost track of this answer because of an internal error. Please try again.",
+                   ZH: "由于内部错误，这个回答中断了。请重试。"},
     "thinking": {EN: "💭 thinking…", ZH: "💭 思考中…"},
     "restarted": {EN: "↻ the worker restarted — answering again…", ZH: "↻ 推理服务已重启 — 正在重新回答…"},
     "stopped": {EN: "⏹️ *stopped*", ZH: "⏹️ *已停止*"},

@@ -417,13 +417,19 @@ class ReplyStreamer:
         writer = asyncio.create_task(self._writer(), name=f"reply-writer-{reply.job.id[:8]}")
         typing = asyncio.create_task(self._keep_typing()) if not self.handles else None
         try:
-            async for update in updates:
-                self.apply(update)
-                if update.final:
-                    break
-            aclose = getattr(updates, "aclose", None)
-            if aclose is not None:  # finish the generator now, not whenever it is garbage-collected
-                await aclose()
+            try:
+                async for update in updates:
+                    self.apply(update)
+                    if update.final:
+                        break
+                aclose = getattr(updates, "aclose", None)
+                if aclose is not None:  # finish the generator now, not whenever it is garbage-collected
+                    await aclose()
+            except Exception:  # e.g. Redis went away: say so in the message instead of leaving it hanging
+                log.exception("following reply %s failed", reply.job.id)
+                if self.final is None:
+                    self.apply(Update("error", text=self.renderer.answer,
+                                      data={"message": i18n.t("lost_track", self.lang)}))
             if self.final is None:  # the stream ended without a final event
                 self.apply(Update("error", text=self.renderer.answer, data={"message": "the answer was cut off"}))
             await writer

@@ -173,3 +173,17 @@ async def test_custom_renderer_shows_steps() -> None:
     await streamer.run(_reply(), _feed([Update("step", data={"title": "python"}), 0.05,
                                         Update("text", text="42"), Update("done", text="42")]))
     assert target.contents() == ["🔧 python\n42"]
+
+
+async def test_a_broken_update_stream_still_ends_the_message() -> None:
+    async def broken() -> AsyncIterator[Update]:
+        yield Update("text", text="half an ans")
+        await asyncio.sleep(0.05)
+        raise ConnectionError("redis went away")
+
+    target = Memory()
+    streamer = ReplyStreamer(target, TokenBucket(5, 5.0), lang=i18n.EN, min_interval=0.0)
+    result = await streamer.run(_reply(), broken())
+    assert result.final is not None and result.final.kind == "error"
+    [content] = target.contents()
+    assert content.startswith("half an ans") and i18n.t("lost_track", i18n.EN) in content
