@@ -273,3 +273,22 @@ async def test_escape_through_the_agent_leaves_the_worker_serving(agent: AgentHa
     assert "secret-token-for-the-test" not in updates[-1].text
     engine.script = ["still serving"]
     assert (await run(agent, "are you there?"))[-1].text == "still serving"
+
+
+def test_console_agent_command(settings: Settings, tmp_path: object) -> None:
+    """`/agent` in console mode, in a real subprocess with the test engine (its [[say:...]] directive)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, subprocess_env
+
+    line = "/agent [[say:Let me compute.<|action_start|><|interpreter|>print(6*7)<|action_end|>]]\n/agent\n"
+    proc = subprocess.run([sys.executable, "-m", "bot", "console"], input=line, capture_output=True, text=True,
+                          cwd=ROOT, timeout=120,
+                          env=subprocess_env(settings, AGENT_MAX_TURNS="2", EMBEDDED_WORKER="true"))
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.count("🐍 **Python**") == 2 and out.count("print(6*7)") == 2
+    assert "✅ **Result**" in out and "\n42\n" in out
+    assert "Stopped after 2 steps" in out
+    assert "Tell the agent what to do" in out  # the empty /agent

@@ -51,6 +51,8 @@ class EngineLLM(BaseModel):
         self.deadline = deadline  # time.monotonic() value
         self.raw = engine.supports_raw if raw is None else raw
         self.calls = 0
+        self.prompt_tokens = 0  # summed over the run's model calls (usage in the done event)
+        self.completion_tokens = 0
 
     # ------------------------------------------------------------------ prompt building
     def render(self, inputs: list[dict[str, Any]]) -> str:
@@ -87,11 +89,13 @@ class EngineLLM(BaseModel):
         self.calls += 1
         if self.raw:
             prompt = self.render(inputs)
+            self.prompt_tokens += self.engine.count_tokens(prompt)
 
             def factory() -> AsyncIterator[str]:
                 return self.engine.stream_raw(prompt, self.params, self.cancel)
         else:
             messages = self.to_messages(inputs)
+            self.prompt_tokens += self.engine.count_message_tokens(messages)
 
             def factory() -> AsyncIterator[str]:
                 return self.engine.stream_chat(messages, self.params, self.cancel)
@@ -99,6 +103,7 @@ class EngineLLM(BaseModel):
         for text in self._stream(factory):
             final = text
             yield ModelStatusCode.STREAM_ING, text, None
+        self.completion_tokens += self.engine.count_tokens(final) if final else 0
         yield ModelStatusCode.END, final, None
 
     def _complete(self, factory: Callable[[], AsyncIterator[str]]) -> str:

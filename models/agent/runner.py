@@ -314,6 +314,6 @@ async def run_agent(ctx: JobContext) -> None:
                 answer += " The model did not follow the tool protocol; a larger InternLM2 model works better."
         else:
             answer = "The model gave no answer."
-    await ctx.done(answer, stopped=stopped,
+    await ctx.done(answer, stopped=stopped, prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens,
                    extra={"history": history_line(answer or "(stopped before answering)", agent.tools_used),
                           "tools": dict(agent.tools_used), "turns": llm.calls})
