@@ -9,10 +9,12 @@ because Discord rate-limits syncing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
+import signal
 from typing import Any
 
 import discord
@@ -152,6 +154,7 @@ async def _serve(settings: Settings, sync: str) -> int:
         return 2
     runtime = await Runtime.start(settings)
     bot = build_bot(runtime, sync=sync)
+    _close_on_signals(bot)
     try:
         async with bot:
             await bot.start(token)
@@ -165,6 +168,23 @@ async def _serve(settings: Settings, sync: str) -> int:
     finally:
         await runtime.close()
     return 0
+
+
+def _close_on_signals(bot: InternLMBot) -> None:
+    """SIGTERM (docker stop, systemd) and SIGINT close the bot cleanly: the gateway is left, the embedded
+    worker finishes or hands back its jobs, and the process exits 0."""
+    loop = asyncio.get_running_loop()
+    closing: set[asyncio.Task[None]] = set()
+
+    def close() -> None:
+        log.info("stopping (signal received)")
+        task = asyncio.ensure_future(bot.close())
+        closing.add(task)
+        task.add_done_callback(closing.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not on Windows / threads
+            loop.add_signal_handler(sig, close)
 
 
 async def _sync_only(settings: Settings) -> int:
