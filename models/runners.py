@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from .context import JobContext
+from .context import JobContext, JobError
 
 Runner = Callable[[JobContext], Awaitable[None]]
 
@@ -16,8 +16,11 @@ def runners() -> dict[str, Runner]:
     table: dict[str, Runner] = {"chat": run_chat, "vision": run_chat}
 
     async def run_agent(ctx: JobContext) -> None:
-        from .agent.runner import run_agent as run  # Lagent is imported by the first agent job only
-
+        try:
+            from .agent.runner import run_agent as run  # Lagent is imported by the first agent job only
+        except ImportError as exc:
+            raise JobError("The agent is not installed on this worker "
+                           "(pip install --no-deps lagent==0.2.4; see docs/agent.md).") from exc
         await run(ctx)
 
     table["agent"] = run_agent
