@@ -373,6 +373,7 @@ class Sandbox:
         self.python = python or sys.executable
         self._isolation: str | None = None
         self._lock = threading.Lock()
+        self._warned = False
 
     # ------------------------------------------------------------------ configuration
     def hidden_paths(self) -> list[str]:
@@ -438,6 +439,11 @@ class Sandbox:
 
     def _config(self, isolation: str, workdir: str) -> dict[str, Any]:
         lim = self.limits
+        if isolation == "audit" and os.geteuid() == 0 and not self.can_drop_to_nobody() and not self._warned:
+            self._warned = True
+            log.warning("sandbox: the worker runs as root without namespaces and `nobody` cannot reach the "
+                        "interpreter (%s), so sandboxed code runs as root behind the audit hook only",
+                        ", ".join(self.kept_paths()))
         return {
             "isolation": isolation, "workdir": workdir, "inside": INSIDE_DIR,
             "nobody": NOBODY if isolation == "namespace" or self.can_drop_to_nobody() else None,
