@@ -104,18 +104,26 @@ class _Response:
 
 
 class _Session:
+    """Like lmdeploy's: abort() only reaches a session that holds an engine slot (has started generating)."""
+
     def __init__(self) -> None:
         self.aborted = threading.Event()
+        self.started = threading.Event()
+        self.abort_calls = 0
 
     def abort(self) -> None:
-        self.aborted.set()
+        self.abort_calls += 1
+        if self.started.is_set():
+            self.aborted.set()
 
 
 class _Pipeline:
     """Streams `pieces` one per `delay` seconds per session, like a batching engine; honours abort."""
 
-    def __init__(self, model: str, pieces: list[str], delay: float = 0.0, fail: bool = False) -> None:
+    def __init__(self, model: str, pieces: list[str], delay: float = 0.0, fail: bool = False,
+                 queued: float = 0.0) -> None:
         self.model = model
+        self.queued = queued
         self.pieces = pieces
         self.delay = delay
         self.fail = fail
@@ -134,6 +142,8 @@ class _Pipeline:
         out: queue.Queue[Any] = queue.Queue()
 
         def produce() -> None:
+            time.sleep(self.queued)  # waiting for a free engine slot
+            sessions.started.set()
             for n, piece in enumerate(self.pieces, start=1):
                 if sessions.aborted.is_set():
                     out.put(_Response("", n, finish_reason="abort"))
@@ -155,7 +165,8 @@ class _Pipeline:
 def fake_lmdeploy(monkeypatch: pytest.MonkeyPatch):
     module = types.ModuleType("lmdeploy")
     module.made = []  # type: ignore[attr-defined]
-    module.options = {"pieces": ["Hel", "lo", " wor", "ld"], "delay": 0.0, "fail": False}  # type: ignore[attr-defined]
+    module.options = {"pieces": ["Hel", "lo", " wor", "ld"], "delay": 0.0, "fail": False,  # type: ignore[attr-defined]
+                      "queued": 0.0}
 
     def pipeline(model: str, backend_config: Any = None, log_level: str = "WARNING", **_kw: Any) -> _Pipeline:
         pipe = _Pipeline(model, **module.options)  # type: ignore[attr-defined]
@@ -224,6 +235,19 @@ async def test_cancel_aborts_the_session(fake_lmdeploy) -> None:
     assert 3 <= len(got) < 50
     assert time.monotonic() - started < 3.0  # 400 pieces would take 4 s
     assert fake_lmdeploy.made[0].sessions[0].aborted.wait(2.0)
+
+
+async def test_stop_while_waiting_for_an_engine_slot(fake_lmdeploy) -> None:
+    fake_lmdeploy.options.update(pieces=[f"w{i} " for i in range(400)], delay=0.01, queued=0.2)
+    engine = LMDeployEngine("chat-model")
+    await engine.start()
+    cancel = asyncio.Event()
+    cancel.set()  # Stop pressed before the session got a slot: the first abort() cannot reach it
+    started = time.monotonic()
+    assert await _collect(engine.stream_chat([ChatMessage("user", "go")], GenParams(), cancel)) == ""
+    session = fake_lmdeploy.made[0].sessions[0]
+    assert session.aborted.is_set() and session.abort_calls >= 2  # aborted again once it was running
+    assert time.monotonic() - started < 2.0  # not the 4 s of 400 pieces
 
 
 async def test_concurrent_jobs_are_separate_sessions(fake_lmdeploy) -> None:

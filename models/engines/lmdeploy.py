@@ -185,14 +185,22 @@ class LMDeployEngine(Engine):
                 loop.call_soon_threadsafe(stream.queue.put_nowait, item)
 
         def pump() -> None:
+            aborted_late = False
             try:
                 for response in pipe.stream_infer(prompt, sessions=stream.session, gen_config=gen_config,
                                                   do_preprocess=do_preprocess):
                     if response.finish_reason == "error":
                         put(EngineError("the GPU model failed on this request"))
                         break
-                    if response.text and not stream.stop.is_set():
-                        put(response.text)
+                    if not stream.stop.is_set():
+                        if response.text:
+                            put(response.text)
+                    elif not aborted_late:
+                        # Stop came while the session still waited for a free engine slot, when abort() has
+                        # nothing to cancel yet: now that it produces tokens, cancel it for real.
+                        aborted_late = True
+                        with contextlib.suppress(Exception):
+                            stream.session.abort()
             except Exception as exc:
                 log.exception("lmdeploy generation failed")
                 put(EngineError(f"the GPU model failed ({type(exc).__name__})"))
