@@ -219,7 +219,8 @@ class Chat(commands.Cog):
         images_cog = self.bot.get_cog("Images")
         has_images = bool(message.attachments) and images_cog is not None
         if not text and not has_images:
-            await self.say(message, i18n.t("empty_prompt", lang))
+            if self.bot.user in message.mentions or message.guild is None:  # not for every sticker in a chat channel
+                await self.say(message, i18n.t("empty_prompt", lang))
             return
         reason = await self.refusal(message.author.id, text, lang)
         if reason:
