@@ -31,7 +31,7 @@ from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-CORE_EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin")
+CORE_EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin", "bot.cogs.stats")  # stats: /stats, metrics, resume
 OPTIONAL_EXTENSIONS = ("bot.cogs.agent", "bot.cogs.images")
 # Permissions the invite link asks for: View Channels, Send Messages, Send Messages in Threads,
 # Embed Links, Attach Files, Read Message History (see docs/discord.md).

@@ -471,8 +471,17 @@ async def stream_reply(bot: InternLMBot, reply: Reply, target: Target, *, lang: 
 
 async def _stream_reply(bot: InternLMBot, reply: Reply, target: Target, *, lang: str, renderer: Renderer | None,
                         buttons: bool, owner: int | None, updates: AsyncIterator[Update] | None) -> StreamResult:
-    streamer = ReplyStreamer(
-        target, bot.buckets.get(target.channel_id), lang=lang, renderer=renderer,
-        views=(lambda r, state: bot.reply_view(r, state, lang, owner)) if buttons else None,
-        blobs=bot.runtime.bus.get_blob)
-    return await streamer.run(reply, updates if updates is not None else bot.runtime.chat.follow(reply))
+    from .resume import tracked  # here: bot.resume builds on this module
+
+    metrics = getattr(bot, "metrics", None)  # bot/metrics.py, set by the stats cog
+    if metrics is not None:
+        metrics.reply_started(reply)
+    async with tracked(bot, reply, target, lang=lang, owner=owner) as target:  # survives a bot restart
+        streamer = ReplyStreamer(
+            target, bot.buckets.get(target.channel_id), lang=lang, renderer=renderer,
+            views=(lambda r, state: bot.reply_view(r, state, lang, owner)) if buttons else None,
+            blobs=bot.runtime.bus.get_blob)
+        result = await streamer.run(reply, updates if updates is not None else bot.runtime.chat.follow(reply))
+    if metrics is not None:
+        metrics.reply_finished(reply, result, synced_at=streamer.synced_at)
+    return result

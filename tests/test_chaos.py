@@ -286,3 +286,31 @@ async def test_load_50_channels_x_5_messages(settings: Settings, bus: Bus, tmp_p
         assert [t.role for t in turns] == ["user", "assistant"] * 5  # each answered exactly once
         assert [t.content for t in turns[1::2]] == answers[c]
     print(f"load: 250 messages in {elapsed:.1f}s with 2 workers")
+
+
+async def test_bot_restart_through_fake_discord(settings: Settings, bus: Bus, tmp_path: Path,
+                                                procs: list[WorkerProc], discord_harness, discord_bot) -> None:  # type: ignore[no-untyped-def]
+    """The real bot restarted while a reply streams (the worker runs on in its own process): the new bot
+    process edits the same Discord message to the complete answer; history gets it once."""
+    from tests.fakediscord.fixtures import reply_finished, streaming
+
+    h = discord_harness
+    workers = spawn(procs, settings, tmp_path, 1, TEST_ENGINE_TOKEN_DELAY="0.05")
+    await wait_alive(bus, workers)
+    await discord_bot.start(embedded_worker=False)
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:60]]")
+    partial = await h.reply_to(msg, until=lambda m: streaming(m) and "w3" in h.text(m), quiet=0.0, timeout=20)
+    first_id = partial[0].id
+    await discord_bot.stop()  # the bot goes away mid-answer (a deploy, a crash) …
+    for task in asyncio.all_tasks():  # … and with it the tasks it was answering in (a process would exit)
+        if task.get_name().startswith(("discord.py:", "reply-writer-")):
+            task.cancel()
+    await asyncio.sleep(0.1)
+    assert "w59" not in h.text(h.replies_to(msg))
+    await discord_bot.start(embedded_worker=False)  # the new process finds the reply on ready
+    final = await h.reply_to(msg, until=reply_finished, quiet=0.3, timeout=30)
+    assert [m.id for m in final] == [first_id]  # the same message, edited — not a second answer
+    assert final[0].content.strip() == repeat_text(60).strip()
+    turns = await discord_bot.history(h.general)
+    assert [t.role for t in turns] == ["user", "assistant"] and turns[1].content == repeat_text(60)
+    assert await ActiveReplies(bus, HistoryStore(bus.redis), settings).pending() == []

@@ -177,3 +177,37 @@ async def test_healthz_follows_redis(tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientError):
             await health(session, port)
+
+
+# ------------------------------------------------------------------------------------------------ the bot
+async def test_bot_metrics_through_fake_discord(discord_harness, discord_bot) -> None:  # type: ignore[no-untyped-def]
+    """The real bot on the fake Discord: messages, replies, reply latency, a Discord 429, gateway gauges."""
+    h = discord_harness
+    port = free_port()
+    await discord_bot.start(bot_metrics_port=port)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):  # /healthz turns 200 once the gateway is ready
+            status, body = await health(session, port)
+            if status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200 and body["discord"] and body["redis"]
+        before = await scrape(session, port)
+        h.server.force_429(1, retry_after=0.2, method="POST", route="/channels/{channel_id}/messages")
+        for i in range(3):
+            msg = await h.send(h.general, h.alice, f"{h.bot.mention} metric {i}")
+            [reply] = await discord_bot.reply(msg)
+            assert f"metric {i}" in reply.content
+        await h.send(h.general, h.bob, "just chatting, not to the bot")
+        after = await scrape(session, port)
+    assert value(after, "ilm_bot_messages_total", where="guild") - value(before, "ilm_bot_messages_total",
+                                                                          where="guild") == 4
+    assert value(after, "ilm_bot_requests_total", kind="chat") == 3
+    assert value(after, "ilm_bot_replies_total", kind="chat", outcome="done") == 3
+    assert value(after, "ilm_bot_reply_seconds_count", kind="chat") == 3
+    assert 0 < value(after, "ilm_bot_reply_seconds_sum", kind="chat") < 30
+    assert value(after, "ilm_bot_discord_429_total", source="rest") == 1  # discord.py waited and retried
+    assert value(after, "ilm_bot_discord_writes_total") >= 3
+    assert value(after, "ilm_bot_guilds") == 1
+    assert value(after, "ilm_workers_alive") == 1  # the embedded worker
+    assert value(after, "ilm_queue_depth") == 0

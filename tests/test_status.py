@@ -70,3 +70,20 @@ async def test_status_without_redis_fails_fast(settings: Settings, tmp_path) -> 
     code, out = await status(env)
     assert code == 2 and "is the bot running" in out
     assert not (tmp_path / "nobot" / "redis.sock").exists()
+
+
+async def test_stats_command_in_discord(discord_harness, discord_bot) -> None:  # type: ignore[no-untyped-def]
+    """`/stats` through the fake Discord: admins get the report (ephemeral), others a polite refusal."""
+    h = discord_harness
+    await discord_bot.start()
+    await discord_bot.runtime.bus.redis.xadd(KEYS.dead, {"id": "feedface", "kind": "chat", "reason": "poison"})
+    interaction = await h.slash("stats", user=h.alice)
+    [refusal] = await discord_bot.answer(interaction)
+    assert refusal.ephemeral and "admin" in refusal.content.lower() and "Workers" not in refusal.content
+    interaction = await h.slash("stats", user=h.carol)  # carol has the Admins role (Manage Server)
+    [report] = await discord_bot.answer(interaction)
+    assert report.ephemeral
+    assert "Workers alive: 1" in report.content and "Queue: 0 waiting" in report.content
+    assert "Dead letters: 1" in report.content and "poison" in report.content
+    assert "1 guilds" in report.content and "Discord 429s" in report.content
+    assert len(report.content) <= 2000
