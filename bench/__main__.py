@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one broken bench must not hide the others' figures
             results.append(Result(name, "error", float("nan"), note=f"{type(exc).__name__}: {exc}"[:120], ok=False))
     report(results, args)
-    return 0 if all(r.ok is not False for r in results) else 1
+    if any(r.metric == "error" for r in results):
+        return 1  # a bench crashed
+    return 1 if args.strict and any(r.ok is False for r in results) else 0
 
 
 if __name__ == "__main__":

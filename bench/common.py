@@ -208,6 +208,7 @@ def parse_options(argv: list[str] | None = None, *,
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     return Options(quick=args.quick, verbose=args.verbose), args
