@@ -106,7 +106,7 @@ class LlamaCppEngine(Engine):
     def from_settings(cls, settings: Settings) -> LlamaCppEngine:
         return cls(settings.llamacpp_model_path or None, n_ctx=settings.llamacpp_n_ctx,
                    n_threads=settings.llamacpp_threads,
-                   clip_model_path=getattr(settings, "llamacpp_clip_model_path", "") or None)
+                   clip_model_path=settings.llamacpp_clip_model_path or None)
 
     def describe(self) -> str:
         path = self.model_path.name if self.model_path else BUNDLED_FILE
