@@ -131,3 +131,13 @@ async def test_a_stalled_server_hits_the_timeout() -> None:
         elapsed = time.monotonic() - started
     assert elapsed < 4
     assert result.errmsg and "Timeout" in result.errmsg
+
+
+def test_tools_follow_the_settings() -> None:
+    from models.agent.actions import build_plugins
+    from models.settings import Settings
+
+    names = lambda s: [p.name for p in build_plugins(s)]  # noqa: E731
+    assert names(Settings(_env_file=None)) == ["ArxivSearch"]
+    assert names(Settings(_env_file=None, agent_arxiv=False)) == []
+    assert names(Settings(_env_file=None, serper_api_key="k")) == ["ArxivSearch", "GoogleSearch"]
