@@ -248,7 +248,7 @@ class Chat(commands.Cog):
         """A short reply to `message` (a refusal or a hint), paced like any other write."""
         await self.bot.buckets.get(message.channel.id).acquire(priority=True)
         try:
-            await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
+            await ChannelTarget(message.channel, reference=message).send(text, first=True)
         except discord.HTTPException as exc:
             log.warning("could not reply: %s", exc)
 
