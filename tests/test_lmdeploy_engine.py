@@ -271,11 +271,13 @@ async def test_engine_error_is_user_safe(fake_lmdeploy) -> None:
 
 
 async def test_vision_routing(fake_lmdeploy) -> None:
-    engine = LMDeployEngine("chat-model", vision_model="xcomposer")
+    engine = LMDeployEngine("chat-model", vision_model="xcomposer", backend="pytorch")
     await engine.start()
     chat_pipe, vision_pipe = fake_lmdeploy.made
     assert chat_pipe.model == "chat-model" and vision_pipe.model == "xcomposer"
     assert vision_pipe.backend_config[1]["cache_max_entry_count"] == 0.4  # two models share the GPU
+    assert chat_pipe.backend_config[0] == "pytorch"
+    assert vision_pipe.backend_config[0] == "turbomind"  # XComposer: TurboMind (falls back by itself)
     image = ImageInput(b"img", "image/jpeg")
     await _collect(engine.stream_chat([ChatMessage("user", "caption", [image])], GenParams(), asyncio.Event()))
     await _collect(engine.stream_chat([ChatMessage("user", "text only")], GenParams(), asyncio.Event()))

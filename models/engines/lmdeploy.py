@@ -15,7 +15,8 @@ exercises it).  Deliberately thin:
 * Images (`LMDEPLOY_VISION_MODEL`, e.g. internlm/internlm-xcomposer2d5-7b — lmdeploy 0.15 dropped
   XComposer, hence the `<0.15` pin) go in as OpenAI-style `image_url` parts with data URLs, which the
   0.14 VLM pipeline decodes itself.  A message with images is routed to the vision pipeline; when the
-  vision model is the only model (or the same as `LMDEPLOY_MODEL`) one pipeline serves both.
+  vision model is the only model (or the same as `LMDEPLOY_MODEL`) one pipeline serves both.  A separate
+  vision pipeline always gets a TurboMind config (the backend 0.14 documents for XComposer 2.5).
 """
 
 from __future__ import annotations
@@ -117,11 +118,19 @@ class LMDeployEngine(Engine):
         return f"lmdeploy:{self.backend}:{names}"
 
     # ------------------------------------------------------------------ lifecycle
-    def backend_config(self, cache_share: float = 0.8) -> Any:
+    def backend_config(self, cache_share: float = 0.8, backend: str | None = None) -> Any:
         import lmdeploy
 
-        cls = lmdeploy.TurbomindEngineConfig if self.backend == "turbomind" else lmdeploy.PytorchEngineConfig
+        backend = backend or self.backend
+        cls = lmdeploy.TurbomindEngineConfig if backend == "turbomind" else lmdeploy.PytorchEngineConfig
         return cls(tp=self.tp, session_len=self.session_len, cache_max_entry_count=cache_share)
+
+    def backend_for(self, model: str) -> str:
+        """The configured backend — except that a vision model that is not also the chat model always gets
+        TurboMind: lmdeploy 0.14 documents XComposer 2.5 for TurboMind only, and a TurboMind config falls
+        back to the PyTorch engine by itself for models TurboMind does not support (a PyTorch config would
+        be forced on)."""
+        return "turbomind" if model == self.vision_model and model != self.model else self.backend
 
     def _load(self) -> None:
         try:
@@ -133,8 +142,8 @@ class LMDeployEngine(Engine):
             raise EngineError("set LMDEPLOY_MODEL (and/or LMDEPLOY_VISION_MODEL)")
         # Two models share the GPU's KV-cache budget (each takes a share of the memory still free).
         share = 0.8 if len(models) == 1 else 0.4
-        pipes = {m: lmdeploy.pipeline(m, backend_config=self.backend_config(share), log_level=self.log_level,
-                                      trust_remote_code=True) for m in models}
+        pipes = {m: lmdeploy.pipeline(m, backend_config=self.backend_config(share, self.backend_for(m)),
+                                      log_level=self.log_level, trust_remote_code=True) for m in models}
         self.pipe = pipes[self.model or self.vision_model]
         self.vision_pipe = pipes.get(self.vision_model) if self.vision_model else None
 
