@@ -22,6 +22,7 @@ import yarl
 from discord.ext import commands
 
 from handlers.ratelimit import UserRateLimiter
+from models.logs import make_handler
 from models.protocol import KEYS
 from models.settings import Settings
 
@@ -117,20 +118,6 @@ def build_bot(runtime: Runtime, *, sync: str = "auto") -> InternLMBot:
     return InternLMBot(runtime, sync=sync)
 
 
-class _RedactToken(logging.Filter):
-    """Belt and braces: the token never reaches a log line, whoever logs it."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.token and self.token in record.getMessage():
-            record.msg = record.getMessage().replace(self.token, "[token]")
-            record.args = ()
-        return True
-
-
 def configure_discord(settings: Settings) -> None:
     """Point discord.py at a REST proxy / gateway when configured, and set up its logging."""
     if settings.discord_api_base:
@@ -138,13 +125,15 @@ def configure_discord(settings: Settings) -> None:
     gateway = getattr(settings, "discord_gateway_url", "")
     if gateway:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
+    # discord.py's logging setup, with the project's handler: secrets (the token first) are redacted
+    # from every line, and LOG_FORMAT=json gives one object per line with the job id.
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO), root=True)
-    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
-    for handler in root.handlers:
-        handler.addFilter(_RedactToken(token))
+    for old in list(root.handlers):  # e.g. the basicConfig of `python -m bot`: one handler, not two
+        root.removeHandler(old)
+    handler = make_handler(settings)
+    handler._ilm = True  # type: ignore[attr-defined]  # models.logs.setup_logging replaces it, if called
+    discord.utils.setup_logging(handler=handler, formatter=handler.formatter or logging.Formatter(),
+                                level=getattr(logging, settings.log_level.upper(), logging.INFO), root=True)
 
 
 async def _serve(settings: Settings, sync: str) -> int:
