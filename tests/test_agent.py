@@ -344,8 +344,6 @@ async def test_openai_engine_uses_the_completions_endpoint(settings: Settings, b
     assert steps(updates, "tool_call")[0]["code"] == "print((10 - 3) / 2)"
 
 
-@pytest.mark.xfail(strict=True, reason="models/engines/openai.py stream_raw does not yet send "
-                                       "skip_special_tokens=false, so lmdeploy/vLLM strip the tool markers")
 async def test_openai_engine_keeps_special_tokens(settings: Settings, bus: Bus, chat: ChatHandler) -> None:
     updates, requests = await agent_via_openai(settings, bus, chat)
     assert requests[0].body.get("skip_special_tokens") is False

@@ -169,8 +169,11 @@ class OpenAIEngine(Engine):
                 yield chunk.choices[0].delta.content
 
     async def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
-        create = self.client.completions.create(model=self.chat_model, prompt=prompt, stream=True,
-                                                **self.sampling(params))
+        """Raw completions keep special tokens: the agent's InternLM2 tool markers (`<|action_start|>`…) are
+        special tokens, and lmdeploy and vLLM strip them unless told not to."""
+        kwargs = self.sampling(params)
+        kwargs["extra_body"] = {**kwargs.get("extra_body", {}), "skip_special_tokens": False}
+        create = self.client.completions.create(model=self.chat_model, prompt=prompt, stream=True, **kwargs)
         async for chunk in self._stream(create, cancel, self.base_url, self.chat_model):
             if chunk.choices and chunk.choices[0].text:
                 yield chunk.choices[0].text
