@@ -156,3 +156,17 @@ async def test_through_worker_and_chat_handler(settings: Settings, bus: Bus) -> 
         worker.stop()
         await asyncio.wait_for(task, 30)
     assert engine.llm is None  # the worker closed the engine
+
+
+async def test_prompt_longer_than_the_context_is_a_clear_error() -> None:
+    small = LlamaCppEngine(n_ctx=128)
+    await small.start()
+    try:
+        with pytest.raises(EngineError, match="could not process"):
+            async for _piece in small.stream_raw("hello " * 400, SHORT, asyncio.Event()):
+                pass
+        # ... and the engine is still usable afterwards (the lock was released).
+        pieces = await asyncio.wait_for(timed(small.stream_raw("Hi", SHORT, asyncio.Event())), timeout=30)
+        assert 1 <= len(pieces) <= SHORT.max_new_tokens
+    finally:
+        await small.close()
