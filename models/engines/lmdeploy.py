@@ -95,7 +95,7 @@ class LMDeployEngine(Engine):
     supports_raw = True
 
     def __init__(self, model: str, *, vision_model: str = "", backend: str = "turbomind", tp: int = 1,
-                 session_len: int = 8192, log_level: str = "ERROR") -> None:
+                 session_len: int = 8192, log_level: str = "ERROR", cache_share: float = 0.8) -> None:
         self.model = model
         self.vision_model = vision_model
         self.backend = backend
@@ -104,6 +104,7 @@ class LMDeployEngine(Engine):
         self.context_window = session_len
         self.supports_vision = bool(vision_model)
         self.log_level = log_level
+        self.cache_share = cache_share  # fraction of free GPU memory for the KV cache (lmdeploy's default 0.8)
         self.pipe: Any = None
         self.vision_pipe: Any = None
 
@@ -141,7 +142,7 @@ class LMDeployEngine(Engine):
         if not models:
             raise EngineError("set LMDEPLOY_MODEL (and/or LMDEPLOY_VISION_MODEL)")
         # Two models share the GPU's KV-cache budget (each takes a share of the memory still free).
-        share = 0.8 if len(models) == 1 else 0.4
+        share = self.cache_share if len(models) == 1 else self.cache_share / 2
         pipes = {m: lmdeploy.pipeline(m, backend_config=self.backend_config(share, self.backend_for(m)),
                                       log_level=self.log_level, trust_remote_code=True) for m in models}
         self.pipe = pipes[self.model or self.vision_model]
