@@ -11,6 +11,7 @@ characters added are the fences in `Part.prefix` / `Part.suffix`.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 
 DISCORD_LIMIT = 2000
@@ -84,20 +85,9 @@ def split_parts(text: str, limit: int = DISCORD_LIMIT) -> list[Part]:
     starts.append(len(text))
     states.append(state)
     blank.append(prev_blank)
-    boundary = dict(zip(starts, range(len(starts)), strict=True))
 
     def state_at(offset: int) -> Fence | None:
-        if offset in boundary:
-            return states[boundary[offset]]
-        # Inside a line: the state that line started in.
-        lo, hi = 0, len(starts) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if starts[mid] <= offset:
-                lo = mid
-            else:
-                hi = mid - 1
-        return states[lo]
+        return states[bisect_right(starts, offset) - 1]  # the state at the start of the line holding offset
 
     parts: list[Part] = []
     start = 0
@@ -110,7 +100,7 @@ def split_parts(text: str, limit: int = DISCORD_LIMIT) -> list[Part]:
             return parts
         avail = max(1, limit - len(prefix) - suffix_reserve)
         end = start + avail
-        cut = _choose_cut(text, start, end, starts, states, blank, boundary)
+        cut = _choose_cut(text, start, end, starts, states, blank)
         closing = state_at(cut)
         body = text[start:cut]
         parts.append(Part(body, prefix, _closer(closing, body) if closing else ""))
@@ -118,17 +108,13 @@ def split_parts(text: str, limit: int = DISCORD_LIMIT) -> list[Part]:
 
 
 def _choose_cut(text: str, start: int, end: int, starts: list[int], states: list[Fence | None],
-                blank: list[bool], boundary: dict[int, int]) -> int:
+                blank: list[bool]) -> int:
     """The best cut offset in (start, end]."""
     half = start + (end - start) // 2
     best: dict[int, int] = {}  # category → offset; lower category is better
     last_line = 0
-    for offset in starts:
-        if offset <= start:
-            continue
-        if offset > end:
-            break
-        index = boundary[offset]
+    for index in range(bisect_right(starts, start), bisect_right(starts, end)):
+        offset = starts[index]
         last_line = offset
         if offset < half:
             continue
