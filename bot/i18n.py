@@ -72,20 +72,15 @@ STRINGS: dict[str, dict[str, str]] = {
             "**InternLM (书生·浦语) on Discord**\n"
             "• Mention me, reply to one of my messages, or DM me to chat; in chat channels I answer "
             "every message. Each channel and thread has its own conversation.\n"
-            "• `/chat prompt` — ask with a slash command.\n"
-            "• `/reset` — forget this conversation.\n"
-            "• **Stop** ends an answer early; **Regenerate** answers the last message again.\n"
-            "• `/settings` — admins: system prompt, temperature, top_p, max new tokens."
+            "• **Stop** ends an answer early; **Regenerate** answers the last message again."
         ),
         ZH: (
             "**书生·浦语 InternLM**\n"
             "• 提及我、回复我的消息或私信我即可聊天；在聊天频道中我会回复每条消息。每个频道和子区都有独立的对话。\n"
-            "• `/chat prompt` — 用斜杠命令提问。\n"
-            "• `/reset` — 清空本对话。\n"
-            "• **停止** 提前结束回答；**重新生成** 重新回答最后一条消息。\n"
-            "• `/settings` — 管理员：系统提示词、temperature、top_p、最大生成长度。"
+            "• **停止** 提前结束回答；**重新生成** 重新回答最后一条消息。"
         ),
     },
+    "help_commands": {EN: "**Commands**", ZH: "**命令**"},
 }
 
 

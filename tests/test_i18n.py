@@ -52,3 +52,21 @@ async def test_translator_gives_valid_chinese_command_names() -> None:
             assert re.fullmatch(r"[-_\w]{1,32}", chinese) and chinese == chinese.lower(), chinese
         else:
             assert len(chinese) <= 100
+
+
+async def test_help_lists_every_command_in_both_languages() -> None:
+    from bot.cogs.chat import help_text
+
+    tree = discord.app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
+
+    @tree.command(name="chat", description="Chat with InternLM")
+    async def chat(interaction: discord.Interaction) -> None: ...
+
+    @tree.command(name="newfeature", description="Something a new cog adds")
+    async def newfeature(interaction: discord.Interaction) -> None: ...
+
+    english, chinese = help_text(tree, i18n.EN), help_text(tree, i18n.ZH)
+    assert "`/chat` — Chat with InternLM" in english and "`/newfeature`" in english
+    assert "`/chat`（聊天） — 与书生·浦语聊天" in chinese
+    assert "`/newfeature` — Something a new cog adds" in chinese  # untranslated text is shown as is
+    assert len(english) <= 2000 and len(chinese) <= 2000

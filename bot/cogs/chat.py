@@ -117,6 +117,24 @@ def reply_buttons(bot: InternLMBot, reply: Reply, state: str, lang: str, owner: 
     return view
 
 
+def help_text(tree: app_commands.CommandTree, lang: str) -> str:
+    """How to talk to the bot, then every slash command of every loaded cog with its description, so
+    a new feature's commands show up here without touching this file."""
+    lines = [i18n.t("help", lang), "", i18n.t("help_commands", lang)]
+    for command in tree.get_commands(type=discord.AppCommandType.chat_input):
+        label, description = f"`/{command.name}`", getattr(command, "description", "")
+        subs = [c.name for c in getattr(command, "commands", [])]
+        if subs:
+            label += " " + " · ".join(subs)
+        if lang == i18n.ZH:
+            local = i18n.COMMAND_TEXT.get(command.name)
+            label += f"（{local}）" if local else ""
+            description = i18n.COMMAND_TEXT.get(description, description)
+        lines.append(f"• {label} — {description}")
+    text = "\n".join(lines)
+    return text if len(text) <= 2000 else text[:1999] + "…"
+
+
 # ====================================================================== the cog
 class Chat(commands.Cog):
     """Conversations with the model in channels, threads and DMs."""
@@ -289,7 +307,7 @@ class Chat(commands.Cog):
     @app_commands.command(name=locale_str("help"), description=locale_str("How to use this bot"))
     async def help_command(self, interaction: discord.Interaction) -> None:
         lang = i18n.lang_for(interaction=interaction)
-        await interaction.response.send_message(i18n.t("help", lang), ephemeral=True,
+        await interaction.response.send_message(help_text(self.bot.tree, lang), ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
 
     # ---------------------------------------------------------------- buttons
