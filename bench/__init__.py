@@ -15,4 +15,5 @@ REGISTRY: dict[str, str] = {
     "cpu_tokens": "bench.cpu_tokens",  # tokens/s of the bundled model: raw llama.cpp vs delivered by the worker
     "overlap": "bench.overlap",  # 64 concurrent jobs vs one, on a fixed-latency engine
     "overhead": "bench.overhead",  # per-job latency of the queue path with an instant engine
+    "production": "bench.production",  # issue 6: P1–P4 through the fake Discord, scale-out; writes the report
 }
