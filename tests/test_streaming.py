@@ -82,7 +82,7 @@ async def test_streams_by_edits_coalesces_and_lands_final_promptly() -> None:
     assert "".join(target.contents()) == answer
     assert len(target.log) <= 12  # ~220 token updates coalesced into a few writes
     assert streamer.synced_at is not None and streamer.final_at is not None
-    assert streamer.synced_at - streamer.final_at < 0.25  # the final write did not wait for pacing
+    assert streamer.synced_at - streamer.final_at < 0.8  # no pacing wait (that would be >= 1 s here)
 
 
 async def test_final_text_is_complete_when_discord_is_slow() -> None:
