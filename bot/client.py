@@ -54,7 +54,8 @@ class InternLMBot(commands.Bot):
         self.limiter = UserRateLimiter.from_settings(runtime.bus.redis, runtime.settings)
         self.sync_mode = sync  # "auto" (when changed), "force", or "never"
         self.synced: bool | None = None  # whether setup_hook synced the commands
-        self.regenerable_kinds: set[str] = {"chat", "vision"}
+        self.regenerable_kinds: set[str] = {"chat", "vision"}  # replies of these kinds get Regenerate
+        self.streaming_jobs: set[str] = set()  # jobs this process renders now (bot.streaming.stream_reply)
 
     async def on_message(self, message: discord.Message, /) -> None:
         """No text commands: messages are the chat cog's business (this stops `process_commands`)."""
