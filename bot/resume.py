@@ -22,6 +22,7 @@ import discord
 
 from handlers.chat import Reply
 from handlers.resume import ActiveRecord, ActiveReplies
+from models.logs import bind as bind_log_context
 
 from . import i18n
 from .streaming import NO_MENTIONS, ChannelTarget, Target
@@ -95,7 +96,9 @@ class TrackingTarget(Target):
 @contextlib.asynccontextmanager
 async def tracked(bot: Any, reply: Reply, target: Target, *, lang: str = i18n.EN,
                   owner: int | None = None) -> AsyncIterator[Target]:
-    """Record the reply while it streams (no-op when RESUME_REPLIES is off or Redis hiccups)."""
+    """Record the reply while it streams (no-op when RESUME_REPLIES is off or Redis hiccups).  Also tags
+    this task's later log lines with the job id, which the worker's lines carry too."""
+    bind_log_context(job=reply.job.id, conversation=reply.request.conversation)
     tracker = tracker_of(bot)
     if tracker is None:
         yield target
