@@ -69,8 +69,8 @@ async def test_killed_mid_reply_the_next_process_finishes_it(discord_harness: Ha
         history = await _history(discord_bot, h)
         assert [t.role for t in history] == ["user", "assistant"]
         assert history[1].content.split() == [f"w{i}" for i in range(100)]
-        # Ctrl-C ends the process promptly and successfully.
-        proc.send_signal(signal.SIGINT)
+        # `docker stop` (SIGTERM) ends the process promptly and successfully.
+        proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -91,17 +91,3 @@ async def _history(discord_bot: BotRunner, h: Harness) -> list:
     finally:
         await client.aclose()
 
-
-@pytest.mark.xfail(reason="python -m bot does not handle SIGTERM (docker stop) yet: it dies with -15", strict=False)
-async def test_sigterm_stops_cleanly(discord_harness: Harness, discord_bot: BotRunner, tmp_path: Path) -> None:
-    h = discord_harness
-    proc = await spawn(h, discord_bot, tmp_path / "bot.log")
-    try:
-        msg = await h.send(h.general, h.alice, f"{h.bot.mention} hello")
-        await h.reply_to(msg, until=reply_finished, quiet=0.3, timeout=20)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()

@@ -113,11 +113,11 @@ async def test_429_mid_stream_loses_no_text(discord_harness: Harness, discord_bo
     h = discord_harness
     h.server.rate_limits = True
     await discord_bot.start(test_engine_token_delay=0.03)
-    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:100]]")
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:70]]")
     await h.wait_for(lambda: h.bot_messages(h.general, after=msg), message="the first part")
     h.server.force_429(3, retry_after=0.4, method="PATCH", route="/messages/")
     [reply] = await discord_bot.reply(msg)
-    assert reply.content.split() == [f"w{i}" for i in range(100)]
+    assert reply.content.split() == [f"w{i}" for i in range(70)]
     statuses = [c.status for c in h.channel_calls(h.general, method="PATCH")]
     assert statuses.count(429) == 3 and statuses[-1] == 200
     assert not [c for c in h.errors()]
@@ -149,13 +149,13 @@ async def test_stop_keeps_the_partial_answer(discord_harness: Harness, discord_b
 async def test_stop_by_someone_else_is_refused(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     await discord_bot.start(test_engine_token_delay=0.05)
-    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:60]]")
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:40]]")
     first = await h.wait_for(lambda: next((m for m in h.bot_messages(h.general, after=msg) if m.custom_ids), None))
     inter = await h.click(first, h.find_button(first, STOP_PREFIX), user=h.bob)
     await h.response(inter, until=lambda i: i.original is not None)
     assert inter.original.ephemeral
     [reply] = await discord_bot.reply(msg)
-    assert "w59" in reply.content  # not stopped
+    assert "w39" in reply.content  # not stopped
 
 
 async def test_regenerate_replaces_the_last_answer(discord_harness: Harness, discord_bot: BotRunner) -> None:

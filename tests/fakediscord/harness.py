@@ -154,8 +154,14 @@ class Harness:
         return message
 
     async def edit(self, message: Message, content: str) -> None:
+        """The author edits their message (MESSAGE_UPDATE)."""
         message.content = content
+        message.versions.append(Version(time.monotonic(), content, {}))
         await self.server.dispatch_message(message, "MESSAGE_UPDATE")
+
+    async def delete(self, message: Message) -> None:
+        """Someone (the author or a moderator) deletes a message (MESSAGE_DELETE)."""
+        await self.server.delete_message(message)
 
     def command(self, name: str, guild: Guild | None = None) -> Command:
         """The registered command `name` (a guild command first, then a global one)."""
@@ -353,8 +359,10 @@ class Harness:
 
     # ------------------------------------------------------------------ waiting
     async def wait_for(self, predicate: Callable[[], Any], *, timeout: float = 10.0,
-                       message: str = "condition") -> Any:
-        """Poll `predicate` on every state change (and every 50 ms) until it returns something truthy."""
+                       message: str = "condition", describe: Callable[[], str] | None = None) -> Any:
+        """Poll `predicate` on every state change (and every 50 ms) until it returns something truthy.
+
+        On a timeout the AssertionError says what was awaited, plus `describe()` (the state, for the log)."""
         deadline = time.monotonic() + timeout
         while True:
             result = predicate()
@@ -362,7 +370,8 @@ class Harness:
                 return result
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+                detail = f"\n{describe()}" if describe is not None else ""
+                raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
             self.server.changed.clear()
             try:
                 await asyncio.wait_for(self.server.changed.wait(), min(0.05, remaining))

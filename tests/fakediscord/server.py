@@ -169,6 +169,8 @@ class FakeDiscord:
         self.privileged_intents = PRIVILEGED  # what the developer portal granted the app
         self.heartbeat_interval_ms = 41250
         self.forced: list[Forced] = []
+        # Network latency to simulate: seconds a request takes to arrive (rate limits count arrivals).
+        self.latency: Callable[[Call], float] | None = None
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.last_write: dict[int, float] = {}  # channel id -> time of the bot's last message write
         self.guild_creates_sent = asyncio.Event()
@@ -269,6 +271,10 @@ class FakeDiscord:
         self.calls.append(call)
         try:
             await self._read_body(request, call)
+            delay = self.latency(call) if self.latency is not None else 0.0
+            if delay > 0:
+                await asyncio.sleep(delay)
+                call.at = time.monotonic()
             self._check_auth(request, template)
             limited, headers = self._forced_429(call), None
             if limited is None:
@@ -726,10 +732,10 @@ class FakeDiscord:
         if message.author.id != self.world.bot.id and not (
                 self.world.permissions(channel, self.world.bot) & MANAGE_MESSAGES):
             raise rules.MISSING_PERMISSIONS
-        await self._delete(message)
+        await self.delete_message(message)
         return web.Response(status=204)
 
-    async def _delete(self, message: Message) -> None:
+    async def delete_message(self, message: Message) -> None:
         message.deleted = True
         self._note_write(message.channel_id)
         data = {"id": str(message.id), "channel_id": str(message.channel_id)}
@@ -960,7 +966,7 @@ class FakeDiscord:
     async def _webhook_delete(self, request: web.Request) -> web.Response:
         interaction = self._webhook_interaction(request)
         message = self._webhook_message(interaction, request.match_info["message_id"])
-        await self._delete(message)
+        await self.delete_message(message)
         return web.Response(status=204)
 
     # ------------------------------------------------------------------ CDN and fallbacks
