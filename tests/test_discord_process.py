@@ -91,3 +91,26 @@ async def _history(discord_bot: BotRunner, h: Harness) -> list:
     finally:
         await client.aclose()
 
+
+
+async def run_to_exit(h: Harness, discord_bot: BotRunner, **extra: str) -> tuple[int, str]:
+    settings = discord_bot.make_settings()
+    env = subprocess_env(settings, DISCORD_TOKEN=h.token, DISCORD_API_BASE=h.server.api_base,
+                         DISCORD_GATEWAY_URL=h.server.gateway_url, EMBEDDED_WORKER="false", LOG_LEVEL="INFO")
+    env.update(extra)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=str(ROOT), env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 40)
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def test_wrong_token_and_missing_intent_exit_with_a_clear_message(discord_harness: Harness,
+                                                                       discord_bot: BotRunner) -> None:
+    h = discord_harness
+    code, out = await run_to_exit(h, discord_bot, DISCORD_TOKEN="fake.0.wrong-token")
+    assert code == 1 and "token" in out.lower() and "wrong-token" not in out
+    # The Message Content intent was not enabled in the developer portal: Discord closes with 4014.
+    h.server.privileged_intents = 0
+    code, out = await run_to_exit(h, discord_bot)
+    assert code == 1 and "intent" in out.lower() and h.token not in out
+    assert h.server.identifies, "it did try to connect"
