@@ -231,3 +231,47 @@ async def test_interaction_messages_helper(discord_harness: Harness, discord_bot
     [message] = interaction_messages(inter)
     assert inter.response_type == 4 and message.ephemeral and "/chat" in message.content
     assert re.search(r"[\u4e00-\u9fff]", message.content)  # answered in the user's language
+
+
+async def test_empty_or_blank_answers_and_prompts_never_send_empty_messages(discord_harness: Harness,
+                                                                            discord_bot: BotRunner) -> None:
+    h = discord_harness
+    await discord_bot.start()
+    for prompt in ("[[say:]]", "[[say:   \n  ]]"):
+        msg = await h.send(h.general, h.alice, f"{h.bot.mention} {prompt}")
+        [reply] = await discord_bot.reply(msg)
+        assert reply.content.strip()  # a visible "(no answer)" instead of an empty message
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention}")  # just the mention
+    [hint] = await discord_bot.reply(msg)
+    assert "/help" in hint.content
+    assert not h.errors()
+
+
+async def test_slash_chat_in_a_dm(discord_harness: Harness, discord_bot: BotRunner) -> None:
+    h = discord_harness
+    await discord_bot.start()
+    dm = h.dm(h.bob)
+    inter = await h.slash("chat", {"prompt": "private question"}, user=h.bob, channel=dm)
+    [answer] = await discord_bot.answer(inter)
+    assert "private question" in answer.content
+    assert [t.role for t in await discord_bot.history(dm, h.bob)] == ["user", "assistant"]
+
+
+async def test_regenerate_double_click_and_other_users(discord_harness: Harness, discord_bot: BotRunner) -> None:
+    h = discord_harness
+    await discord_bot.start(test_engine_token_delay=0.02)
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:20]]")
+    [answer] = await discord_bot.reply(msg)
+    regen = h.find_button(answer, REGEN_PREFIX)
+    refused = await h.click(answer, regen, user=h.bob)  # not Bob's answer, and Bob is no moderator
+    await h.response(refused)
+    assert refused.response_type == 4 and refused.original.ephemeral
+    first = await h.click(answer, regen, user=h.alice)
+    second = await h.click(answer, regen, user=h.alice)  # an impatient double click
+    await discord_bot.answer(first)
+    await h.response(second, until=lambda i: i.original is not None)
+    public = [m for m in h.bot_messages(h.general, after=msg) if not m.ephemeral]
+    assert len(public) == 2  # the old answer and exactly one new one
+    assert second.original.ephemeral
+    turns = await discord_bot.history(h.general)
+    assert [t.role for t in turns] == ["user", "assistant"]
