@@ -314,3 +314,33 @@ async def test_bot_restart_through_fake_discord(settings: Settings, bus: Bus, tm
     turns = await discord_bot.history(h.general)
     assert [t.role for t in turns] == ["user", "assistant"] and turns[1].content == repeat_text(60)
     assert await ActiveReplies(bus, HistoryStore(bus.redis), settings).pending() == []
+
+
+async def test_load_through_fake_discord(settings: Settings, bus: Bus, tmp_path: Path, procs: list[WorkerProc],
+                                         discord_harness, discord_bot) -> None:  # type: ignore[no-untyped-def]
+    """50 channels × 5 messages through the real bot and the fake Discord, 2 worker processes: each message
+    gets exactly one reply, to itself, in order, with nothing from another channel."""
+    from tests.fakediscord.fixtures import reply_finished
+
+    h = discord_harness
+    channels = [h.world.add_channel(h.guild, f"load-{c}") for c in range(50)]
+    workers = spawn(procs, settings, tmp_path, 2, TEST_ENGINE_TOKEN_DELAY="0", WORKER_CONCURRENCY="16")
+    await wait_alive(bus, workers)
+    await discord_bot.start(embedded_worker=False, user_rate_limit="0/60")
+
+    async def converse(c: int) -> None:
+        for m in range(1, 6):  # a person waits for the answer before writing again
+            msg = await h.send(channels[c], h.alice, f"{h.bot.mention} c{c} m{m}")
+            replies = await h.reply_to(msg, until=reply_finished, quiet=0.0, timeout=50)
+            assert len(replies) == 1 and replies[0].reference["message_id"] == str(msg.id)
+            assert replies[0].content.startswith(f"echo: Alice: c{c} m{m} (turns={m},"), replies[0].content
+
+    started = time.monotonic()
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(converse(c) for c in range(50)))
+    await asyncio.sleep(0.5)  # nothing more may arrive: exactly one reply per message
+    for c, channel in enumerate(channels):
+        bot_msgs = h.bot_messages(channel)
+        assert len(bot_msgs) == 5, [m.content for m in bot_msgs]
+        assert [m.content.split(" (")[0] for m in bot_msgs] == [f"echo: Alice: c{c} m{m}" for m in range(1, 6)]
+    print(f"load through Discord: 250 messages in {time.monotonic() - started:.1f}s")
