@@ -133,10 +133,10 @@ Reading the figures honestly:
   submitted.  The 10 ms p50 target would need the reply written in one request when the answer is already
   final before the first write (the streamer sends a first message and then edits it) and no typing call
   for instant answers; both are choices in bot/streaming.py.
-* At 16 and 64 messages at once the latency is CPU queueing: each reply costs about 15–20 ms of CPU in
-  total (gateway dispatch, three REST calls on both the client and the fake server, history and job
-  writes, the worker's events), so 64 replies take about 64 × that — see the `replies/s` rows, which are
-  what these 2 cores sustain with all the parts on them.
+* At 16 and 64 messages at once the latency is CPU queueing: each reply costs the one busy process about
+  14 ms (gateway dispatch, three REST calls on both the client and the fake server, history and job
+  writes, the worker's events), so 64 replies take about 64 × that — the `replies/s` rows (about 70/s)
+  are what this machine sustains with all the parts on it.
   This is throughput on 2 cores, not a per-reply delay of the queue (the issue-2 `overhead` bench above
   measures the queue path alone).  On a real deployment Discord's servers are not on the bot's CPU.
 * P2 misses for the same reason: 64 replies streaming at once make about 64 × (25 deltas + a few edits)
