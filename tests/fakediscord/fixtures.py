@@ -116,8 +116,9 @@ class BotRunner:
                     until: Callable[[list[Message]], Any] | None = None) -> list[Message]:
         """The bot's complete reply to a user's message (all its messages, once the Stop button is gone).
 
-        The first message loses its Stop button before later parts of a long answer are written, so
-        pass `until` (e.g. on the text) when the answer spans several messages."""
+        While a long answer's final parts are written one by one, there is a moment with no Stop button
+        and later parts still missing, so pass `until` (e.g. on the text) when the answer spans several
+        messages."""
         def done(msgs: list[Message]) -> bool:
             return reply_finished(msgs) and (until is None or bool(until(msgs)))
 

@@ -27,12 +27,14 @@ from .state import (
     DM,
     EPHEMERAL,
     LOADING,
+    MANAGE_MESSAGES,
     PUBLIC_THREAD,
     SEND_MESSAGES,
     SEND_MESSAGES_IN_THREADS,
     VIEW_CHANNEL,
     Channel,
     Command,
+    Guild,
     Interaction,
     Message,
     Version,
@@ -727,8 +729,6 @@ class FakeDiscord:
     async def _delete_message(self, request: web.Request) -> web.Response:
         channel = self._channel(request)
         message = self._message(channel, request.match_info["message_id"])
-        from .state import MANAGE_MESSAGES
-
         if message.author.id != self.world.bot.id and not (
                 self.world.permissions(channel, self.world.bot) & MANAGE_MESSAGES):
             raise rules.MISSING_PERMISSIONS
@@ -782,7 +782,7 @@ class FakeDiscord:
         return json_response(thread.payload())
 
     # ------------------------------------------------------------------ REST: guilds
-    def _guild(self, request: web.Request):
+    def _guild(self, request: web.Request) -> Guild:
         guild = self.world.guilds.get(int(request.match_info["guild_id"]))
         if guild is None or self.world.bot.id not in guild.members:
             raise rules.unknown("guild")
