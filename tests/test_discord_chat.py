@@ -185,3 +185,14 @@ async def test_reply_streaming_when_ready_fires_is_not_duplicated(discord_harnes
     assert reply.content.split() == [f"w{i}" for i in range(55)]
     assert len(h.bot_messages(h.general)) == 1
     assert [t.role for t in await discord_bot.history(h.general)] == ["user", "assistant"]
+
+
+async def test_allowed_roles_and_the_bots_role_mention(discord_harness: Harness, discord_bot: BotRunner) -> None:
+    h = discord_harness
+    await discord_bot.start(allowed_roles=[h.admin_role.id])
+    await h.send(h.general, h.alice, f"{h.bot.mention} I have no role")  # ignored: not in ALLOWED_ROLES
+    bot_role = next(r for r in h.guild.roles.values() if r.managed)
+    msg = await h.send(h.general, h.carol, f"{bot_role.mention} via the bot's role")
+    [reply] = await discord_bot.reply(msg)
+    assert "via the bot's role" in reply.content and bot_role.mention not in reply.content
+    assert len(h.bot_messages(h.general)) == 1

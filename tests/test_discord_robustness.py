@@ -104,3 +104,19 @@ async def test_no_permission_to_send_is_survived(discord_harness: Harness, disco
     probe = await h.send(h.general, h.alice, f"{h.bot.mention} still alive?")
     [reply] = await discord_bot.reply(probe)
     assert "still alive" in reply.content
+
+
+async def test_gateway_resume_mid_stream(discord_harness: Harness, discord_bot: BotRunner) -> None:
+    """Discord asks the bot to reconnect (op 7) while a reply streams: it resumes, nothing is lost or doubled."""
+    h = discord_harness
+    await discord_bot.start(test_engine_token_delay=0.03)
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:50]]")
+    await h.wait_for(lambda: h.bot_messages(h.general, after=msg))
+    await h.server.reconnect_gateway()
+    missed = await h.send(h.random, h.bob, f"{h.bot.mention} sent while reconnecting")
+    [reply] = await discord_bot.reply(msg)
+    [other] = await discord_bot.reply(missed)
+    assert reply.content.split() == [f"w{k}" for k in range(50)]
+    assert "sent while reconnecting" in other.content
+    assert len(h.server.identifies) == 1 and any(p.get("op") == 6 for _, p in h.server.gateway_log)
+    assert len(h.bot_messages(h.random)) == 1

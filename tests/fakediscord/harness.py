@@ -41,6 +41,7 @@ AttachmentSpec = bytes | tuple[str, bytes] | tuple[str, bytes, str]
 USER_CONTENT_LIMIT = 4000  # what a Nitro user may type; bots are held to 2000
 
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
+_ROLE_MENTION = re.compile(r"<@&(\d+)>")
 
 OPTION_TYPES = {1: "SUB_COMMAND", 2: "SUB_COMMAND_GROUP", 3: "STRING", 4: "INTEGER", 5: "BOOLEAN", 6: "USER",
                 7: "CHANNEL", 8: "ROLE", 9: "MENTIONABLE", 10: "NUMBER", 11: "ATTACHMENT"}
@@ -147,6 +148,9 @@ class Harness:
                 users.append(reference.author)
         unique: dict[int, User] = {u.id: u for u in users}
         message.mentions = list(unique.values())
+        guild = world.guild_of(channel)
+        if guild is not None:
+            message.mention_roles = [int(r) for r in _ROLE_MENTION.findall(content) if int(r) in guild.roles]
         message.mention_everyone = "@everyone" in content or "@here" in content
         message.versions.append(Version(time.monotonic(), content, {}))
         world.messages[message.id] = message

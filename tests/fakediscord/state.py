@@ -95,13 +95,15 @@ class Role:
     permissions: int = 0
     position: int = 0
     managed: bool = False
+    bot_id: int | None = None  # a bot's own managed role (discord.py's `Guild.self_role` looks for it)
 
     @property
     def mention(self) -> str:
         return f"<@&{self.id}>"
 
     def payload(self) -> dict[str, Any]:
-        return {"id": str(self.id), "name": self.name, "color": 0, "colors": {"primary_color": 0},
+        tags = {"bot_id": str(self.bot_id)} if self.bot_id else {}
+        return {"tags": tags, "id": str(self.id), "name": self.name, "color": 0, "colors": {"primary_color": 0},
                 "hoist": False, "icon": None, "unicode_emoji": None, "position": self.position,
                 "permissions": str(self.permissions), "managed": self.managed, "mentionable": True,
                 "flags": 0}
@@ -362,12 +364,14 @@ class World:
         guild.roles[gid] = Role(gid, gid, "@everyone", DEFAULT_EVERYONE, 0)
         self.guilds[gid] = guild
         self.add_member(guild, owner)
-        bot_role = self.add_role(guild, self.bot.username, DEFAULT_BOT_ROLE, managed=True)
+        bot_role = self.add_role(guild, self.bot.username, DEFAULT_BOT_ROLE, managed=True, bot_id=self.bot.id)
         self.add_member(guild, self.bot, roles=[bot_role])
         return guild
 
-    def add_role(self, guild: Guild, name: str, permissions: int = 0, *, managed: bool = False) -> Role:
-        role = Role(snowflake(), guild.id, name, permissions, position=len(guild.roles), managed=managed)
+    def add_role(self, guild: Guild, name: str, permissions: int = 0, *, managed: bool = False,
+                 bot_id: int | None = None) -> Role:
+        role = Role(snowflake(), guild.id, name, permissions, position=len(guild.roles), managed=managed,
+                    bot_id=bot_id)
         guild.roles[role.id] = role
         return role
 
