@@ -5,11 +5,12 @@ Usage (a cog that has a `Reply` from a handler):
     target = ChannelTarget(message.channel, reference=message)     # or InteractionTarget(interaction)
     result = await stream_reply(bot, reply, target, lang=lang)      # returns when the answer is final
 
-What the person sees: the typing indicator while the job waits; after about a second without a
-worker, "⏳ queued — position N" (updated); "no worker" as a clear message; then the answer, appearing
-with the first tokens and growing by edits.  Answers longer than a message continue in follow-up
-messages (`bot.splitting`).  A Stop button sits on the last message while the answer streams and a
-Regenerate button replaces it when it is done.
+What the person sees: the typing indicator while the job waits (from 0.2 s on: an answer that is
+there sooner needs none); after about a second without a worker, "⏳ queued — position N" (updated);
+"no worker" as a clear message; then the answer, appearing with the first tokens and growing by edits.
+An answer complete before the first write (a short one, a fast engine) is sent in a single request.
+Answers longer than a message continue in follow-up messages (`bot.splitting`).  A Stop button sits
+on the last message while the answer streams and a Regenerate button replaces it when it is done.
 
 Pacing: one writer task per reply always writes the *newest* text (tokens coalesce while it waits),
 and every write takes a token from the channel's `TokenBucket` (`bot.ratelimit`), shared by all the
@@ -198,7 +199,8 @@ class ReplyStreamer:
 
     def __init__(self, target: Target, bucket: TokenBucket, *, lang: str = i18n.EN,
                  renderer: Renderer | None = None, views: ViewFactory | None = None,
-                 blobs: BlobLoader | None = None, limit: int = DISCORD_LIMIT, min_interval: float = 1.0) -> None:
+                 blobs: BlobLoader | None = None, limit: int = DISCORD_LIMIT, min_interval: float = 1.0,
+                 first_grace: float = 0.05, typing_after: float = 0.2) -> None:
         self.target = target
         self.bucket = bucket
         self.lang = lang
@@ -207,6 +209,13 @@ class ReplyStreamer:
         self.blobs = blobs
         self.limit = limit
         self.min_interval = min_interval  # between intermediate edits of this reply ("about 1/s")
+        # Before the first write, wait this long for the final update: an answer that is complete within
+        # it is sent in one request (text and Regenerate) instead of a post and an edit.  Imperceptible
+        # for a streamed answer (less than a Discord round trip), half the requests for a quick one.
+        self.first_grace = first_grace
+        # The typing indicator is shown only when nothing is visible after this long: a quick answer
+        # does not pay for a request nobody would see, and it never delays a write (its own task).
+        self.typing_after = typing_after
         self._last_write = float("-inf")
         self.body = ""  # what the renderer wants shown
         self.notice = ""  # a status line: queue position, no worker, restart
@@ -369,6 +378,9 @@ class ReplyStreamer:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+            if self.writes == 0 and self.final is None and self.first_grace > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._finished.wait(), self.first_grace)
             await self._token()
             index = self._pending()  # newest state after the wait: tokens coalesce here
             if index is None:
@@ -390,6 +402,9 @@ class ReplyStreamer:
                     failures = 0
 
     async def _keep_typing(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._visible.wait(), self.typing_after)
+            return  # something is on screen already: no indicator needed
         with contextlib.suppress(discord.HTTPException, asyncio.CancelledError):
             async with self.target.typing():
                 await self._visible.wait()

@@ -21,13 +21,15 @@ pytestmark = pytest.mark.timeout(60)
 async def test_mention_typing_streamed_reply_referencing_the_message(discord_harness: Harness,
                                                                      discord_bot: BotRunner) -> None:
     h = discord_harness
-    await discord_bot.start(test_engine_token_delay=0.03)
-    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:80]]")
+    # A slow first token (0.3 s, like a model still reading the prompt): the typing indicator shows while
+    # nothing is visible (an answer there within 0.2 s needs none; tests/test_streaming.py pins that).
+    await discord_bot.start(test_engine_token_delay=0.3)
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:10]]")
     [reply] = await discord_bot.reply(msg)
     assert h.typing_calls(h.general), "the typing indicator was not shown"
     assert h.typing_calls(h.general)[0].at < reply.versions[0].at
     assert reply.reference is not None and reply.reference["message_id"] == str(msg.id)
-    assert reply.content.split() == [f"w{i}" for i in range(80)]
+    assert reply.content.split() == [f"w{i}" for i in range(10)]
     # It grew by edits: the first version was partial, and there were several.
     assert len(reply.versions) >= 3
     assert len(reply.versions[0].content) < len(reply.content)

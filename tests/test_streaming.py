@@ -131,7 +131,7 @@ async def test_buttons_stop_then_regenerate_on_last_message() -> None:
         return view
 
     target = Memory()
-    streamer = ReplyStreamer(target, TokenBucket(5, 0.5), views=views, min_interval=0.0)
+    streamer = ReplyStreamer(target, TokenBucket(5, 0.5), views=views, min_interval=0.0, first_grace=0.0)
     answer = "y" * 2500
     await streamer.run(_reply(), _feed([*_tokens(answer, 0.001, step=500), Update("done", text=answer)]))
     first, second = target.messages
@@ -187,3 +187,55 @@ async def test_a_broken_update_stream_still_ends_the_message() -> None:
     assert result.final is not None and result.final.kind == "error"
     [content] = target.contents()
     assert content.startswith("half an ans") and i18n.t("lost_track", i18n.EN) in content
+
+
+class Typing(Memory):
+    """Counts typing indicators (entered and left) next to the writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.typing_entered = 0
+
+    def typing(self) -> Any:
+        target = self
+
+        class _Typing:
+            async def __aenter__(self) -> None:
+                target.typing_entered += 1
+                target.log.append((time.monotonic(), "typing", -1))
+
+            async def __aexit__(self, *exc: object) -> None:
+                return None
+
+        return _Typing()
+
+
+async def test_quick_answer_is_one_write_without_typing() -> None:
+    """An answer final shortly after its first text: one send carrying the final buttons, no typing call."""
+    states: list[str] = []
+
+    def views(reply: Reply, state: str) -> discord.ui.View:
+        states.append(state)
+        view = discord.ui.View()
+        view.add_item(discord.ui.Button(label=state, custom_id=state))
+        return view
+
+    target = Typing()
+    streamer = ReplyStreamer(target, TokenBucket(5, 5.0), views=views)
+    await streamer.run(_reply(), _feed([Update("started"), Update("text", text="hi"), 0.005,
+                                        Update("done", text="hi there")]))
+    assert [entry[1] for entry in target.log] == ["send"]
+    assert target.messages[0]["content"] == "hi there"
+    assert target.messages[0]["view"].children[0].label == "done"
+    assert states == ["done"] and target.typing_entered == 0
+
+
+async def test_slow_answer_shows_typing_before_the_first_write() -> None:
+    target = Typing()
+    streamer = ReplyStreamer(target, TokenBucket(5, 5.0), min_interval=0.0)
+    await streamer.run(_reply(), _feed([Update("started"), 0.5, Update("text", text="slow"), 0.3,
+                                        Update("text", text="slow answer"), 0.3, Update("done", text="slow answer!")]))
+    kinds = [entry[1] for entry in target.log]
+    assert target.typing_entered == 1 and kinds[0] == "typing"
+    assert kinds[1:] == ["send", "edit", "edit"]  # streamed: the first text shown before the answer was final
+    assert target.contents() == ["slow answer!"]
