@@ -7,12 +7,15 @@ their own job kinds and payloads.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from models.protocol import Bus, Job, PayloadTooLarge
+from redis.exceptions import RedisError
+
+from models.protocol import Bus, Job, PayloadTooLarge, reraise_if_cancelling
 from models.settings import Settings
 
 from .conf import ConfStore
@@ -150,7 +153,7 @@ class ChatHandler:
             now = time.monotonic()
             if event is None:
                 if not started and now - reply.submitted >= self.notice_after:
-                    if not await self.bus.alive_workers():
+                    if not await self._alive():
                         no_worker_since = no_worker_since or now
                         yield Update("no_worker", data={"message": NO_WORKER})
                         if now - no_worker_since > self.no_worker_timeout:
@@ -160,11 +163,11 @@ class ChatHandler:
                             return
                     else:
                         no_worker_since = None
-                        position = await self.bus.queue_position(job_id)
+                        position = await self._position(job_id)
                         yield Update("queued", position=position)
                 elif (started and not orphan_noted
                       and now - last_news > self.settings.job_visibility_timeout + 5
-                      and not await self.bus.alive_workers()):
+                      and not await self._alive()):
                     # The worker running it died and no other is alive to take it over: say so once.
                     orphan_noted = True
                     yield Update("no_worker", attempt=attempt, data={"message": NO_WORKER})
@@ -205,6 +208,21 @@ class ChatHandler:
                 yield Update("error", text="".join(parts), attempt=attempt, data=event.data)
                 return
 
+    async def _alive(self) -> bool:
+        """Whether any worker is alive; True while Redis is unreachable (no false "no worker" notice)."""
+        try:
+            return bool(await self.bus.alive_workers())
+        except (RedisError, OSError):
+            reraise_if_cancelling()
+            return True
+
+    async def _position(self, job_id: str) -> int | None:
+        try:
+            return await self.bus.queue_position(job_id)
+        except (RedisError, OSError):
+            reraise_if_cancelling()
+            return None
+
     async def _record_answer(self, reply: Reply, text: str, data: dict[str, Any]) -> None:
         if not reply.request.record:
             return
@@ -215,4 +233,13 @@ class ChatHandler:
             meta["stopped"] = True
         if not stored and data.get("stopped"):
             stored = "(stopped before answering)"
-        await self.history.append(reply.request.conversation, Turn("assistant", stored, meta=meta))
+        turn = Turn("assistant", stored, meta=meta)
+        for delay in (0.2, 1.0, 3.0, 0.0):  # survive a Redis restart: the answer belongs in history
+            try:
+                await self.history.append(reply.request.conversation, turn)
+                return
+            except (RedisError, OSError):
+                reraise_if_cancelling()
+                if not delay:
+                    raise
+                await asyncio.sleep(delay)

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 JobKind = Literal["chat", "agent", "vision", "article"]
 JOB_KINDS: tuple[str, ...] = ("chat", "agent", "vision", "article")
@@ -35,7 +37,8 @@ EventType = Literal["delta", "step", "file", "status", "done", "error"]
 FINAL_EVENTS = ("done", "error")
 
 REPLY_MAXLEN = 20_000  # events per reply stream; a 4k-token answer needs ~4k
-DEAD_MAXLEN = 10_000
+DEAD_MAXLEN = 1_000  # dead letters are for inspection; each field is cut to DEAD_FIELD_CHARS
+DEAD_FIELD_CHARS = 65_536
 JOBS_MAXLEN = 100_000
 
 
@@ -146,6 +149,16 @@ for _, id in ipairs(res[2]) do
 end
 return {res[1], out, gone}
 """
+
+
+def reraise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library turned into another exception (redis-py can report a cancel
+    that lands mid-command as a connection error): a retry loop that swallowed it would never end, and
+    whoever cancelled it (shutdown, the event loop closing) would wait forever."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
 
 
 def new_id() -> str:
@@ -288,7 +301,14 @@ class Bus:
         key = KEYS.events(job_id)
         last = after
         while True:
-            result = await self.redis.xread({key: last}, count=256, block=block_ms)
+            try:
+                result = await self.redis.xread({key: last}, count=256, block=block_ms)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                reraise_if_cancelling()
+                # Redis restarting: the client already retried; keep the position and try again, and let
+                # the caller's idle handling (deadlines, notices) run meanwhile.
+                await asyncio.sleep(block_ms / 1000)
+                result = None
             if not result:
                 yield None
                 continue
@@ -536,7 +556,8 @@ class Bus:
                     future.set_result(entry_id)
 
     async def dead_letter(self, claimed: Claimed, reason: str) -> None:
-        fields = dict(claimed.raw)
+        fields = {k: v if len(v) <= DEAD_FIELD_CHARS else v[:DEAD_FIELD_CHARS] + "…[cut]"
+                  for k, v in claimed.raw.items()}
         fields.update({"reason": reason[:500], "entry_id": claimed.entry_id, "at": repr(time.time())})
         await self.redis.xadd(KEYS.dead, fields, maxlen=DEAD_MAXLEN, approximate=True)
 

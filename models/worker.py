@@ -33,6 +33,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from .context import BadPayload, JobContext, JobError
 from .engines import build_engine
@@ -41,6 +42,7 @@ from .logs import bind as bind_log_context
 from .logs import setup_logging
 from .metrics import MeteredContext, WorkerMetrics, start_worker_metrics
 from .protocol import Bus, Claimed, ProtocolError, WorkerInfo
+from .protocol import reraise_if_cancelling as _reraise_if_cancelling
 from .redis_server import connect, resolve_redis_url, wait_ready
 from .runners import Runner, runners
 from .settings import Settings, get_settings
@@ -83,6 +85,8 @@ class Worker:
         self.metrics.engine_loaded = True
         metrics_server = await start_worker_metrics(self.metrics, self.settings.metrics_host,
                                                     self.settings.worker_metrics_port)
+        with contextlib.suppress(Exception):  # visible before it claims anything (no false "no worker")
+            await self._register(self._heartbeat_interval)
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
             asyncio.create_task(self._cancel_loop(), name="worker-cancels"),
@@ -109,13 +113,14 @@ class Worker:
         self.stopping.set()
         self._slot_free.set()
 
-    async def _retrying(self, call, what: str) -> None:  # type: ignore[no-untyped-def]
+    async def _retrying(self, call: Callable[[], Awaitable[object]], what: str) -> None:
         """Run `call()` until it succeeds (Redis may be restarting) or the worker is told to stop."""
         while True:
             try:
                 await call()
                 return
             except Exception as exc:
+                _reraise_if_cancelling()
                 if self.stopping.is_set():
                     raise
                 log.warning("could not %s (%s); retrying", what, type(exc).__name__)
@@ -140,6 +145,7 @@ class Worker:
                 if not claimed:
                     claimed = await self.bus.claim_new(self.worker_id, free, block_ms=250)
             except Exception as exc:  # Redis restarting (ConnectionError), group lost (NOGROUP): retry
+                _reraise_if_cancelling()
                 if self.stopping.is_set():
                     break
                 log.warning("claim failed (%s: %s); retrying", type(exc).__name__, str(exc)[:200])
@@ -153,6 +159,7 @@ class Worker:
                 try:
                     await self._accept(item)
                 except Exception as exc:  # the entry stays pending; a stale check takes it up again later
+                    _reraise_if_cancelling()
                     log.warning("could not start job %s (%s)", item.entry_id, type(exc).__name__)
 
     async def _accept(self, item: Claimed) -> None:
@@ -162,25 +169,46 @@ class Worker:
         job = item.job
         if item.entry_id in self.in_flight:  # our own job came back to us (we stalled): keep running it
             return
-        attempt = await self.bus.next_attempt(job.id)
-        if attempt > 1 and await self.bus.final_event(job.id) is not None:
-            # The previous attempt wrote its final event but died before the XACK: nothing to redo.
-            await self.bus.ack(item.entry_id)
-            return
-        failures = attempt - 1 - await self.bus.handbacks(job.id)
-        if failures >= self.settings.job_max_attempts:
-            log.error("job %s failed %d times; dead-lettering", job.id, failures)
-            # Dead-letter first, then tell: whoever sees the error finds the dead-letter entry.
-            await self.bus.dead_letter(item, f"too many attempts ({failures})")
-            await self.bus.emit(job.id, attempt, "error", {"message": DEAD_LETTER, "code": "dead_letter"})
-            self.metrics.dead_lettered("too_many_attempts")
-            await self.bus.ack(item.entry_id)
-            return
-        self.metrics.accepted(job, attempt)
-        task = asyncio.create_task(self._run_job(item, attempt), name=f"job-{job.id}")
+        # The bookkeeping round trips run in the job's own task, so a batch of claimed jobs starts at once.
+        task = asyncio.create_task(self._start(item), name=f"job-{job.id}")
         self.in_flight[item.entry_id] = task
         self.in_flight_jobs[item.entry_id] = job.id
         task.add_done_callback(lambda _t, entry=item.entry_id: self._finished(entry))
+
+    async def _start(self, item: Claimed) -> None:
+        """Count the attempt; skip a job already complete, dead-letter one that failed too often, else run."""
+        assert item.job is not None
+        job = item.job
+        try:
+            attempt = await self._bookkeeping(item)
+        except Exception as exc:  # Redis unreachable: the entry stays pending and is taken over later
+            _reraise_if_cancelling()
+            log.warning("could not start job %s (%s)", job.id, type(exc).__name__)
+            return
+        if attempt:
+            self.metrics.accepted(job, attempt)
+            await self._run_job(item, attempt)
+
+    async def _bookkeeping(self, item: Claimed) -> int:
+        """The attempt number to run, or 0 when there is nothing to run."""
+        assert item.job is not None
+        job = item.job
+        attempt = await self.bus.next_attempt(job.id)
+        if attempt > 1:
+            if await self.bus.final_event(job.id) is not None:
+                # The previous attempt wrote its final event but died before the XACK: nothing to redo.
+                await self.bus.ack(item.entry_id)
+                return 0
+            failures = attempt - 1 - await self.bus.handbacks(job.id)
+            if failures >= self.settings.job_max_attempts:
+                log.error("job %s failed %d times; dead-lettering", job.id, failures)
+                # Dead-letter first, then tell: whoever sees the error finds the dead-letter entry.
+                await self.bus.dead_letter(item, f"too many attempts ({failures})")
+                await self.bus.emit(job.id, attempt, "error", {"message": DEAD_LETTER, "code": "dead_letter"})
+                self.metrics.dead_lettered("too_many_attempts")
+                await self.bus.ack(item.entry_id)
+                return 0
+        return attempt
 
     def _finished(self, entry_id: str) -> None:
         self.in_flight.pop(entry_id, None)
@@ -230,6 +258,7 @@ class Worker:
             except asyncio.TimeoutError:
                 await ctx.error("That took too long, so I stopped. Try a shorter request.", "timeout")
             except Exception:
+                _reraise_if_cancelling()  # a hand-back or takeover, not a crash
                 log.exception("job %s (%s) crashed", job.id, job.kind)
                 await ctx.error(GENERIC_ERROR, "internal")
         finally:
@@ -239,6 +268,7 @@ class Worker:
                 await self.bus.ack(item.entry_id)
                 break
             except Exception:
+                _reraise_if_cancelling()
                 if not delay:
                     raise  # left pending: whoever takes it over sees the final event and only acks
                 await asyncio.sleep(delay)
@@ -297,17 +327,14 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         """Register the worker, keep its jobs from being taken over, notice jobs it lost, and poll the
         cancel keys of running jobs (a cancel published while the pub/sub link was down is not lost)."""
-        interval = max(0.2, min(5.0, self.settings.job_visibility_timeout / 4))
+        interval = self._heartbeat_interval
         while True:
             try:
-                await self.bus.register_worker(WorkerInfo(
-                    worker_id=self.worker_id, host=socket.gethostname(), engine=self.engine.describe(),
-                    concurrency=self.settings.worker_concurrency, in_flight=len(self.in_flight),
-                    vision=self.engine.supports_vision, last_seen=time.time()), ttl=max(15.0, interval * 3))
+                await self._register(interval)
                 lost = await self.bus.heartbeat_jobs(self.worker_id, list(self.in_flight))
                 for entry in lost:
                     task = self.in_flight.get(entry)
-                    if task is not None and entry not in self.lost:
+                    if task is not None and not task.done() and entry not in self.lost:
                         # Another worker runs it now (we stalled past the visibility timeout); its attempt
                         # owns the reply, so stop ours without writing or acking anything.
                         log.warning("job entry %s was taken over by another worker; stopping ours", entry)
@@ -318,8 +345,19 @@ class Worker:
                     if job_id in self.cancels:
                         self.cancels[job_id].set()
             except Exception as exc:
+                _reraise_if_cancelling()
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             await asyncio.sleep(interval)
+
+    @property
+    def _heartbeat_interval(self) -> float:
+        return max(0.2, min(5.0, self.settings.job_visibility_timeout / 4))
+
+    async def _register(self, interval: float) -> None:
+        await self.bus.register_worker(WorkerInfo(
+            worker_id=self.worker_id, host=socket.gethostname(), engine=self.engine.describe(),
+            concurrency=self.settings.worker_concurrency, in_flight=len(self.in_flight),
+            vision=self.engine.supports_vision, last_seen=time.time()), ttl=max(15.0, interval * 3))
 
     async def _cancel_loop(self) -> None:
         while True:
@@ -333,6 +371,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _reraise_if_cancelling()
                 log.warning("cancel listener lost (%s); resubscribing", type(exc).__name__)
                 await asyncio.sleep(RETRY_DELAY)
             finally:

@@ -247,3 +247,36 @@ async def test_oversized_raw_entries_are_refused_by_the_worker_side(bus: Bus) ->
     [claimed] = await bus.claim_new("a", 10, block_ms=10)
     assert claimed.job is None and isinstance(claimed.error, PayloadTooLarge)
     assert "payload" not in claimed.raw and claimed.raw["id"] == "big"
+
+
+# ------------------------------------------------------------------------------------ following a reply
+async def test_follow_restarts_and_ignores_stale_attempts(settings: Settings, bus: Bus) -> None:
+    """A stalled worker's late events (attempt 1) must not mix into the answer of the worker that took the
+    job over (attempt 2), nor end the reply with its `done`."""
+    chat = ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings)
+    reply = await chat.ask(Request(conversation="p:stale", text="q"))
+    job = reply.job.id
+    for attempt, type_, data in [
+        (1, "status", {"state": "started"}), (1, "delta", {"text": "a"}), (1, "delta", {"text": "b"}),
+        (2, "status", {"state": "started"}), (2, "delta", {"text": "x"}),
+        (1, "delta", {"text": "c"}), (1, "done", {"text": "abc"}),
+        (2, "delta", {"text": "y"}), (2, "done", {"text": "xy"}),
+    ]:
+        await bus.emit(job, attempt, type_, data)
+    async with asyncio.timeout(5):
+        updates = [(u.kind, u.text, u.attempt) async for u in chat.follow(reply)]
+    assert updates == [("started", "", 1), ("text", "a", 1), ("text", "ab", 1), ("restart", "", 2),
+                       ("text", "x", 2), ("text", "xy", 2), ("done", "xy", 2)]
+    assert [(t.role, t.content) for t in await chat.history.recent("p:stale")] == [("user", "q"),
+                                                                                   ("assistant", "xy")]
+
+
+async def test_follow_dead_letter_error_has_no_restart(settings: Settings, bus: Bus) -> None:
+    chat = ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings)
+    reply = await chat.ask(Request(conversation="p:dead", text="q"))
+    await bus.emit(reply.job.id, 1, "status", {})
+    await bus.emit(reply.job.id, 4, "error", {"message": "gave up", "code": "dead_letter"})
+    async with asyncio.timeout(5):
+        updates = [u async for u in chat.follow(reply)]
+    assert [u.kind for u in updates] == ["started", "error"]
+    assert [t.role for t in await chat.history.recent("p:dead")] == ["user"]

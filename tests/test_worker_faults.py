@@ -368,3 +368,34 @@ async def test_job_envelope_roundtrip_through_the_worker(kind: str, bus: Bus, wo
     assert events[0].type == "status"
     assert events[-1].type == "done" and events[-1].data["text"] == "raw"
     assert {e.attempt for e in events} == {1}
+
+
+async def test_reply_survives_a_redis_restart_mid_stream(tmp_path: Path) -> None:
+    """Redis (with its AOF, like the embedded one) restarts while an answer streams: the worker's writes and
+    the reader's reads retry, and the answer completes once, whole."""
+    server = RedisServer(tmp_path / "r", appendonly=True).start()
+    try:
+        settings = Settings(_env_file=None, redis_url=server.url, engine="test", data_dir=tmp_path / "d",
+                            job_visibility_timeout=5.0)
+        bus = Bus(connect(server.url))
+        w = Worker(settings, bus, TestEngine(token_delay=0.02), worker_id="aof-worker")
+        task = asyncio.create_task(w.run())
+        chat = ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings)
+        reply = await chat.ask(Request(conversation="c:aof", text="[[repeat:60]]"))
+        updates: list[Update] = []
+        async with asyncio.timeout(30):
+            async for update in chat.follow(reply):
+                updates.append(update)
+                if update.kind == "text" and len(updates) == 5:
+                    server.stop()  # graceful: the AOF is flushed
+                    server.start()
+        assert updates[-1].kind == "done", updates[-1]
+        assert updates[-1].text == repeat_text(60)
+        assert [t.role for t in await chat.history.recent("c:aof")] == ["user", "assistant"]
+        assert not task.done()
+        w.stop()
+        await asyncio.wait_for(task, 10)
+        await bus.close()
+        await bus.redis.aclose()
+    finally:
+        server.stop()
