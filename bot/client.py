@@ -1,9 +1,14 @@
-"""The Discord client: a `commands.Bot` holding the `Runtime`, one extension (Cog) per feature.
+"""The Discord client: a `commands.AutoShardedBot` holding the `Runtime`, one extension (Cog) per feature.
 
 `python -m bot` calls `run_discord(settings)`.  Features live in `bot/cogs/`: chat and admin always,
 agent and images when their modules exist, so adding a feature is adding a Cog.  Slash commands are
 synced with Discord only when their definition changed (a hash in Redis) or on `python -m bot sync`,
 because Discord rate-limits syncing.
+
+Sharding: the bot is always an `AutoShardedBot`.  With the defaults it runs the shard count Discord
+recommends (one below 2,500 guilds: exactly the unsharded bot); `DISCORD_SHARD_COUNT` fixes the total and
+`DISCORD_SHARD_IDS` the shards this process runs, so several processes can share a large bot
+(docs/deploy.md).  Everything else lives in Redis or is per channel, and a channel belongs to one shard.
 """
 
 from __future__ import annotations
@@ -40,14 +45,36 @@ INVITE_PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, 
                                          embed_links=True, attach_files=True, read_message_history=True)
 
 
-class InternLMBot(commands.Bot):
+class ShardingError(ValueError):
+    """DISCORD_SHARD_COUNT / DISCORD_SHARD_IDS do not fit together."""
+
+
+def shard_options(settings: Settings) -> dict[str, Any]:
+    """`shard_count`/`shard_ids` for `AutoShardedBot` from the settings (empty: Discord's recommendation)."""
+    count, ids = settings.discord_shard_count, list(settings.discord_shard_ids)
+    if count < 0:
+        raise ShardingError("DISCORD_SHARD_COUNT must be 0 (Discord's recommendation) or a positive number")
+    if ids and not count:
+        raise ShardingError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the bot's total number of shards)")
+    bad = [i for i in ids if not 0 <= i < count]
+    if bad:
+        raise ShardingError(f"DISCORD_SHARD_IDS {bad} are not below DISCORD_SHARD_COUNT={count}")
+    options: dict[str, Any] = {}
+    if count:
+        options["shard_count"] = count
+    if ids:
+        options["shard_ids"] = sorted(set(ids))
+    return options
+
+
+class InternLMBot(commands.AutoShardedBot):
     """The bot.  Cogs reach the handlers through `bot.runtime` and stream replies with `bot.streaming`."""
 
     def __init__(self, runtime: Runtime, *, sync: str = "auto") -> None:
         intents = discord.Intents.default()
         intents.message_content = True  # a privileged intent: enable it in the developer portal
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
-                         allowed_mentions=discord.AllowedMentions.none())
+                         allowed_mentions=discord.AllowedMentions.none(), **shard_options(runtime.settings))
         self.runtime = runtime
         self.settings: Settings = runtime.settings
         self.buckets = BucketRegistry(capacity=5, per=5.0, reserve=1)
@@ -98,8 +125,8 @@ class InternLMBot(commands.Bot):
         return True
 
     async def on_ready(self) -> None:
-        log.info("logged in as %s (id %s) in %d guilds", self.user, getattr(self.user, "id", "?"),
-                 len(self.guilds))
+        log.info("logged in as %s (id %s) in %d guilds; shards %s of %s", self.user, getattr(self.user, "id", "?"),
+                 len(self.guilds), self.shard_ids or "all", self.shard_count)
         if self.application_id:
             log.info("invite link: %s", invite_url(self.application_id))
 
@@ -141,6 +168,11 @@ async def _serve(settings: Settings, sync: str) -> int:
     token = settings.discord_token.get_secret_value() if settings.discord_token else ""
     if not token:
         log.error("DISCORD_TOKEN is not set")
+        return 2
+    try:
+        shard_options(settings)
+    except ShardingError as exc:
+        log.error("%s", exc)
         return 2
     runtime = await Runtime.start(settings)
     bot = build_bot(runtime, sync=sync)
@@ -206,4 +238,4 @@ def run_discord(settings: Settings, *, sync_only: bool = False) -> int:
         return 0
 
 
-__all__ = ["InternLMBot", "build_bot", "invite_url", "run_discord"]
+__all__ = ["InternLMBot", "ShardingError", "build_bot", "invite_url", "run_discord", "shard_options"]

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # --- Discord sharding (large deployments; docs/deploy.md) ---------------------------------------
+    discord_shard_count: int = 0  # total shards of the bot; 0 = Discord's recommended count (1 below 2,500 guilds)
+    discord_shard_ids: CsvInts = Field(default_factory=list)  # shards this process runs; empty = all of them
+
     # --- Production: metrics, logs, bot restarts (issue 6) -----------------------------------------
     log_format: Literal["text", "json"] = "text"  # json = one object per line, with the job id
     worker_metrics_port: int = 0  # Prometheus /metrics and /healthz of a worker; 0 = off
@@ -139,7 +143,7 @@ class Settings(BaseSettings):
     resume_replies: bool = True  # a restarted bot finishes the replies that were streaming when it stopped
 
     @field_validator(
-        "chat_channels", "allowed_guilds", "allowed_channels", "allowed_roles", mode="before"
+        "chat_channels", "allowed_guilds", "allowed_channels", "allowed_roles", "discord_shard_ids", mode="before"
     )
     @classmethod
     def _split_csv(cls, value: object) -> object:
