@@ -198,3 +198,18 @@ async def test_allowed_roles_and_the_bots_role_mention(discord_harness: Harness,
     [reply] = await discord_bot.reply(msg)
     assert "via the bot's role" in reply.content and bot_role.mention not in reply.content
     assert len(h.bot_messages(h.general)) == 1
+
+
+async def test_image_refusal_on_a_mention_speaks_the_guild_language(discord_harness: Harness,
+                                                                    discord_bot: BotRunner) -> None:
+    """An image the bot cannot take (an SVG, or any image with a text-only engine) is refused in 中文 in a
+    guild whose locale is Chinese, like the bot's other notices."""
+    h = discord_harness
+    h.guild.preferred_locale = "zh-CN"
+    await discord_bot.start()
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"></svg>'
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} what is this?",
+                       attachments=[("logo.svg", svg, "image/svg+xml")])
+    [reply] = await discord_bot.reply(msg)
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in reply.content), reply.content
+    assert not h.errors()

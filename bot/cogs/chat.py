@@ -135,6 +135,16 @@ def help_text(tree: app_commands.CommandTree, lang: str) -> str:
     return text if len(text) <= 2000 else text[:1999] + "…"
 
 
+def refusal_text(exc: InputError, lang: str) -> str:
+    """A refusal in the person's language: image refusals have translations (the images cog's table);
+    other refusals are already worded by the handler."""
+    try:
+        from .images import localized
+    except ImportError:  # the images feature is optional
+        return str(exc)
+    return localized(exc, lang)
+
+
 # ====================================================================== the cog
 class Chat(commands.Cog):
     """Conversations with the model in channels, threads and DMs."""
@@ -257,7 +267,7 @@ class Chat(commands.Cog):
                     return
             reply = await self.bot.runtime.chat.ask(request)
         except InputError as exc:
-            await self.say(message, str(exc))
+            await self.say(message, refusal_text(exc, lang))
             return
         await stream_reply(self.bot, reply, ChannelTarget(message.channel, reference=message), lang=lang,
                            owner=message.author.id)
