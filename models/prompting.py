@@ -12,6 +12,10 @@ def fit_messages(engine: Engine, system: str, turns: list[ChatMessage], reply_bu
     usually the question).  Older turns are dropped whole, oldest first, never split.  A system prompt that
     would take more than half the budget is cut (its end) to half, so the question always has room.
     """
+    # A reply budget as large as the window (MAX_NEW_TOKENS 8192 on a 4k model) would leave no room for the
+    # conversation at all; then the prompt gets half, and the engine stops at its context end.
+    if reply_budget >= engine.context_window - 64:
+        reply_budget = engine.context_window // 2
     budget = max(64, engine.context_window - reply_budget)
     head = [ChatMessage("system", system)] if system else []
     used = engine.count_message_tokens(head) if head else 0

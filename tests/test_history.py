@@ -176,3 +176,11 @@ def test_fit_always_keeps_the_last_user_turn() -> None:
     assert len(fitted[-1].content.split()) >= 10  # the question got real room, not just "…"
     assert fitted[0].role == "system" and fitted[0].content.startswith("a long system prompt")
     assert engine.count_message_tokens(fitted) <= 64  # the budget's floor
+
+
+def test_fit_a_reply_budget_larger_than_the_window_keeps_half_for_the_prompt() -> None:
+    engine = TestEngine(context_window=400)
+    history = [msg("user" if i % 2 == 0 else "assistant", 10, f"t{i}-") for i in range(9)]
+    fitted = fit_messages(engine, "sys", history, reply_budget=8192)
+    assert len(fitted) > 5  # not just the last turn
+    assert engine.count_message_tokens(fitted) <= 200
