@@ -203,6 +203,24 @@ async def test_reset_clears_the_conversation(discord_harness: Harness, discord_b
     assert "turns=1" in reply.content
 
 
+async def test_reset_mid_stream_finishes_the_answer_without_recording_it(discord_harness: Harness,
+                                                                        discord_bot: BotRunner) -> None:
+    """/reset while an answer streams: the answer still completes in Discord, and the new history does not
+    start with an answer to a question it no longer holds."""
+    h = discord_harness
+    await discord_bot.start(test_engine_token_delay=0.05)
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:40]]")
+    await h.wait_for(lambda: h.replies_to(msg))  # streaming
+    inter = await h.slash("reset", user=h.alice)
+    await h.response(inter)
+    [reply] = await discord_bot.reply(msg)
+    assert reply.content.split() == [f"w{i}" for i in range(40)]
+    assert await discord_bot.history(h.general) == []
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} again")
+    [reply] = await discord_bot.reply(msg)
+    assert "turns=1" in reply.content
+
+
 async def test_twenty_channels_at_once_without_cross_talk(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     h.server.rate_limits = True

@@ -23,7 +23,7 @@ from handlers.chat import InputError, Reply, Request
 from handlers.history import conversation_id
 
 from .. import i18n
-from ..streaming import NO_MENTIONS, ChannelTarget, InteractionTarget, ephemeral, stream_reply
+from ..streaming import NO_MENTIONS, ChannelTarget, InteractionTarget, ephemeral, forget_live_answers, stream_reply
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -311,7 +311,9 @@ class Chat(commands.Cog):
         if not self.permitted(interaction.channel, interaction.user):
             await ephemeral(interaction, i18n.t("not_allowed", lang))
             return
-        dropped = await self.bot.runtime.chat.reset(conversation_for(interaction.channel, interaction.user))
+        conversation = conversation_for(interaction.channel, interaction.user)
+        forget_live_answers(self.bot, conversation)  # before clearing: an answer finishing now is not recorded
+        dropped = await self.bot.runtime.chat.reset(conversation)
         await ephemeral(interaction, i18n.t("reset_done", lang, n=dropped))
 
     @app_commands.command(name=locale_str("help"), description=locale_str("How to use this bot"))
