@@ -84,6 +84,7 @@ class InternLMBot(commands.AutoShardedBot):
         self.regenerable_kinds: set[str] = {"chat", "vision"}  # replies of these kinds get Regenerate
         self.streaming_jobs: set[str] = set()  # jobs this process renders now (bot.streaming.stream_reply)
         self.live_replies: dict[str, Any] = {}  # job id → the Reply being rendered (for /reset)
+        self.live_streamers: dict[str, Any] = {}  # job id → its ReplyStreamer (for Stop)
 
     async def on_message(self, message: discord.Message, /) -> None:
         """No text commands: messages are the chat cog's business (this stops `process_commands`)."""

@@ -228,6 +228,7 @@ class ReplyStreamer:
         self._changed = asyncio.Event()
         self._finished = asyncio.Event()
         self._visible = asyncio.Event()
+        self._abandoned = asyncio.Event()
         self.reply: Reply | None = None
         self.final_at: float | None = None  # monotonic time of the final update (for tests/metrics)
         self.synced_at: float | None = None  # monotonic time the final messages were all written
@@ -291,15 +292,30 @@ class ReplyStreamer:
         return self.body if self.body.strip() else self.notice
 
     def desired(self) -> list[tuple[str, str | None]]:
-        """(content, view state) per message.  The buttons live on the last message: when an answer
-        overflows, the previous message gets its final text in the same edit that drops its buttons,
-        and the final write of an answer is a single edit (text and Regenerate together)."""
+        """(content, view state) per message.  The buttons live on the last message, and the final write
+        of an answer is a single edit (text and Regenerate together).  While the answer streams, Stop is
+        never missing: when the answer overflows, the previous message keeps Stop (with its final text)
+        until the new last message is out with its own, and only then drops it."""
         parts = split_message(self.display(), self.limit)
         if not parts:
             return []
         state = "done" if self.final is not None else "streaming"
         last = len(parts) - 1
-        return [(content, state if index == last else None) for index, content in enumerate(parts)]
+        carried = len(parts)  # the message now showing the buttons (none yet: nothing to keep)
+        for index in range(len(self.shown) - 1, -1, -1):
+            item = self.shown[index]
+            if item is not None and item[1] is not None:
+                carried = index
+                break
+        out: list[tuple[str, str | None]] = []
+        for index, content in enumerate(parts):
+            if index == last:
+                out.append((content, state))
+            elif self.final is None and index >= carried:
+                out.append((content, "streaming"))  # keeps Stop until a later message carries it
+            else:
+                out.append((content, None))
+        return out
 
     # ---------------------------------------------------------------- writing
     def _view(self, state: str | None) -> discord.ui.View | None:
@@ -426,31 +442,51 @@ class ReplyStreamer:
             except discord.HTTPException as exc:
                 log.warning("sending files failed: %s", exc)
 
+    def abandon(self) -> None:
+        """Stop following the reply and end it as stopped, now (Stop pressed while no worker is alive to
+        confirm it: the job is cancelled, and nobody would answer the reply stream for a long while)."""
+        self._abandoned.set()
+
+    async def _follow(self, reply: Reply, updates: AsyncIterator[Update]) -> None:
+        try:
+            async for update in updates:
+                self.apply(update)
+                if update.final:
+                    break
+            aclose = getattr(updates, "aclose", None)
+            if aclose is not None:  # finish the generator now, not whenever it is garbage-collected
+                await aclose()
+        except Exception:  # e.g. Redis went away: say so in the message instead of leaving it hanging
+            log.exception("following reply %s failed", reply.job.id)
+            if self.final is None:
+                self.apply(Update("error", text=self.renderer.answer,
+                                  data={"message": i18n.t("lost_track", self.lang)}))
+
     async def run(self, reply: Reply, updates: AsyncIterator[Update]) -> StreamResult:
         """Consume `updates` and keep the messages in step; returns when the final text is written."""
         self.reply = reply
         writer = asyncio.create_task(self._writer(), name=f"reply-writer-{reply.job.id[:8]}")
         typing = asyncio.create_task(self._keep_typing()) if not self.handles else None
+        follow = asyncio.create_task(self._follow(reply, updates), name=f"reply-follow-{reply.job.id[:8]}")
+        abandoned = asyncio.create_task(self._abandoned.wait())
         try:
-            try:
-                async for update in updates:
-                    self.apply(update)
-                    if update.final:
-                        break
-                aclose = getattr(updates, "aclose", None)
-                if aclose is not None:  # finish the generator now, not whenever it is garbage-collected
-                    await aclose()
-            except Exception:  # e.g. Redis went away: say so in the message instead of leaving it hanging
-                log.exception("following reply %s failed", reply.job.id)
+            await asyncio.wait({follow, abandoned}, return_when=asyncio.FIRST_COMPLETED)
+            if not follow.done():  # abandoned: stop following, the answer ends here as stopped
+                follow.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follow
                 if self.final is None:
-                    self.apply(Update("error", text=self.renderer.answer,
-                                      data={"message": i18n.t("lost_track", self.lang)}))
+                    self.apply(Update("done", text=self.renderer.answer, data={"stopped": True}))
             if self.final is None:  # the stream ended without a final event
                 self.apply(Update("error", text=self.renderer.answer, data={"message": "the answer was cut off"}))
             await writer
             self.synced_at = time.monotonic()
             await self._send_files()
         finally:
+            for task in (follow, abandoned):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
             if not writer.done():
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -511,7 +547,12 @@ async def _stream_reply(bot: InternLMBot, reply: Reply, target: Target, *, lang:
             target, bot.buckets.get(target.channel_id), lang=lang, renderer=renderer,
             views=(lambda r, state: bot.reply_view(r, state, lang, owner)) if buttons else None,
             blobs=bot.runtime.bus.get_blob)
-        result = await streamer.run(reply, updates if updates is not None else bot.runtime.chat.follow(reply))
+        streamers: dict[str, ReplyStreamer] = bot.__dict__.setdefault("live_streamers", {})
+        streamers[reply.job.id] = streamer  # for Stop (bot.cogs.chat.press_stop → abandon)
+        try:
+            result = await streamer.run(reply, updates if updates is not None else bot.runtime.chat.follow(reply))
+        finally:
+            streamers.pop(reply.job.id, None)
     if metrics is not None:
         metrics.reply_finished(reply, result, synced_at=streamer.synced_at)
     return result

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.fakediscord import Harness
-from tests.fakediscord.fixtures import BotRunner
+from tests.fakediscord.fixtures import STOP_PREFIX, BotRunner
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,6 +31,33 @@ async def test_no_worker_says_so_then_answers_when_one_starts(discord_harness: H
     [reply] = await discord_bot.reply(msg, until=lambda ms: "is anyone there" in ms[0].content)
     assert reply is first and "worker" not in reply.content.lower()
     assert "turns=1" in reply.content
+
+
+async def test_stop_without_a_worker_ends_the_reply_at_once(discord_harness: Harness,
+                                                              discord_bot: BotRunner) -> None:
+    """Stop on the no-worker notice: the job is cancelled and the reply ends as stopped at once, not after
+    the no-worker timeout (30 s)."""
+    h = discord_harness
+    await discord_bot.start(embedded_worker=False)
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} is anyone there?")
+
+    def notice() -> object:
+        msgs = h.bot_messages(h.general, after=msg)
+        return msgs[0] if msgs and "worker" in msgs[0].content.lower() and msgs[0].custom_ids else None
+
+    first = await h.wait_for(notice, timeout=10, message="a no-worker notice with a Stop button")
+    await h.click(first, h.find_button(first, STOP_PREFIX), user=h.alice)
+    [reply] = await discord_bot.reply(msg, timeout=8)
+    assert reply is first and "stopped" in reply.content.lower()
+    assert not any(c.startswith(STOP_PREFIX) for c in reply.custom_ids)
+    assert await discord_bot.runtime.bus.is_cancelled(reply_job(first))
+    assert not h.errors()
+
+
+def reply_job(message: object) -> str:
+    """The job id a reply's buttons name (ilm:stop:<job>:<owner> / ilm:regen:<kind>:<job>:<owner>)."""
+    ids = [c for v in message.versions for c in re.findall(r"ilm:stop:([0-9a-f]{32})", str(v.payload))]  # type: ignore[attr-defined]
+    return ids[0]
 
 
 async def test_bundled_llamacpp_model_answers(discord_harness: Harness, discord_bot: BotRunner) -> None:

@@ -239,3 +239,42 @@ async def test_slow_answer_shows_typing_before_the_first_write() -> None:
     assert target.typing_entered == 1 and kinds[0] == "typing"
     assert kinds[1:] == ["send", "edit", "edit"]  # streamed: the first text shown before the answer was final
     assert target.contents() == ["slow answer!"]
+
+
+async def test_stop_stays_visible_while_an_overflowing_answer_streams() -> None:
+    """When the answer grows into a second message, the first keeps Stop until the second shows its own."""
+
+    def views(reply: Reply, state: str) -> discord.ui.View:
+        view = discord.ui.View()
+        view.add_item(discord.ui.Button(label=state, custom_id=state))
+        return view
+
+    class Watching(Memory):
+        """After every write, notes whether some message shows Stop."""
+
+        def __init__(self) -> None:
+            super().__init__(delay=0.01)
+            self.stop_shown: list[bool] = []
+
+        def _note(self) -> None:
+            self.stop_shown.append(any(m["view"] is not None and m["view"].children[0].label == "streaming"
+                                       for m in self.messages))
+
+        async def send(self, content: str, **kwargs: Any) -> int:
+            handle = await super().send(content, **kwargs)
+            self._note()
+            return handle
+
+        async def edit(self, handle: int, content: str, *, view: discord.ui.View | None) -> None:
+            await super().edit(handle, content, view=view)
+            self._note()
+
+    target = Watching()
+    streamer = ReplyStreamer(target, TokenBucket(50, 1.0), views=views, min_interval=0.0, first_grace=0.0)
+    answer = " ".join(f"word{i}" for i in range(700))  # ~6k chars → 4 messages
+    await streamer.run(_reply(), _feed([*_tokens(answer, 0.002, step=60), 0.05, Update("done", text=answer)]))
+    assert target.contents() == split_message(answer)
+    final_writes = len(split_message(answer))  # at most this many writes after the final update
+    assert len(target.stop_shown) > final_writes + 3
+    assert all(target.stop_shown[:-final_writes]), target.stop_shown  # Stop never missing while streaming
+    assert [m["view"] is None for m in target.messages] == [True] * (len(target.messages) - 1) + [False]

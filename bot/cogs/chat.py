@@ -338,7 +338,13 @@ class Chat(commands.Cog):
             await interaction.response.edit_message(view=None, allowed_mentions=NO_MENTIONS)
             return
         await interaction.response.defer()  # the streamer edits the message as the job stops
-        await self.bot.runtime.bus.cancel(job)
+        bus = self.bot.runtime.bus
+        await bus.cancel(job)
+        streamer = self.bot.live_streamers.get(job)
+        if streamer is not None and not await bus.alive_workers():
+            # No worker is alive to confirm the stop (a live one ends the job within a second): end the
+            # reply now, marked stopped, rather than after the no-worker timeout.
+            streamer.abandon()
 
     async def press_regenerate(self, interaction: discord.Interaction, kind: str, job: str, owner: int) -> None:
         lang = i18n.lang_for(interaction=interaction)
