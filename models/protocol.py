@@ -18,6 +18,7 @@ Anything that reads or writes these keys goes through `Bus`; nothing else spells
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -107,6 +108,10 @@ class _Keys:
     @property
     def command_hash(self) -> str:
         return f"{self.prefix}:commands:hash"
+
+    def reader_wake(self, reader_id: str) -> str:
+        """A process's reply reader: written to when a new reply is followed, so its blocking read restarts."""
+        return f"{self.prefix}:reader:{reader_id}:wake"
 
     def active_reply(self, conversation: str) -> str:
         return f"{self.prefix}:active:{conversation}"
@@ -234,6 +239,90 @@ class Event:
                    id=entry_id)
 
 
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+@dataclass
+class _Subscription:
+    key: str
+    last: str
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+
+
+class _ReplyReader:
+    """One blocking XREAD for every reply stream this process follows, instead of one per reply.
+
+    With 64 answers streaming, per-reply reads cost a round trip (and a parse) per token each; one shared
+    read returns whatever arrived on all of them.  A new subscription writes to the reader's wake stream,
+    so a read already blocking restarts at once with the new stream included.  Redis errors are retried
+    (the position of every subscription is kept), so a Redis restart only pauses the replies."""
+
+    BLOCK_MS = 5000
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.subs: list[_Subscription] = []
+        self.wake_key = KEYS.reader_wake(new_id())
+        self.wake_last = "0-0"
+        self.task: asyncio.Task[None] | None = None
+        self.blocking = False
+
+    async def subscribe(self, key: str, after: str) -> _Subscription:
+        sub = _Subscription(key, after)
+        self.subs.append(sub)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="bus-reply-reader")
+        elif self.blocking:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xadd(self.wake_key, {"w": "1"}, maxlen=10, approximate=False)
+                    pipe.expire(self.wake_key, 3600)
+                    await pipe.execute()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                reraise_if_cancelling()  # the reader is retrying anyway and will include the new stream
+        return sub
+
+    def unsubscribe(self, sub: _Subscription) -> None:
+        with contextlib.suppress(ValueError):
+            self.subs.remove(sub)
+
+    async def _run(self) -> None:
+        while self.subs:
+            streams: dict[str, str] = {self.wake_key: self.wake_last}
+            for sub in self.subs:
+                if sub.key not in streams or _stream_id(sub.last) < _stream_id(streams[sub.key]):
+                    streams[sub.key] = sub.last
+            self.blocking = True
+            try:
+                result = await self.redis.xread(streams, count=256, block=self.BLOCK_MS)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                reraise_if_cancelling()
+                await asyncio.sleep(0.25)
+                continue
+            finally:
+                self.blocking = False
+            for stream, entries in result or []:
+                if stream == self.wake_key:
+                    self.wake_last = entries[-1][0]
+                    continue
+                for sub in [s for s in self.subs if s.key == stream]:
+                    for entry_id, fields in entries:
+                        if _stream_id(entry_id) > _stream_id(sub.last):
+                            sub.last = entry_id
+                            sub.queue.put_nowait(Event.decode(entry_id, fields))
+
+    async def close(self) -> None:
+        self.subs.clear()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        with contextlib.suppress(Exception):
+            await self.redis.delete(self.wake_key)
+
+
 @dataclass
 class Claimed:
     """A job a worker took from the stream (or the reason it could not be parsed)."""
@@ -276,6 +365,7 @@ class Bus:
         self._autoclaim_cursor: dict[str, str] = {}  # consumer → where its next XAUTOCLAIM scan starts
         self._emits: list[tuple[str, dict[str, str], bool, asyncio.Future[str]]] = []  # events to write
         self._emitter: asyncio.Task[None] | None = None
+        self._reader = _ReplyReader(redis)
 
     # ---------------------------------------------------------------- producer (bot) side
     async def submit(self, job: Job) -> str:
@@ -298,25 +388,20 @@ class Bus:
         (so the caller can update a queue notice or give up).  Never stops by itself: a final event of an
         attempt that was already superseded must not end the reading, so the caller decides when it is done
         (`ChatHandler.follow` does)."""
-        key = KEYS.events(job_id)
-        last = after
-        while True:
-            try:
-                result = await self.redis.xread({key: last}, count=256, block=block_ms)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                reraise_if_cancelling()
-                # Redis restarting: the client already retried; keep the position and try again, and let
-                # the caller's idle handling (deadlines, notices) run meanwhile.
-                await asyncio.sleep(block_ms / 1000)
-                result = None
-            if not result:
-                yield None
-                continue
-            for _stream, entries in result:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    event = Event.decode(entry_id, fields)
-                    yield event
+        sub = await self._reader.subscribe(KEYS.events(job_id), after)
+        try:
+            while True:
+                if not sub.queue.empty():  # the common case under load: no timer needed
+                    yield sub.queue.get_nowait()
+                    continue
+                try:
+                    event = await asyncio.wait_for(sub.queue.get(), block_ms / 1000)
+                except asyncio.TimeoutError:
+                    yield None
+                    continue
+                yield event
+        finally:
+            self._reader.unsubscribe(sub)
 
     async def read_events(self, job_id: str) -> list[Event]:
         """Everything written to a job's reply stream so far (for tests and late readers)."""
@@ -579,4 +664,5 @@ class Bus:
         return pubsub
 
     async def close(self) -> None:
+        await self._reader.close()
         await self.raw.aclose()
