@@ -280,3 +280,35 @@ async def test_follow_dead_letter_error_has_no_restart(settings: Settings, bus: 
         updates = [u async for u in chat.follow(reply)]
     assert [u.kind for u in updates] == ["started", "error"]
     assert [t.role for t in await chat.history.recent("p:dead")] == ["user"]
+
+
+async def test_shared_reader_serves_new_and_duplicate_followers_at_once(bus: Bus) -> None:
+    """All replies of a process share one blocking read; a reply followed while that read blocks is
+    served at once (the wake stream), and two readers of one reply both get every event."""
+
+    async def collect(job_id: str, into: list[Event]) -> None:
+        async for event in bus.events(job_id, block_ms=100):
+            if event is not None:
+                into.append(event)
+                if event.final:
+                    return
+
+    first: list[Event] = []
+    task1 = asyncio.create_task(collect("j1", first))
+    await asyncio.sleep(0.3)  # the shared read now blocks on j1 alone
+    second: list[Event] = []
+    twin: list[Event] = []
+    task2 = asyncio.create_task(collect("j2", second))
+    task3 = asyncio.create_task(collect("j2", twin))
+    await asyncio.sleep(0.05)
+    began = time.monotonic()
+    await bus.emit("j2", 1, "delta", {"text": "a"})
+    await bus.emit("j2", 1, "done", {"text": "a"})
+    async with asyncio.timeout(5):
+        await asyncio.gather(task2, task3)
+    assert time.monotonic() - began < 1.0  # not after the 5 s block of the shared read
+    assert [e.type for e in second] == [e.type for e in twin] == ["delta", "done"]
+    await bus.emit("j1", 1, "done", {})
+    async with asyncio.timeout(5):
+        await task1
+    assert [e.type for e in first] == ["done"]
