@@ -23,6 +23,7 @@ from .history import HistoryStore, Turn
 
 UpdateKind = Literal["queued", "no_worker", "started", "text", "step", "file", "restart", "done", "error"]
 
+QUEUE_CHECK_EVERY = 1.0  # seconds between queue-position / worker-liveness checks of a waiting reply
 TOO_LONG = "That message is too long ({n} characters). Please keep it under {limit} characters."
 GAVE_UP = "Sorry — no answer arrived in time, so I stopped waiting. Please try again."
 NO_WORKER = ("No inference worker is running right now, so I can't answer yet. "
@@ -80,6 +81,8 @@ class ChatHandler:
         self.settings = settings
         self.no_worker_timeout = 30.0  # give up on a job nobody can run after this long
         self.notice_after = 1.0  # show a queue notice when no worker took the job within this
+        self._alive_at = -QUEUE_CHECK_EVERY
+        self._alive_cached = True
 
     # ------------------------------------------------------------------ requests
     def check_text(self, text: str) -> None:
@@ -148,6 +151,8 @@ class ChatHandler:
         last_news = time.monotonic()
         no_worker_since: float | None = None
         orphan_noted = False
+        position: int | None = None
+        position_at = -QUEUE_CHECK_EVERY
         deadline = self.settings.job_timeout + self.settings.job_visibility_timeout + 10
         async for event in self.bus.events(job_id, block_ms=250):
             now = time.monotonic()
@@ -163,7 +168,8 @@ class ChatHandler:
                             return
                     else:
                         no_worker_since = None
-                        position = await self._position(job_id)
+                        if now - position_at >= QUEUE_CHECK_EVERY:  # the notice ticks; the count is costlier
+                            position, position_at = await self._position(job_id), now
                         yield Update("queued", position=position)
                 elif (started and not orphan_noted
                       and now - last_news > self.settings.job_visibility_timeout + 5
@@ -209,12 +215,19 @@ class ChatHandler:
                 return
 
     async def _alive(self) -> bool:
-        """Whether any worker is alive; True while Redis is unreachable (no false "no worker" notice)."""
+        """Whether any worker is alive; True while Redis is unreachable (no false "no worker" notice).
+        Shared by all replies being followed and refreshed at most every `QUEUE_CHECK_EVERY` seconds, so
+        a hundred queued replies do not ask Redis a hundred times per tick."""
+        now = time.monotonic()
+        if now - self._alive_at < QUEUE_CHECK_EVERY:
+            return self._alive_cached
         try:
-            return bool(await self.bus.alive_workers())
+            alive = bool(await self.bus.alive_workers())
         except (RedisError, OSError):
             reraise_if_cancelling()
-            return True
+            alive = True
+        self._alive_at, self._alive_cached = now, alive
+        return alive
 
     async def _position(self, job_id: str) -> int | None:
         try:

@@ -142,6 +142,29 @@ end
 return lost
 """
 
+# The 1-based position of job ARGV[2] among the entries not yet delivered to group ARGV[1], or false.
+_QUEUE_POSITION = """
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, delivered
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then delivered = g[i + 1] end
+  end
+  if name == ARGV[1] then last = delivered end
+end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', tonumber(ARGV[3]))
+for pos, e in ipairs(entries) do
+  local f = e[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'id' then
+      if f[i + 1] == ARGV[2] then return pos end
+      break
+    end
+  end
+end
+return false
+"""
+
 # XAUTOCLAIM in JUSTID form (so the cursor survives and entries deleted from the stream are visible by id on
 # Redis 6.2, which otherwise returns them as nils and keeps them pending forever), then read the entries;
 # entries trimmed away while pending are acked here.  Returns {cursor, {{id, fields}...}, {gone ids}}.
@@ -361,6 +384,7 @@ class Bus:
         self.blob_ttl = blob_ttl
         self.max_job_bytes = max_job_bytes
         self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._queue_position = redis.register_script(_QUEUE_POSITION)
         self._autoclaim = redis.register_script(_AUTOCLAIM)
         self._autoclaim_cursor: dict[str, str] = {}  # consumer → where its next XAUTOCLAIM scan starts
         self._emits: list[tuple[str, dict[str, str], bool, asyncio.Future[str]]] = []  # events to write
@@ -429,19 +453,13 @@ class Bus:
 
     async def queue_position(self, job_id: str, entry_hint: str | None = None) -> int | None:
         """1-based position of a not-yet-claimed job in the queue, or None once a worker has it."""
+        # Counted inside Redis: reading the waiting entries out would copy every queued payload (whole
+        # conversations) to every follower, several times a second.  Looks at most 1000 entries ahead.
         try:
-            groups = await self.redis.xinfo_groups(KEYS.jobs)
-        except ResponseError:
+            position = await self._queue_position(keys=[KEYS.jobs], args=[KEYS.group, job_id, 1000])
+        except ResponseError:  # no stream or group yet
             return None
-        last_delivered = "0-0"
-        for group in groups:
-            if group.get("name") == KEYS.group:
-                last_delivered = group.get("last-delivered-id") or "0-0"
-        entries = await self.redis.xrange(KEYS.jobs, min=f"({last_delivered}", max="+", count=1000)
-        for position, (_entry_id, fields) in enumerate(entries, start=1):
-            if fields.get("id") == job_id:
-                return position
-        return None
+        return int(position) if position else None
 
     async def alive_workers(self, within: float = 15.0) -> list[WorkerInfo]:
         now = time.time()

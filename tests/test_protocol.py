@@ -312,3 +312,14 @@ async def test_shared_reader_serves_new_and_duplicate_followers_at_once(bus: Bus
     async with asyncio.timeout(5):
         await task1
     assert [e.type for e in first] == ["done"]
+
+
+async def test_queue_positions_move_as_jobs_are_claimed(bus: Bus) -> None:
+    assert await bus.queue_position("nothing") is None
+    jobs = [Job(kind="chat", payload={"messages": [], "big": "x" * 10_000}) for _ in range(3)]
+    for job in jobs:
+        await bus.submit(job)
+    assert [await bus.queue_position(j.id) for j in jobs] == [1, 2, 3]
+    await bus.claim_new("w", 1, block_ms=10)
+    assert [await bus.queue_position(j.id) for j in jobs] == [None, 1, 2]
+    assert await bus.queue_depth() == 2
