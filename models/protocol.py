@@ -142,7 +142,8 @@ end
 return lost
 """
 
-# The 1-based position of job ARGV[2] among the entries not yet delivered to group ARGV[1], or false.
+# The 1-based position of job ARGV[2] among the entries not yet delivered to group ARGV[1], or false;
+# with ARGV[2] empty, how many entries wait (at most ARGV[3]).
 _QUEUE_POSITION = """
 local last = '0-0'
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -153,6 +154,7 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if name == ARGV[1] then last = delivered end
 end
 local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', tonumber(ARGV[3]))
+if ARGV[2] == '' then return #entries end
 for pos, e in ipairs(entries) do
   local f = e[2]
   for i = 1, #f, 2 do
@@ -465,8 +467,8 @@ class Bus:
         now = time.time()
         ids = await self.redis.zrangebyscore(KEYS.workers, now - within, "+inf")
         infos: list[WorkerInfo] = []
-        for worker_id in ids:
-            raw = await self.redis.get(KEYS.worker(worker_id))
+        records = await self.redis.mget([KEYS.worker(worker_id) for worker_id in ids]) if ids else []
+        for worker_id, raw in zip(ids, records, strict=True):
             if not raw:
                 continue
             try:
@@ -479,14 +481,9 @@ class Bus:
     async def queue_depth(self) -> int:
         """Jobs waiting for a worker (not yet delivered to any consumer)."""
         try:
-            groups = await self.redis.xinfo_groups(KEYS.jobs)
-        except ResponseError:
+            return int(await self._queue_position(keys=[KEYS.jobs], args=[KEYS.group, "", 10_000]) or 0)
+        except ResponseError:  # no stream yet
             return 0
-        for group in groups:
-            if group.get("name") == KEYS.group:
-                last = group.get("last-delivered-id") or "0-0"
-                return len(await self.redis.xrange(KEYS.jobs, min=f"({last}", max="+", count=10_000))
-        return await self.redis.xlen(KEYS.jobs)
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         entries = await self.redis.xrevrange(KEYS.dead, count=count)
