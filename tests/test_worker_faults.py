@@ -399,3 +399,27 @@ async def test_reply_survives_a_redis_restart_mid_stream(tmp_path: Path) -> None
         await bus.redis.aclose()
     finally:
         server.stop()
+
+
+async def test_a_worker_that_lost_its_job_stops_writing(settings: Settings, bus: Bus, engine: TestEngine,
+                                                        worker: Worker) -> None:
+    """A worker that stalled past the visibility timeout finds, at its next heartbeat, that another worker
+    took its job over: it stops its attempt without writing a final event or acking (the new owner will)."""
+    engine.token_delay = 0.05
+    job = Job(kind="chat", payload={"messages": [{"role": "user", "content": "[[repeat:200]]"}]})
+    await bus.submit(job)
+    async with asyncio.timeout(10):
+        async for event in bus.events(job.id, block_ms=50):
+            if event is not None and event.type == "delta":
+                break
+    [entry] = list(worker.in_flight)
+    await bus.redis.xclaim(KEYS.jobs, KEYS.group, "thief", 0, [entry], justid=True)  # the takeover
+    task = worker.in_flight[entry]
+    async with asyncio.timeout(5):
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    await asyncio.sleep(0.3)
+    events = await bus.read_events(job.id)
+    assert not any(e.final for e in events)  # no done/error from the stale attempt
+    [pending] = await bus.redis.xpending_range(KEYS.jobs, KEYS.group, "-", "+", 10)
+    assert pending["consumer"] == "thief"  # not acked, not stolen back
