@@ -128,15 +128,17 @@ Reading the figures honestly:
 
 * Everything in P1/P2 — the fake Discord server (its HTTP and gateway handling, JSON), the bot, the worker
   and Redis — shares the same 2 cores, and the fake server runs in the bot's own process and event loop.
-  At one message the time is three HTTP round trips of discord.py against the fake (typing indicator,
-  first message, final edit; each a few milliseconds here) after the gateway event is parsed and the job
-  submitted.  The 10 ms p50 target would need the reply written in one request when the answer is already
-  final before the first write (the streamer sends a first message and then edits it) and no typing call
-  for instant answers; both are choices in bot/streaming.py.
-* At 16 and 64 messages at once the latency is CPU queueing: each reply costs the one busy process about
-  14 ms (gateway dispatch, three REST calls on both the client and the fake server, history and job
-  writes, the worker's events), so 64 replies take about 64 × that — the `replies/s` rows (about 70/s)
-  are what this machine sustains with all the parts on it.
+  At one message the reply is a single HTTP request of discord.py against the fake: an answer complete
+  before the first write is posted in one request with its final buttons, and an answer there within
+  0.2 s gets no typing call (bot/streaming.py; before that change it was three round trips — typing,
+  first message, final edit — and p50 @1 was about 20 ms).  What remains is the queue path before that
+  request: the gateway event parsed, the user turn recorded and the job submitted, the worker's claim and
+  events, the answer recorded in history — a dozen Redis round trips of 1–2 ms each on this shared
+  machine (the issue-2 `overhead` bench measures that path alone).
+* At 16 and 64 messages at once the latency is CPU queueing: each reply costs the one busy process
+  several milliseconds (gateway dispatch, the REST call on both the client and the fake server, history
+  and job writes, the worker's events), so 64 replies take about 64 × that — the `replies/s` rows are
+  what this machine sustains with all the parts on it.
   This is throughput on 2 cores, not a per-reply delay of the queue (the issue-2 `overhead` bench above
   measures the queue path alone).  On a real deployment Discord's servers are not on the bot's CPU.
 * P2 misses for the same reason: 64 replies streaming at once make about 64 × (25 deltas + a few edits)
