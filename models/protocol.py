@@ -37,6 +37,7 @@ JOB_KINDS: tuple[str, ...] = ("chat", "agent", "vision", "article")
 EventType = Literal["delta", "step", "file", "status", "done", "error"]
 FINAL_EVENTS = ("done", "error")
 
+SHARED_READ_FROM = 4  # replies followed at once from which new ones share one XREAD (see `_ReplyReader`)
 REPLY_MAXLEN = 20_000  # events per reply stream; a 4k-token answer needs ~4k
 DEAD_MAXLEN = 1_000  # dead letters are for inspection; each field is cut to DEAD_FIELD_CHARS
 DEAD_FIELD_CHARS = 65_536
@@ -392,6 +393,7 @@ class Bus:
         self._emits: list[tuple[str, dict[str, str], bool, asyncio.Future[str]]] = []  # events to write
         self._emitter: asyncio.Task[None] | None = None
         self._reader = _ReplyReader(redis)
+        self._alone = 0  # replies read with their own XREAD
 
     # ---------------------------------------------------------------- producer (bot) side
     async def submit(self, job: Job) -> str:
@@ -414,6 +416,10 @@ class Bus:
         (so the caller can update a queue notice or give up).  Never stops by itself: a final event of an
         attempt that was already superseded must not end the reading, so the caller decides when it is done
         (`ChatHandler.follow` does)."""
+        if self._alone + len(self._reader.subs) < SHARED_READ_FROM:  # few replies: a direct read is cheaper
+            async for event in self._read_alone(job_id, after, block_ms):
+                yield event
+            return
         sub = await self._reader.subscribe(KEYS.events(job_id), after)
         try:
             while True:
@@ -428,6 +434,27 @@ class Bus:
                 yield event
         finally:
             self._reader.unsubscribe(sub)
+
+    async def _read_alone(self, job_id: str, last: str, block_ms: int) -> AsyncIterator[Event | None]:
+        key = KEYS.events(job_id)
+        self._alone += 1
+        try:
+            while True:
+                try:
+                    result = await self.redis.xread({key: last}, count=256, block=block_ms)
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    reraise_if_cancelling()  # Redis restarting: keep the position, retry after a pause
+                    await asyncio.sleep(block_ms / 1000)
+                    result = None
+                if not result:
+                    yield None
+                    continue
+                for _stream, entries in result:
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        yield Event.decode(entry_id, fields)
+        finally:
+            self._alone -= 1
 
     async def read_events(self, job_id: str) -> list[Event]:
         """Everything written to a job's reply stream so far (for tests and late readers)."""

@@ -282,9 +282,11 @@ async def test_follow_dead_letter_error_has_no_restart(settings: Settings, bus: 
     assert [t.role for t in await chat.history.recent("p:dead")] == ["user"]
 
 
-async def test_shared_reader_serves_new_and_duplicate_followers_at_once(bus: Bus) -> None:
-    """All replies of a process share one blocking read; a reply followed while that read blocks is
+async def test_shared_reader_serves_new_and_duplicate_followers_at_once(bus: Bus,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many replies of a process share one blocking read; a reply followed while that read blocks is
     served at once (the wake stream), and two readers of one reply both get every event."""
+    monkeypatch.setattr(protocol, "SHARED_READ_FROM", 0)  # share from the first reply on
 
     async def collect(job_id: str, into: list[Event]) -> None:
         async for event in bus.events(job_id, block_ms=100):
@@ -323,3 +325,26 @@ async def test_queue_positions_move_as_jobs_are_claimed(bus: Bus) -> None:
     await bus.claim_new("w", 1, block_ms=10)
     assert [await bus.queue_position(j.id) for j in jobs] == [None, 1, 2]
     assert await bus.queue_depth() == 2
+
+
+async def test_mixed_direct_and_shared_readers(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "SHARED_READ_FROM", 2)  # two read alone, the rest share
+
+    async def collect(job_id: str) -> list[str]:
+        texts = []
+        async for event in bus.events(job_id, block_ms=100):
+            if event is not None:
+                texts.append(event.data.get("text", ""))
+                if event.final:
+                    return texts
+        return texts
+
+    tasks = [asyncio.create_task(collect(f"m{i}")) for i in range(6)]
+    await asyncio.sleep(0.1)
+    assert bus._alone == 2 and len(bus._reader.subs) == 4
+    for n in range(3):
+        for i in range(6):
+            await bus.emit(f"m{i}", 1, "done" if n == 2 else "delta", {"text": f"{i}.{n}"})
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*tasks)
+    assert results == [[f"{i}.0", f"{i}.1", f"{i}.2"] for i in range(6)]
