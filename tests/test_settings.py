@@ -78,3 +78,15 @@ def test_generation_defaults_follow_the_internlm_demo() -> None:
     settings = Settings(_env_file=None)
     assert (settings.temperature, settings.top_p, settings.repetition_penalty) == (0.8, 0.8, 1.005)
     assert "InternLM (书生·浦语)" in settings.system_prompt
+
+
+def test_readme_settings_table_is_current() -> None:
+    """The README's settings tables are generated from .env.example; a new setting must reach both."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "scripts/settings_table.py", "--check"], cwd=root,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
