@@ -8,8 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .engines.base import Engine, GenParams, ImageInput
-from .protocol import Bus, Job
+from .protocol import FINAL_EVENTS, Bus, Job
 from .settings import Settings
+
+# Text deltas of one job are coalesced: the first goes out at once, later ones produced while a write is in
+# flight or within this many seconds of the previous write are sent together as one `delta` event.  One
+# event per token costs one XADD and one XREAD entry each (CPU in redis-py on both sides); readers show
+# text at most a few times a second anyway (Discord edits about once a second).
+DELTA_WINDOW = 0.025
 
 
 class JobError(RuntimeError):
@@ -34,6 +40,15 @@ class JobContext:
     first_token_at: float | None = None
     finished: bool = False
     parts: list[str] = field(default_factory=list)  # the text streamed so far (reported if interrupted)
+    ack_entry: str = ""  # the job's stream entry: the final event and its XACK are written together
+    acked: bool = False  # the final event was written together with the XACK
+    delta_window: float = DELTA_WINDOW
+    _pending: list[str] = field(default_factory=list, repr=False)  # delta text not written yet
+    _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
+    _flusher_sleeping: bool = field(default=False, repr=False)
+    _hurry: bool = field(default=False, repr=False)  # a flush is waited for: write without waiting the window
+    _last_write: float = field(default=float("-inf"), repr=False)
+    _failed: BaseException | None = field(default=None, repr=False)  # a delta write that failed
 
     @property
     def text(self) -> str:
@@ -48,15 +63,78 @@ class JobContext:
         return GenParams.from_dict(self.job.payload.get("params"), defaults)
 
     async def emit(self, type_: str, data: dict[str, Any] | None = None) -> None:
-        await self.bus.emit(self.job.id, self.attempt, type_, data)
+        """Write one non-delta event; delta text not written yet goes first, in the same round trip.
+
+        A final event (`done`/`error`) is written together with the job's XACK when `ack_entry` is set."""
+        tail = await self._take_pending()
+        events: list[tuple[str, dict[str, Any] | None]] = [("delta", {"text": tail})] if tail else []
+        events.append((type_, data))
+        if type_ in FINAL_EVENTS:
+            await self.bus.finish(self.job.id, self.attempt, [(t, d or {}) for t, d in events], self.ack_entry)
+            self.acked = bool(self.ack_entry)
+        else:
+            await self.bus.emit_many(self.job.id, self.attempt, events)
 
     async def delta(self, text: str) -> None:
+        """Stream a piece of the answer.  Does not wait for Redis: the text is written in the background (see
+        `DELTA_WINDOW`); a failed write is raised here, at the next piece, so a runner stops generating."""
+        if self._failed is not None:
+            raise self._failed
         if not text:
             return
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.parts.append(text)
-        await self.emit("delta", {"text": text})
+        self._pending.append(text)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_deltas(), name=f"deltas-{self.job.id}")
+
+    async def _flush_deltas(self) -> None:
+        """Write pending delta text until none is left: at once when the last write is older than the
+        window, else after the rest of it.  Its writes are awaited one after another, so whatever arrives
+        during one goes out in the next.  When another event is waiting (`_hurry`), it stops and leaves the
+        rest to go out with that event."""
+        try:
+            while self._pending and not self._hurry:
+                wait = self._last_write + self.delta_window - time.monotonic()
+                if wait > 0:
+                    self._flusher_sleeping = True
+                    try:
+                        await asyncio.sleep(wait)
+                    finally:
+                        self._flusher_sleeping = False
+                text = "".join(self._pending)
+                self._pending.clear()
+                self._last_write = time.monotonic()
+                await self.bus.emit(self.job.id, self.attempt, "delta", {"text": text})
+        except Exception as exc:
+            self._failed = exc
+
+    async def _take_pending(self) -> str:
+        """Wait for a delta write in flight, then take (and return) the text not written yet; raise the
+        error of a failed delta write, so an event never follows text that was lost."""
+        task = self._flusher
+        if task is not None and not task.done():
+            self._hurry = True
+            try:
+                if self._flusher_sleeping:
+                    task.cancel()  # waiting out the window only; nothing is being written
+                await asyncio.gather(task, return_exceptions=True)
+            finally:
+                self._hurry = False
+        if self._failed is not None:
+            raise self._failed
+        text = "".join(self._pending)
+        self._pending.clear()
+        if text:
+            self._last_write = time.monotonic()
+        return text
+
+    def close(self) -> None:
+        """Drop unwritten delta text (an attempt abandoned without a final event: shut down or taken over)."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+        self._pending.clear()
 
     async def step(self, data: dict[str, Any]) -> None:
         await self.emit("step", data)

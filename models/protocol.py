@@ -23,13 +23,13 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 JobKind = Literal["chat", "agent", "vision", "article"]
@@ -182,6 +182,39 @@ return {res[1], out, gone}
 """
 
 
+# A worker starting a job: count the attempt, see whether it was cancelled before it started and, on a first
+# attempt, announce it (the `status` event) — one round trip instead of three.  A retried attempt (> 1) writes
+# nothing here: the worker first checks whether the previous attempt already finished or failed too often.
+# KEYS: attempts, cancel, events.  ARGV: attempts TTL, reply TTL, status data (JSON), reply MAXLEN.
+# Returns {attempt, cancelled (0/1), announced (0/1)}.
+_START = """
+local attempt = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local cancelled = redis.call('EXISTS', KEYS[2])
+if attempt > 1 then return {attempt, cancelled, 0} end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'attempt', tostring(attempt),
+           'data', ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return {attempt, cancelled, 1}
+"""
+
+# The last events of an attempt and the XACK of its job in one round trip, in this order: an error in any
+# XADD (out of memory, say) aborts the script before the XACK, so a job is never acked without its final
+# event — the same promise as a separate XACK after the write, one round trip cheaper.
+# KEYS: events, jobs.  ARGV: reply TTL, reply MAXLEN, group ('' = no ack), entry id, then type/attempt/data
+# triples.  Returns the stream ids written.
+_FINISH = """
+local ids = {}
+for i = 5, #ARGV, 3 do
+  table.insert(ids, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'type', ARGV[i], 'attempt', ARGV[i + 1],
+                               'data', ARGV[i + 2]))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then redis.call('XACK', KEYS[2], ARGV[3], ARGV[4]) end
+return ids
+"""
+
+
 def reraise_if_cancelling() -> None:
     """Re-raise a cancellation that a library turned into another exception (redis-py can report a cancel
     that lands mid-command as a connection error): a retry loop that swallowed it would never end, and
@@ -294,13 +327,15 @@ class _ReplyReader:
         self.wake_last = "0-0"
         self.task: asyncio.Task[None] | None = None
         self.blocking = False
+        self.woken = False  # a wake is written and the blocking read has not restarted yet
 
     async def subscribe(self, key: str, after: str) -> _Subscription:
         sub = _Subscription(key, after)
         self.subs.append(sub)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name="bus-reply-reader")
-        elif self.blocking:
+        elif self.blocking and not self.woken:  # one wake for a burst of new replies
+            self.woken = True
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.xadd(self.wake_key, {"w": "1"}, maxlen=10, approximate=False)
@@ -316,6 +351,7 @@ class _ReplyReader:
 
     async def _run(self) -> None:
         while self.subs:
+            self.woken = False
             streams: dict[str, str] = {self.wake_key: self.wake_last}
             for sub in self.subs:
                 if sub.key not in streams or _stream_id(sub.last) < _stream_id(streams[sub.key]):
@@ -389,9 +425,12 @@ class Bus:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._queue_position = redis.register_script(_QUEUE_POSITION)
         self._autoclaim = redis.register_script(_AUTOCLAIM)
+        self._start = redis.register_script(_START)
+        self._finish = redis.register_script(_FINISH)
         self._autoclaim_cursor: dict[str, str] = {}  # consumer → where its next XAUTOCLAIM scan starts
-        self._emits: list[tuple[str, dict[str, str], bool, asyncio.Future[str]]] = []  # events to write
-        self._emitter: asyncio.Task[None] | None = None
+        # Writes queued meanwhile (events, jobs, attempt starts) share one pipeline: see `_batched`.
+        self._batch: list[tuple[Callable[[Any], int], asyncio.Future[list[Any]]]] = []
+        self._batcher: asyncio.Task[None] | None = None
         self._reader = _ReplyReader(redis)
         self._alone = 0  # replies read with their own XREAD
 
@@ -407,7 +446,14 @@ class Bus:
                 f"that request is too large to process ({size // 1024} KiB; the limit is "
                 f"{self.max_job_bytes // 1024} KiB)"
             )
-        await self.redis.xadd(KEYS.jobs, fields, maxlen=JOBS_MAXLEN, approximate=True)
+
+        def add(pipe: Any) -> int:
+            pipe.xadd(KEYS.jobs, fields, maxlen=JOBS_MAXLEN, approximate=True)
+            return 1
+
+        [entry] = await self._batched(add)
+        if isinstance(entry, Exception):
+            raise entry
         return job.id
 
     async def events(self, job_id: str, *, after: str = "0-0", block_ms: int = 1000,
@@ -427,8 +473,9 @@ class Bus:
                     yield sub.queue.get_nowait()
                     continue
                 try:
-                    event = await asyncio.wait_for(sub.queue.get(), block_ms / 1000)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(block_ms / 1000):  # no task per event, unlike wait_for
+                        event = await sub.queue.get()
+                except TimeoutError:
                     yield None
                     continue
                 yield event
@@ -638,49 +685,110 @@ class Bus:
             attempt, _ = await pipe.execute()
         return int(attempt)
 
+    async def start_attempt(self, job_id: str, status: dict[str, Any]) -> tuple[int, bool, bool]:
+        """Count a new attempt of the job; returns (attempt, cancelled already, announced).
+
+        On a first attempt the `status` event (`status` is its data) is written in the same round trip
+        (announced = True); a later attempt is announced by the caller once it decided to run it."""
+        data = json.dumps(status, ensure_ascii=False, separators=(",", ":"))
+        attempt, cancelled, announced = await self._script(
+            self._start, [KEYS.attempts(job_id), KEYS.cancel(job_id), KEYS.events(job_id)],
+            [max(self.reply_ttl, 3600), self.reply_ttl, data, REPLY_MAXLEN])
+        return int(attempt), bool(cancelled), bool(announced)
+
+    async def finish(self, job_id: str, attempt: int, events: list[tuple[str, dict[str, Any]]],
+                     ack_entry: str = "") -> list[str]:
+        """Write the last events of an attempt (a final one last) and then, when `ack_entry` is given, XACK
+        the job — in one round trip, the XACK only once every event is written (a Lua script stops at the
+        first error).  The caller must have awaited its earlier events, so the order per job is kept."""
+        args: list[Any] = [self.reply_ttl, REPLY_MAXLEN, KEYS.group if ack_entry else "", ack_entry]
+        for type_, data in events:
+            args += [type_, str(attempt), json.dumps(data or {}, ensure_ascii=False, separators=(",", ":"))]
+        ids = await self._script(self._finish, [KEYS.events(job_id), KEYS.jobs], args)
+        return [str(i) for i in ids]
+
+    async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a registered Lua script in the shared pipeline (EVALSHA); alone when Redis lost the script
+        (restarted or flushed), which loads it again."""
+
+        def add(pipe: Any) -> int:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return 1
+
+        [result] = await self._batched(add)
+        if isinstance(result, NoScriptError):
+            return await script(keys=keys, args=args)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     async def emit(self, job_id: str, attempt: int, type_: str, data: dict[str, Any] | None = None,
                    *, refresh_ttl: bool = False) -> str:
         """Append an event to the job's reply stream.  The TTL is set on `status` events (every attempt
         starts with one), on final events and when asked, which keeps the per-token cost at one round trip
         and still lets the stream of a job whose worker died expire."""
+        [entry_id] = await self.emit_many(job_id, attempt, [(type_, data)], refresh_ttl=refresh_ttl)
+        return entry_id
+
+    async def emit_many(self, job_id: str, attempt: int, events: list[tuple[str, dict[str, Any] | None]],
+                        *, refresh_ttl: bool = False) -> list[str]:
+        """Append several events to the job's reply stream, in this order, in the same write (one round trip,
+        shared with whatever other jobs emit meanwhile)."""
         key = KEYS.events(job_id)
-        fields = {"type": type_, "attempt": str(attempt),
-                  "data": json.dumps(data or {}, ensure_ascii=False, separators=(",", ":"))}
-        ttl = refresh_ttl or type_ in FINAL_EVENTS or type_ == "status"
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._emits.append((key, fields, ttl, future))
-        if self._emitter is None or self._emitter.done():
-            self._emitter = asyncio.create_task(self._flush_emits(), name="bus-emit")
+        entries: list[tuple[dict[str, str], bool]] = []
+        for type_, data in events:
+            fields = {"type": type_, "attempt": str(attempt),
+                      "data": json.dumps(data or {}, ensure_ascii=False, separators=(",", ":"))}
+            entries.append((fields, refresh_ttl or type_ in FINAL_EVENTS or type_ == "status"))
+        positions: list[int] = []
+
+        def add(pipe: Any) -> int:
+            count = 0
+            for fields, ttl in entries:
+                positions.append(count)
+                pipe.xadd(key, fields, maxlen=REPLY_MAXLEN, approximate=True)
+                count += 1
+                if ttl:
+                    pipe.expire(key, self.reply_ttl)
+                    count += 1
+            return count
+
+        results = await self._batched(add)
+        ids = [results[i] for i in positions]
+        for entry_id in ids:
+            if isinstance(entry_id, Exception):
+                raise entry_id
+        return ids
+
+    async def _batched(self, add: Callable[[Any], int]) -> list[Any]:
+        """Queue commands for the shared pipeline: `add(pipe)` queues them and returns how many; the result
+        is their replies (errors as exception objects).  Alone, a write goes out at once (one loop tick
+        later); with many jobs streaming, everything written meanwhile shares one round trip, which is what
+        keeps 64 concurrent answers nearly as fast as one.  Order is kept: one queue, one pipeline at a
+        time, commands in the order they were queued."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._batch.append((add, future))
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._flush_batch(), name="bus-batch")
         return await future
 
-    async def _flush_emits(self) -> None:
-        """Write queued events in one pipeline per round trip.  Alone, an event goes out at once (one loop
-        tick later); with many jobs streaming, all deltas produced meanwhile share one round trip, which
-        is what keeps 64 concurrent answers as fast as one.  Per job the order is kept (one queue)."""
-        while self._emits:
-            batch, self._emits = self._emits, []
+    async def _flush_batch(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch, []
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for key, fields, ttl, _future in batch:
-                        pipe.xadd(key, fields, maxlen=REPLY_MAXLEN, approximate=True)
-                        if ttl:
-                            pipe.expire(key, self.reply_ttl)
-                    results = iter(await pipe.execute(raise_on_error=False))
+                    counts = [add(pipe) for add, _future in batch]
+                    results = await pipe.execute(raise_on_error=False)
             except Exception as exc:  # Redis unreachable even after the client's retries
-                for *_rest, future in batch:
+                for _add, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for _key, _fields, ttl, future in batch:
-                entry_id = next(results)
-                if ttl:
-                    next(results)
-                if future.done():  # the emitting job was cancelled meanwhile
-                    continue
-                if isinstance(entry_id, Exception):
-                    future.set_exception(entry_id)
-                else:
-                    future.set_result(entry_id)
+            start = 0
+            for (_add, future), count in zip(batch, counts, strict=True):
+                if not future.done():  # else its caller was cancelled meanwhile
+                    future.set_result(results[start:start + count])
+                start += count
 
     async def dead_letter(self, claimed: Claimed, reason: str) -> None:
         fields = {k: v if len(v) <= DEAD_FIELD_CHARS else v[:DEAD_FIELD_CHARS] + "…[cut]"

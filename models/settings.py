@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     job_timeout: float = 300.0  # hard deadline for one attempt
     worker_shutdown_grace: float = 20.0
 
+    # --- Worker: streamed text (coalescing of deltas, models/context.py) ---------------------------
+    # Text produced within this many ms of the previous write (or while it is in flight) goes out as one
+    # `delta` event; the first piece and the final event are never delayed.  0 = one event per piece.
+    delta_window_ms: float = 25.0
+
     # --- History -------------------------------------------------------------------------------
     history_max_turns: int = 40
     history_ttl: int = 7 * 24 * 3600  # seconds; 0 = keep forever

@@ -180,25 +180,28 @@ class Worker:
         assert item.job is not None
         job = item.job
         try:
-            attempt = await self._bookkeeping(item)
+            attempt, cancelled, announced = await self._bookkeeping(item)
         except Exception as exc:  # Redis unreachable: the entry stays pending and is taken over later
             _reraise_if_cancelling()
             log.warning("could not start job %s (%s)", job.id, type(exc).__name__)
             return
         if attempt:
             self.metrics.accepted(job, attempt)
-            await self._run_job(item, attempt)
+            await self._run_job(item, attempt, cancelled=cancelled, announced=announced)
 
-    async def _bookkeeping(self, item: Claimed) -> int:
-        """The attempt number to run, or 0 when there is nothing to run."""
+    async def _bookkeeping(self, item: Claimed) -> tuple[int, bool, bool]:
+        """(attempt to run or 0 when there is nothing to run, cancelled before it started, `status` written).
+
+        A first attempt is counted, checked for a cancel and announced in one round trip."""
         assert item.job is not None
         job = item.job
-        attempt = await self.bus.next_attempt(job.id)
+        attempt, cancelled, announced = await self.bus.start_attempt(
+            job.id, {"state": "started", "worker": self.worker_id})
         if attempt > 1:
             if await self.bus.final_event(job.id) is not None:
                 # The previous attempt wrote its final event but died before the XACK: nothing to redo.
                 await self.bus.ack(item.entry_id)
-                return 0
+                return 0, False, False
             failures = attempt - 1 - await self.bus.handbacks(job.id)
             if failures >= self.settings.job_max_attempts:
                 log.error("job %s failed %d times; dead-lettering", job.id, failures)
@@ -207,8 +210,8 @@ class Worker:
                 await self.bus.emit(job.id, attempt, "error", {"message": DEAD_LETTER, "code": "dead_letter"})
                 self.metrics.dead_lettered("too_many_attempts")
                 await self.bus.ack(item.entry_id)
-                return 0
-        return attempt
+                return 0, False, False
+        return attempt, cancelled, announced
 
     def _finished(self, entry_id: str) -> None:
         self.in_flight.pop(entry_id, None)
@@ -226,19 +229,22 @@ class Worker:
         self.metrics.dead_lettered("bad_job")
         await self.bus.ack(item.entry_id)
 
-    async def _run_job(self, item: Claimed, attempt: int) -> None:
+    async def _run_job(self, item: Claimed, attempt: int, *, cancelled: bool = False,
+                       announced: bool = False) -> None:
         assert item.job is not None
         job = item.job
         cancel = asyncio.Event()
+        if cancelled:
+            cancel.set()
         self.cancels[job.id] = cancel
         bind_log_context(job=job.id, attempt=attempt, kind=job.kind)  # this task's log lines carry the job id
         ctx = MeteredContext(job=job, attempt=attempt, engine=self.engine, bus=self.bus, settings=self.settings,
-                             cancel=cancel, worker_id=self.worker_id, metrics=self.metrics)
+                             cancel=cancel, worker_id=self.worker_id, metrics=self.metrics,
+                             ack_entry=item.entry_id, delta_window=max(0.0, self.settings.delta_window_ms / 1000))
         try:
             try:
-                if await self.bus.is_cancelled(job.id):
-                    cancel.set()
-                await ctx.status(state="started", worker=self.worker_id)
+                if not announced:  # a retried attempt (a first one is announced by `start_attempt`)
+                    await ctx.status(state="started", worker=self.worker_id)
                 runner = self.runners.get(job.kind)
                 if runner is None:
                     raise JobError(f"this worker cannot run {job.kind!r} jobs")
@@ -255,7 +261,7 @@ class Worker:
                 await ctx.error(f"Invalid request: {exc}", "bad_job")
             except (JobError, EngineError) as exc:
                 await ctx.error(str(exc), type(exc).__name__)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await ctx.error("That took too long, so I stopped. Try a shorter request.", "timeout")
             except Exception:
                 _reraise_if_cancelling()  # a hand-back or takeover, not a crash
@@ -263,6 +269,10 @@ class Worker:
                 await ctx.error(GENERIC_ERROR, "internal")
         finally:
             self.cancels.pop(job.id, None)
+            ctx.close()  # an abandoned attempt writes no more deltas
+        if ctx.acked:  # the usual case: the XACK went with the final event
+            self.jobs_done += 1
+            return
         for delay in (0.1, 0.5, 1.0, 2.0, 0.0):  # the final event is written; make the XACK stick
             try:
                 await self.bus.ack(item.entry_id)
@@ -294,7 +304,7 @@ class Worker:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                raise asyncio.TimeoutError
+                raise TimeoutError
             task.result()
         finally:
             cancelled.cancel()
