@@ -83,7 +83,6 @@ class InternLMBot(commands.AutoShardedBot):
         self.synced: bool | None = None  # whether setup_hook synced the commands
         self.regenerable_kinds: set[str] = {"chat", "vision"}  # replies of these kinds get Regenerate
         self.streaming_jobs: set[str] = set()  # jobs this process renders now (bot.streaming.stream_reply)
-        self.live_replies: dict[str, Any] = {}  # job id → the Reply being rendered (for /reset)
         self.live_streamers: dict[str, Any] = {}  # job id → its ReplyStreamer (for Stop)
 
     async def on_message(self, message: discord.Message, /) -> None:

@@ -51,5 +51,6 @@ class Runtime:
             self.worker.stop()
             with contextlib.suppress(Exception):
                 await self.worker_task
+        await self.chat.drain()  # answers still being written into history
         await self.bus.close()
         await self.bus.redis.aclose()

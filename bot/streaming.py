@@ -481,6 +481,8 @@ class ReplyStreamer:
                 self.apply(Update("error", text=self.renderer.answer, data={"message": "the answer was cut off"}))
             await writer
             self.synced_at = time.monotonic()
+            if not follow.done():  # closing the updates finishes the answer's history write: wait for it
+                await follow
             await self._send_files()
         finally:
             for task in (follow, abandoned):
@@ -513,26 +515,11 @@ async def stream_reply(bot: InternLMBot, reply: Reply, target: Target, *, lang: 
     if reply.job.id in streaming:
         return StreamResult(None, "")
     streaming.add(reply.job.id)
-    live: dict[str, Reply] = bot.__dict__.setdefault("live_replies", {})
-    live[reply.job.id] = reply
     try:
         return await _stream_reply(bot, reply, target, lang=lang, renderer=renderer, buttons=buttons,
                                    owner=owner, updates=updates)
     finally:
         streaming.discard(reply.job.id)
-        live.pop(reply.job.id, None)
-
-
-def forget_live_answers(bot: Any, conversation: str) -> int:
-    """`/reset` while answers of `conversation` are streaming: they still finish in Discord, but are not
-    recorded in the history that was just cleared (an answer without its question would open the new
-    conversation).  The handler reads `request.record` when the answer is final.  Returns how many."""
-    count = 0
-    for reply in list(bot.__dict__.get("live_replies", {}).values()):
-        if reply.request.conversation == conversation and reply.request.record:
-            reply.request.record = False
-            count += 1
-    return count
 
 
 async def _stream_reply(bot: InternLMBot, reply: Reply, target: Target, *, lang: str, renderer: Renderer | None,

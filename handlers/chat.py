@@ -8,6 +8,8 @@ their own job kinds and payloads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from models.settings import Settings
 
 from .conf import ConfStore
 from .history import HistoryStore, Turn
+
+log = logging.getLogger(__name__)
 
 UpdateKind = Literal["queued", "no_worker", "started", "text", "step", "file", "restart", "done", "error"]
 
@@ -67,6 +71,9 @@ class Reply:
     job: Job
     request: Request
     submitted: float = field(default_factory=time.monotonic)
+    # The history generation the job was built from (see handlers/history.py): the answer is recorded only
+    # if the conversation was not reset since.  None: no check (nothing to record, or an older record).
+    generation: int | None = None
 
 
 class InputError(ValueError):
@@ -83,6 +90,11 @@ class ChatHandler:
         self.notice_after = 1.0  # show a queue notice when no worker took the job within this
         self._alive_at = -QUEUE_CHECK_EVERY
         self._alive_cached = True
+        # Per-job "answer recorded" markers must outlive every reader that can still see the job's final
+        # event: its reply stream (REPLY_TTL after the last event) and its resume record.
+        self.record_marker_ttl = 2 * max(settings.reply_ttl,
+                                         int(settings.job_timeout + settings.job_visibility_timeout) + 60)
+        self._recording: set[asyncio.Task[None]] = set()  # answers being written into history
 
     # ------------------------------------------------------------------ requests
     def check_text(self, text: str) -> None:
@@ -93,15 +105,30 @@ class ChatHandler:
     async def ask(self, request: Request) -> Reply:
         """Record the user's turn and submit a job that answers it from the conversation's history."""
         self.check_text(request.text)
-        if request.record:
-            await self.history.append(request.conversation, Turn(
-                "user", request.text, name=request.user_name, images=request.images))
-        return await self.submit(request)
+        user_turn = Turn("user", request.text, name=request.user_name, images=request.images)
+        return await self._submit(request, user_turn=user_turn if request.record else None)
 
     async def submit(self, request: Request, *, extra_turns: list[Turn] | None = None) -> Reply:
-        eff = await self.conf.effective(guild=request.guild, channel=request.channel)
+        """Submit a job for `request` built from the conversation's history (or, with `record` off, from
+        the request's text alone)."""
+        return await self._submit(request, extra_turns=extra_turns)
+
+    async def _submit(self, request: Request, *, user_turn: Turn | None = None,
+                      extra_turns: list[Turn] | None = None) -> Reply:
+        # One round trip for the settings, the user's turn and the history the job is built from (a
+        # transaction: the turns and the generation read belong together, and include the new turn),
+        # then one for the job itself.
+        async with self.history.redis.pipeline(transaction=True) as pipe:
+            scopes = self.conf.queue_effective(pipe, guild=request.guild, channel=request.channel)
+            if user_turn is not None:
+                self.history.queue_append(pipe, request.conversation, user_turn)
+            if request.record:
+                self.history.queue_snapshot(pipe, request.conversation)
+            results = await pipe.execute()
+        eff = self.conf.effective_from(results[:scopes])
+        generation: int | None = None
         if request.record:
-            turns = await self.history.recent(request.conversation)
+            turns, generation = self.history.snapshot_from(*results[-2:])
         else:
             turns = [Turn("user", request.text, name=request.user_name, images=request.images)]
         turns += extra_turns or []
@@ -116,7 +143,7 @@ class ChatHandler:
             await self.bus.submit(job)
         except PayloadTooLarge as exc:
             raise InputError(f"Sorry, {exc}.") from exc
-        return Reply(job, request)
+        return Reply(job, request, generation=generation)
 
     async def regenerate(self, request: Request) -> Reply | None:
         """Drop the last answer and answer the last user turn again; None if there is nothing to redo."""
@@ -134,11 +161,23 @@ class ChatHandler:
         await self.bus.cancel(reply.job.id)
 
     async def reset(self, conversation: str) -> int:
+        """Clear the conversation.  Answers still streaming for it finish for the person but are not
+        recorded (the reset starts a new history generation), in this process or any other."""
         return await self.history.reset(conversation)
+
+    async def drain(self, within: float = 5.0) -> None:
+        """Wait (at most `within` seconds) for answers still being written into history; call before
+        closing Redis."""
+        if self._recording:
+            await asyncio.wait(set(self._recording), timeout=within)
 
     # ------------------------------------------------------------------ following a reply
     async def follow(self, reply: Reply) -> AsyncIterator[Update]:
         """Translate the job's events into updates; on `done`, write the answer into history.
+
+        The history write starts just before `done` is yielded and is awaited after it, so the front end
+        shows the final text while Redis stores it; stopping at `done` and closing the generator
+        (`aclose`) still waits for the write, and even an abandoned generator's write completes.
 
         Attempts: events of an attempt older than the newest one seen are dropped (a worker that stalled
         and was taken over may still write a few); the first event of a newer attempt yields `restart` and
@@ -207,8 +246,13 @@ class ChatHandler:
             elif event.type == "done":
                 text = event.data.get("text")
                 text = text if isinstance(text, str) else "".join(parts)
-                await self._record_answer(reply, text, event.data)
-                yield Update("done", text=text, attempt=attempt, data=event.data)
+                recording = self._start_recording(reply, text, event.data)
+                try:
+                    yield Update("done", text=text, attempt=attempt, data=event.data)
+                finally:
+                    if recording is not None:
+                        with contextlib.suppress(Exception):  # logged by `_recorded`
+                            await asyncio.shield(recording)  # a cancelled reader must not cancel the write
                 return
             elif event.type == "error":
                 yield Update("error", text="".join(parts), attempt=attempt, data=event.data)
@@ -236,9 +280,22 @@ class ChatHandler:
             reraise_if_cancelling()
             return None
 
-    async def _record_answer(self, reply: Reply, text: str, data: dict[str, Any]) -> None:
+    def _start_recording(self, reply: Reply, text: str, data: dict[str, Any]) -> asyncio.Task[None] | None:
         if not reply.request.record:
-            return
+            return None
+        task = asyncio.create_task(self._record_answer(reply, text, data), name=f"record-{reply.job.id[:8]}")
+        self._recording.add(task)  # a strong reference: the write completes even if nobody awaits it
+        task.add_done_callback(self._recorded)
+        return task
+
+    def _recorded(self, task: asyncio.Task[None]) -> None:
+        self._recording.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not record an answer in history", exc_info=task.exception())
+
+    async def _record_answer(self, reply: Reply, text: str, data: dict[str, Any]) -> None:
+        """Write the answer into history: once per job, and not into a conversation reset since it was
+        asked (`HistoryStore.record_answer`)."""
         stored = data.get("history")
         stored = stored if isinstance(stored, str) else text
         meta: dict[str, Any] = {"job": reply.job.id}
@@ -249,7 +306,12 @@ class ChatHandler:
         turn = Turn("assistant", stored, meta=meta)
         for delay in (0.2, 1.0, 3.0, 0.0):  # survive a Redis restart: the answer belongs in history
             try:
-                await self.history.append(reply.request.conversation, turn)
+                outcome = await self.history.record_answer(
+                    reply.request.conversation, turn, job_id=reply.job.id, generation=reply.generation,
+                    marker_ttl=self.record_marker_ttl)
+                if outcome != "recorded":
+                    log.info("answer of job %s not recorded: %s", reply.job.id,
+                             "already recorded" if outcome == "duplicate" else "the conversation was reset")
                 return
             except (RedisError, OSError):
                 reraise_if_cancelling()

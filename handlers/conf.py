@@ -6,6 +6,7 @@ Effective settings = the process defaults, overridden by the guild's, overridden
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -77,12 +78,25 @@ class ConfStore:
         return await self.redis.hgetall(KEYS.conf(scope))
 
     async def effective(self, *, guild: int | None = None, channel: int | None = None) -> Effective:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.queue_effective(pipe, guild=guild, channel=channel)
+            return self.effective_from(await pipe.execute())
+
+    def queue_effective(self, pipe: Any, *, guild: int | None = None, channel: int | None = None) -> int:
+        """Queue the reads `effective` needs on `pipe` (a request shares one round trip with its history
+        write); returns how many results they add, to be passed to `effective_from` in order."""
+        scopes = ([self.scope(guild=guild)] if guild is not None else []) + (
+            [self.scope(channel=channel)] if channel is not None else [])
+        for scope in scopes:
+            pipe.hgetall(KEYS.conf(scope))
+        return len(scopes)
+
+    def effective_from(self, scope_values: list[dict[str, str]]) -> Effective:
+        """Defaults overridden by each scope's values in order (guild, then channel)."""
         d = self.defaults
         values: dict[str, str] = {}
-        if guild is not None:
-            values.update(await self.get_scope(self.scope(guild=guild)))
-        if channel is not None:
-            values.update(await self.get_scope(self.scope(channel=channel)))
+        for scoped in scope_values:
+            values.update(scoped or {})
         return Effective(
             system_prompt=values.get("system_prompt", d.system_prompt),
             temperature=float(values.get("temperature", d.temperature)),

@@ -3,6 +3,16 @@
 A conversation is a guild channel, a thread, a DM or a console session; its id is chosen by the front
 end (`conversation_id`).  Each turn is one JSON list element; the worker, not this module, decides how
 many of the newest turns fit the model's context (it has the tokenizer).
+
+Answers are recorded with `record_answer`, which is exactly-once and reset-aware, because an answer is
+written long after its question and possibly by another process:
+* once per job: two processes following the same job (a deploy overlap, a reply resumed after a
+  restart) both reach its final event; a per-job marker set in the same script as the append lets only
+  the first one write;
+* not across a reset: every `reset` bumps the conversation's generation in the same transaction as the
+  delete; the generation read when the question was asked travels with the reply (and its resume record)
+  and the answer is appended only if it is still current — an answer to a question the person has since
+  cleared would otherwise open the new conversation.
 """
 
 from __future__ import annotations
@@ -10,9 +20,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from models.protocol import KEYS
 
@@ -26,6 +37,30 @@ if v and string.sub(v, 1, 20) == '{"role":"assistant",' then
 end
 return false
 """
+
+# Append an answer once per job and only into the generation it was asked in.  KEYS: history, generation,
+# per-job marker.  ARGV: the encoded turn, max turns, history TTL (0 = none), marker TTL, the expected
+# generation ('' = do not check).  Returns "recorded", "duplicate" or "stale".
+_RECORD_ANSWER = """
+if ARGV[5] ~= '' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then
+  return 'stale'
+end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', tonumber(ARGV[4])) then
+  return 'duplicate'
+end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
+return 'recorded'
+"""
+
+# A generation outlives any answer still pending from before the reset that bumped it (answers live for
+# minutes, reply streams for about an hour); after that the key may go, and a missing key reads as 0.
+GENERATION_TTL = 7 * 24 * 3600
+
+RecordOutcome = Literal["recorded", "duplicate", "stale"]
 
 
 def conversation_id(*, guild: int | None = None, channel: int | None = None, dm_user: int | None = None,
@@ -70,27 +105,75 @@ class HistoryStore:
         self.max_turns = max(2, max_turns)
         self.ttl = ttl
         self._pop_assistant = redis.register_script(_POP_ASSISTANT)
+        self._record_answer = redis.register_script(_RECORD_ANSWER)
 
     async def append(self, conversation: str, *turns: Turn) -> None:
-        key = KEYS.history(conversation)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *(t.encode() for t in turns))
-            pipe.ltrim(key, -self.max_turns, -1)
-            if self.ttl:
-                pipe.expire(key, self.ttl)
+            self.queue_append(pipe, conversation, *turns)
             await pipe.execute()
+
+    def queue_append(self, pipe: Pipeline, conversation: str, *turns: Turn) -> int:
+        """Queue an append on `pipe` (so a caller can share the round trip); returns how many results it adds."""
+        key = KEYS.history(conversation)
+        pipe.rpush(key, *(t.encode() for t in turns))
+        pipe.ltrim(key, -self.max_turns, -1)
+        if self.ttl:
+            pipe.expire(key, self.ttl)
+            return 3
+        return 2
+
+    def queue_snapshot(self, pipe: Pipeline, conversation: str, limit: int | None = None) -> None:
+        """Queue a read of the newest turns and the generation; `snapshot_from` parses the two results.
+        In a transaction, the generation is the one those turns belong to."""
+        pipe.lrange(KEYS.history(conversation), -(limit or self.max_turns), -1)
+        pipe.get(KEYS.history_generation(conversation))
+
+    @staticmethod
+    def snapshot_from(raw_turns: list[str], raw_generation: str | None) -> tuple[list[Turn], int]:
+        return [t for t in (Turn.decode(r) for r in raw_turns) if t is not None], int(raw_generation or 0)
+
+    async def snapshot(self, conversation: str, limit: int | None = None) -> tuple[list[Turn], int]:
+        """The newest turns and the conversation's generation, read atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.queue_snapshot(pipe, conversation, limit)
+            raw_turns, raw_generation = await pipe.execute()
+        return self.snapshot_from(raw_turns, raw_generation)
 
     async def recent(self, conversation: str, limit: int | None = None) -> list[Turn]:
         raw = await self.redis.lrange(KEYS.history(conversation), -(limit or self.max_turns), -1)
         return [t for t in (Turn.decode(r) for r in raw) if t is not None]
 
+    async def generation(self, conversation: str) -> int:
+        """How often the conversation was reset (recently: see `GENERATION_TTL`)."""
+        return int(await self.redis.get(KEYS.history_generation(conversation)) or 0)
+
+    async def record_answer(self, conversation: str, turn: Turn, *, job_id: str, generation: int | None,
+                            marker_ttl: int) -> RecordOutcome:
+        """Append a job's answer: once per job (`marker_ttl` must outlast every reader that can still see
+        the job's final event), and only if the conversation was not reset since `generation` was read
+        (None: no check, for replies recorded by an older version).  Atomic (one script)."""
+        keys = [KEYS.history(conversation), KEYS.history_generation(conversation), KEYS.answer_recorded(job_id)]
+        args = [turn.encode(), self.max_turns, self.ttl, max(1, int(marker_ttl)),
+                "" if generation is None else str(generation)]
+        return await self._record_answer(keys=keys, args=args)
+
+    async def answer_recorded(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(KEYS.answer_recorded(job_id)))
+
+    async def mark_answer_recorded(self, job_id: str, marker_ttl: int) -> None:
+        """For an answer found in history without its marker (recorded by an older version)."""
+        await self.redis.set(KEYS.answer_recorded(job_id), "1", nx=True, ex=max(1, int(marker_ttl)))
+
     async def reset(self, conversation: str) -> int:
-        """Forget the conversation; returns how many turns were dropped."""
-        key = KEYS.history(conversation)
+        """Forget the conversation and start a new generation (answers still pending for the old one will
+        not be recorded); returns how many turns were dropped."""
+        key, gen = KEYS.history(conversation), KEYS.history_generation(conversation)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.llen(key)
             pipe.delete(key)
-            count, _ = await pipe.execute()
+            pipe.incr(gen)
+            pipe.expire(gen, GENERATION_TTL)
+            count, *_ = await pipe.execute()
         return int(count)
 
     async def pop_last_assistant(self, conversation: str) -> Turn | None:

@@ -14,8 +14,10 @@ The behaviour (documented in docs/deploy.md):
   `reopen(record)` turns one into a `Reply` to follow again — or None when the answer cannot be had any
   more (its reply stream expired and the job is nowhere), in which case the front end tells the person
   the answer was interrupted;
-* the answer goes into history exactly once: if the old process recorded it before dying (it got as far
-  as the final event), the reopened reply does not record it again.
+* the answer goes into history exactly once: recording is idempotent per job (handlers/history.py), so
+  if the old process recorded it before dying (it got as far as the final event), the reopened reply's
+  write is a no-op; and the record carries the history generation the question was asked in, so an
+  answer to a conversation `/reset` meanwhile is not recorded after the restart either.
 
 Keys: `KEYS.active_reply(conversation)` is a hash job id → record; `KEYS.active_conversations` is a
 sorted set of conversations with records (by time), so startup does not SCAN the keyspace.
@@ -58,6 +60,7 @@ class ActiveRecord:
     channel: int | None = None  # the request's channel (for settings), not necessarily where it shows
     where: dict[str, Any] = field(default_factory=dict)  # front-end data: channel/message ids, lang, owner
     started: float = field(default_factory=time.time)
+    generation: int | None = None  # the history generation the job was built from (None: records before it)
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -89,7 +92,7 @@ class ActiveReplies:
         """Note that `reply` is being shown (where: e.g. channel_id, message_id, reference_id, lang)."""
         req = reply.request
         rec = ActiveRecord(job_id=reply.job.id, kind=req.kind, conversation=req.conversation, record=req.record,
-                           guild=req.guild, channel=req.channel, where=dict(where))
+                           guild=req.guild, channel=req.channel, where=dict(where), generation=reply.generation)
         await self._write(rec)
         return rec
 
@@ -142,9 +145,14 @@ class ActiveReplies:
         return out
 
     async def answer_recorded(self, rec: ActiveRecord) -> bool:
-        """Whether history already holds the answer of this job (the old process recorded it)."""
+        """Whether the answer of this job was recorded (by the old process).  An answer that an older
+        version recorded without the per-job marker is found in history and marked now, so following the
+        reply again cannot record it twice."""
+        if await self.history.answer_recorded(rec.job_id):
+            return True
         for turn in await self.history.recent(rec.conversation):
             if turn.role == "assistant" and turn.meta.get("job") == rec.job_id:
+                await self.history.mark_answer_recorded(rec.job_id, self.ttl * 2)
                 return True
         return False
 
@@ -155,8 +163,11 @@ class ActiveReplies:
             queued = await self.bus.queue_position(rec.job_id) is not None
             if not queued and time.time() - rec.started > self.lost_after:
                 return None
-        record = rec.record and not await self.answer_recorded(rec)
+        if rec.record:
+            await self.answer_recorded(rec)  # marks an answer an older version recorded without the marker
         job = Job(kind=rec.kind, payload={}, conversation=rec.conversation, id=rec.job_id, created=rec.started)
+        # `record` stays as it was: recording is once per job and generation-checked, so the answer goes in
+        # only if it is not there yet and the conversation was not reset (and Regenerate stays offered).
         request = Request(conversation=rec.conversation, text="", guild=rec.guild, channel=rec.channel,
-                          kind=rec.kind, record=record)
-        return Reply(job, request)
+                          kind=rec.kind, record=rec.record)
+        return Reply(job, request, generation=rec.generation)

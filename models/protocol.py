@@ -100,6 +100,14 @@ class _Keys:
     def history(self, conversation: str) -> str:
         return f"{self.prefix}:hist:{conversation}"
 
+    def history_generation(self, conversation: str) -> str:
+        """Bumped by every reset of the conversation: an answer asked for before it is not recorded after it."""
+        return f"{self.prefix}:histgen:{conversation}"
+
+    def answer_recorded(self, job_id: str) -> str:
+        """Set (NX, with a TTL) when a job's answer goes into history, so it goes in once per job."""
+        return f"{self.prefix}:job:{job_id}:recorded"
+
     def conf(self, scope: str) -> str:
         return f"{self.prefix}:conf:{scope}"
 

@@ -28,7 +28,7 @@ from worker_procs import WorkerProc, pid_of, wait_alive
 
 from handlers.chat import ChatHandler, Reply, Request, Update
 from handlers.conf import ConfStore
-from handlers.history import HistoryStore
+from handlers.history import HistoryStore, Turn
 from handlers.resume import ActiveReplies
 from models.protocol import Bus, Job
 from models.redis_server import connect
@@ -202,10 +202,8 @@ asyncio.run(main())
 """
 
 
-async def test_bot_restart_resumes_replies(settings: Settings, bus: Bus, tmp_path: Path,
-                                           procs: list[WorkerProc]) -> None:
-    workers = spawn(procs, settings, tmp_path, 1, TEST_ENGINE_TOKEN_DELAY="0.03")
-    await wait_alive(bus, workers)
+async def run_old_bot(settings: Settings) -> str:
+    """Run OLD_BOT until it shows the first text of its reply, then kill -9 it; returns the job id."""
     old = await asyncio.create_subprocess_exec(
         sys.executable, "-c", OLD_BOT.format(root=str(ROOT), url=settings.redis_url), cwd=ROOT,
         env=subprocess_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -217,6 +215,14 @@ async def test_bot_restart_resumes_replies(settings: Settings, bus: Bus, tmp_pat
         with contextlib.suppress(ProcessLookupError):
             old.kill()  # kill -9 the old bot with the reply half-posted
         await old.wait()
+    return job_id
+
+
+async def test_bot_restart_resumes_replies(settings: Settings, bus: Bus, tmp_path: Path,
+                                           procs: list[WorkerProc]) -> None:
+    workers = spawn(procs, settings, tmp_path, 1, TEST_ENGINE_TOKEN_DELAY="0.03")
+    await wait_alive(bus, workers)
+    job_id = await run_old_bot(settings)
     # The new bot process starts: it finds the reply, where it was shown, and finishes it.
     history = HistoryStore(bus.redis)
     chat = ChatHandler(bus, history, ConfStore(bus.redis, settings), settings)
@@ -235,6 +241,30 @@ async def test_bot_restart_resumes_replies(settings: Settings, bus: Bus, tmp_pat
     assert [t.role for t in turns] == ["user", "assistant"] and turns[1].content == repeat_text(80)
 
 
+async def test_reset_while_the_bot_was_down_is_kept_after_the_restart(settings: Settings, bus: Bus,
+                                                                      tmp_path: Path,
+                                                                      procs: list[WorkerProc]) -> None:
+    """The bot dies mid-reply and the conversation is reset before the new process resumes the reply (from
+    the console, another shard, or the new bot itself): the resumed answer is finished for the person but
+    not recorded into the cleared history — the resume record carries the generation it was asked in."""
+    workers = spawn(procs, settings, tmp_path, 1, TEST_ENGINE_TOKEN_DELAY="0.03")
+    await wait_alive(bus, workers)
+    await run_old_bot(settings)
+    history = HistoryStore(bus.redis)
+    chat = ChatHandler(bus, history, ConfStore(bus.redis, settings), settings)
+    active = ActiveReplies(bus, history, settings)
+    [rec] = await active.pending()
+    assert rec.generation == 0
+    assert await chat.reset("restart:1") == 1  # the question
+    reply = await active.reopen(rec)
+    assert reply is not None and reply.request.record and reply.generation == 0
+    async with asyncio.timeout(30):
+        final = [u async for u in chat.follow(reply)][-1]
+    assert final.kind == "done" and final.text == repeat_text(80)
+    await active.end(reply)
+    assert await history.recent("restart:1") == []
+
+
 async def test_resume_records_the_answer_once_and_reports_lost_ones(settings: Settings, bus: Bus,
                                                                     worker: Worker) -> None:
     history = HistoryStore(bus.redis)
@@ -245,12 +275,24 @@ async def test_resume_records_the_answer_once_and_reports_lost_ones(settings: Se
     await active.begin(reply, channel_id=1)
     assert [u async for u in chat.follow(reply)][-1].kind == "done"
     [rec] = await active.pending()
+    assert await active.answer_recorded(rec)
     again = await active.reopen(rec)
-    assert again is not None and not again.request.record
+    assert again is not None and again.request.record  # recording is once per job: no need to turn it off
     final = [u async for u in chat.follow(again)][-1]
     assert final.kind == "done" and final.text == "hello"  # the message gets the answer…
     await active.end(rec)
     assert [t.role for t in await history.recent("once:1")] == ["user", "assistant"]  # …history gets it once
+    # An answer an older version recorded without the per-job marker is found in history and marked.
+    legacy = await chat.ask(Request(conversation="once:3", text="[[say:legacy]]"))
+    await history.append("once:3", Turn("assistant", "legacy", meta={"job": legacy.job.id}))
+    await active.begin(legacy, channel_id=3)
+    [rec3] = [r for r in await active.pending() if r.job_id == legacy.job.id]
+    rec3.generation = None  # a record written before generations existed
+    again = await active.reopen(rec3)
+    assert again is not None and again.generation is None
+    assert [u async for u in chat.follow(again)][-1].text == "legacy"
+    await active.end(rec3)
+    assert [t.role for t in await history.recent("once:3")] == ["user", "assistant"]
     # A reply whose job is nowhere any more (stream expired, not queued) is reported lost, not followed.
     ghost = Reply(Job(kind="chat", payload={}, conversation="once:2"), Request(conversation="once:2", text="x"))
     await active.begin(ghost, channel_id=2)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
-from handlers.chat import ChatHandler, Request
+from handlers.chat import ChatHandler, Reply, Request, Update
 from handlers.conf import ConfStore
 from handlers.history import HistoryStore, Turn, conversation_id
 from models.engines.base import ChatMessage
@@ -15,6 +16,7 @@ from models.prompting import fit_messages
 from models.protocol import KEYS, Bus
 from models.redis_server import EmbeddedRedis, connect
 from models.settings import Settings
+from models.worker import Worker
 
 
 def turns(n: int) -> list[Turn]:
@@ -134,6 +136,158 @@ async def test_history_survives_an_embedded_redis_restart(tmp_path: Path) -> Non
     finally:
         first.stop()
         second.stop()
+
+
+# ------------------------------------------------------------------------------ recording answers
+def make_chat(bus: Bus, settings: Settings) -> ChatHandler:
+    """A handler as one bot process holds it (two of them = two processes sharing Redis)."""
+    return ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings)
+
+
+async def final_of(chat: ChatHandler, reply: Reply) -> Update:
+    async with asyncio.timeout(20):
+        return [u async for u in chat.follow(reply)][-1]
+
+
+async def test_record_answer_is_once_per_job_and_generation_checked(bus: Bus) -> None:
+    store = HistoryStore(bus.redis, ttl=600)
+    await store.append("h:rec", Turn("user", "q"))
+    _turns, gen = await store.snapshot("h:rec")
+    assert gen == 0
+    answer = Turn("assistant", "a", meta={"job": "j1"})
+    outcomes = await asyncio.gather(*(store.record_answer("h:rec", answer, job_id="j1", generation=gen,
+                                                          marker_ttl=60) for _ in range(5)))
+    assert sorted(outcomes) == ["duplicate"] * 4 + ["recorded"]
+    assert [t.content for t in await store.recent("h:rec")] == ["q", "a"]
+    assert await store.answer_recorded("j1") and not await store.answer_recorded("j2")
+    assert 50 <= await bus.redis.ttl(KEYS.answer_recorded("j1")) <= 60
+    assert await bus.redis.ttl(KEYS.history("h:rec")) > 500  # the history TTL is refreshed as by append
+    # A reset starts a new generation: an answer asked for before it is not recorded after it.
+    assert await store.reset("h:rec") == 2
+    assert (await store.snapshot("h:rec"))[1] == await store.generation("h:rec") == 1
+    stale = await store.record_answer("h:rec", Turn("assistant", "late"), job_id="j2", generation=gen,
+                                      marker_ttl=60)
+    assert stale == "stale" and await store.recent("h:rec") == []
+    assert not await store.answer_recorded("j2")  # not marked: nothing was written
+    assert await store.record_answer("h:rec", Turn("assistant", "new"), job_id="j3", generation=1,
+                                     marker_ttl=60) == "recorded"
+    # No generation (a resume record of an older version): no check, still once per job.
+    assert await store.record_answer("h:rec", Turn("assistant", "old"), job_id="j4", generation=None,
+                                     marker_ttl=60) == "recorded"
+    assert [t.content for t in await store.recent("h:rec")] == ["new", "old"]
+
+
+async def test_two_followers_of_one_job_record_one_answer(settings: Settings, bus: Bus, engine: TestEngine,
+                                                           worker: Worker) -> None:
+    """Two bot processes following the same reply (a deploy overlap, a resume racing the old process): both
+    show the answer, history gets it once."""
+    engine.token_delay = 0.01
+    first, second = make_chat(bus, settings), make_chat(bus, settings)
+    reply = await first.ask(Request(conversation="h:twice", text="[[repeat:20]]"))
+    twin = Reply(reply.job, Request(conversation="h:twice", text=""), generation=reply.generation)
+    finals = await asyncio.gather(final_of(first, reply), final_of(second, twin))
+    assert [f.kind for f in finals] == ["done", "done"] and finals[0].text == finals[1].text
+    turns = await first.history.recent("h:twice")
+    assert [t.role for t in turns] == ["user", "assistant"]
+    assert turns[1].meta["job"] == reply.job.id
+    assert (await final_of(second, twin)).kind == "done"  # a third reading later: still once
+    assert len(await first.history.recent("h:twice")) == 2
+
+
+async def test_reset_while_an_answer_streams_is_not_recorded(settings: Settings, bus: Bus, engine: TestEngine,
+                                                              worker: Worker) -> None:
+    """`/reset` mid-answer, from any process: the answer still completes for the reader, but the cleared
+    history does not start with an answer to a question it no longer holds."""
+    engine.token_delay = 0.02
+    chat, other = make_chat(bus, settings), make_chat(bus, settings)
+    await chat.history.append("h:mid", Turn("user", "old q"), Turn("assistant", "old a"))
+    reply = await chat.ask(Request(conversation="h:mid", text="[[repeat:30]]"))
+    assert reply.generation == 0
+    updates: list[Update] = []
+    async with asyncio.timeout(20):
+        async for update in chat.follow(reply):
+            updates.append(update)
+            if update.kind == "text" and len(updates) == 3:
+                assert await other.reset("h:mid") == 3  # another process (e.g. the console) resets it
+    assert updates[-1].kind == "done" and updates[-1].text.split() == [f"w{i}" for i in range(30)]
+    assert await chat.history.recent("h:mid") == []
+    again = await chat.ask(Request(conversation="h:mid", text="hello"))
+    assert again.generation == 1
+    assert (await final_of(chat, again)).text.startswith("echo: hello (turns=1")
+    assert [t.role for t in await chat.history.recent("h:mid")] == ["user", "assistant"]
+
+
+async def test_the_history_write_finishes_when_the_reader_stops_at_done(settings: Settings, bus: Bus,
+                                                                        worker: Worker) -> None:
+    """The answer is written while the front end shows `done`: a reader that stops there and closes the
+    generator (as the Discord streamer does) still finds it in history at once; one that is cancelled
+    while closing, or never closes, does not lose it."""
+    chat = make_chat(bus, settings)
+
+    async def until_done(reply: Reply) -> Update:
+        updates = chat.follow(reply)
+        async for update in updates:
+            if update.final:
+                await updates.aclose()  # type: ignore[attr-defined]
+                return update
+        raise AssertionError("no final update")
+
+    reply = await chat.ask(Request(conversation="h:close", text="[[say:one]]"))
+    async with asyncio.timeout(20):
+        assert (await until_done(reply)).kind == "done"
+    assert [t.content for t in await chat.history.recent("h:close")] == ["[[say:one]]", "one"]
+
+    # A slow write (held at a gate) while the reader closing the generator is cancelled (the bot shutting
+    # down at that moment): the write is not cancelled with it.
+    gate = asyncio.Event()
+
+    class SlowHistory(HistoryStore):
+        async def record_answer(self, *args: Any, **kwargs: Any) -> Any:
+            await gate.wait()
+            return await super().record_answer(*args, **kwargs)
+
+    chat = ChatHandler(bus, SlowHistory(bus.redis), chat.conf, settings)
+    reply = await chat.ask(Request(conversation="h:lost", text="[[say:kept]]"))
+    async with asyncio.timeout(20):
+        updates = chat.follow(reply)
+        async for update in updates:
+            if update.final:
+                break
+        closing = asyncio.ensure_future(updates.aclose())  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # waiting for the write
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+        gate.set()
+        await chat.drain()
+    assert [t.content for t in await chat.history.recent("h:lost")][-1] == "kept"
+    # A reader that stops at done and drops the generator without closing it does not lose the write.
+    reply = await chat.ask(Request(conversation="h:dropped", text="[[say:kept too]]"))
+    async with asyncio.timeout(20):
+        async for update in chat.follow(reply):
+            if update.final:
+                break
+        await chat.drain()
+    assert [t.content for t in await chat.history.recent("h:dropped")][-1] == "kept too"
+    assert not chat._recording
+
+
+async def test_ask_reads_settings_and_history_with_its_write(settings: Settings, bus: Bus) -> None:
+    """`ask` builds the job from the guild/channel settings and the history including the new turn, read
+    in the same transaction as the turn's append."""
+    chat = make_chat(bus, settings)
+    await chat.conf.set(ConfStore.scope(guild=3), "temperature", "0.3")
+    await chat.conf.set(ConfStore.scope(channel=4), "system_prompt", "be brief")
+    await chat.history.append("h:ask", Turn("user", "q0"), Turn("assistant", "a0"))
+    reply = await chat.ask(Request(conversation="h:ask", text="q1", guild=3, channel=4))
+    payload = reply.job.payload
+    assert payload["system"] == "be brief" and payload["params"]["temperature"] == 0.3
+    assert [m["content"] for m in payload["messages"]] == ["q0", "a0", "q1"]
+    assert reply.generation == 0
+    loose = await chat.submit(Request(conversation="h:ask", text="alone", record=False))
+    assert [m["content"] for m in loose.job.payload["messages"]] == ["alone"] and loose.generation is None
+    assert payload["params"]["top_p"] == settings.top_p
+    assert len(await chat.history.recent("h:ask")) == 3  # the unrecorded request left history alone
 
 
 # ------------------------------------------------------------------------------ fitting into the context

@@ -23,7 +23,7 @@ from handlers.chat import InputError, Reply, Request
 from handlers.history import conversation_id
 
 from .. import i18n
-from ..streaming import NO_MENTIONS, ChannelTarget, InteractionTarget, ephemeral, forget_live_answers, stream_reply
+from ..streaming import NO_MENTIONS, ChannelTarget, InteractionTarget, ephemeral, stream_reply
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -312,7 +312,6 @@ class Chat(commands.Cog):
             await ephemeral(interaction, i18n.t("not_allowed", lang))
             return
         conversation = conversation_for(interaction.channel, interaction.user)
-        forget_live_answers(self.bot, conversation)  # before clearing: an answer finishing now is not recorded
         dropped = await self.bot.runtime.chat.reset(conversation)
         await ephemeral(interaction, i18n.t("reset_done", lang, n=dropped))
 
