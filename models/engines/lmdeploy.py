@@ -36,6 +36,9 @@ from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
 log = logging.getLogger(__name__)
 
 _DONE = object()
+# Context an image takes in XComposer 2.5 (a 1024-pixel image is cut into several 560-pixel tiles of ~400
+# tokens each), as the openai engine budgets it; over-estimating only drops old turns a little earlier.
+IMAGE_TOKENS = 2000
 
 
 def generation_config_kwargs(params: GenParams, *, skip_special_tokens: bool = True) -> dict[str, Any]:
@@ -166,6 +169,11 @@ class LMDeployEngine(Engine):
         if self.pipe is None:
             return max(1, len(text) // 3)  # before start(): a conservative estimate
         return len(self.pipe.async_engine.tokenizer.encode(text, add_bos=False))
+
+    def count_message_tokens(self, messages: list[ChatMessage]) -> int:
+        """Like the base estimate, but an image costs `IMAGE_TOKENS` (the base's generic 256 is far too few
+        for XComposer's tiles, so a conversation with images would overflow `session_len`)."""
+        return sum(self.count_tokens(m.content) + 4 + IMAGE_TOKENS * len(m.images) for m in messages) + 2
 
     # ------------------------------------------------------------------ generation
     def stream_chat(self, messages: list[ChatMessage], params: GenParams,
