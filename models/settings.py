@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 INTERNLM_META_PROMPT = (
@@ -154,6 +154,20 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: object) -> object:
         return _csv(value)
 
+    @field_validator("user_rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        """Fail at startup, not at the first message: `N/S` (or `N`, per 60 s), N ≥ 0 whole, S > 0."""
+        value = value.strip()
+        count, _, window = value.partition("/")
+        try:
+            ok = int(count) >= 0 and (not window or 0 < float(window) < float("inf"))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"must be requests/seconds such as 5/60 (0/60 turns the limit off), not {value!r}")
+        return value
+
     @property
     def rate_limit(self) -> tuple[int, float]:
         """`USER_RATE_LIMIT` as (requests, seconds); `0/...` disables it."""
@@ -163,6 +177,12 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings (tests build their own `Settings(...)` instead)."""
-    return Settings()
+    """The process-wide settings (tests build their own `Settings(...)` instead).  Invalid values end the
+    program with one line per problem, naming the setting, instead of a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "\n".join(f"  {'.'.join(map(str, e['loc'])).upper() or 'settings'}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise SystemExit(f"Invalid settings (from the environment or .env):\n{problems}") from None
 

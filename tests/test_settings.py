@@ -7,8 +7,9 @@ import re
 
 import pytest
 from conftest import ROOT
+from pydantic import ValidationError
 
-from models.settings import Settings
+from models.settings import Settings, get_settings
 
 ENV_EXAMPLE = ROOT / ".env.example"
 
@@ -58,6 +59,22 @@ def test_user_rate_limit_parses() -> None:
     assert Settings(_env_file=None, user_rate_limit="3/10").rate_limit == (3, 10.0)
     assert Settings(_env_file=None, user_rate_limit="0/60").rate_limit[0] == 0  # disabled
     assert Settings(_env_file=None, user_rate_limit="12").rate_limit == (12, 60.0)
+
+
+@pytest.mark.parametrize("bad", ["abc", "5/0", "5/-1", "-1/60", "5/x", "", "1.5/60", "5/inf"])
+def test_a_wrong_user_rate_limit_fails_at_startup_with_a_clear_message(bad: str) -> None:
+    with pytest.raises(ValidationError, match="requests/seconds such as 5/60"):
+        Settings(_env_file=None, user_rate_limit=bad)
+
+
+def test_get_settings_names_the_wrong_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USER_RATE_LIMIT", "5/0")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match=r"USER_RATE_LIMIT: must be requests/seconds .* not '5/0'"):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
 
 
 def test_environment_overrides_and_types(monkeypatch: pytest.MonkeyPatch) -> None:
