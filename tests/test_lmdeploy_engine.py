@@ -31,6 +31,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------------------------------------- pure parts
 
 
+def test_images_get_a_large_context_budget() -> None:
+    """XComposer cuts an image into tiles of ~400 tokens each: fitting history must budget far more than the
+    generic 256 per image, as the openai engine does, or a conversation with images overflows session_len."""
+    engine = LMDeployEngine("m")
+    image = ImageInput(b"png", "image/png")
+    text_only = engine.count_message_tokens([ChatMessage("user", "what is this?")])
+    with_images = engine.count_message_tokens([ChatMessage("user", "what is this?", [image, image])])
+    assert with_images - text_only >= 2 * 2000
+
+
 def test_sampling_needs_do_sample() -> None:
     kw = generation_config_kwargs(GenParams(temperature=0.8, top_p=0.8, max_new_tokens=64,
                                             repetition_penalty=1.005, stop=["<|im_end|>"]))
