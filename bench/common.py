@@ -145,11 +145,11 @@ def _spawn_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[byt
                              stdout=subprocess.DEVNULL) for _ in range(count)]
 
 
-async def wait_for_workers(bus: Bus, count: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for_workers(bus: Bus, count: int, limit_s: float = 60.0) -> None:
+    deadline = time.monotonic() + limit_s
     while len(await bus.alive_workers()) < count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{count} worker(s) did not come up in {timeout:.0f}s")
+            raise RuntimeError(f"{count} worker(s) did not come up in {limit_s:.0f}s")
         await asyncio.sleep(0.05)
 
 

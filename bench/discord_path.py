@@ -54,7 +54,7 @@ async def discord_bot(url: str, channels: int, users: int = 0, **overrides: Any)
             await harness.stop()
 
 
-async def replies(harness: Any, posts: list[tuple[Any, Any, str]], timeout: float = 120) -> list[tuple[float, str]]:
+async def replies(harness: Any, posts: list[tuple[Any, Any, str]], limit_s: float = 120) -> list[tuple[float, str]]:
     """Post each (channel, author, text) at once (mentioning the bot outside DMs); returns per post
     (event → final edit in seconds, final text).  The final-edit time is the fake server's own timestamp
     of the stored message version; one coarse poller waits for all replies, so the waiting costs little."""
@@ -66,7 +66,7 @@ async def replies(harness: Any, posts: list[tuple[Any, Any, str]], timeout: floa
         return started, await harness.send(channel, author, content)
 
     sent = await asyncio.gather(*(post(*p) for p in posts))
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     out: list[tuple[float, str] | None] = [None] * len(sent)
     while any(o is None for o in out):
         if time.monotonic() > deadline:
@@ -81,8 +81,8 @@ async def replies(harness: Any, posts: list[tuple[Any, Any, str]], timeout: floa
     return [o for o in out if o is not None]
 
 
-async def one_reply(harness: Any, channel: Any, author: Any, text: str, timeout: float = 120) -> tuple[float, str]:
-    return (await replies(harness, [(channel, author, text)], timeout))[0]
+async def one_reply(harness: Any, channel: Any, author: Any, text: str, limit_s: float = 120) -> tuple[float, str]:
+    return (await replies(harness, [(channel, author, text)], limit_s))[0]
 
 
 # ------------------------------------------------------------------------------------------------ P1
@@ -123,21 +123,39 @@ async def p1_overhead(opts: Options, url: str) -> list[Result]:
 
 # ------------------------------------------------------------------------------------------------ P2
 async def p2_overlap(opts: Options, url: str) -> list[Result]:
+    """Both topologies: the worker inside the bot process (the default install) and a separate
+    `python -m models.worker` process (a deployment: the worker on its own host)."""
+    results = []
+    for label, embedded in (("embedded worker", True), ("worker process", False)):
+        one, many = await _p2_once(opts, url, embedded)
+        ratio = many / one
+        results.append(Result("P2", f"{P2_JOBS} at once / 1 (through Discord, {label})", ratio, "×",
+                              f"≤ {P2_TARGET:g}×", ratio <= P2_TARGET,
+                              f"one {one * 1000:.0f} ms, {P2_JOBS} in {many * 1000:.0f} ms",
+                              extra={"one_s": one, "many_s": many}))
+    return results
+
+
+async def _p2_once(opts: Options, url: str, embedded: bool) -> tuple[float, float]:
+    from bench.common import bench_settings, bus_for, worker_processes
+
     singles = 3 if opts.quick else 5
-    async with discord_bot(url, channels=P2_JOBS + singles + 1, test_engine_token_delay=P2_TOKEN_DELAY,
-                           worker_concurrency=P2_JOBS) as h:
+    async with contextlib.AsyncExitStack() as stack:
+        if not embedded:
+            settings = bench_settings(url, test_engine_token_delay=P2_TOKEN_DELAY, worker_concurrency=P2_JOBS)
+            bus = await stack.enter_async_context(bus_for(settings))
+            await stack.enter_async_context(worker_processes(settings, bus, 1))
+        h = await stack.enter_async_context(discord_bot(
+            url, channels=P2_JOBS + singles + 1, test_engine_token_delay=P2_TOKEN_DELAY,
+            worker_concurrency=P2_JOBS, embedded_worker=embedded))
         channels = h.bench_channels
         prompt = f"[[repeat:{P2_TOKENS}]]"
         await one_reply(h, channels[-1], h.alice, prompt)  # warm-up
         ones = [(await one_reply(h, channels[P2_JOBS + i], h.alice, prompt))[0] for i in range(singles)]
-        one = median(ones)
         got = await replies(h, [(channels[i], h.alice, prompt) for i in range(P2_JOBS)])
         many = max(seconds for seconds, _ in got)  # from the posts to the last final edit
         assert all(text.strip().endswith(f"w{P2_TOKENS - 1}") for _s, text in got)
-    ratio = many / one
-    return [Result("P2", f"{P2_JOBS} at once / 1 (through Discord)", ratio, "×", f"≤ {P2_TARGET:g}×",
-                   ratio <= P2_TARGET, f"one {one * 1000:.0f} ms, {P2_JOBS} in {many * 1000:.0f} ms",
-                   extra={"one_s": one, "many_s": many})]
+    return median(ones), many
 
 
 # ------------------------------------------------------------------------------------------------ P4
@@ -177,7 +195,7 @@ async def p4_cpu_tokens(opts: Options, url: str) -> list[Result]:
                     raw_tokens += raw_engine.count_tokens(text)
                     raw_seconds += seconds
                     person = next(people)
-                    seconds, text = await one_reply(h, h.dm(person), person, prompt, timeout=300)
+                    seconds, text = await one_reply(h, h.dm(person), person, prompt, limit_s=300)
                     got_tokens += raw_engine.count_tokens(text)
                     got_seconds += seconds
     finally:

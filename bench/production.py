@@ -93,9 +93,9 @@ def plot(results: list[Result], path: Path) -> None:
         values += [p50.value if p50 else float("nan"), p99.value if p99 else float("nan")]
         colors += ["#4e79a7", "#a0cbe8"]
     bars(0, "P1 event -> final reply edit (ms), instant engine", labels, values, colors, 10.0, "")
-    p2 = pick("P2", "/ 1")
-    bars(1, "P2 64 at once / one, fixed-latency engine (x)", ["64 vs 1"], [p2.value if p2 else float("nan")],
-         ["#f28e2b"], 1.25, "x")
+    p2 = [pick("P2", "embedded"), pick("P2", "worker process")]
+    bars(1, "P2 64 at once / one, fixed-latency engine (x)", ["embedded worker", "worker process"],
+         [r.value if r else float("nan") for r in p2], ["#f28e2b", "#ffbe7d"], 1.25, "x")
     p3 = [r for r in results if r.bench == "P3" and "workers:" in r.metric]
     bars(2, "P3 scale-out: rate / (W x one worker's)", [f"W={r.extra.get('workers')}" for r in p3],
          [r.value for r in p3], ["#59a14f"] * len(p3), 0.9, "")
