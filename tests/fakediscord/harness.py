@@ -379,7 +379,7 @@ class Harness:
             self.server.changed.clear()
             try:
                 await asyncio.wait_for(self.server.changed.wait(), min(0.05, remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def settled(self, channel: Channel, *, after: Message | int | None = None,
