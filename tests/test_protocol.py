@@ -113,8 +113,8 @@ async def test_every_event_carries_the_attempt(settings: Settings, bus: Bus, wor
     assert await bus.final_event("nothing") is None
 
 
-async def _final(bus: Bus, job_id: str, timeout: float = 10) -> list[Event]:
-    deadline = time.monotonic() + timeout
+async def _final(bus: Bus, job_id: str, limit_s: float = 10) -> list[Event]:
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         events = await bus.read_events(job_id)
         if events and events[-1].final:

@@ -45,11 +45,11 @@ class WorkerProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
-    async def wait_exit(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
+    async def wait_exit(self, limit_s: float) -> int:
+        deadline = time.monotonic() + limit_s
         while self.proc.poll() is None:
             if time.monotonic() > deadline:
-                raise AssertionError(f"worker {self.pid} did not exit in {timeout}s:\n{self.log()}")
+                raise AssertionError(f"worker {self.pid} did not exit in {limit_s}s:\n{self.log()}")
             await asyncio.sleep(0.05)
         return self.proc.returncode
 
@@ -63,10 +63,10 @@ def pid_of(worker_id: str) -> int:
     return int(worker_id.rsplit("-", 2)[1])
 
 
-async def wait_alive(bus: Bus, procs: list[WorkerProc], timeout: float = 30.0) -> None:
+async def wait_alive(bus: Bus, procs: list[WorkerProc], limit_s: float = 30.0) -> None:
     """Until every process has registered its heartbeat (its engine is loaded and it claims jobs)."""
     want = {p.pid for p in procs}
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     while True:
         alive = {pid_of(w.worker_id) for w in await bus.alive_workers()}
         if want <= alive:
