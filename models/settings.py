@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 INTERNLM_META_PROMPT = (
@@ -20,6 +20,10 @@ INTERNLM_META_PROMPT = (
 )
 
 CsvInts = Annotated[list[int], NoDecode]
+
+# Sampling defaults used instead of the InternLM demo's with the bundled SmolLM2-135M (see Settings).
+BUNDLED_MODEL_TEMPERATURE = 0.3
+BUNDLED_MODEL_REPETITION_PENALTY = 1.2
 
 
 def _csv(value: object) -> object:
@@ -167,6 +171,18 @@ class Settings(BaseSettings):
         if not ok:
             raise ValueError(f"must be requests/seconds such as 5/60 (0/60 turns the limit off), not {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _tame_the_bundled_model(self) -> Settings:
+        """The InternLM demo's sampling (temperature 0.8, repetition penalty 1.005) suits a 7B model; the bundled
+        135M model loops and rambles with it.  With that model, and only where the admin set neither, use
+        temperature 0.3 and repetition penalty 1.2 instead (tried side by side in the console)."""
+        if self.engine == "llamacpp" and not self.llamacpp_model_path:
+            if "temperature" not in self.model_fields_set:
+                self.temperature = BUNDLED_MODEL_TEMPERATURE
+            if "repetition_penalty" not in self.model_fields_set:
+                self.repetition_penalty = BUNDLED_MODEL_REPETITION_PENALTY
+        return self
 
     @property
     def rate_limit(self) -> tuple[int, float]:

@@ -92,9 +92,18 @@ def test_environment_overrides_and_types(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_generation_defaults_follow_the_internlm_demo() -> None:
-    settings = Settings(_env_file=None)
+    settings = Settings(_env_file=None, engine="openai")
     assert (settings.temperature, settings.top_p, settings.repetition_penalty) == (0.8, 0.8, 1.005)
     assert "InternLM (书生·浦语)" in settings.system_prompt
+
+
+def test_the_bundled_model_gets_calmer_sampling_unless_the_admin_chose() -> None:
+    bundled = Settings(_env_file=None)  # ENGINE=llamacpp with no model path: SmolLM2-135M
+    assert (bundled.temperature, bundled.repetition_penalty) == (0.3, 1.2)
+    chosen = Settings(_env_file=None, temperature=0.8, repetition_penalty=1.005)
+    assert (chosen.temperature, chosen.repetition_penalty) == (0.8, 1.005)
+    own_gguf = Settings(_env_file=None, llamacpp_model_path="/models/internlm2_5-7b-chat-q4_k_m.gguf")
+    assert (own_gguf.temperature, own_gguf.repetition_penalty) == (0.8, 1.005)
 
 
 def test_readme_settings_table_is_current() -> None:
