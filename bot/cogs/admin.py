@@ -33,6 +33,15 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+
+def is_admin(interaction: discord.Interaction, admin_role: str) -> bool:
+    """Manage Server, or the `ADMIN_ROLE` (by name or id): who may change settings or see /stats."""
+    if interaction.permissions.manage_guild:
+        return True
+    role = admin_role.strip()
+    roles = getattr(interaction.user, "roles", [])
+    return bool(role) and any(r.name == role or str(r.id) == role for r in roles)
+
 class Admin(commands.Cog):
     """Per-guild and per-channel generation settings."""
 
@@ -47,11 +56,7 @@ class Admin(commands.Cog):
 
     # ---------------------------------------------------------------- helpers
     def is_admin(self, interaction: discord.Interaction) -> bool:
-        if interaction.permissions.manage_guild:
-            return True
-        role = self.bot.settings.admin_role.strip()
-        roles = getattr(interaction.user, "roles", [])
-        return bool(role) and any(r.name == role or str(r.id) == role for r in roles)
+        return is_admin(interaction, self.bot.settings.admin_role)
 
     async def _gate(self, interaction: discord.Interaction) -> str | None:
         """The language to answer in if the caller may change settings; otherwise answer and None."""

@@ -23,6 +23,7 @@ from .. import i18n
 from ..metrics import BotMetrics
 from ..resume import resume_replies, tracker_of
 from ..status import collect, render
+from .admin import is_admin
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -83,19 +84,13 @@ class Stats(commands.Cog):
         await resume_replies(self.bot)
 
     # ---------------------------------------------------------------- /stats
-    def is_admin(self, interaction: discord.Interaction) -> bool:
-        if interaction.permissions.manage_guild:
-            return True
-        role = self.bot.settings.admin_role.strip()
-        roles = getattr(interaction.user, "roles", [])
-        return bool(role) and any(r.name == role or str(r.id) == role for r in roles)
 
     @app_commands.command(name=locale_str("stats"),
                           description=locale_str("Workers, queue and health of the bot (admins)"))
     @app_commands.guild_only()
     async def stats_command(self, interaction: discord.Interaction) -> None:
         lang = i18n.lang_for(interaction=interaction)
-        if not self.is_admin(interaction):
+        if not is_admin(interaction, self.bot.settings.admin_role):
             role = self.bot.settings.admin_role.strip()
             hint = i18n.t("admin_role_hint", lang, role=role) if role else ""
             await interaction.response.send_message(i18n.t("stats_not_admin", lang, role=hint), ephemeral=True,
