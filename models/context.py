@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ class JobContext:
     ack_entry: str = ""  # the job's stream entry: the final event and its XACK are written together
     acked: bool = False  # the final event was written together with the XACK
     delta_window: float = DELTA_WINDOW
+    on_final: Callable[[], None] | None = None  # called as the final event goes out (the worker's hook)
     _pending: list[str] = field(default_factory=list, repr=False)  # delta text not written yet
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher_sleeping: bool = field(default=False, repr=False)
@@ -70,6 +72,8 @@ class JobContext:
         events: list[tuple[str, dict[str, Any] | None]] = [("delta", {"text": tail})] if tail else []
         events.append((type_, data))
         if type_ in FINAL_EVENTS:
+            if self.on_final is not None:
+                self.on_final()
             await self.bus.finish(self.job.id, self.attempt, [(t, d or {}) for t, d in events], self.ack_entry)
             self.acked = bool(self.ack_entry)
         else:

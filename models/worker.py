@@ -64,6 +64,7 @@ class Worker:
         self.runners: dict[str, Runner] = runners()
         self.in_flight: dict[str, asyncio.Task[None]] = {}  # stream entry id → task
         self.in_flight_jobs: dict[str, str] = {}  # stream entry id → job id
+        self.answered: set[str] = set()  # entry ids whose final event (with the XACK) is being written
         self.cancels: dict[str, asyncio.Event] = {}  # job id → cancel event
         self.lost: set[str] = set()  # entry ids another worker took over: stop without writing
         self.stopping = asyncio.Event()
@@ -216,6 +217,7 @@ class Worker:
     def _finished(self, entry_id: str) -> None:
         self.in_flight.pop(entry_id, None)
         self.in_flight_jobs.pop(entry_id, None)
+        self.answered.discard(entry_id)
         self.lost.discard(entry_id)
         self._slot_free.set()
 
@@ -241,6 +243,7 @@ class Worker:
         ctx = MeteredContext(job=job, attempt=attempt, engine=self.engine, bus=self.bus, settings=self.settings,
                              cancel=cancel, worker_id=self.worker_id, metrics=self.metrics,
                              ack_entry=item.entry_id, delta_window=max(0.0, self.settings.delta_window_ms / 1000))
+        ctx.on_final = lambda: self.answered.add(item.entry_id)
         try:
             try:
                 if not announced:  # a retried attempt (a first one is announced by `start_attempt`)
@@ -341,10 +344,13 @@ class Worker:
         while True:
             try:
                 await self._register(interval)
-                lost = await self.bus.heartbeat_jobs(self.worker_id, list(self.in_flight))
+                # A job whose final event is being written (with its XACK) needs no more heartbeats, and its
+                # entry must not look "taken over" once the XACK removed it from the pending list.
+                running = [entry for entry in self.in_flight if entry not in self.answered]
+                lost = await self.bus.heartbeat_jobs(self.worker_id, running)
                 for entry in lost:
                     task = self.in_flight.get(entry)
-                    if task is not None and not task.done() and entry not in self.lost:
+                    if task is not None and not task.done() and entry not in self.lost and entry not in self.answered:
                         # Another worker runs it now (we stalled past the visibility timeout); its attempt
                         # owns the reply, so stop ours without writing or acking anything.
                         log.warning("job entry %s was taken over by another worker; stopping ours", entry)

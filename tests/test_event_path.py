@@ -161,3 +161,22 @@ async def test_concurrent_submits_and_events_share_round_trips(bus: Bus, worker:
         text = "".join(e.data["text"] for _t, e in events if e.type == "delta")
         assert text == events[-1][1].data["text"] == "".join(f"w{n} " for n in range(5 + i))
     assert await pending(bus) == 0
+
+
+async def test_answered_jobs_never_look_taken_over(settings: Settings, bus: Bus,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The XACK goes out with the final event, before the job's task ends: a heartbeat in between must not
+    mistake the acked entry for one another worker took over (and cancel a finished job)."""
+    fast = settings.model_copy(update={"job_visibility_timeout": 0.8, "worker_concurrency": 64})  # beat / 0.2 s
+    w = Worker(fast, bus, TestEngine(token_delay=0.001), worker_id="w-beat")
+    task = asyncio.create_task(w.run())
+    try:
+        for _round in range(3):
+            jobs = [chat("[[repeat:3]]") for _ in range(40)]
+            await asyncio.gather(*(bus.submit(job) for job in jobs))
+            await asyncio.gather(*(follow(bus, job) for job in jobs))
+    finally:
+        w.stop()
+        await asyncio.wait_for(task, 30)
+    assert w.jobs_done == 120
+    assert not [r for r in caplog.records if "taken over" in r.getMessage()]
