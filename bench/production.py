@@ -145,9 +145,9 @@ Reading the figures honestly:
 * P2 misses for the same reason: 64 replies at once cost the bot process about 64 × (gateway event,
   history read and writes, job submit, a few Discord REST calls on both the client and the fake server)
   within half a second, on the same 2 cores as the worker and Redis.  The worker's side is no longer the
-  limit: its events per answer are coalesced (`DELTA_WINDOW_MS`) and its per-job round trips cut to about
+  limit: its events per answer are coalesced (`DELTA_WINDOW_MS`) and its per-job round trips cut to three or
   four, and without Discord the same 64 jobs take ~1.1–1.2 × one (issue-2 `overlap`, met).  With the
-  worker in its own process the bot process has a core to itself and the ratio drops (1.7–2.0 × in
+  worker in its own process the bot process has a core to itself and the ratio drops (1.5–2.0 × in
   repeated runs); what is left is the bot's and the fake server's own CPU per reply.
 * P3 shows that adding worker processes adds capacity almost linearly: the coordination cost (claims,
   heartbeats, acks on one Redis) is small next to generation time.
