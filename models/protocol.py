@@ -389,8 +389,11 @@ class _ReplyReader:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+        # Best effort, and bounded: with Redis down the client's reconnect retries would hold shutdown for a
+        # minute or more over one key that expires anyway.
         with contextlib.suppress(Exception):
-            await self.redis.delete(self.wake_key)
+            async with asyncio.timeout(1.0):
+                await self.redis.delete(self.wake_key)
 
 
 @dataclass

@@ -94,15 +94,21 @@ class Worker:
         ]
         log.info("worker %s serving with engine %s, concurrency %d", self.worker_id,
                  self.engine.describe(), self.settings.worker_concurrency)
+        claims = asyncio.create_task(self._claim_loop(), name="worker-claims")
         try:
-            await self._claim_loop()
+            await self._until_stopped(claims)
         finally:
+            if not claims.done():
+                claims.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await claims
             await self._drain()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self.bus.unregister_worker(self.worker_id)
+            with contextlib.suppress(Exception):  # bounded: with Redis down, retries would hold the exit
+                async with asyncio.timeout(2.0):
+                    await self.bus.unregister_worker(self.worker_id)
             await self.engine.close()
             self.metrics.engine_loaded = False
             if metrics_server is not None:
@@ -113,6 +119,22 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
         self._slot_free.set()
+
+    async def _until_stopped(self, claims: asyncio.Task[None]) -> None:
+        """Wait for the claim loop to end after `stop()`.  It ends by itself within one blocking read when Redis
+        answers; when Redis is down it sits in the client's reconnect retries, which would hold SIGTERM for a
+        minute or more, so after a second it is cancelled (an entry claimed in that instant stays pending and
+        another worker takes it over after the visibility timeout)."""
+        stopping = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({claims, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if claims.done():
+            claims.result()  # a crash of the loop itself is not swallowed
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(claims), 1.0)
 
     async def _retrying(self, call: Callable[[], Awaitable[object]], what: str) -> None:
         """Run `call()` until it succeeds (Redis may be restarting) or the worker is told to stop."""

@@ -201,6 +201,27 @@ async def test_sigterm_hands_back_a_job_longer_than_the_grace(settings: Settings
     assert [t.role for t in await chat.history.recent("c:handback")] == ["user", "assistant"]
 
 
+async def test_sigterm_while_redis_is_down_exits_promptly(tmp_path: Path) -> None:
+    """With Redis gone the client's reconnect retries used to hold a SIGTERM for over a minute."""
+    server = RedisServer(tmp_path / "own-redis").start()
+    own = Settings(_env_file=None, redis_url=server.url, engine="test", data_dir=tmp_path / "data",
+                   job_visibility_timeout=float(VISIBILITY))
+    worker = WorkerProc(own, tmp_path, "redis-down")
+    client = connect(server.url)
+    try:
+        await wait_alive(Bus(client), [worker])
+        server.kill()
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        worker.terminate()
+        assert await worker.wait_exit(15) == 0, worker.log()
+        assert time.monotonic() - started < 10, worker.log()
+    finally:
+        worker.close()
+        server.stop()
+        await client.aclose()
+
+
 # ---------------------------------------------------------------------------------------- malformed jobs
 MALFORMED: dict[str, dict[str, str]] = {
     "unknown_kind": {"id": "bad1", "kind": "teleport", "payload": "{}"},
