@@ -40,13 +40,14 @@ MAX_TOKENS = 48  # short runs, many pairs: each pair sees about the same machine
 TARGET = 0.9
 
 
-def _raw(llm, prompt: str) -> tuple[str, float]:
-    """One direct llama-cpp-python streaming call: (text, seconds to the last token)."""
+def raw_chat(llm, prompt: str, system: str = SYSTEM, max_tokens: int = MAX_TOKENS) -> tuple[str, float]:
+    """One direct llama-cpp-python streaming call, greedy: (text, seconds to the last token).  The "raw" side
+    of every delivered-vs-raw ratio (this bench and P4)."""
     started = time.perf_counter()
     parts: list[str] = []
     for chunk in llm.create_chat_completion(
-            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
-            stream=True, temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS, repeat_penalty=1.0):
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+            stream=True, temperature=0.0, top_p=1.0, max_tokens=max_tokens, repeat_penalty=1.0):
         piece = chunk["choices"][0]["delta"].get("content")
         if piece:
             parts.append(piece)
@@ -65,13 +66,13 @@ async def run(opts: Options) -> list[Result]:
         async with bus_for(settings) as bus, in_process_worker(settings, bus, engine):
             params = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": MAX_TOKENS, "repetition_penalty": 1.0}
             await run_job(bus, chat_job("Hi", system=SYSTEM, params=params | {"max_new_tokens": 4}))  # warm-up
-            await asyncio.to_thread(_raw, raw_engine.llm, "Hi")
+            await asyncio.to_thread(raw_chat, raw_engine.llm, "Hi")
             for pair in range(pairs):
                 prompt = PROMPTS[pair % len(PROMPTS)]
                 rates: dict[str, float] = {}
                 for side in (("raw", "worker") if pair % 2 == 0 else ("worker", "raw")):  # alternate the order
                     if side == "raw":
-                        text, seconds = await asyncio.to_thread(_raw, raw_engine.llm, prompt)
+                        text, seconds = await asyncio.to_thread(raw_chat, raw_engine.llm, prompt)
                         tokens = raw_engine.count_tokens(text)
                         raw_tokens, raw_seconds = raw_tokens + tokens, raw_seconds + seconds
                     else:

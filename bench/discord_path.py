@@ -24,6 +24,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from bench.common import Options, Result, main_for, median, percentile, private_redis
+from bench.cpu_tokens import raw_chat
 
 P1_LEVELS = (1, 16, 64)
 P1_TARGET_P50_MS, P1_TARGET_P99_MS = 10.0, 50.0
@@ -159,18 +160,6 @@ async def _p2_once(opts: Options, url: str, embedded: bool) -> tuple[float, floa
 
 
 # ------------------------------------------------------------------------------------------------ P4
-def _raw(llm: Any, prompt: str) -> tuple[str, float]:
-    started = time.perf_counter()
-    parts: list[str] = []
-    for chunk in llm.create_chat_completion(
-            messages=[{"role": "system", "content": P4_SYSTEM}, {"role": "user", "content": prompt}],
-            stream=True, temperature=0.0, top_p=1.0, max_tokens=P4_MAX_TOKENS, repeat_penalty=1.0):
-        piece = chunk["choices"][0]["delta"].get("content")
-        if piece:
-            parts.append(piece)
-    return "".join(parts), time.perf_counter() - started
-
-
 async def p4_cpu_tokens(opts: Options, url: str) -> list[Result]:
     from bench.common import bench_settings
     from models.engines.llamacpp import LlamaCppEngine
@@ -188,10 +177,10 @@ async def p4_cpu_tokens(opts: Options, url: str) -> list[Result]:
                                repetition_penalty=1.0, max_new_tokens=P4_MAX_TOKENS) as h:
             people = iter(h.bench_users)
             await one_reply(h, h.dm(next(people)), h.alice, "Hi")  # warm-up (DMs: no speaker-name prefix)
-            await asyncio.to_thread(_raw, raw_engine.llm, "Hi")
+            await asyncio.to_thread(raw_chat, raw_engine.llm, "Hi", P4_SYSTEM, P4_MAX_TOKENS)
             for _ in range(rounds):
                 for prompt in prompts:
-                    text, seconds = await asyncio.to_thread(_raw, raw_engine.llm, prompt)
+                    text, seconds = await asyncio.to_thread(raw_chat, raw_engine.llm, prompt, P4_SYSTEM, P4_MAX_TOKENS)
                     raw_tokens += raw_engine.count_tokens(text)
                     raw_seconds += seconds
                     person = next(people)
