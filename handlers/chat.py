@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
-from models.protocol import Bus, Job, PayloadTooLarge, reraise_if_cancelling
+from models.protocol import KEYS, Bus, Job, PayloadTooLarge, reraise_if_cancelling
 from models.settings import Settings
 
 from .conf import ConfStore
@@ -101,6 +101,11 @@ class ChatHandler:
         limit = self.settings.max_input_chars
         if len(text) > limit:
             raise InputError(TOO_LONG.format(n=len(text), limit=limit))
+
+    async def claim(self, source: str, ttl: int = 900) -> bool:
+        """True for the first bot process to claim an incoming event (`source`, e.g. a Discord message id),
+        False for any other: during a deploy two processes on the same shard both receive every message."""
+        return bool(await self.bus.redis.set(KEYS.event_claimed(source), "1", nx=True, ex=ttl))
 
     async def ask(self, request: Request) -> Reply:
         """Record the user's turn and submit a job that answers it from the conversation's history."""

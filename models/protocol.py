@@ -104,6 +104,11 @@ class _Keys:
         """Bumped by every reset of the conversation: an answer asked for before it is not recorded after it."""
         return f"{self.prefix}:histgen:{conversation}"
 
+    def event_claimed(self, source: str) -> str:
+        """Set (NX, with a TTL) by the bot process that answers an incoming event (a Discord message), so two
+        processes that both receive it — a deploy overlap — answer it once."""
+        return f"{self.prefix}:claimed:{source}"
+
     def answer_recorded(self, job_id: str) -> str:
         """Set (NX, with a TTL) when a job's answer goes into history, so it goes in once per job."""
         return f"{self.prefix}:job:{job_id}:recorded"

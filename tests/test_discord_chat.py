@@ -213,3 +213,17 @@ async def test_image_refusal_on_a_mention_speaks_the_guild_language(discord_harn
     [reply] = await discord_bot.reply(msg)
     assert any("\u4e00" <= ch <= "\u9fff" for ch in reply.content), reply.content
     assert not h.errors()
+
+
+async def test_a_message_delivered_twice_is_answered_once(discord_harness: Harness, discord_bot: BotRunner) -> None:
+    """During a deploy two bot processes on one shard both receive every message; the claim in Redis makes one
+    of them answer.  Here the same MESSAGE_CREATE reaches the bot twice, as it would reach the two processes."""
+    h = discord_harness
+    await discord_bot.start()
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} only once please")
+    await h.server.dispatch_message(msg)  # the second delivery
+    replies = await discord_bot.reply(msg)
+    assert len(replies) == 1 and "only once please" in replies[0].content
+    await asyncio.sleep(0.5)  # a second answer would have started by now
+    assert len(h.bot_messages(h.general)) == 1
+    assert [t.role for t in await discord_bot.history(h.general)] == ["user", "assistant"]

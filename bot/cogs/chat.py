@@ -237,6 +237,12 @@ class Chat(commands.Cog):
         if not self.permitted(message.channel, message.author) or not await self.addressed(message):
             return
         try:
+            first = await self.bot.runtime.chat.claim(f"message:{message.id}")
+        except Exception:  # Redis trouble: answer anyway, and the reply will say what went wrong
+            first = True
+        if not first:
+            return  # another bot process (a deploy overlap on this shard) is answering it
+        try:
             await self.answer_message(message)
         except Exception:  # one failed reply must not take the listener down
             log.exception("answering message %s failed", message.id)
