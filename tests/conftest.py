@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as sync_redis
@@ -132,3 +133,12 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
                 "DATA_DIR": str(settings.data_dir), "PYTHONPATH": str(ROOT)})
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Any]]:
+    """Worker subprocesses a test starts (tests/worker_procs.WorkerProc); all are killed afterwards."""
+    started: list[Any] = []
+    yield started
+    for proc in started:
+        proc.close()

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from conftest import ROOT, RedisServer, free_port, subprocess_env
 from prometheus_client.parser import text_string_to_metric_families
-from worker_procs import WorkerProc, pid_of, wait_alive
+from worker_procs import WorkerProc, pid_of, repeat_text, wait_alive
 
 from handlers.chat import ChatHandler, Reply, Request, Update
 from handlers.conf import ConfStore
@@ -36,18 +36,6 @@ from models.settings import Settings
 from models.worker import Worker
 
 VISIBILITY = "1.5"  # fast takeovers for tests; production uses 30 s
-
-
-def repeat_text(n: int) -> str:
-    return "".join(f"w{i} " for i in range(n))
-
-
-@pytest.fixture
-def procs() -> Iterator[list[WorkerProc]]:
-    started: list[WorkerProc] = []
-    yield started
-    for p in started:
-        p.close()
 
 
 def spawn(procs: list[WorkerProc], settings: Settings, tmp_path: Path, n: int, **env: str) -> list[WorkerProc]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from conftest import RedisServer
-from worker_procs import WorkerProc, pid_of, wait_alive
+from worker_procs import WorkerProc, pid_of, repeat_text, wait_alive
 
 from handlers.chat import ChatHandler, InputError, Reply, Request, Update
 from handlers.conf import ConfStore
@@ -27,21 +27,9 @@ from models.worker import Worker
 VISIBILITY = "1.5"
 
 
-def repeat_text(n: int) -> str:
-    return "".join(f"w{i} " for i in range(n))
-
-
 @pytest.fixture
 def chat(settings: Settings, bus: Bus) -> ChatHandler:
     return ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings)
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[list[WorkerProc]]:
-    started: list[WorkerProc] = []
-    yield started
-    for p in started:
-        p.close()
 
 
 def spawn(procs: list[WorkerProc], settings: Settings, tmp_path: Path, n: int, **env: str) -> list[WorkerProc]:

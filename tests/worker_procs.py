@@ -77,3 +77,8 @@ async def wait_alive(bus: Bus, procs: list[WorkerProc], limit_s: float = 30.0) -
         if time.monotonic() > deadline:
             raise AssertionError("workers did not register:\n" + "\n".join(p.log() for p in procs))
         await asyncio.sleep(0.05)
+
+
+def repeat_text(n: int) -> str:
+    """What TestEngine answers to `[[repeat:N]]`."""
+    return "".join(f"w{i} " for i in range(n))
