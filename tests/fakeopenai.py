@@ -28,6 +28,8 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from tests.local_http import serve
+
 
 @dataclass
 class SeenImage:
@@ -91,11 +93,7 @@ class FakeOpenAI:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve(app)
         return self
 
     async def stop(self) -> None:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from models.agent.actions import ArxivSearchAction, render_links
+from tests.local_http import serve
 
 FEED = """<?xml version="1.0" encoding="UTF-8"?>
 <feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/"
@@ -78,11 +79,7 @@ class AtomServer:
     async def __aenter__(self) -> AtomServer:
         app = web.Application()
         app.router.add_get("/api/query", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve(app)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
