@@ -22,6 +22,7 @@ from handlers.chat import InputError, Update
 
 from .. import i18n
 from ..streaming import NO_MENTIONS, InteractionTarget, Renderer, stream_reply
+from .chat import request_for
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -107,14 +108,10 @@ class Agent(commands.Cog):
         self.bot = bot
         self.handler = AgentHandler(bot.runtime.chat)
 
-    async def _refusal(self, interaction: discord.Interaction, text: str, lang: str) -> str | None:
+    async def _admit(self, interaction: discord.Interaction, text: str, lang: str) -> bool:
         """The chat cog's access and rate-limit rules, so the agent cannot bypass them."""
         chat: Any = self.bot.get_cog("Chat")
-        if chat is None:
-            return None
-        if not chat.permitted(interaction.channel, interaction.user):
-            return i18n.t("not_allowed", lang)
-        return await chat.refusal(interaction.user.id, text, lang)
+        return True if chat is None else await chat.admit(interaction, text, lang)
 
     @app_commands.command(name=locale_str("agent"),
                           description=locale_str("Let the InternLM agent solve a task with Python and arXiv search"))
@@ -122,19 +119,14 @@ class Agent(commands.Cog):
     @app_commands.describe(task=locale_str("What the agent should do"))
     async def agent_command(self, interaction: discord.Interaction,
                             task: app_commands.Range[str, 1, 4000]) -> None:
-        from .chat import conversation_for, settings_channel
-
         lang = i18n.lang_for(interaction=interaction)
-        reason = await self._refusal(interaction, task, lang)
-        if reason:
-            await interaction.response.send_message(reason, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        if not await self._admit(interaction, task, lang):
             return
         await interaction.response.defer(thinking=True)
         try:
-            reply = await self.handler.ask(
-                conversation_for(interaction.channel, interaction.user), task,
-                user_name=interaction.user.display_name if interaction.guild_id else None,
-                guild=interaction.guild_id, channel=settings_channel(interaction.channel))
+            request = request_for(interaction, task)
+            reply = await self.handler.ask(request.conversation, task, user_name=request.user_name,
+                                           guild=request.guild, channel=request.channel)
         except InputError as exc:
             await interaction.edit_original_response(content=str(exc), allowed_mentions=NO_MENTIONS)
             return

@@ -54,6 +54,13 @@ def settings_channel(channel: Any) -> int | None:
     return channel.id
 
 
+def request_for(interaction: discord.Interaction, text: str) -> Request:
+    """The request a slash command makes: this channel's (or DM's) conversation, the speaker's name in guilds."""
+    return Request(conversation=conversation_for(interaction.channel, interaction.user), text=text,
+                   user_name=interaction.user.display_name if interaction.guild_id else None,
+                   guild=interaction.guild_id, channel=settings_channel(interaction.channel))
+
+
 def channel_ids(channel: Any) -> set[int]:
     ids = {getattr(channel, "id", 0)}
     parent = getattr(channel, "parent_id", None)
@@ -226,6 +233,18 @@ class Chat(commands.Cog):
             return i18n.t("rate_limited", lang, n=decision.retry_seconds)
         return None
 
+    async def admit(self, interaction: discord.Interaction, text: str, lang: str) -> bool:
+        """Access lists, input length and the per-user rate limit for a slash command (every cog's, so none
+        can bypass them).  Refusals are answered privately here; False means the command must stop."""
+        if not self.permitted(interaction.channel, interaction.user):
+            await ephemeral(interaction, i18n.t("not_allowed", lang))
+            return False
+        reason = await self.refusal(interaction.user.id, text, lang)
+        if reason:
+            await ephemeral(interaction, reason)
+            return False
+        return True
+
     # ---------------------------------------------------------------- messages
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -292,18 +311,10 @@ class Chat(commands.Cog):
     @app_commands.describe(prompt=locale_str("What to ask"))
     async def chat_command(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000]) -> None:
         lang = i18n.lang_for(interaction=interaction)
-        if not self.permitted(interaction.channel, interaction.user):
-            await ephemeral(interaction, i18n.t("not_allowed", lang))
-            return
-        reason = await self.refusal(interaction.user.id, prompt, lang)
-        if reason:
-            await interaction.response.send_message(reason, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        if not await self.admit(interaction, prompt, lang):
             return
         await interaction.response.defer(thinking=True)
-        request = Request(
-            conversation=conversation_for(interaction.channel, interaction.user), text=prompt.strip(),
-            user_name=interaction.user.display_name if interaction.guild_id else None,
-            guild=interaction.guild_id, channel=settings_channel(interaction.channel))
+        request = request_for(interaction, prompt.strip())
         try:
             reply = await self.bot.runtime.chat.ask(request)
         except InputError as exc:

@@ -24,11 +24,12 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from handlers.article import ArticleHandler, Post, plan_posts
-from handlers.chat import InputError, Request, Update
+from handlers.chat import InputError, Update
 from handlers.images import MESSAGES, Attachment, ImageIntake, ImageRefused, VisionHandler
 
 from .. import i18n
 from ..streaming import NO_MENTIONS, InteractionTarget, Renderer, stream_reply
+from .chat import request_for
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -131,21 +132,10 @@ class Images(commands.Cog):
     def _chat(self) -> Any:
         return self.bot.get_cog("Chat")
 
-    async def _refusal(self, interaction: discord.Interaction, text: str, lang: str) -> str | None:
+    async def _admit(self, interaction: discord.Interaction, text: str, lang: str) -> bool:
         """The chat cog's access and rate-limit rules, so images cannot bypass them."""
         chat = self._chat()
-        if chat is None:
-            return None
-        if not chat.permitted(interaction.channel, interaction.user):
-            return i18n.t("not_allowed", lang)
-        return await chat.refusal(interaction.user.id, text, lang)
-
-    def _request(self, interaction: discord.Interaction, text: str) -> Request:
-        from .chat import conversation_for, settings_channel
-
-        return Request(conversation=conversation_for(interaction.channel, interaction.user), text=text,
-                       user_name=interaction.user.display_name if interaction.guild_id else None,
-                       guild=interaction.guild_id, channel=settings_channel(interaction.channel))
+        return True if chat is None else await chat.admit(interaction, text, lang)
 
     # ---------------------------------------------------------------- /caption
     @app_commands.command(name=locale_str("caption"),
@@ -157,14 +147,12 @@ class Images(commands.Cog):
                               question: app_commands.Range[str, 0, 4000] | None = None) -> None:
         lang = i18n.lang_for(interaction=interaction)
         question = (question or "").strip()
-        reason = await self._refusal(interaction, question, lang)
-        if reason:
-            await interaction.response.send_message(reason, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        if not await self._admit(interaction, question, lang):
             return
         await interaction.response.defer(thinking=True)
         try:
             refs = await self.ingest([image])
-            reply = await self.vision.ask(self._request(interaction, question), refs)
+            reply = await self.vision.ask(request_for(interaction, question), refs)
         except InputError as exc:
             await interaction.edit_original_response(content=localized(exc, lang), allowed_mentions=NO_MENTIONS)
             return
@@ -187,15 +175,13 @@ class Images(commands.Cog):
                               image3: discord.Attachment | None = None, image4: discord.Attachment | None = None,
                               paragraphs: app_commands.Range[int, 1, 20] | None = None) -> None:
         lang = i18n.lang_for(interaction=interaction)
-        reason = await self._refusal(interaction, title, lang)
-        if reason:
-            await interaction.response.send_message(reason, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        if not await self._admit(interaction, title, lang):
             return
         await interaction.response.defer(thinking=True)
         attachments = [a for a in (image1, image2, image3, image4) if a is not None]
         try:
             refs = await self.ingest(attachments) if attachments else []
-            reply = await self.articles.ask(self._request(interaction, ""), title, refs, paragraphs)
+            reply = await self.articles.ask(request_for(interaction, ""), title, refs, paragraphs)
         except InputError as exc:
             await interaction.edit_original_response(content=localized(exc, lang), allowed_mentions=NO_MENTIONS)
             return
