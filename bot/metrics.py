@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from models.metrics import HEALTH_TIMEOUT, LATENCY_BUCKETS, MetricsServer
-from models.protocol import KEYS
 
 if TYPE_CHECKING:
     from handlers.chat import Reply
@@ -157,7 +156,7 @@ class BotMetrics:
         with contextlib.suppress(Exception):
             self.queue_depth.set(await asyncio.wait_for(bus.queue_depth(), HEALTH_TIMEOUT))
             self.workers.set(len(await asyncio.wait_for(bus.alive_workers(), HEALTH_TIMEOUT)))
-            self.active.set(await asyncio.wait_for(bus.redis.zcard(KEYS.active_conversations), HEALTH_TIMEOUT))
+            self.active.set(await asyncio.wait_for(bus.active_reply_count(), HEALTH_TIMEOUT))
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy = logged in to the gateway (ready, not closed) and Redis answers PING."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from models.protocol import KEYS, Bus
+from models.protocol import Bus
 from models.redis_server import EmbeddedRedis
 from models.settings import Settings
 
@@ -71,19 +71,12 @@ async def collect(bus: Bus, redis_url: str = "") -> Status:
                                "in_flight": info.in_flight, "concurrency": info.concurrency,
                                "vision": info.vision, "seen_s_ago": round(max(0.0, now - info.last_seen), 1)})
     status.queue_depth = await bus.queue_depth()
-    try:
-        pending = await redis.xpending(KEYS.jobs, KEYS.group)
-        status.running = int(pending.get("pending") or 0)
-    except Exception:  # no stream or group yet: nothing ever ran
-        status.running = 0
-    status.dead_letters = int(await redis.xlen(KEYS.dead))
+    status.running = await bus.running_count()
+    status.dead_letters = await bus.dead_letter_count()
     for entry in await bus.dead_letters(count=3):
         status.recent_dead.append({"id": entry.get("id", ""), "kind": entry.get("kind", ""),
                                    "reason": entry.get("reason", "")[:120]})
-    try:
-        status.active_replies = int(await redis.zcard(KEYS.active_conversations))
-    except AttributeError:  # an older protocol without the resume index
-        status.active_replies = 0
+    status.active_replies = await bus.active_reply_count()
     memory = await redis.info("memory")
     server = await redis.info("server")
     persistence = await redis.info("persistence")

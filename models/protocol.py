@@ -579,6 +579,21 @@ class Bus:
         entries = await self.redis.xrevrange(KEYS.dead, count=count)
         return [fields for _eid, fields in entries]
 
+    async def dead_letter_count(self) -> int:
+        return int(await self.redis.xlen(KEYS.dead))
+
+    async def running_count(self) -> int:
+        """Jobs a worker has claimed and not yet acknowledged (running, or waiting for a takeover)."""
+        try:
+            pending = await self.redis.xpending(KEYS.jobs, KEYS.group)
+        except ResponseError:  # no stream or group yet: nothing ever ran
+            return 0
+        return int(pending.get("pending") or 0)
+
+    async def active_reply_count(self) -> int:
+        """Conversations with a reply being shown by some bot process (the resume index)."""
+        return int(await self.redis.zcard(KEYS.active_conversations))
+
     # ---------------------------------------------------------------- blobs
     async def put_blob(self, data: bytes, mime: str) -> str:
         """Store bytes once under their SHA-256; returns the reference to put in a job."""
