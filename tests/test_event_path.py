@@ -180,3 +180,34 @@ async def test_answered_jobs_never_look_taken_over(settings: Settings, bus: Bus,
         await asyncio.wait_for(task, 30)
     assert w.jobs_done == 120
     assert not [r for r in caplog.records if "taken over" in r.getMessage()]
+
+
+async def test_the_window_between_the_final_event_and_the_task_end_is_safe(
+        settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The same guard, made deterministic: the final event (with its XACK) is held open for three heartbeats,
+    so every heartbeat in that window sees an acked entry whose task still runs."""
+    fast = settings.model_copy(update={"job_visibility_timeout": 0.8})  # a heartbeat every 0.2 s
+    finish = bus.finish
+
+    async def slow_finish(*args: object, **kwargs: object) -> object:
+        result = await finish(*args, **kwargs)  # type: ignore[arg-type]
+        await asyncio.sleep(0.6)
+        return result
+
+    monkeypatch.setattr(bus, "finish", slow_finish)
+    w = Worker(fast, bus, TestEngine(), worker_id="w-window")
+    task = asyncio.create_task(w.run())
+    try:
+        job = chat("[[repeat:3]]")
+        await bus.submit(job)
+        events = await follow(bus, job)
+        assert events[-1][1].type == "done"
+        for _ in range(100):  # the job's task ends once slow_finish returns
+            if w.jobs_done:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        w.stop()
+        await asyncio.wait_for(task, 30)
+    assert w.jobs_done == 1
+    assert not [r for r in caplog.records if "taken over" in r.getMessage()]
