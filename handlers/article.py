@@ -94,10 +94,10 @@ def plan_posts(layout: Sequence[dict[str, Any]], title: str = "", image_refs: Se
     def size(parts: list[str]) -> int:
         return len("\n\n".join(parts))
 
-    def flush(image: str | None = None) -> None:
+    def flush(image: str | None = None, number: int | None = None) -> None:
         nonlocal current
         if current or image:
-            posts.append(Post("\n\n".join(current), image, numbers.get(image) if image else None))
+            posts.append(Post("\n\n".join(current), image, (number or numbers.get(image)) if image else None))
         current = []
 
     def add(text: str) -> None:
@@ -112,7 +112,8 @@ def plan_posts(layout: Sequence[dict[str, Any]], title: str = "", image_refs: Se
             add(str(block["text"]))
         elif kind == "caption" and block.get("text"):
             add(f"*🖼️ {block['text']}*")
-        elif kind == "image" and block.get("ref"):
-            flush(str(block["ref"]))
+        elif kind == "image" and block.get("ref"):  # several images after one paragraph: one post each
+            number = block.get("number")
+            flush(str(block["ref"]), number if isinstance(number, int) else None)
     flush()
     return posts

@@ -6,9 +6,11 @@ announced with a `step` event so the front end can show progress):
 1. **write** — the article text from the title (and an optional paragraph count), streamed as `delta`s;
    the user's images, if any, are shown to the model with the request, as in the demo;
 2. **place** — the paragraphs are numbered `<Seg0>`, `<Seg1>`, … and the model is asked after which of
-   them the images fit (the demo's prompt).  Its answer is parsed defensively (`parse_locations`): garbage,
-   out-of-range numbers and duplicates fall back to evenly spread positions, so a confused answer still
-   gives a complete article.  The user's images go to those places in the order they were given;
+   them the images fit (the demo's prompt; XComposer answers `<Seg1>, <Seg3>, …`).  Its answer is parsed
+   defensively (`parse_locations`): garbage, out-of-range numbers and duplicates fall back to evenly
+   spread positions, and with more images than paragraphs several images follow one paragraph, so every
+   image the user gave is in the article exactly once, in the order they were given, whatever the model
+   answers;
 3. **captions** (no user images) — for each place, the model suggests a picture caption (the demo's
    prompt); the front end shows them in italics.  The original demo then fetched matching pictures from a
    retrieval service of its authors that is not public, so this bot suggests rather than illustrates.
@@ -17,6 +19,10 @@ The `done` event's `text` is the article as streamed; its `layout` is a list of 
 with a blob ref, `caption`) that the front ends render within Discord's limits (handlers/article.py), and
 its `history` is the layout as Markdown (what the conversation remembers).  Sampling follows the demo: top_p 0.8 and
 repetition penalty 1.005 (`ARTICLE_REPETITION_PENALTY`).
+
+The title is the user's and the paragraphs and captions fed back into later prompts are model output a user
+can steer, so all of them pass through `untrusted.inert` (with the engine's own special tokens) before they
+enter a prompt; the meta instructions and the demo's prompt wording are the bot's own and stay as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 from .chat import NO_VISION
 from .context import BadPayload, JobContext, JobError
 from .engines.base import ChatMessage, GenParams, ImageInput, VisionUnsupported
+from .untrusted import inert
 
 # The meta instructions of XComposer's composition demo (text-only and multimodal variants).
 XCOMPOSER_META = (
@@ -116,21 +123,32 @@ def spread(count: int, sections: int, taken: set[int] | None = None) -> list[int
 
 
 def parse_locations(answer: str, sections: int, count: int) -> list[int]:
-    """The paragraph indices the model chose, cleaned: `<SegN>` markers (or bare numbers if it gave none),
-    in range, without duplicates, at most `count`; missing ones are filled with evenly spread positions.
-    Sorted, so images keep the order the user gave them."""
+    """Where each of `count` images goes: one paragraph index per image, sorted, so the images keep the order
+    the user gave them.
+
+    The model's `<SegN>` markers are used (bare numbers if it gave none), in range and without duplicates;
+    missing places are filled with evenly spread paragraphs.  With more images than paragraphs every
+    paragraph gets one and the rest follow the same paragraphs again (two images after a one-paragraph
+    article), so the list always has exactly `count` entries: no image is ever dropped or shown twice.
+    """
     if sections <= 0 or count <= 0:
         return []
+    distinct = min(count, sections)
     found = [int(m) for m in _SEG.findall(answer)] or [int(m) for m in _NUMBER.findall(answer)]
     chosen: list[int] = []
     for index in found:
         if 0 <= index < sections and index not in chosen:
             chosen.append(index)
-        if len(chosen) == count:
+        if len(chosen) == distinct:
             break
-    if len(chosen) < count:
-        chosen += spread(count - len(chosen), sections, set(chosen))
-    return sorted(chosen[:count])
+    if len(chosen) < distinct:
+        chosen += spread(distinct - len(chosen), sections, set(chosen))
+    left = count - len(chosen)
+    while left > 0:  # more images than paragraphs: share the paragraphs, evenly again
+        more = spread(min(left, sections), sections)
+        chosen += more
+        left -= len(more)
+    return sorted(chosen)
 
 
 def parse_caption(answer: str) -> str:
@@ -143,15 +161,27 @@ def parse_caption(answer: str) -> str:
     return text[:200]
 
 
-def build_layout(sections: list[str], images: dict[int, str], captions: dict[int, str]) -> list[dict[str, Any]]:
-    """Blocks in reading order: each paragraph, then the image (or caption suggestion) placed after it."""
+def build_layout(sections: list[str], images: list[tuple[int, str]],
+                 captions: dict[int, str]) -> list[dict[str, Any]]:
+    """Blocks in reading order: each paragraph, then the images (or caption suggestion) placed after it.
+
+    `images` are `(paragraph index, blob ref)` pairs in the user's order; each becomes one `image` block
+    carrying its 1-based `number` (the user's image1..image4).  An image whose index is past the last
+    paragraph (or an article with no paragraphs) goes at the end: an image is never dropped.
+    """
     blocks: list[dict[str, Any]] = []
+    numbered_images = [(after, ref, number) for number, (after, ref) in enumerate(images, start=1)]
     for i, text in enumerate(sections):
         blocks.append({"type": "text", "text": text})
-        if i in images:
-            blocks.append({"type": "image", "ref": images[i], "after": i})
-        elif i in captions:
+        here = [(ref, number) for after, ref, number in numbered_images if after == i]
+        for ref, number in here:
+            blocks.append({"type": "image", "ref": ref, "after": i, "number": number})
+        if not here and i in captions:
             blocks.append({"type": "caption", "text": captions[i], "after": i})
+    last = len(sections) - 1
+    for after, ref, number in numbered_images:
+        if not 0 <= after <= last:
+            blocks.append({"type": "image", "ref": ref, "after": last, "number": number})
     return blocks
 
 
@@ -165,7 +195,7 @@ def layout_text(blocks: list[dict[str, Any]], image_numbers: dict[str, int] | No
         elif block["type"] == "caption":
             out.append(f"*🖼️ {block['text']}*")
         elif block["type"] == "image":
-            out.append(f"[image {numbers.get(block['ref'], '?')}]")
+            out.append(f"[image {block.get('number') or numbers.get(block['ref'], '?')}]")
     return "\n\n".join(out)
 
 
@@ -201,6 +231,7 @@ async def run_article(ctx: JobContext) -> None:
     if refs and not ctx.engine.supports_vision:
         raise VisionUnsupported(NO_VISION)
     images = [await ctx.load_image(ref) for ref in refs]
+    special = ctx.engine.special_tokens
     system = XCOMPOSER_CHAT_META if images else XCOMPOSER_META
     base = ctx.params()
     text_params = replace(base, max_new_tokens=ctx.settings.article_max_new_tokens,
@@ -208,41 +239,43 @@ async def run_article(ctx: JobContext) -> None:
     short = replace(text_params, max_new_tokens=200)
 
     await ctx.step({"stage": "write", "title": "Writing the article"})
-    article = await _generate(ctx, system, write_prompt(title, paragraphs, len(images)), images, text_params,
-                              stream=True)
+    article = await _generate(ctx, system, write_prompt(inert(title, special), paragraphs, len(images)), images,
+                              text_params, stream=True)
     sections = split_sections(article)
     if ctx.cancel.is_set() or not sections:
         if not sections and not ctx.cancel.is_set():
             raise JobError("The model returned an empty article. Please try again or rephrase the title.")
         await ctx.done(article, completion_tokens=ctx.engine.count_tokens(article), stopped=True,
-                       extra={"layout": build_layout(sections, {}, {}), "title": title})
+                       extra={"layout": build_layout(sections, [], {}), "title": title})
         return
 
-    placed: dict[int, str] = {}
+    # The paragraphs go back into the next prompts: model text a user's title can steer, so data too.
+    safe_sections = [inert(s, special) for s in sections]
+    placed: list[tuple[int, str]] = []
     captions: dict[int, str] = {}
-    count = len(images) if images else min(MAX_SUGGESTED_IMAGES, max(1, len(sections) // 3))
-    count = min(count, len(sections))
+    wanted = len(images) if images else min(MAX_SUGGESTED_IMAGES, max(1, len(sections) // 3))
+    ask = min(wanted, len(sections))  # the model picks lines; with more images than lines, some share one
     await ctx.step({"stage": "place", "title": "Choosing where the images go", "paragraphs": len(sections),
-                    "images": count})
-    answer = await _generate(ctx, system, place_prompt(sections, count), images, short, stream=False)
-    locations = parse_locations(answer, len(sections), count)
+                    "images": wanted})
+    answer = await _generate(ctx, system, place_prompt(safe_sections, ask), images, short, stream=False)
+    locations = parse_locations(answer, len(sections), wanted if images else ask)
     await ctx.step({"stage": "placed", "title": "Image places chosen", "locations": locations})
     if images:
-        placed = dict(zip(locations, refs, strict=False))
+        placed = list(zip(locations, refs, strict=True))
     else:
         await ctx.step({"stage": "captions", "title": "Suggesting pictures", "locations": locations})
         for at in locations:
             if ctx.cancel.is_set():
                 break
-            reply = await _generate(ctx, system, caption_prompt(sections, at, captions), [],
+            previous = {k: inert(v, special) for k, v in captions.items()}
+            reply = await _generate(ctx, system, caption_prompt(safe_sections, at, previous), [],
                                     replace(short, max_new_tokens=100), stream=False)
             caption = parse_caption(reply)
             if caption:
                 captions[at] = caption
 
     layout = build_layout(sections, placed, captions)
-    numbers = {ref: i + 1 for i, ref in enumerate(refs)}
-    final = layout_text(layout, numbers)
+    final = layout_text(layout)
     # `text` stays the streamed article (front ends replace it with the layout); history keeps the layout.
     await ctx.done(article, prompt_tokens=ctx.engine.count_tokens(title),
                    completion_tokens=ctx.engine.count_tokens(article), stopped=ctx.cancel.is_set(),

@@ -75,6 +75,12 @@ class Engine(ABC):
     context_window: int = 4096
     supports_vision: bool = False
     supports_raw: bool = False  # can complete a raw prompt string (for the agent's native protocol)
+    # The configured model's own control tokens as text (`<|im_start|>`, `<|im_end|>`, ...): every token its
+    # tokenizer would read as one special token where it appears in prompt text.  Runners pass them to
+    # `untrusted.inert` as `extra`, so a model with markers beyond the built-in list is covered too.
+    # Empty when the tokenizer is not known here (before `start()`, a remote server): inert's own list of
+    # InternLM2 / ChatML / Llama markers still applies.
+    special_tokens: frozenset[str] = frozenset()
 
     async def start(self) -> None:
         """Load weights / open clients.  Called once by the worker before it claims jobs."""
