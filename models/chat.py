@@ -2,6 +2,11 @@
 
 Payload: `{"system": str, "messages": [{"role", "content", "images": [blob refs]}], "params": {...}}`.
 Images are resolved from blobs here; a text-only engine refuses them with a clear message.
+
+Every message of the payload (the user's words with their display-name prefix, image questions, past
+assistant turns: all of the conversation history) and the per-server system prompt an admin typed are
+data, so their control tokens are made inert here, where the prompt is assembled, with the engine's own
+special tokens; only the chat template adds real ones.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 from .context import BadPayload, JobContext, JobError
 from .engines.base import ChatMessage, VisionUnsupported
 from .prompting import fit_messages
+from .untrusted import inert
 
 ROLES = {"user", "assistant", "system", "environment"}
 MAX_MESSAGES = 400
@@ -72,10 +78,11 @@ async def build_messages(ctx: JobContext, raw: Any) -> list[ChatMessage]:
     if with_images and sum(1 for item in parsed[with_images[-1] + 1:] if item["role"] == "user") <= 1:
         focus = with_images[-1]  # the image message, or the one the current message follows up on
     messages: list[ChatMessage] = []
+    special = ctx.engine.special_tokens
     for index, item in enumerate(parsed):
         newest = index == focus
         images = []
-        content = item["content"]
+        content = inert(item["content"], special)  # before the bot's own notes are added
         if item["images"]:
             if not ctx.engine.supports_vision:
                 if newest:
@@ -102,7 +109,7 @@ async def run_chat(ctx: JobContext) -> None:
     params = ctx.params()
     turns = await build_messages(ctx, payload.get("messages"))
     system = payload.get("system")
-    system = system if isinstance(system, str) else ctx.settings.system_prompt
+    system = inert(system if isinstance(system, str) else ctx.settings.system_prompt, ctx.engine.special_tokens)
     prompt = fit_messages(ctx.engine, system, turns, params.max_new_tokens)
     prompt_tokens = ctx.engine.count_message_tokens(prompt)
     parts: list[str] = []

@@ -138,3 +138,32 @@ async def test_article_with_two_images(discord_harness: Harness, discord_bot: Bo
     assert len(write_call.images) == 2 and "浦语·灵笔" in write_call.body["messages"][0]["content"]
     assert write_call.body["repetition_penalty"] == 1.005
     assert h.errors() == []
+
+
+async def test_article_with_two_images_and_one_paragraph_shows_both(discord_harness: Harness, discord_bot: BotRunner,
+                                                                    fake: FakeOpenAI) -> None:
+    """The model writes a single paragraph and names a line that does not exist (the recorded XComposer answer
+    shape `<Seg0>, <Seg1>`): both images are still posted, in the order given, after that paragraph."""
+    h = discord_harness
+    await start(discord_bot, fake)
+    paragraph = "The river city at night, lanterns on the water and music from the boats."
+
+    def script(body: dict[str, Any]) -> str:
+        prompt = str(body["messages"][-1]["content"])
+        return "适合插入图像的行是<Seg0>, <Seg1>." if "选择适合插入图像" in prompt else paragraph
+
+    fake.reply = script
+    interaction = await h.slash("article", {"title": "Night river", "image1": ("a.png", image("red"), "image/png"),
+                                            "image2": ("b.jpg", image("blue", fmt="JPEG"), "image/jpeg")})
+
+    def posted(i: Any) -> bool:
+        return sum(1 for m in i.followups if m.attachments) == 2
+
+    done = await h.response(interaction, until=posted, timeout=30)
+    with_images = [m for m in done.followups if m.attachments]
+    assert [m.attachments[0].filename for m in with_images] == ["image1.png", "image2.jpg"]
+    assert with_images[0].content.rstrip().endswith(paragraph) and with_images[1].content == ""
+    assert h.text(done.followups).count(paragraph) == 1
+    place_call = fake.requests[1]
+    assert "选择适合插入图像的1行" in str(place_call.body["messages"][-1]["content"])  # one line to choose
+    assert h.errors() == []

