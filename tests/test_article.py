@@ -28,6 +28,8 @@ from models.settings import Settings
 from models.untrusted import JOINER
 from models.worker import Worker
 from models.xcomposer import (
+    build_layout,
+    layout_text,
     numbered,
     parse_caption,
     parse_locations,
@@ -125,6 +127,17 @@ def test_sections_and_numbering() -> None:
 ])
 def test_parse_locations(answer: str, sections: int, count: int, expected: list[int]) -> None:
     assert parse_locations(answer, sections, count) == expected
+
+
+def test_build_layout_never_drops_an_image() -> None:
+    layout = build_layout(["One.", "Two."], [(0, "r1"), (0, "r1"), (7, "r3")], {0: "unused", 1: "A caption"})
+    assert [(b["type"], b.get("ref"), b.get("number")) for b in layout] == [
+        ("text", None, None), ("image", "r1", 1), ("image", "r1", 2),  # the same picture twice: both shown
+        ("text", None, None), ("caption", None, None), ("image", "r3", 3)]  # past the end: appended
+    assert build_layout([], [(0, "r1")], {}) == [{"type": "image", "ref": "r1", "after": -1, "number": 1}]
+    posts = plan_posts(layout, "", ["r1", "r1", "r3"])
+    assert [(p.image, p.image_number) for p in posts if p.image] == [("r1", 1), ("r1", 2), ("r3", 3)]
+    assert layout_text(layout) == "One.\n\n[image 1]\n\n[image 2]\n\nTwo.\n\n*🖼️ A caption*\n\n[image 3]"
 
 
 def test_spread() -> None:
