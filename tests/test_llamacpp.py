@@ -55,6 +55,18 @@ def test_chat_template_comes_from_the_gguf(llama: LlamaCppEngine) -> None:
     assert "<|im_start|>" in llama.llm.metadata["tokenizer.chat_template"]
 
 
+def test_special_tokens_come_from_the_gguf_vocabulary(llama: LlamaCppEngine) -> None:
+    """Exactly the texts llama.cpp itself splits out as special tokens: each is tokenised (with special-token
+    parsing, as the rendered chat template is) into one id that the vocabulary marks CONTROL."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llama.llm.model)
+    assert {"<|im_start|>", "<|im_end|>", "<|endoftext|>"} <= llama.special_tokens
+    for text in llama.special_tokens:
+        ids = llama.llm.tokenize(text.encode(), add_bos=False, special=True)
+        assert len(ids) == 1 and llama_cpp.llama_vocab_is_control(vocab, ids[0]), text
+
+
 def test_count_tokens(llama: LlamaCppEngine) -> None:
     assert llama.count_tokens("") == 0
     short, long = llama.count_tokens("hello world"), llama.count_tokens("hello world " * 20)
