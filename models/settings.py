@@ -56,7 +56,11 @@ class Settings(BaseSettings):
 
     # --- Engine --------------------------------------------------------------------------------
     engine: Literal["llamacpp", "openai", "lmdeploy", "test"] = "llamacpp"
-    llamacpp_model_path: str = ""  # empty = the bundled SmolLM2-135M-Instruct GGUF
+    # A local GGUF, `bundled` (SmolLM2-135M), or a hub reference: owner/repo, owner/repo:Q4_K_M, owner/repo:file.gguf
+    # (fetched once into the hub's cache, models/hub.py).  Empty = InternLM2.5-1.8B-Chat Q4_K_M when the hub is
+    # reachable (or cached), else the bundled model.
+    llamacpp_model: str = ""
+    llamacpp_model_path: str = ""  # the older setting: a local GGUF file (LLAMACPP_MODEL wins when both are set)
     llamacpp_n_ctx: int = 4096
     llamacpp_threads: int = 0  # 0 = let llama.cpp decide
     openai_base_url: str = ""
@@ -71,6 +75,12 @@ class Settings(BaseSettings):
     lmdeploy_tp: int = 1
     lmdeploy_session_len: int = 8192
     test_engine_token_delay: float = 0.0  # ENGINE=test only: seconds per token (benchmarks, tests)
+
+    # --- Model hub (LLAMACPP_MODEL references; read by huggingface_hub's conventions) -----------------
+    hf_endpoint: str = "https://huggingface.co"  # a mirror such as https://hf-mirror.com
+    hf_token: SecretStr = SecretStr("")  # for gated or private repositories; never logged
+    hf_home: str = ""  # empty = huggingface_hub's default (~/.cache/huggingface); models go under HF_HOME/hub
+    hf_hub_offline: bool = False  # never ask the hub: use the cache, or the bundled model for the default
 
     # --- llama.cpp vision (optional multimodal GGUF) --------------------------------------------
     llamacpp_clip_model_path: str = ""  # a LLaVA-1.5-style projector GGUF; set = the llamacpp engine sees images
@@ -122,16 +132,31 @@ class Settings(BaseSettings):
     arxiv_max_results: int = 3
     serper_api_key: SecretStr = SecretStr("")  # set to offer Lagent's GoogleSearch (serper.dev)
     sandbox_timeout: float = 10.0  # wall-clock seconds per code run; the whole process tree is killed
-    sandbox_memory_mb: int = 512  # address-space limit of the sandboxed process
+    sandbox_memory_mb: int = 512  # address-space limit of the sandboxed process (it cannot start others)
     sandbox_cpu_seconds: int = 10
-    sandbox_max_processes: int = 32
+    sandbox_max_processes: int = 32  # threads of the sandboxed process (RLIMIT_NPROC)
     sandbox_max_file_mb: int = 16  # largest file the code may write
     sandbox_max_open_files: int = 64
+    sandbox_disk_mb: int = 64  # the run's whole working directory (a tmpfs: counts as memory)
+    sandbox_max_files: int = 4096  # files and directories in the working directory (tmpfs inodes)
     sandbox_max_output_chars: int = 4000  # stdout/stderr kept (the rest is cut with a note)
     sandbox_allowed_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [
         "numpy", "sympy", "mpmath", "matplotlib", "pandas", "scipy", "PIL"])  # besides the standard library
-    sandbox_isolation: Literal["auto", "namespace", "audit"] = "auto"  # see docs/agent.md
-    sandbox_hide_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)  # more dirs to hide
+    sandbox_isolation: Literal["bubblewrap", "off"] = "bubblewrap"  # off = no Python tool; see docs/agent.md
+    sandbox_bwrap: str = "bwrap"  # the bubblewrap executable
+    sandbox_hide_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)  # must never be visible
+
+    @field_validator("sandbox_isolation", mode="before")
+    @classmethod
+    def _isolation_renamed(cls, value: object) -> object:
+        """The old names: `auto`/`namespace` are bubblewrap now; `audit` is gone (an audit hook is no barrier)."""
+        if value in ("auto", "namespace"):
+            return "bubblewrap"
+        if value == "audit":
+            raise ValueError("SANDBOX_ISOLATION=audit was removed: an audit hook cannot stop determined code. "
+                             "Install bubblewrap and use SANDBOX_ISOLATION=bubblewrap, or 'off' to turn the "
+                             "Python tool off (docs/agent.md)")
+        return value
 
     @field_validator("sandbox_allowed_modules", "sandbox_hide_paths", mode="before")
     @classmethod
@@ -176,8 +201,11 @@ class Settings(BaseSettings):
     def _tame_the_bundled_model(self) -> Settings:
         """The InternLM demo's sampling (temperature 0.8, repetition penalty 1.005) suits a 7B model; the bundled
         135M model loops and rambles with it.  With that model, and only where the admin set neither, use
-        temperature 0.3 and repetition penalty 1.2 instead (tried side by side in the console)."""
-        if self.engine == "llamacpp" and not self.llamacpp_model_path:
+        temperature 0.3 and repetition penalty 1.2 instead (tried side by side in the console).  The default
+        LLAMACPP_MODEL (empty) counts as that model: settings are read before the engine knows whether the hub is
+        reachable, and offline the default is SmolLM2."""
+        own_model = self.llamacpp_model_path or self.llamacpp_model.strip() not in ("", "bundled")
+        if self.engine == "llamacpp" and not own_model:
             if "temperature" not in self.model_fields_set:
                 self.temperature = BUNDLED_MODEL_TEMPERATURE
             if "repetition_penalty" not in self.model_fields_set:

@@ -1,0 +1,12 @@
+"""Model-written Python, run in bubblewrap (see core.py for the barriers and docs/agent.md for the table).
+
+The public interface: `Sandbox(limits).isolation` names the isolation in force or raises `SandboxUnavailable`
+(with a reason a user can read) where there is none — there is no weaker fallback; `Sandbox.run(code)`
+returns a `RunResult` (`.ok`, `.figures`, `.for_model()`, `.for_display()`).
+"""
+
+from .core import ISOLATION_MODES, PROJECT_ROOT, Sandbox, SandboxLimits, SandboxUnavailable
+from .result import Figure, RunResult, strip_controls
+
+__all__ = ["ISOLATION_MODES", "PROJECT_ROOT", "Figure", "RunResult", "Sandbox", "SandboxLimits",
+           "SandboxUnavailable", "strip_controls"]

@@ -1,0 +1,1 @@
+"""Programs that run inside the sandbox (started by path, never imported by the worker)."""

@@ -1,0 +1,33 @@
+"""What the sandbox tests share: the configurations they run in, and whether this machine can run them.
+
+A machine without bubblewrap (or whose kernel refuses its namespaces) has no sandbox: the tests skip there,
+unless SANDBOX_TESTS_REQUIRE=1 (set by .ci/run, which installs bubblewrap), where they fail instead — so CI
+cannot pass by skipping the security tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+
+from models.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
+
+# Where bubblewrap runs as which user: the worker's own interpreter (here a root worker whose pyenv lives
+# under a 0700 /root: bubblewrap runs as root, the code is host uid 0 without capabilities) and the system
+# interpreter (reachable by nobody: bubblewrap runs as nobody).  Both are the one shipped mode, bubblewrap.
+PYTHONS = {"worker-python": sys.executable, "system-python": shutil.which("python3") or "/usr/bin/python3"}
+
+
+def sandbox_or_skip(limits: SandboxLimits, python: str | None = None) -> Sandbox:
+    """A sandbox whose isolation has been resolved, or a skip (a failure under SANDBOX_TESTS_REQUIRE=1)."""
+    sandbox = Sandbox(limits, python)
+    try:
+        assert sandbox.isolation == "bubblewrap"
+    except SandboxUnavailable as exc:
+        if os.environ.get("SANDBOX_TESTS_REQUIRE") == "1":
+            pytest.fail(f"SANDBOX_TESTS_REQUIRE=1 but the sandbox is unavailable: {exc}")
+        pytest.skip(f"no sandbox on this machine: {exc}")
+    return sandbox
