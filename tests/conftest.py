@@ -31,6 +31,10 @@ pytest_plugins = ["tests.fakediscord.fixtures"]  # the fake Discord: discord_har
 for _name in list(os.environ):
     if _name in Settings.model_fields or _name.lower() in Settings.model_fields:
         os.environ.pop(_name)
+# ... and never reach the model hub: the CPU engine uses the bundled model unless a test names another
+# (tests/test_hub.py points the real huggingface_hub client at its own stand-in, tests/fakehub.py).
+os.environ["LLAMACPP_MODEL"] = "bundled"
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import importlib.util
 import logging
 import threading
@@ -27,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..hub import HubError, locate_gguf
 from ..settings import Settings
 from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
 
@@ -119,8 +121,10 @@ class LlamaCppEngine(Engine):
     supports_raw = True
 
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 4096, n_threads: int = 0,
-                 clip_model_path: str | Path | None = None) -> None:
+                 clip_model_path: str | Path | None = None,
+                 locate: Callable[[], Path | None] | None = None) -> None:
         self.model_path = Path(model_path) if model_path else None
+        self.locate = locate  # finds (fetching once, at start) the GGUF when no path is given; None → bundled
         self.n_ctx = n_ctx
         self.context_window = n_ctx
         self.n_threads = n_threads
@@ -133,9 +137,9 @@ class LlamaCppEngine(Engine):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppEngine:
-        return cls(settings.llamacpp_model_path or None, n_ctx=settings.llamacpp_n_ctx,
-                   n_threads=settings.llamacpp_threads,
-                   clip_model_path=settings.llamacpp_clip_model_path or None)
+        return cls(None, n_ctx=settings.llamacpp_n_ctx, n_threads=settings.llamacpp_threads,
+                   clip_model_path=settings.llamacpp_clip_model_path or None,
+                   locate=functools.partial(locate_gguf, settings))
 
     def describe(self) -> str:
         path = self.model_path.name if self.model_path else BUNDLED_FILE
@@ -166,7 +170,10 @@ class LlamaCppEngine(Engine):
             from llama_cpp import Llama
         except ImportError as exc:  # pragma: no cover - the default install has it
             raise EngineError("llama-cpp-python is not installed: `pip install llama-cpp-python`") from exc
-        path = self.model_path or bundled_model_path()
+        try:  # LLAMACPP_MODEL / LLAMACPP_MODEL_PATH: a file, the bundled model, or a hub model fetched now
+            path = self.model_path or (self.locate() if self.locate else None) or bundled_model_path()
+        except HubError as exc:
+            raise EngineError(str(exc)) from None
         if not path.is_file():
             raise EngineError(f"LLAMACPP_MODEL_PATH does not point at a file: {path}")
         kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": self.n_ctx, "verbose": False}

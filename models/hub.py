@@ -1,0 +1,414 @@
+"""Which GGUF the llama.cpp engine loads: a local file, the bundled SmolLM2, or a model on the Hugging Face Hub,
+fetched once into the hub's own cache.
+
+Why it looks the way it does:
+
+* `LLAMACPP_MODEL` takes what llama.cpp's `-hf` takes — `owner/repo[:QUANT]` (the first GGUF whose name carries
+  the quantisation, `Q4_K_M` then `Q8_0` when none is named; split GGUFs come whole) — plus `owner/repo:FILE.gguf`
+  for one exact file (llama.cpp's `-hff`), a local path, or `bundled`.
+* Fetching goes through `huggingface_hub`, so `HF_ENDPOINT` mirrors, `HF_HOME`, `HF_TOKEN` (gated repos) and its
+  cache layout are the ones every other tool uses; a second start finds the file there and downloads nothing.
+  It resumes a cut transfer with an HTTP Range request (within the run; huggingface_hub ≥ 1.x discards a partial
+  file when the process ends).  huggingface_hub checks only the size of what it downloaded, so the file is then
+  hashed here and compared with the hub's own checksum (the LFS sha256 of the tree listing, or the git blob id of
+  a small file); a mismatch deletes the file and fails loudly.
+* The default (nothing configured) is InternLM2.5-1.8B-Chat's official Q4_K_M GGUF when the hub is reachable.
+  Reachability is one request bounded by `PROBE_TIMEOUT` in total (DNS included, in a thread of its own), so a
+  machine without a network starts on the bundled model at once, saying so in one log line.  An explicitly named
+  model never falls back silently: offline it must already be in the cache, or the start fails with the reason.
+* All of this runs when the engine starts (`Worker.run` awaits `engine.start()` before it claims a job), never
+  in the middle of a job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REPO = "internlm/internlm2_5-1_8b-chat-gguf"
+DEFAULT_FILE = "internlm2_5-1_8b-chat-q4_k_m.gguf"
+DEFAULT_SIZE = "about 1.1 GB"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+BUNDLED = "bundled"
+PROBE_TIMEOUT = 1.5  # seconds for the whole reachability check (DNS, connect, first byte)
+DEFAULT_QUANTS = ("Q4_K_M", "Q8_0")  # what llama.cpp's `-hf owner/repo` picks when no quantisation is named
+_SIDECARS = ("mmproj", "imatrix", "mtp-", "eagle3-", "dflash-", "dspark-")  # GGUFs that are not a model (llama.cpp)
+_REPO_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?::(?P<tag>[^:/\\]+))?$")
+_SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+
+
+class HubError(Exception):
+    """The model could not be found, fetched or verified; the message says which and what to do.  (Not an
+    EngineError: engines import this module, so it imports none of them; the llama.cpp engine converts it.)"""
+
+
+@dataclass(frozen=True)
+class HubReference:
+    """`owner/repo[:TAG]`: TAG is a file name (ends in .gguf) or a quantisation such as Q4_K_M."""
+
+    repo_id: str
+    tag: str = ""
+    revision: str = "main"
+
+    @property
+    def filename(self) -> str:
+        return self.tag if self.tag.lower().endswith(".gguf") else ""
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}:{self.tag}" if self.tag else self.repo_id
+
+
+DEFAULT_REFERENCE = HubReference(DEFAULT_REPO, DEFAULT_FILE)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a hub repository as its tree listing describes it."""
+
+    path: str
+    size: int
+    sha256: str | None  # the LFS object id; None for a file stored in git itself
+    git_oid: str  # the git blob id (sha1) — of the LFS pointer for LFS files
+
+
+def parse_reference(text: str) -> HubReference | Path | None:
+    """`LLAMACPP_MODEL` → None (the bundled model), a local Path, or a HubReference.
+
+    An existing file is always a path; `owner/repo` or `owner/repo:TAG` is a hub reference; anything else is a
+    path (that the engine then reports as missing)."""
+    text = text.strip()
+    if text.lower() == BUNDLED:
+        return None
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    match = _REPO_REF.match(text)
+    if match and not (match["tag"] is None and text.lower().endswith(".gguf")):
+        return HubReference(match["repo"], match["tag"] or "")
+    return path
+
+
+def locate_gguf(settings: Settings, *, default: HubReference = DEFAULT_REFERENCE) -> Path | None:
+    """The GGUF to load for these settings, fetched first if needed; None = the bundled model.
+
+    Called once, when the llama.cpp engine starts (it may download for minutes, with progress)."""
+    text = settings.llamacpp_model.strip()
+    if not text and settings.llamacpp_model_path:
+        return Path(settings.llamacpp_model_path).expanduser()
+    if not text:
+        return _default_model(Hub(settings), default)
+    choice = parse_reference(text)
+    if isinstance(choice, HubReference):
+        return Hub(settings).fetch(choice)
+    if choice is not None and not choice.is_file():
+        raise HubError(f"LLAMACPP_MODEL={text!r} is neither a GGUF file nor a hub reference "
+                       "(owner/repo, owner/repo:Q4_K_M or owner/repo:file.gguf)")
+    return choice
+
+
+def _default_model(hub: Hub, ref: HubReference) -> Path | None:
+    """InternLM2.5-1.8B when it is cached or can be fetched; else the bundled model, after one line saying why."""
+    reason = hub.offline_reason(ref)
+    if reason is not None:
+        cached = hub.cached(ref)
+        if cached is not None:
+            log.info("%s: using %s from the local cache", reason, ref)
+            return cached
+        log.warning("%s: using the bundled SmolLM2-135M; %s (%s) is fetched on a start with the hub reachable "
+                    "(LLAMACPP_MODEL=bundled keeps the small model and skips this check)", reason, ref, DEFAULT_SIZE)
+        return None
+    try:
+        return hub.fetch(ref, probed=True)
+    except HubError as exc:
+        log.warning("the default model could not be fetched (%s): using the bundled SmolLM2-135M", exc)
+        return None
+
+
+def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether anything answers HTTP at `url` within `timeout` seconds in total (any status counts)."""
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)  # the server answered, if only to refuse
+        except Exception:
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)  # DNS is not covered by the socket timeout; the join bounds it too
+    return bool(answered and answered[0])
+
+
+class Hub:
+    """One endpoint, token and cache, as the settings give them."""
+
+    def __init__(self, settings: Settings, *, probe_timeout: float = PROBE_TIMEOUT) -> None:
+        self.endpoint = (settings.hf_endpoint.strip() or DEFAULT_ENDPOINT).rstrip("/")
+        self._token = settings.hf_token.get_secret_value() or None  # never logged
+        self.cache_dir = Path(settings.hf_home).expanduser() / "hub" if settings.hf_home else None
+        self.offline = settings.hf_hub_offline
+        self.probe_timeout = probe_timeout
+
+    # ------------------------------------------------------------------ where things are
+    @property
+    def cache_root(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+
+    def offline_reason(self, ref: HubReference) -> str | None:
+        """None when the hub answers; else why it will not be asked (for the log line)."""
+        if self.offline:
+            return "HF_HUB_OFFLINE is set"
+        if not reachable(f"{self.endpoint}/api/models/{ref.repo_id}", self.probe_timeout):
+            return f"the model hub ({self.endpoint}) is unreachable"
+        return None
+
+    def cached(self, ref: HubReference) -> Path | None:
+        """The reference's GGUF (all of its parts) in the local cache, without any network; None if incomplete."""
+        storage = self.cache_root / ("models--" + ref.repo_id.replace("/", "--"))
+        commit_file = storage / "refs" / ref.revision
+        commit = commit_file.read_text().strip() if commit_file.is_file() else ref.revision
+        snapshot = storage / "snapshots" / commit
+        if not snapshot.is_dir():
+            return None
+        names = [str(p.relative_to(snapshot)).replace("\\", "/") for p in snapshot.rglob("*") if p.is_file()]
+        try:
+            parts = pick_files(ref, names)
+        except HubError:
+            return None
+        return snapshot / parts[0]
+
+    # ------------------------------------------------------------------ fetching
+    def fetch(self, ref: HubReference, *, probed: bool = False) -> Path:
+        """The local path of the reference's GGUF: from the cache, or downloaded (with progress) and verified.
+        `probed`: the caller has just found the hub reachable."""
+        reason = None if probed else self.offline_reason(ref)
+        if reason is not None:
+            cached = self.cached(ref)
+            if cached is not None:
+                log.info("%s: using %s from the local cache", reason, ref)
+                return cached
+            raise HubError(f"LLAMACPP_MODEL={ref} is not in the local cache ({self.cache_root}) and {reason}; "
+                           "connect once to fetch it, or choose a local GGUF or LLAMACPP_MODEL=bundled")
+        files = {f.path: f for f in self.list_files(ref)}
+        parts = pick_files(ref, list(files))
+        paths = [self._download(ref, files[name]) for name in parts]
+        return paths[0]
+
+    def list_files(self, ref: HubReference) -> list[RemoteFile]:
+        """The repository's files with their checksums (`GET /api/models/{repo}/tree/{revision}?recursive=1`)."""
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+        api = HfApi(endpoint=self.endpoint, token=self._token)
+        try:
+            entries = list(api.list_repo_tree(ref.repo_id, revision=ref.revision, recursive=True))
+        except GatedRepoError:
+            raise HubError(f"{ref.repo_id} is gated: accept its terms on the hub, then set HF_TOKEN") from None
+        except RepositoryNotFoundError:
+            raise HubError(f"the hub ({self.endpoint}) has no model repository {ref.repo_id!r} "
+                           "(if it is private or gated, set HF_TOKEN)") from None
+        except RevisionNotFoundError:
+            raise HubError(f"{ref.repo_id} has no revision {ref.revision!r}") from None
+        except Exception as exc:
+            raise HubError(f"could not list {ref.repo_id} on {self.endpoint}: {_describe(exc)}") from None
+        out = []
+        for entry in entries:
+            if getattr(entry, "size", None) is None or not hasattr(entry, "blob_id"):
+                continue  # a folder
+            lfs = getattr(entry, "lfs", None)
+            out.append(RemoteFile(entry.path, entry.size, lfs.sha256 if lfs else None, entry.blob_id))
+        return out
+
+    def _download(self, ref: HubReference, remote: RemoteFile) -> Path:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+
+        label = f"{ref.repo_id}/{remote.path}"
+        transfer = Transfer(label, remote.size)
+        try:
+            local = Path(hf_hub_download(ref.repo_id, remote.path, revision=ref.revision, endpoint=self.endpoint,
+                                         token=self._token, cache_dir=self.cache_dir,
+                                         tqdm_class=transfer.progress_class()))
+        except GatedRepoError:
+            raise HubError(f"{ref.repo_id} is gated: accept its terms on the hub, then set HF_TOKEN") from None
+        except RepositoryNotFoundError:
+            raise HubError(f"the hub ({self.endpoint}) has no model repository {ref.repo_id!r} "
+                           "(if it is private or gated, set HF_TOKEN)") from None
+        except EntryNotFoundError:
+            raise HubError(f"{ref.repo_id} has no file {remote.path!r}") from None
+        except Exception as exc:
+            raise HubError(f"could not download {label}: {_describe(exc)}") from None
+        if transfer.received:
+            verify(local, remote)
+            log.info("fetched %s (%s), checksum verified, into %s", label, _size(remote.size), local.parent)
+        elif local.stat().st_size != remote.size:
+            raise HubError(f"the cached {local} has {local.stat().st_size} bytes, the hub lists {remote.size}: "
+                           "delete it to fetch it again")
+        return local
+
+
+def pick_files(ref: HubReference, names: list[str]) -> list[str]:
+    """The files a reference means among a repository's file names, the model first (llama.cpp's `-hf` rules)."""
+    models = [n for n in names if _is_model(n)]
+    if ref.filename:
+        primary = next((n for n in names if n.lower() == ref.filename.lower()), None)
+        if primary is None:
+            raise HubError(f"{ref.repo_id} has no file {ref.filename!r}; {_offer(models)}")
+    else:
+        primary = None
+        for tag in [ref.tag] if ref.tag else list(DEFAULT_QUANTS):
+            pattern = re.compile(re.escape(tag) + r"[.-]", re.IGNORECASE)
+            primary = next((n for n in models if pattern.search(n) and _split_index(n) in (None, 1)), None)
+            if primary:
+                break
+        if primary is None and not ref.tag:
+            primary = next((n for n in models if _split_index(n) in (None, 1)), None)
+        if primary is None:
+            wanted = f"{ref.tag} GGUF" if ref.tag else "GGUF model"
+            raise HubError(f"{ref.repo_id} has no {wanted}; {_offer(models)}")
+    split = _SPLIT.match(primary)
+    if not split:
+        return [primary]
+    count = int(split["count"])
+    parts = [f"{split['prefix']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+    missing = [p for p in parts if p not in names]
+    if missing:
+        raise HubError(f"{ref.repo_id}: the split GGUF {primary} lacks {', '.join(missing)}")
+    return parts
+
+
+def verify(path: Path, remote: RemoteFile) -> None:
+    """Compare a downloaded file with the hub's checksum; on a mismatch delete it (blob and link) and fail."""
+    size = path.stat().st_size
+    if remote.sha256:
+        kind, want, got = "sha256", remote.sha256, _sha256(path)
+    else:
+        kind, want, got = "git blob id", remote.git_oid, _git_blob_id(path)
+    if size == remote.size and got == want:
+        return
+    blob = path.resolve()
+    for leftover in {blob, path}:
+        leftover.unlink(missing_ok=True)
+    raise HubError(f"{path.name}: the downloaded file does not match the hub's checksum ({kind} {got[:12]}… "
+                   f"instead of {want[:12]}…, {size} of {remote.size} bytes); it was deleted — start again "
+                   "to fetch it anew, or check the mirror (HF_ENDPOINT)")
+
+
+class Transfer:
+    """Progress of one download: a tqdm bar on a terminal (what huggingface_hub draws) and a log line every 10%."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.total = total
+        self.received = 0  # bytes that came over the network in this run
+        self._next_percent = 10
+        self._lock = threading.Lock()
+        self._reporter_taken = False
+
+    def take_reporter(self) -> bool:
+        """True for the first bar of this download only.  A Xet download draws two (bytes written, bytes
+        received); the first, the file's own bytes against its size, is the one the log follows."""
+        with self._lock:
+            first, self._reporter_taken = not self._reporter_taken, True
+            return first
+
+    def started(self, initial: int) -> None:
+        verb = f"resuming at {_size(initial)} of" if initial else "fetching"
+        log.info("%s %s (%s) — once; later starts use the cache", verb, self.label, _size(self.total))
+
+    def advance(self, done: int, n: int) -> None:
+        with self._lock:
+            self.received += max(n, 0)
+            percent = done * 100 // self.total if self.total else 0
+            if percent >= self._next_percent:
+                self._next_percent = percent // 10 * 10 + 10
+                log.info("fetching %s: %d%% (%s of %s)", self.label, min(percent, 100), _size(done),
+                         _size(self.total))
+
+    def progress_class(self) -> type:
+        """A tqdm subclass for `hf_hub_download(tqdm_class=...)`, feeding this transfer."""
+        from tqdm import tqdm
+
+        transfer = self
+
+        class Progress(tqdm):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs.setdefault("disable", None)  # a bar on a terminal only; the log lines always
+                super().__init__(*args, **kwargs)
+                self._done = int(kwargs.get("initial") or 0)
+                self._reports = transfer.take_reporter()
+                if self._reports:
+                    transfer.started(self._done)
+
+            def update(self, n: float | None = 1) -> bool | None:
+                if self._reports:
+                    step = int(n or 0)
+                    self._done += step
+                    transfer.advance(self._done, step)
+                return super().update(n)
+
+        return Progress
+
+
+def _is_model(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1].lower()
+    return base.endswith(".gguf") and not any(mark in base for mark in _SIDECARS)
+
+
+def _split_index(name: str) -> int | None:
+    match = _SPLIT.match(name)
+    return int(match["index"]) if match else None
+
+
+def _offer(models: list[str]) -> str:
+    shown = ", ".join(models[:12]) + (" …" if len(models) > 12 else "")
+    return f"its GGUF files: {shown}" if models else "it has no GGUF files"
+
+
+def _hash_file(path: Path, digest: Callable[[], Any], prefix: bytes = b"") -> str:
+    h = digest()
+    h.update(prefix)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    return _hash_file(path, hashlib.sha256)
+
+
+def _git_blob_id(path: Path) -> str:
+    return _hash_file(path, hashlib.sha1, f"blob {path.stat().st_size}\0".encode())
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
