@@ -40,10 +40,23 @@ class AgentHandler:
         await self.chat.stop(reply)
 
 
+FENCE = "```"
+LOOKALIKE = "\u02cb\u02cb\u02cb"  # ˋˋˋ (modifier grave accents): reads as ``` but cannot close a block
+
+
 def _fence(text: str, lang: str = "") -> str:
-    """A code block that the content cannot break out of."""
-    text = text.replace("```", "`\u200b``")
-    return f"```{lang}\n{text.rstrip()}\n```"
+    """A code block that the content cannot break out of.
+
+    The step's code is already bare (models/agent strips the model's own fence), so normally nothing is
+    replaced; a ``` inside the code or output (a Markdown string, say) is shown as a visible look-alike
+    rather than hidden behind a zero-width character."""
+    text = text.replace(FENCE, LOOKALIKE)
+    return f"{FENCE}{lang}\n{text.strip(chr(10)).rstrip()}\n{FENCE}"
+
+
+def _balanced(text: str) -> str:
+    """Model prose with an unclosed code fence closed, so it cannot swallow the steps shown after it."""
+    return text + f"\n{FENCE}" if text.count(FENCE) % 2 else text
 
 
 def format_step(step: dict[str, Any]) -> str:
@@ -51,7 +64,7 @@ def format_step(step: dict[str, Any]) -> str:
     kind = step.get("type")
     text = str(step.get("text") or "")
     if kind == "thought":
-        return f"💭 {text}"
+        return f"💭 {_balanced(text)}"
     if kind == "tool_call":
         if step.get("code") is not None:
             lines = str(step["code"]).rstrip().splitlines()
@@ -72,5 +85,5 @@ def format_step(step: dict[str, Any]) -> str:
     if kind == "note":
         return f"ℹ️ *{text}*"
     if kind == "answer":
-        return f"**Answer:** {text}" if text else ""
+        return f"**Answer:** {_balanced(text)}" if text else ""
     return text

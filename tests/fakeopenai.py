@@ -10,7 +10,14 @@ Scripting (attributes, set between requests):
 * `fail_status` / `fail_message`: answer with an OpenAI-style error body instead;
 * `chunk_delay`: seconds between chunks; `hang_after`: stop sending after this many chunks and wait
   until the client disconnects (`disconnected` is set when it does); `drop_after`: cut the connection
-  after this many chunks, as a crashing server would.
+  after this many chunks, as a crashing server would;
+* `skip_special`: the special tokens a server like lmdeploy or vLLM drops from its output unless the request
+  says `skip_special_tokens: false` (empty: keep everything); `apply_stop`: end the output before the first
+  of the request's `stop` strings, which is not sent (what lmdeploy and vLLM do);
+* `replay(turns)`: answer each request with the next `ReplayTurn`'s recorded text, verbatim, but only if the
+  prompt contains what that turn `requires` (the real tool result of the turn before); a request that does
+  not is answered with HTTP 409 and noted in `replay_errors`, so a test sees that the model "spoke" only
+  after the tool really answered.
 """
 
 from __future__ import annotations
@@ -52,6 +59,32 @@ class ImageRejected(ValueError):
     pass
 
 
+# InternLM2's special tokens (chat/chat_format.md); lmdeploy drops them from output by default.
+INTERNLM2_SPECIAL = ("<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|interpreter|>",
+                     "<|plugin|>")
+
+
+@dataclass
+class ReplayTurn:
+    """One recorded model output, and what the prompt must contain before it may be given."""
+
+    reply: str
+    requires: tuple[str, ...] = ()
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """What the model was given: the raw prompt (completions) or the messages' text (chat)."""
+    if isinstance(body.get("prompt"), str):
+        return body["prompt"]
+    parts = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        parts.append(str(content))
+    return "\n".join(parts)
+
+
 def decode_image_url(url: str) -> SeenImage:
     """Check a `data:` URL the way a vision server would: base64 that Pillow can open."""
     if not url.startswith("data:") or ";base64," not in url:
@@ -79,10 +112,19 @@ class FakeOpenAI:
         self.chunk_delay = 0.0
         self.hang_after: int | None = None
         self.drop_after: int | None = None
+        self.skip_special: tuple[str, ...] = ()
+        self.apply_stop = False
+        self.turns: list[ReplayTurn] | None = None
+        self.replay_errors: list[str] = []
         self.requests: list[Recorded] = []
         self.disconnected = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.port = 0
+
+    def replay(self, turns: list[ReplayTurn]) -> None:
+        """Answer the next requests with these recorded turns, in order (see the module docstring)."""
+        self.turns = list(turns)
+        self.replay_errors = []
 
     @property
     def base_url(self) -> str:
@@ -152,8 +194,39 @@ class FakeOpenAI:
             return self._error(400, "prompt must be a string")
         return await self._stream(request, rec, chat=False)
 
+    def _replayed(self, body: dict[str, Any]) -> str | web.Response:
+        assert self.turns is not None
+        if not self.turns:
+            self.replay_errors.append("a request after the recorded run had ended")
+            return self._error(409, "the recorded run has no more turns")
+        prompt = prompt_text(body)
+        missing = [r for r in self.turns[0].requires if r not in prompt]
+        if missing:
+            self.replay_errors.append(f"turn asked for before its input arrived: missing {missing!r}")
+            return self._error(409, f"the prompt lacks {missing!r}")
+        return self.turns.pop(0).reply
+
+    def _as_served(self, text: str, body: dict[str, Any]) -> str:
+        """The output as lmdeploy/vLLM would send it: cut at a stop string, special tokens dropped unless kept."""
+        if self.apply_stop:
+            stops = body.get("stop") or []
+            stops = [stops] if isinstance(stops, str) else stops
+            cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+            text = text if cut < 0 else text[:cut]
+        if self.skip_special and body.get("skip_special_tokens", True) is not False:
+            for token in self.skip_special:
+                text = text.replace(token, "")
+        return text
+
     async def _stream(self, request: web.Request, rec: Recorded, *, chat: bool) -> web.StreamResponse:
-        text = self.reply(rec.body) if callable(self.reply) else self.reply
+        if self.turns is not None:
+            replayed = self._replayed(rec.body)
+            if isinstance(replayed, web.Response):
+                return replayed
+            text = replayed
+        else:
+            text = self.reply(rec.body) if callable(self.reply) else self.reply
+        text = self._as_served(text, rec.body)
         if not rec.body.get("stream"):
             return self._error(400, "the fake server only streams")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -182,7 +255,9 @@ class FakeOpenAI:
                     await asyncio.sleep(self.chunk_delay)
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the client went away mid-answer (closed its stream early): normal
+            self.disconnected.set()
+        except asyncio.CancelledError:
             self.disconnected.set()
             raise
         return response

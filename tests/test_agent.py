@@ -275,50 +275,23 @@ async def test_escape_through_the_agent_leaves_the_worker_serving(agent: AgentHa
     assert (await run(agent, "are you there?"))[-1].text == "still serving"
 
 
-def test_console_agent_command(settings: Settings, tmp_path: object) -> None:
-    """`/agent` in console mode, in a real subprocess with the test engine (its [[say:...]] directive)."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT, subprocess_env
-
-    line = "/agent [[say:Let me compute.<|action_start|><|interpreter|>print(6*7)<|action_end|>]]\n/agent\n"
-    proc = subprocess.run([sys.executable, "-m", "bot", "console"], input=line, capture_output=True, text=True,
-                          cwd=ROOT, timeout=120,
-                          env=subprocess_env(settings, AGENT_MAX_TURNS="2", EMBEDDED_WORKER="true"))
-    out = proc.stdout
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert out.count("🐍 **Python**") == 2 and out.count("print(6*7)") == 2
-    assert "✅ **Result**" in out and "\n42\n" in out
-    assert "Stopped after 2 steps" in out
-    assert "Tell the agent what to do" in out  # the empty /agent
-
-
 # ------------------------------------------------------------------------------ ENGINE=openai (completions)
-SPECIAL = ("<|action_start|>", "<|action_end|>", "<|interpreter|>", "<|plugin|>", "<|im_end|>")
-
-
-def protocol_server_reply(body: dict, honour_skip: bool = True) -> str:
-    """What an InternLM2 model behind lmdeploy/vLLM would write for the agent's raw prompt; like those
-    servers, special tokens are dropped from the output unless the request says `skip_special_tokens: false`
-    (`honour_skip=False`: a server that always keeps them)."""
-    prompt = body["prompt"]
-    env = last_environment(prompt)
-    text = (f"x = {env}" if env else
-            "Let me compute.<|action_start|><|interpreter|>\nprint((10 - 3) / 2)\n<|action_end|>")
-    if honour_skip and body.get("skip_special_tokens", True):
-        for token in SPECIAL:
-            text = text.replace(token, "")
-    return text
+def protocol_server_reply(body: dict) -> str:
+    """What an InternLM2 model behind lmdeploy/vLLM would write for the agent's raw prompt (the server then
+    drops the special tokens unless the request asks it not to: `FakeOpenAI.skip_special`)."""
+    env = last_environment(body["prompt"])
+    return (f"x = {env}" if env else
+            "Let me compute.<|action_start|><|interpreter|>\n```python\nprint((10 - 3) / 2)\n```<|action_end|>\n")
 
 
 async def agent_via_openai(settings: Settings, bus: Bus, chat: ChatHandler,
                            honour_skip: bool = True) -> tuple[list[Update], list]:
     from models.engines.openai import OpenAIEngine
-    from tests.fakeopenai import FakeOpenAI
+    from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI
 
     fake = await FakeOpenAI().start()
-    fake.reply = lambda body: protocol_server_reply(body, honour_skip)
+    fake.reply = protocol_server_reply
+    fake.skip_special = INTERNLM2_SPECIAL if honour_skip else ()
     engine = OpenAIEngine(base_url=fake.base_url, chat_model="internlm2_5-7b-chat")
     w = Worker(settings, bus, engine, worker_id="openai-worker")
     task = asyncio.create_task(w.run())
@@ -345,6 +318,8 @@ async def test_openai_engine_uses_the_completions_endpoint(settings: Settings, b
 
 
 async def test_openai_engine_keeps_special_tokens(settings: Settings, bus: Bus, chat: ChatHandler) -> None:
+    """Behind a server that drops special tokens unless told not to (lmdeploy's and vLLM's default), the tool
+    call still arrives with its markers, because raw completions ask for `skip_special_tokens: false`."""
     updates, requests = await agent_via_openai(settings, bus, chat)
     assert requests[0].body.get("skip_special_tokens") is False
     assert updates[-1].text == "x = 3.5"

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 from urllib.parse import parse_qs
+from xml.sax.saxutils import escape
 
 from aiohttp import web
 
@@ -53,11 +54,31 @@ FEED = """<?xml version="1.0" encoding="UTF-8"?>
 EMPTY = FEED.split("<entry>")[0].replace("<opensearch:totalResults>2", "<opensearch:totalResults>0") + "</feed>"
 
 
+def feed_of(*entries: dict[str, Any]) -> str:
+    """An arXiv API Atom feed (the shape of FEED above) holding these papers: each a dict with `id` (e.g.
+    "2403.17297v1"), `title`, `summary`, `published` (YYYY-MM-DD) and `authors`; text is XML-escaped, so
+    whatever a paper's abstract says arrives as that text."""
+    head, _, _ = FEED.partition("  <entry>")
+    head = head.replace("<opensearch:totalResults>2", f"<opensearch:totalResults>{len(entries)}")
+    body = ""
+    for e in entries:
+        url = f"http://arxiv.org/abs/{e['id']}"
+        authors = "".join(f"<author><name>{escape(a)}</name></author>" for a in e["authors"])
+        body += (f"  <entry>\n    <id>{url}</id>\n    <updated>{e['published']}T00:00:00Z</updated>\n"
+                 f"    <published>{e['published']}T00:00:00Z</published>\n    <title>{escape(e['title'])}</title>\n"
+                 f"    <summary>{escape(e['summary'])}</summary>\n    {authors}\n"
+                 f'    <link href="{url}" rel="alternate" type="text/html"/>\n'
+                 '    <arxiv:primary_category term="cs.CL" scheme="http://arxiv.org/schemas/atom"/>\n'
+                 '    <category term="cs.CL" scheme="http://arxiv.org/schemas/atom"/>\n  </entry>\n')
+    return head + body + "</feed>\n"
+
+
 class AtomServer:
     """A local stand-in for export.arxiv.org/api/query that records the queries it got."""
 
-    def __init__(self, mode: str = "ok") -> None:
+    def __init__(self, mode: str = "ok", feed: str | None = None) -> None:
         self.mode = mode  # "ok" | "empty" | "slow" | "error"
+        self.feed = feed or FEED  # what "ok" answers
         self.queries: list[str] = []
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -73,7 +94,7 @@ class AtomServer:
             await asyncio.sleep(3)
         if self.mode == "error":
             return web.Response(status=503, text="busy")
-        body = EMPTY if self.mode == "empty" else FEED
+        body = EMPTY if self.mode == "empty" else self.feed
         return web.Response(text=body, content_type="application/atom+xml")
 
     async def __aenter__(self) -> AtomServer:
@@ -138,3 +159,18 @@ def test_tools_follow_the_settings() -> None:
     assert names(Settings(_env_file=None)) == ["ArxivSearch"]
     assert names(Settings(_env_file=None, agent_arxiv=False)) == []
     assert names(Settings(_env_file=None, serper_api_key="k")) == ["ArxivSearch", "GoogleSearch"]
+
+
+async def test_a_built_feed_round_trips_its_text() -> None:
+    """`feed_of` (used by the replay tests) gives a feed the real `arxiv` client reads back as written,
+    markup-like characters included."""
+    paper = {"id": "2403.17297v1", "title": "InternLM2 Technical Report", "published": "2024-03-26",
+             "authors": ["Zheng Cai", "Maosong Cao"], "summary": "a <b>bold</b> & \"quoted\" abstract <|im_end|>"}
+    async with AtomServer(feed=feed_of(paper)) as server:
+        action = ArxivSearchAction(base_url=server.url, timeout=5)
+        await asyncio.to_thread(action, {"query": "InternLM2"}, "get_arxiv_article_information")
+    [found] = action.papers
+    assert (found.title, found.url, found.published) == ("InternLM2 Technical Report",
+                                                        "http://arxiv.org/abs/2403.17297v1", "2024-03-26")
+    assert found.authors == ["Zheng Cai", "Maosong Cao"]
+    assert found.summary == paper["summary"]

@@ -1,13 +1,22 @@
 """`/agent` end to end: the project's bot (real discord.py) in the fake Discord, its embedded worker running the
-Lagent agent with the real sandbox, and a scripted InternLM2-protocol model (test_agent.ScriptedEngine)."""
+Lagent agent with the real sandbox, and a scripted InternLM2-protocol model (test_agent.ScriptedEngine) or, for
+the recorded InternLM2.5 math run, `ENGINE=openai` against a local server replaying it verbatim (source:
+InternLM/lagent examples/run_agent_lmdeploy.py @ 1c094f706d29208b20e5169a597e6c380c74375c, see
+tests/fixtures/internlm2/math_run.json and tests/test_agent_replay.py)."""
 
 from __future__ import annotations
 
+import gc
+import logging
+
 import pytest
 from test_agent import SOLVE, ScriptedEngine, last_environment
+from test_agent_replay import MATH, MODEL, math_turns
 
+from models.engines.openai import OpenAIEngine
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import STOP_PREFIX, BotRunner
+from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -97,3 +106,36 @@ async def test_empty_or_refused_task(discord_harness: Harness, discord_bot: BotR
     done = await h.response(second, until=lambda i: i.original is not None and i.original.content)
     assert second.ephemeral or done.original.ephemeral
     assert h.errors() == []
+
+
+async def test_recorded_internlm_math_run(discord_harness: Harness, discord_bot: BotRunner,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The recorded InternLM2.5-7B-Chat run through `/agent`: both cells run in the sandbox and their values
+    are shown, each cell's code once in one clean block, then the recorded answer; nothing logs an error."""
+    pytest.importorskip("sympy")
+    caplog.set_level(logging.WARNING)
+    h = discord_harness
+    server = await FakeOpenAI(models=(MODEL,)).start()
+    server.skip_special, server.apply_stop = INTERNLM2_SPECIAL, True  # as lmdeploy serves it
+    engine = OpenAIEngine(base_url=server.base_url, chat_model=MODEL)
+    try:
+        await discord_bot.start(agent_arxiv=False)
+        discord_bot.runtime.worker.engine = engine
+        server.replay(math_turns())
+        interaction = await h.slash("agent", {"task": MATH["task"]})
+        messages = await discord_bot.answer(interaction, until=lambda ms: "boxed{-3969}" in h.text(ms), timeout=60)
+    finally:
+        await engine.close()
+        await server.stop()
+    assert server.replay_errors == [] and server.turns == []
+    text = h.text(messages)
+    assert text.count("```python") == 2 and "```python\n```python" not in text
+    assert "\u200b" not in text
+    assert "factors_of_63 = divisors(63)\nfactors_of_63\n```" in text
+    assert "```\n[1, 3, 7, 9, 21, 63]\n```" in text and "```\n-3969\n```" in text
+    assert "**Answer:** " + MATH["turns"][-1]["model"] in text
+    assert all(len(m.content) <= 2000 for m in messages)
+    assert h.errors() == []
+    gc.collect()
+    logged = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import io
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -186,4 +189,41 @@ async def test_connection_lost_mid_answer(fake: FakeOpenAI) -> None:
         async for piece in engine.stream_chat([ChatMessage("user", "hi")], GenParams(), asyncio.Event()):
             pieces.append(piece)
     assert "".join(pieces) == "y" * 15  # what arrived before the cut was streamed
+    await engine.close()
+
+
+@pytest.mark.parametrize("how", ["task cancelled", "generator closed"])
+async def test_a_stream_ended_early_leaves_nothing_behind(fake: FakeOpenAI, caplog: pytest.LogCaptureFixture,
+                                                          how: str) -> None:
+    """The agent ends streams early (a stop word seen on the text, Stop, a deadline), by cancelling the task
+    that reads it or closing the generator.  Neither may leave a read of the closed connection running: it
+    failed later and asyncio logged "Task exception was never retrieved ... APIConnectionError"."""
+    caplog.set_level(logging.WARNING)
+    engine = make_engine(fake)
+    fake.reply = "<|action_start|><|interpreter|>\nprint(1)<|action_end|>" + "x" * 200
+    fake.hang_after = 4  # the server is still sending (here: stalls) when the reader goes away
+    first = asyncio.Event()
+    stream = engine.stream_raw("<|im_start|>user\nhi<|im_end|>\n", GenParams(), asyncio.Event())
+
+    async def read() -> None:
+        async for _piece in stream:
+            first.set()
+
+    if how == "task cancelled":
+        task = asyncio.create_task(read())
+        await asyncio.wait_for(first.wait(), 5)
+        await asyncio.sleep(0.05)  # the reader now waits for the next chunk
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    else:
+        assert await stream.__anext__()
+        await stream.aclose()
+    await asyncio.wait_for(fake.disconnected.wait(), 5)  # the connection really closed
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+        gc.collect()
+    logged = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == []
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()] == []
     await engine.close()

@@ -22,6 +22,7 @@ from lagent.actions.parser import JsonParser
 from lagent.schema import ActionReturn, ActionStatusCode
 
 from ..sandbox import RunResult, Sandbox
+from .parsing import extract_code
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,15 @@ class SandboxedPython(BaseAction):
         Args:
             command (str): the Python code to run
         """
-        result = self.sandbox.run(command)
+        # InternLM2 sends a fenced block (often with thought text or an unclosed fence); run only the code.
+        code = extract_code(command)
+        if not code.strip():
+            return ActionReturn(args={"command": code}, type=self.name, state=ActionStatusCode.ARGS_ERROR,
+                                errmsg="There is no code to run: send the code in a ```python block.")
+        result = self.sandbox.run(code)
         self.results.append(result)
         # Like IPython, errors are output the model should read and fix, not a failed call.
-        return ActionReturn(args={"command": command}, type=self.name, state=ActionStatusCode.SUCCESS,
+        return ActionReturn(args={"command": code}, type=self.name, state=ActionStatusCode.SUCCESS,
                             result=[{"type": "text", "content": result.for_model()}])
 
 
@@ -150,7 +156,10 @@ def build_plugins(settings: Any) -> list[BaseAction]:
     return plugins
 
 
-def build_executors(sandbox: Sandbox, settings: Any) -> tuple[ActionExecutor, ActionExecutor | None]:
-    interpreter = ActionExecutor(actions=[SandboxedPython(sandbox)])
+def build_executors(sandbox: Sandbox, settings: Any, *,
+                    python: bool = True) -> tuple[ActionExecutor | None, ActionExecutor | None]:
+    """The interpreter (None with `python=False`: the sandbox cannot isolate code here, so the model is not
+    even offered it) and the plugin tools (None when there are none)."""
+    interpreter = ActionExecutor(actions=[SandboxedPython(sandbox)]) if python else None
     plugins = build_plugins(settings)
     return interpreter, (ActionExecutor(actions=plugins) if plugins else None)

@@ -14,6 +14,8 @@ if the server keeps special tokens in its output (see docs/agent.md).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import queue
 import threading
 import time
@@ -27,7 +29,9 @@ from lagent.schema import ModelStatusCode
 from ..engines.base import ChatMessage, Engine, GenParams
 
 STOP_WORDS = ["<|im_end|>", "<|action_end|>"]
+CLOSE_GRACE = 5.0  # seconds an engine gets to close its stream once told to stop, before it is cancelled
 _END = object()
+Factory = Callable[[asyncio.Event], AsyncIterator[str]]  # opens the engine's stream with a call's cancel event
 
 
 class AgentStopped(Exception):
@@ -73,9 +77,9 @@ class EngineLLM(BaseModel):
     # ------------------------------------------------------------------ Lagent's model API
     def generate(self, inputs: str | list[str], **gen_params: Any) -> str | list[str]:
         if isinstance(inputs, list):
-            return [self._complete(lambda p=p: self.engine.stream_raw(p, self.params, self.cancel))
+            return [self._complete(lambda cancel, p=p: self.engine.stream_raw(p, self.params, cancel))
                     for p in inputs]
-        return self._complete(lambda: self.engine.stream_raw(inputs, self.params, self.cancel))
+        return self._complete(lambda cancel: self.engine.stream_raw(inputs, self.params, cancel))
 
     def chat(self, inputs: list[dict[str, Any]], **gen_params: Any) -> str:
         final = ""
@@ -91,14 +95,14 @@ class EngineLLM(BaseModel):
             prompt = self.render(inputs)
             self.prompt_tokens += self.engine.count_tokens(prompt)
 
-            def factory() -> AsyncIterator[str]:
-                return self.engine.stream_raw(prompt, self.params, self.cancel)
+            def factory(cancel: asyncio.Event) -> AsyncIterator[str]:
+                return self.engine.stream_raw(prompt, self.params, cancel)
         else:
             messages = self.to_messages(inputs)
             self.prompt_tokens += self.engine.count_message_tokens(messages)
 
-            def factory() -> AsyncIterator[str]:
-                return self.engine.stream_chat(messages, self.params, self.cancel)
+            def factory(cancel: asyncio.Event) -> AsyncIterator[str]:
+                return self.engine.stream_chat(messages, self.params, cancel)
         final = ""
         for text in self._stream(factory):
             final = text
@@ -106,24 +110,42 @@ class EngineLLM(BaseModel):
         self.completion_tokens += self.engine.count_tokens(final) if final else 0
         yield ModelStatusCode.END, final, None
 
-    def _complete(self, factory: Callable[[], AsyncIterator[str]]) -> str:
+    def _complete(self, factory: Factory) -> str:
         final = ""
         for text in self._stream(factory):
             final = text
         return final
 
-    def _stream(self, factory: Callable[[], AsyncIterator[str]]) -> Iterator[str]:
+    def _stream(self, factory: Factory) -> Iterator[str]:
         """Run the engine's generator on the loop; yield the accumulated text, cut at the first stop word
-        (some servers do not apply multi-token stop strings themselves)."""
+        (some servers do not apply multi-token stop strings themselves).
+
+        Ending a call early (a stop word seen here, the Stop button, the deadline) sets this call's own
+        cancel event, the engine's documented way to stop: it returns, closing its stream (an HTTP
+        connection, a llama.cpp thread) itself.  Only if it does not within `CLOSE_GRACE` seconds is the
+        pump task cancelled.  Cancelling it outright made the openai client's pending read fail after the
+        connection was closed under it: "Task exception was never retrieved ... APIConnectionError".
+        """
         pieces: queue.Queue[Any] = queue.Queue()
+        call_cancel: asyncio.Event | None = None
 
         async def pump() -> None:
+            nonlocal call_cancel
+            call_cancel = event = asyncio.Event()
+            if self.cancel.is_set():
+                event.set()
+            relay = asyncio.ensure_future(self.cancel.wait())  # the job's Stop reaches this call too
+            relay.add_done_callback(lambda f: f.cancelled() or event.set())
+            stream = factory(event)
             try:
-                async for piece in factory():
+                async for piece in stream:
                     pieces.put(piece)
             except Exception as exc:
                 pieces.put(exc)
             finally:
+                relay.cancel()
+                with contextlib.suppress(Exception):
+                    await stream.aclose()  # type: ignore[attr-defined]
                 pieces.put(_END)
 
         future = asyncio.run_coroutine_threadsafe(pump(), self.loop)
@@ -147,4 +169,27 @@ class EngineLLM(BaseModel):
                     return
                 yield text
         finally:
-            future.cancel()  # closes the engine's stream (the server stops generating)
+            self._close(future, lambda: call_cancel)
+
+    def _close(self, future: concurrent.futures.Future[None], event: Callable[[], asyncio.Event | None]) -> None:
+        """Stop the pump through the call's cancel event and wait for it to wind down (it closes the stream)."""
+        if future.done():
+            return
+
+        def signal() -> None:
+            ev = event()
+            if ev is not None:
+                ev.set()
+            elif not future.done():
+                future.cancel()  # not started yet: nothing is open
+
+        try:
+            self.loop.call_soon_threadsafe(signal)
+        except RuntimeError:  # the loop is closed: nothing left to close
+            return
+        try:
+            future.result(timeout=CLOSE_GRACE)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+        except (concurrent.futures.CancelledError, Exception):  # cancelled or failed while closing: it is closed
+            pass

@@ -8,10 +8,11 @@ a thread because Lagent 0.2.4 is synchronous; its model calls come back to the e
 
     {"type": "thought",     "turn": n, "title": "Thought",            "text": ...}
     {"type": "tool_call",   "turn": n, "title": "Python" | tool,      "tool": "python" | name,
-                            "code": ... (python) | "args": {...} (plugins)}
+                            "code": ... (python: the code that ran, fences removed) | "args": {...} (plugins)}
     {"type": "tool_result", "turn": n, "title": "Result",             "tool": ..., "text": ..., "ok": bool,
                             "truncated": bool, "links": [{"title", "url"}] (arXiv)}
-    {"type": "note",        "turn": n, "title": "Note",               "text": ...}  (malformed call, limits)
+    {"type": "note",        "turn": n, "title": "Note",               "text": ...}  (malformed call, limits;
+                            turn 0 with "python_off": true when the sandbox cannot isolate code here)
     {"type": "answer",      "turn": n, "title": "Answer",             "text": ...}
 
 Figures the code produced follow their tool result as `file` events.  The run ends with `done`, whose
@@ -25,7 +26,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from lagent.actions import ActionExecutor
@@ -34,8 +35,10 @@ from lagent.schema import ActionReturn, ActionStatusCode
 
 from ..context import JobContext, JobError
 from ..sandbox import Sandbox, SandboxLimits, SandboxUnavailable
+from ..untrusted import inert
 from .actions import ArxivSearchAction, SandboxedPython, build_executors, render_links
 from .llm import AgentStopped, EngineLLM
+from .parsing import ACTION_START, PluginCallError, extract_code, parse_plugin_call
 
 MAX_TASK_CHARS = 4000
 HISTORY_TURNS = 6  # recent chat turns given to the agent as context
@@ -76,16 +79,26 @@ class StepAgent(Internlm2Agent):
     Lagent 0.2.4's own `stream_chat` raises a TypeError when the model writes invalid JSON for a plugin call
     and gives no sign that the turn limit was reached; this loop uses the same protocol, executors and model
     API but reports both as notes the model (and the user) can read.
+
+    Everything that goes back into the prompt is made inert (`models.untrusted.inert`) when it enters the
+    turn list: the model's own thoughts and code, tool and sandbox output, arXiv results.  The protocol's
+    markers (`<|action_start|><|interpreter|>`, the `environment` turn) are added afterwards by Lagent's
+    template, so only they stay real tokens.
     """
 
-    def __init__(self, llm: EngineLLM, interpreter: ActionExecutor, plugins: ActionExecutor | None,
-                 max_turn: int, stop: threading.Event) -> None:
+    def __init__(self, llm: EngineLLM, interpreter: ActionExecutor | None, plugins: ActionExecutor | None,
+                 max_turn: int, stop: threading.Event, tokens: Collection[str] = (), python_off: str = "") -> None:
         protocol = Internlm2Protocol(meta_prompt=META_CN, interpreter_prompt=INTERPRETER_CN + INTERPRETER_NOTE,
                                      plugin_prompt=PLUGIN_CN)
         super().__init__(llm=llm, plugin_executor=plugins, interpreter_executor=interpreter, protocol=protocol,
                          max_turn=max_turn)
         self.stop = stop
+        self.tokens = tuple(tokens)  # the engine's own special tokens, for `inert`
+        self.python_off = python_off  # why the interpreter is not offered ("" when it is)
         self.tools_used: Counter[str] = Counter()
+
+    def inert(self, text: str) -> str:
+        return inert(text, extra=self.tokens)
 
     def steps(self, messages: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         inner = list(messages)
@@ -99,7 +112,7 @@ class StepAgent(Internlm2Agent):
                 name, thought, action = self._protocol.parse(response, self._action_executor,
                                                              self._interpreter_executor)
             except ValueError:
-                name, thought, action = "malformed", response, None
+                name, thought, action = "malformed", response.split(ACTION_START)[0], None
             thought = (thought or "").strip()
             if not name:
                 if not thought:
@@ -115,45 +128,43 @@ class StepAgent(Internlm2Agent):
             if problem:
                 yield {"type": "note", "turn": turn, "title": "Note",
                        "text": f"The model's tool call was malformed ({problem}); asking it to correct it."}
-                inner.append({"role": "assistant", "content": response})
+                inner.append({"role": "assistant", "content": self.inert(response)})
                 inner.append({"role": "environment", "name": "plugin" if name == "plugin" else "interpreter",
-                              "content": f"Error: the tool call was malformed ({problem}). A plugin call must be "
-                                         'JSON like {"name": "<tool>", "parameters": {...}}.'})
+                              "content": self.inert(f"Error: the tool call was malformed ({problem}). " + (
+                                  "Answer without running code." if self.python_off and name == "interpreter"
+                                  else 'A plugin call must be JSON like {"name": "<tool>", "parameters": {...}}; '
+                                       "code goes in a ```python block."))})
                 continue
             yield from self._run_tool(turn, name, call, thought, inner)
         yield {"type": "note", "turn": self.max_turn, "title": "Note", "limit": "turns",
                "text": f"Stopped after {self.max_turn} steps without a final answer (AGENT_MAX_TURNS)."}
 
     def _check_call(self, name: str, action: Any) -> tuple[str, dict[str, Any]]:
-        """What is wrong with a parsed call ('' if nothing), and the call as {"name", "parameters"}."""
+        """What is wrong with a parsed call ('' if nothing), and the call as {"name", "parameters"}; an
+        interpreter call keeps what the model wrote in `parameters.command` and the runnable code in `code`."""
         if name == "interpreter":
             if self._interpreter_executor is None:
-                return "no interpreter is available", {}
-            code = action["parameters"]["command"] if isinstance(action, dict) else ""
-            return ("the code block is empty" if not code.strip() else ""), action
+                return (f"Python is off here: {self.python_off}" if self.python_off
+                        else "no interpreter is available"), {}
+            raw = action["parameters"]["command"] if isinstance(action, dict) else ""
+            code = extract_code(raw)
+            if not code.strip():
+                return "the code block is empty", {}
+            return "", {"name": action["name"], "parameters": {"command": raw}, "code": code}
         if name != "plugin":
             return "the <|plugin|> or <|interpreter|> marker is misplaced", {}
         if self._action_executor is None:
             return "no plugin tools are available", {}
         try:
-            call = json.loads(action)
-        except (TypeError, ValueError) as exc:
-            return f"the arguments are not valid JSON: {str(exc)[:80]}", {}
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            return 'the call has no "name"', {}
-        params = call.get("parameters", {})
-        if isinstance(params, str):
-            try:
-                params = json.loads(params)
-            except ValueError:
-                params = None
-        if not isinstance(params, dict):
-            return '"parameters" is not a JSON object', {}
-        tool = call["name"].split(".")[0]
-        if not self._action_executor.is_valid(tool):
-            known = ", ".join(i["name"] for i in self._action_executor.get_actions_info())
+            call = parse_plugin_call(action)
+        except PluginCallError as exc:
+            return str(exc), {}
+        tool, _, api = call["name"].partition(".")
+        known = ", ".join(i["name"] for i in self._action_executor.get_actions_info())
+        if not self._action_executor.is_valid(tool) or "." in api or (
+                api and not hasattr(self._action_executor.actions[tool], api)):
             return f"there is no tool named {call['name']!r}; available: {known}", {}
-        return "", {"name": call["name"], "parameters": params}
+        return "", call
 
     def _run_tool(self, turn: int, name: str, call: dict[str, Any], thought: str,
                   inner: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -161,8 +172,7 @@ class StepAgent(Internlm2Agent):
         assert executor is not None
         if name == "interpreter":
             tool = "python"
-            yield {"type": "tool_call", "turn": turn, "title": "Python", "tool": tool,
-                   "code": call["parameters"]["command"]}
+            yield {"type": "tool_call", "turn": turn, "title": "Python", "tool": tool, "code": call["code"]}
         else:
             tool = short_tool(call["name"])
             yield {"type": "tool_call", "turn": turn, "title": tool, "tool": call["name"],
@@ -174,7 +184,8 @@ class StepAgent(Internlm2Agent):
         text = result.format_result() if ok else str(result.errmsg or "the tool failed")
         step: dict[str, Any] = {"type": "tool_result", "turn": turn, "title": "Result", "tool": tool, "ok": ok}
         python = self._python()
-        if name == "interpreter" and python is not None and python.results:
+        ran = name == "interpreter" and python is not None and python.results
+        if ran:
             last = python.results[-1]
             step["ok"] = last.ok
             step["figures"] = [f.name for f in last.figures]
@@ -186,15 +197,18 @@ class StepAgent(Internlm2Agent):
             shown = text
         step["text"], step["truncated"] = clip(shown, SHOWN_RESULT_CHARS)
         yield step
-        if name == "interpreter" and python is not None and python.results:
+        if ran:
             for figure in python.results[-1].figures:
                 yield {"type": "figure", "turn": turn, "name": figure.name, "data": figure.data, "mime": figure.mime}
-        inner.append({"role": "language", "content": thought})
-        inner.append({"role": "tool", "name": name,
-                      "content": call if name == "plugin" else {"name": call["name"],
-                                                                "parameters": call["parameters"]}})
+        # The turn as the model wrote it (its fenced code, its JSON), inert, for the protocol to re-render.
+        inner.append({"role": "language", "content": self.inert(thought)})
+        if name == "interpreter":
+            content = call["parameters"]["command"]
+        else:
+            content = json.dumps({"name": call["name"], "parameters": call["parameters"]}, ensure_ascii=False)
+        inner.append({"role": "tool", "name": name, "content": self.inert(content)})
         response = self._protocol.format_response(result, name=name)
-        response["content"], _ = clip(response["content"], MODEL_RESULT_CHARS)
+        response["content"] = self.inert(clip(response["content"], MODEL_RESULT_CHARS)[0])
         inner.append(response)
 
     def _python(self) -> SandboxedPython | None:
@@ -209,8 +223,9 @@ class StepAgent(Internlm2Agent):
         return len(self._papers())
 
 
-def task_messages(payload: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """The task and the conversation the agent starts from (recent text turns, the task last)."""
+def task_messages(payload: dict[str, Any], tokens: Collection[str] = ()) -> tuple[str, list[dict[str, Any]]]:
+    """The task and the conversation the agent starts from (recent text turns, the task last), every text
+    made inert: the task and the history come from users (and from earlier model answers)."""
     task = payload.get("task")
     raw = payload.get("messages") if isinstance(payload.get("messages"), list) else []
     if not isinstance(task, str) or not task.strip():
@@ -229,7 +244,8 @@ def task_messages(payload: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     context = context[-HISTORY_TURNS:]
     while context and context[0]["role"] != "user":
         context.pop(0)
-    return task, [*context, {"role": "user", "content": task}]
+    turns = [*context, {"role": "user", "content": task}]
+    return task, [{"role": m["role"], "content": inert(m["content"], extra=tokens)} for m in turns]
 
 
 def history_line(answer: str, tools: Counter[str]) -> str:
@@ -237,21 +253,35 @@ def history_line(answer: str, tools: Counter[str]) -> str:
     return f"{answer}\n(tools used: {used})"
 
 
+def python_off_note(reason: str, plugins: ActionExecutor | None) -> str:
+    """What the user reads when the sandbox cannot run code here."""
+    rest = ("The agent can still search: " + ", ".join(short_tool(i["name"]) for i in plugins.get_actions_info())
+            + "." if plugins else "The agent answers without tools.")
+    return f"Python is off: {reason.rstrip('.')}. {rest}"
+
+
 async def run_agent(ctx: JobContext) -> None:
     settings = ctx.settings
-    _task, messages = task_messages(ctx.job.payload)
+    tokens = tuple(getattr(ctx.engine, "special_tokens", ()) or ())
+    _task, messages = task_messages(ctx.job.payload, tokens)
     sandbox = sandbox_for(settings)
+    python_off = ""
     try:
         await asyncio.to_thread(lambda: sandbox.isolation)  # probe once, off the loop
     except SandboxUnavailable as exc:
-        raise JobError(f"The Python sandbox is unavailable: {exc}") from None
+        # No real isolation here: never run model-written code, but the rest of the agent still works.
+        python_off = str(exc) or "the Python sandbox is unavailable on this host"
     loop = asyncio.get_running_loop()
     stop = threading.Event()
     deadline = time.monotonic() + settings.agent_timeout
     params = ctx.params()
     llm = EngineLLM(ctx.engine, loop, params, ctx.cancel, stop, deadline)
-    interpreter, plugins = build_executors(sandbox, settings)
-    agent = StepAgent(llm, interpreter, plugins, max(1, settings.agent_max_turns), stop)
+    interpreter, plugins = build_executors(sandbox, settings, python=not python_off)
+    agent = StepAgent(llm, interpreter, plugins, max(1, settings.agent_max_turns), stop, tokens=tokens,
+                      python_off=python_off)
+    if python_off:
+        await ctx.step({"type": "note", "turn": 0, "title": "Note", "python_off": True,
+                        "text": python_off_note(python_off, plugins)})
 
     events: asyncio.Queue[Any] = asyncio.Queue()
     finished = object()

@@ -220,13 +220,16 @@ class OpenAIEngine(Engine):
         waiter = asyncio.ensure_future(cancel.wait())
         try:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Our caller was cancelled: the pending read must not outlive it.  Left running, it fails once
+            # the stream is closed below it and asyncio logs "Task exception was never retrieved".
+            await _reap(task)
+            raise
         finally:
             waiter.cancel()
         if task.done():
             return task.result()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        await _reap(task)
         return None
 
     def _user_message(self, exc: openai.APIError, url: str, model: str) -> str:
@@ -252,6 +255,16 @@ class OpenAIEngine(Engine):
         if self._secret and len(self._secret) >= 4:
             text = text.replace(self._secret, "***")
         return text
+
+
+async def _reap(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` and wait for it, retrieving whatever it ended with (a cancelled read of a stream that
+    is being closed may end with a connection error: expected, and not worth a log line)."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    if task.done() and not task.cancelled():
+        task.exception()
 
 
 def _detail(exc: openai.APIStatusError) -> str:
