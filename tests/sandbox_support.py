@@ -8,7 +8,6 @@ cannot pass by skipping the security tests.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 import pytest
@@ -18,7 +17,7 @@ from models.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 # Where bubblewrap runs as which user: the worker's own interpreter (here a root worker whose pyenv lives
 # under a 0700 /root: bubblewrap runs as root, the code is host uid 0 without capabilities) and the system
 # interpreter (reachable by nobody: bubblewrap runs as nobody).  Both are the one shipped mode, bubblewrap.
-PYTHONS = {"worker-python": sys.executable, "system-python": shutil.which("python3") or "/usr/bin/python3"}
+PYTHONS = {"worker-python": sys.executable, "system-python": "/usr/bin/python3"}
 
 
 def sandbox_or_skip(limits: SandboxLimits, python: str | None = None) -> Sandbox:

@@ -3,9 +3,9 @@
 Runs as `python -I -S mount_work.py SIZE INODES UID GID WORKDIR -- PYTHON ARGS...` with only CAP_SYS_ADMIN of
 bubblewrap's user namespace (`--cap-add`), which it needs because bubblewrap 0.8's `--size` caps a tmpfs's
 bytes but not its inodes: an inode costs kernel memory but no tmpfs page, so 116,000 empty files fit in any
-size.  Mounting the tmpfs here with `nr_inodes` caps both.  Then it clears the ambient capability set and
-execs the runner: for a non-root uid with no file capabilities (and no_new_privs, which bubblewrap sets),
-`execve` leaves the permitted and effective sets empty, so the model's code holds no capability at all.
+size.  Mounting the tmpfs here with `nr_inodes` caps both.  Then it clears the ambient, effective, permitted
+and inheritable sets and execs the runner (a non-root uid, no file capabilities, and no_new_privs, which
+bubblewrap sets, so `execve` grants none back): the model's code holds no capability at all.
 
 Imports nothing of the project: only the bind-mounted interpreter's standard library is visible.
 """
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 import sys
 
 MS_NOSUID, MS_NODEV = 2, 4
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 EXIT_SETUP_FAILED = 120
 
 
@@ -38,6 +40,9 @@ def main(argv: list[str]) -> None:
         die(f"mount tmpfs on {workdir}: {os.strerror(ctypes.get_errno())}")
     if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         die(f"clear ambient capabilities: {os.strerror(ctypes.get_errno())}")
+    header = ctypes.create_string_buffer(struct.pack("=II", LINUX_CAPABILITY_VERSION_3, 0))
+    if libc.capset(header, ctypes.create_string_buffer(24)) != 0:  # effective, permitted, inheritable: none
+        die(f"drop capabilities: {os.strerror(ctypes.get_errno())}")
     os.chdir(workdir)
     os.execv(command[0], command)
 
