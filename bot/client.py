@@ -1,7 +1,12 @@
-"""The Discord client: a `commands.AutoShardedBot` holding the `Runtime`, one extension (Cog) per feature.
+"""The Discord client: a `commands.AutoShardedBot` holding the `Runtime` and the state every feature shares,
+one extension (Cog) per feature.
 
-`python -m bot` calls `run_discord(settings)`.  Features live in `bot/cogs/`: chat and admin always,
-agent and images when their modules exist, so adding a feature is adding a Cog.  Slash commands are
+`python -m bot` calls `run_discord(settings)`.  Features live in `bot/cogs/`: chat, admin and stats always,
+agent and images when their modules exist, so adding a feature is adding a Cog.  What the cogs share —
+the per-channel write budget, the per-user quota, the live replies, resume records, metrics, the image
+intake — is typed on `InternLMBot` (the `bot.host.BotHost` protocol) and built here, never looked up at
+run time; cogs import what they share (bot/access.py, bot/buttons.py, bot/replies.py), never each other.
+Refusals from any command are answered by one handler (`bot.refusals.CommandTree.on_error`).  Slash commands are
 synced with Discord only when their definition changed (a hash in Redis) or on `python -m bot sync`,
 because Discord rate-limits syncing.
 
@@ -20,24 +25,32 @@ import importlib.util
 import json
 import logging
 import signal
+import uuid
 from typing import Any
 
 import discord
 import yarl
 from discord.ext import commands
 
-from handlers.ratelimit import UserRateLimiter
+from handlers.active_replies import ActiveReplies
+from handlers.types import Reply
+from handlers.user_quota import UserQuota
 from models.logs import make_handler
-from models.protocol import KEYS
 from models.settings import Settings
 
 from . import i18n
-from .ratelimit import BucketRegistry
+from .attachments import DiscordImages
+from .buttons import BUTTONS, reply_buttons
+from .metrics import BotMetrics
+from .pacing import BucketRegistry
+from .refusals import CommandTree
+from .resume import resume_replies
 from .runtime import Runtime
+from .streamer import LiveReplies
 
 log = logging.getLogger(__name__)
 
-CORE_EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin", "bot.cogs.stats")  # stats: /stats, metrics, resume
+CORE_EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin", "bot.cogs.stats")
 OPTIONAL_EXTENSIONS = ("bot.cogs.agent", "bot.cogs.images")
 # Permissions the invite link asks for: View Channels, Send Messages, Send Messages in Threads,
 # Embed Links, Attach Files, Read Message History (see docs/discord.md).
@@ -68,27 +81,39 @@ def shard_options(settings: Settings) -> dict[str, Any]:
 
 
 class InternLMBot(commands.AutoShardedBot):
-    """The bot.  Cogs reach the handlers through `bot.runtime` and stream replies with `bot.streaming`."""
+    """The bot and its shared state (see `bot.host.BotHost` for what each attribute is)."""
+
+    limiter: UserQuota
+    active_replies: ActiveReplies | None
+    images: DiscordImages
 
     def __init__(self, runtime: Runtime, *, sync: str = "auto") -> None:
         intents = discord.Intents.default()
         intents.message_content = True  # a privileged intent: enable it in the developer portal
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
-                         allowed_mentions=discord.AllowedMentions.none(), **shard_options(runtime.settings))
+                         allowed_mentions=discord.AllowedMentions.none(), tree_cls=CommandTree,
+                         **shard_options(runtime.settings))
         self.runtime = runtime
         self.settings: Settings = runtime.settings
-        self.buckets = BucketRegistry(capacity=5, per=5.0, reserve=1)
-        self.limiter = UserRateLimiter.from_settings(runtime.bus.redis, runtime.settings)
         self.sync_mode = sync  # "auto" (when changed), "force", or "never"
         self.synced: bool | None = None  # whether setup_hook synced the commands
-        self.regenerable_kinds: set[str] = {"chat", "vision"}  # replies of these kinds get Regenerate
-        self.streaming_jobs: set[str] = set()  # jobs this process renders now (bot.streaming.stream_reply)
-        self.live_streamers: dict[str, Any] = {}  # job id → its ReplyStreamer (for Stop)
-
-    async def on_message(self, message: discord.Message, /) -> None:
-        """No text commands: messages are the chat cog's business (this stops `process_commands`)."""
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.regenerable_kinds: set[str] = {"chat", "vision"}
+        self.regenerating: set[str] = set()
+        self.resumed_replies = False
+        self.buckets = BucketRegistry(capacity=5, per=5.0, reserve=1)
+        self.live = LiveReplies()
+        self.metrics = BotMetrics(self)
 
     async def setup_hook(self) -> None:
+        runtime = self.runtime
+        self.limiter = UserQuota.from_settings(runtime.bus.redis, self.settings)
+        self.active_replies = (ActiveReplies(runtime.bus, runtime.history, self.settings)
+                               if self.settings.resume_replies else None)
+        self.images = DiscordImages(runtime)
+        self.metrics.install()
+        await self.metrics.start_server(self.settings.metrics_host, self.settings.bot_metrics_port)
+        self.add_dynamic_items(*BUTTONS)
         await self.tree.set_translator(i18n.Translator())
         for name in CORE_EXTENSIONS:
             await self.load_extension(name)
@@ -97,6 +122,17 @@ class InternLMBot(commands.AutoShardedBot):
                 await self.load_extension(name)
         if self.sync_mode != "never":
             self.synced = await self.sync_commands(force=self.sync_mode == "force")
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """Counted for the metrics; no text commands (this replaces `process_commands`): messages are the
+        chat cog's business."""
+        if not message.author.bot:
+            self.metrics.message(dm=message.guild is None)
+
+    async def close(self) -> None:
+        await super().close()
+        self.metrics.uninstall()
+        await self.metrics.stop_server()
 
     async def command_payload(self) -> list[dict[str, Any]]:
         """The global command tree as Discord would receive it (translations included)."""
@@ -116,12 +152,12 @@ class InternLMBot(commands.AutoShardedBot):
     async def sync_commands(self, *, force: bool = False) -> bool:
         """Sync the application commands if their definition changed since the last sync."""
         digest = await self.command_hash()
-        redis = self.runtime.bus.redis
-        if not force and await redis.get(KEYS.command_hash) == digest:
+        bus = self.runtime.bus
+        if not force and await bus.command_hash() == digest:
             log.info("application commands unchanged; not syncing")
             return False
         synced = await self.tree.sync()
-        await redis.set(KEYS.command_hash, digest)
+        await bus.set_command_hash(digest)
         log.info("synced %d application commands", len(synced))
         return True
 
@@ -130,12 +166,11 @@ class InternLMBot(commands.AutoShardedBot):
                  len(self.guilds), self.shard_ids or "all", self.shard_count)
         if self.application_id:
             log.info("invite link: %s", invite_url(self.application_id))
+        await resume_replies(self)  # once per process: the replies a previous process left streaming
 
-    def reply_view(self, reply: Any, state: str, lang: str, owner: int | None = None) -> discord.ui.View | None:
-        """The buttons on a reply: Stop while streaming, Regenerate when done (chat cog's items)."""
-        from .cogs.chat import reply_buttons
-
-        return reply_buttons(self, reply, state, lang, owner)
+    def reply_view(self, reply: Reply, state: str, lang: str, owner: int | None = None) -> discord.ui.View | None:
+        """The buttons on a reply: Stop while streaming, Regenerate when done (bot/buttons.py)."""
+        return reply_buttons(reply, state, lang, owner, self.regenerable_kinds)
 
 
 def invite_url(application_id: int) -> str:

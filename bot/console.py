@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TextIO
 
 from handlers.agent import AGENT_STEPS, AgentHandler, format_step
-from handlers.chat import InputError, Reply, Request, Update
 from handlers.history import conversation_id
+from handlers.types import InputError, Reply, Request, Update
 
+from .console_images import article_command, image_command
 from .runtime import Runtime
 
 HELP = """Commands:
@@ -30,7 +31,7 @@ Anything else is a message to the model."""
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
-Command = Callable[["Console", str], Awaitable[None]]
+Command = Callable[["Console", str], Awaitable[None]]  # the image commands take the same shape
 
 
 class Console:
@@ -184,10 +185,7 @@ async def _agent(console: Console, rest: str) -> None:
 
 
 Console.commands["agent"] = _agent
-
-from .console_images import article_command, image_command  # noqa: E402 - image commands live apart
-
-Console.commands.update({"image": image_command, "article": article_command})
+Console.commands.update({"image": image_command, "article": article_command})  # bot/console_images.py
 
 
 async def run_console(runtime: Runtime, session: str = "default") -> None:

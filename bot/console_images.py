@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from handlers.article import ArticleHandler, plan_posts
-from handlers.chat import InputError, Request
 from handlers.images import Attachment, ImageIntake, VisionHandler
+from handlers.types import InputError, Reply, Request, Update
 
-if TYPE_CHECKING:
-    from .console import Console
+from .runtime import Runtime
+
+
+class Console(Protocol):
+    """What these commands use of the console session (bot/console.py's `Console`, which imports this
+    module: the protocol keeps the import one-way)."""
+
+    runtime: Runtime
+    conversation: str
+
+    def print(self, text: str = "", *, end: str = "\n") -> None: ...
+
+    async def render(self, reply: Reply) -> Update | None: ...
 
 IMAGE_USAGE = "Usage: /image <path> [question]   (quote the path if it has spaces)"
 ARTICLE_USAGE = "Usage: /article <title> [--image PATH]... [--paragraphs N]"

@@ -1,12 +1,10 @@
-"""The Discord side of replies surviving a bot restart (the mechanism is `handlers.resume`).
+"""Finishing the replies a previous bot process left streaming (the records are written by bot/tracking.py;
+the mechanism is `handlers.active_replies`).
 
-* `tracked(bot, reply, target, ...)`: used by `streaming.stream_reply` around every reply — records the
-  reply (channel, the message it answers, the first reply message once sent, language, owner) in Redis
-  when it starts, forgets it when the final text is written.
-* `resume_replies(bot)`: called once when the bot is ready — for each reply left behind by the previous
-  process (only those of this process's shards), edits the message it had posted (or posts a new one in
-  reply to the person's message) until the answer is complete; an answer that cannot be had any more is
-  replaced by a short notice asking the person to ask again.
+`resume_replies(bot)`, called once when the bot is ready: for each reply left behind by the previous
+process (only those of this process's shards), edits the message it had posted (or posts a new one in
+reply to the person's message) until the answer is complete; an answer that cannot be had any more is
+replaced by a short notice asking the person to ask again.
 """
 
 from __future__ import annotations
@@ -14,114 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import discord
 
-from handlers.chat import Reply
-from handlers.resume import ActiveRecord, ActiveReplies
-from models.logs import bind as bind_log_context
+from handlers.active_replies import ActiveRecord, ActiveReplies
 
 from . import i18n
-from .streaming import NO_MENTIONS, ChannelTarget, Target
-
-if TYPE_CHECKING:
-    from .client import InternLMBot
+from .host import BotHost
+from .replies import stream_reply
+from .targets import NO_MENTIONS, ChannelTarget
 
 log = logging.getLogger(__name__)
-
-
-
-def instance_id(bot: Any) -> str:
-    """Which bot (process) recorded a reply: a bot resumes only replies of *earlier* bots — on_ready can
-    fire seconds after this one started answering messages."""
-    value = getattr(bot, "_resume_instance", None)
-    if value is None:
-        value = uuid.uuid4().hex[:12]
-        bot._resume_instance = value
-    return value
 
 i18n.register({
     "resume_lost": {i18n.EN: "⚠️ I was restarted while writing this answer and it was lost. Please ask again.",
                     i18n.ZH: "⚠️ 机器人在生成回答时重启，回答已丢失。请重新提问。"},
 })
-
-
-def tracker_of(bot: Any) -> ActiveReplies | None:
-    """The bot's `ActiveReplies` (created on first use), or None when RESUME_REPLIES is off."""
-    tracker = getattr(bot, "active_replies", None)
-    if tracker is None:
-        runtime = getattr(bot, "runtime", None)
-        if runtime is None or not getattr(runtime.settings, "resume_replies", False):
-            return None
-        tracker = ActiveReplies(runtime.bus, runtime.history, runtime.settings)
-        bot.active_replies = tracker
-    return tracker
-
-
-class TrackingTarget(Target):
-    """Delegates to the real target and notes the id of the reply's first message in the record."""
-
-    def __init__(self, inner: Target, tracker: ActiveReplies, reply: Reply) -> None:
-        self.inner = inner
-        self.tracker = tracker
-        self.reply = reply
-        self.channel_id = inner.channel_id
-        self._noted = False
-
-    async def send(self, content: str, *, view: discord.ui.View | None = None,
-                   files: list[discord.File] | None = None, first: bool = False) -> Any:
-        handle = await self.inner.send(content, view=view, files=files, first=first)
-        if first and not self._noted and isinstance(handle, discord.Message):
-            self._noted = True
-            with contextlib.suppress(Exception):  # the record is a convenience; never fail a reply for it
-                await self.tracker.update(self.reply, message_id=handle.id)
-        return handle
-
-    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | None) -> Any:
-        return await self.inner.edit(handle, content, view=view)
-
-    async def delete(self, handle: Any) -> None:
-        await self.inner.delete(handle)
-
-    def typing(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        return self.inner.typing()
-
-    def initial_handles(self) -> list[Any]:
-        return self.inner.initial_handles()
-
-
-@contextlib.asynccontextmanager
-async def tracked(bot: Any, reply: Reply, target: Target, *, lang: str = i18n.EN,
-                  owner: int | None = None) -> AsyncIterator[Target]:
-    """Record the reply while it streams (no-op when RESUME_REPLIES is off or Redis hiccups).  Also tags
-    this task's later log lines with the job id, which the worker's lines carry too."""
-    bind_log_context(job=reply.job.id, conversation=reply.request.conversation)
-    tracker = tracker_of(bot)
-    if tracker is None:
-        yield target
-        return
-    reference = getattr(target, "reference", None)
-    where: dict[str, Any] = {"channel_id": target.channel_id, "lang": lang, "owner": owner,
-                             "instance": instance_id(bot)}
-    if reference is not None:
-        where["reference_id"] = reference.id
-    for handle in target.initial_handles():  # a resumed reply's existing message
-        if isinstance(handle, discord.PartialMessage | discord.Message):
-            where["message_id"] = handle.id
-    try:
-        await tracker.begin(reply, **where)
-    except Exception as exc:
-        log.warning("could not record the reply for resuming (%s)", type(exc).__name__)
-        yield target
-        return
-    # Forget the record only when the final text was written.  A reply cut short — the process shutting
-    # down, its HTTP session closed, a task cancelled — keeps it, so the next process finishes the reply.
-    yield TrackingTarget(target, tracker, reply)
-    with contextlib.suppress(Exception):
-        await tracker.end(reply)
 
 
 class ResumedTarget(ChannelTarget):
@@ -139,33 +47,29 @@ class ResumedTarget(ChannelTarget):
         return []
 
 
-def owns(bot: Any, record: ActiveRecord) -> bool:
-    """Whether this process should resume the record: left by an earlier process, on a shard this process
-    runs (DMs arrive on shard 0)."""
-    if record.where.get("instance") == instance_id(bot):
+def owns(record: ActiveRecord, *, instance_id: str, shard_count: int | None,
+         shard_ids: Sequence[int] | None) -> bool:
+    """Whether this process should resume the record: left by an earlier process (`instance_id` is this
+    one's: on_ready can fire seconds after this bot started answering messages), on a shard this process
+    runs (DMs arrive on shard 0; `shard_ids` None = all shards)."""
+    if record.where.get("instance") == instance_id:
         return False  # streaming right now, in this bot
-    count = getattr(bot, "shard_count", None) or 1
+    count = shard_count or 1
     if count <= 1:
         return True
     shard = (int(record.guild) >> 22) % count if record.guild else 0
-    ids = getattr(bot, "shard_ids", None)
-    if ids is None:
-        shard_id = getattr(bot, "shard_id", None)
-        ids = [shard_id] if shard_id is not None else None
-    return ids is None or shard in ids
+    return shard_ids is None or shard in shard_ids
 
 
-async def _channel(bot: Any, channel_id: int) -> Any:
+async def _channel(bot: BotHost, channel_id: int) -> Any:
     channel = bot.get_channel(channel_id)
     if channel is None:
         channel = await bot.fetch_channel(channel_id)
     return channel
 
 
-async def resume_one(bot: InternLMBot, tracker: ActiveReplies, record: ActiveRecord) -> str:
+async def resume_one(bot: BotHost, tracker: ActiveReplies, record: ActiveRecord) -> str:
     """Finish (or give up on) one reply; returns "finished", "lost" or "gone" (channel unreachable)."""
-    from .streaming import stream_reply
-
     where = record.where
     lang = str(where.get("lang") or i18n.EN)
     try:
@@ -195,26 +99,26 @@ async def resume_one(bot: InternLMBot, tracker: ActiveReplies, record: ActiveRec
     return "finished"
 
 
-async def resume_replies(bot: InternLMBot) -> list[asyncio.Task[str]]:
+async def resume_replies(bot: BotHost) -> list[asyncio.Task[str]]:
     """On ready: pick up the replies the previous process left (once per process).  Returns the tasks."""
-    tracker = tracker_of(bot)
-    if tracker is None or getattr(bot, "_resumed_replies", False):
+    tracker = bot.active_replies
+    if tracker is None or bot.resumed_replies:
         return []
-    bot._resumed_replies = True  # type: ignore[attr-defined]
+    bot.resumed_replies = True
+    shard_ids = bot.shard_ids
     try:
-        records = await tracker.pending(owns=lambda r: owns(bot, r))
+        records = await tracker.pending(owns=lambda r: owns(r, instance_id=bot.instance_id,
+                                                            shard_count=bot.shard_count, shard_ids=shard_ids))
     except Exception as exc:
         log.warning("could not read the replies to resume (%s)", type(exc).__name__)
         return []
     if records:
         log.info("resuming %d replies that were streaming when the bot stopped", len(records))
-    metrics = getattr(bot, "metrics", None)
+    resumed = bot.metrics.resumed
     tasks: list[asyncio.Task[str]] = []
     for record in records:
         task = asyncio.create_task(resume_one(bot, tracker, record), name=f"resume-{record.job_id[:8]}")
-        if metrics is not None:
-            task.add_done_callback(
-                lambda t: metrics.resumed.labels(t.result() if not t.cancelled() and not t.exception()
-                                                 else "error").inc())
+        task.add_done_callback(
+            lambda t: resumed.labels(t.result() if not t.cancelled() and not t.exception() else "error").inc())
         tasks.append(task)
     return tasks

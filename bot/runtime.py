@@ -9,8 +9,8 @@ import logging
 from dataclasses import dataclass, field
 
 from handlers.chat import ChatHandler
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models.protocol import Bus
 from models.redis_server import wait_ready
 from models.settings import Settings

@@ -1,8 +1,8 @@
 """What a chat request means: record the user's turn, build the job from history, follow the reply.
 
-The front ends (Discord, console) call `ChatHandler.ask` and render the `Update`s that `follow` yields;
-they never see job events or Redis.  The agent and image handlers reuse `submit` and `follow` with
-their own job kinds and payloads.
+The front ends (Discord, console) call `ChatHandler.ask` and render the `Update`s that `follow` yields
+(the types are in handlers/types.py); they never see job events or Redis.  The agent and image handlers
+reuse `submit` and `follow` with their own job kinds and payloads.
 """
 
 from __future__ import annotations
@@ -12,20 +12,22 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from redis.exceptions import RedisError
 
-from models.protocol import KEYS, Bus, Job, PayloadTooLarge, reraise_if_cancelling
+from models.protocol import Bus, Job, PayloadTooLarge, reraise_if_cancelling
 from models.settings import Settings
 
-from .conf import ConfStore
 from .history import HistoryStore, Turn
+from .overrides import ConfStore
+from .types import InputError, Reply, Request, Update, UpdateKind
+
+# The shared types live in handlers/types.py; they are re-exported here for the modules that import them
+# from `handlers.chat` (the agent, article and image handlers).
+__all__ = ["ChatHandler", "InputError", "Reply", "Request", "Update", "UpdateKind"]
 
 log = logging.getLogger(__name__)
-
-UpdateKind = Literal["queued", "no_worker", "started", "text", "step", "file", "restart", "done", "error"]
 
 QUEUE_CHECK_EVERY = 1.0  # seconds between queue-position / worker-liveness checks of a waiting reply
 TOO_LONG = "That message is too long ({n} characters). Please keep it under {limit} characters."
@@ -34,53 +36,9 @@ NO_WORKER = ("No inference worker is running right now, so I can't answer yet. "
              "Your message is queued and will be answered when a worker starts.")
 
 
-@dataclass
-class Request:
-    """One thing a person asked, independent of where they asked it."""
-
-    conversation: str
-    text: str
-    user_name: str | None = None  # set in shared channels so the model can tell speakers apart
-    images: list[str] = field(default_factory=list)  # blob refs, already validated and stored
-    guild: int | None = None
-    channel: int | None = None
-    kind: str = "chat"
-    payload: dict[str, Any] = field(default_factory=dict)  # kind-specific extras
-    record: bool = True  # write the turns into history
-
-
-@dataclass
-class Update:
-    """Something the front end should show."""
-
-    kind: UpdateKind
-    text: str = ""  # the whole answer so far (for "text", "done", "restart")
-    attempt: int = 1
-    position: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def final(self) -> bool:
-        return self.kind in ("done", "error")
-
-
-@dataclass
-class Reply:
-    """A submitted job, as the front end holds it (to follow it, or to press Stop)."""
-
-    job: Job
-    request: Request
-    submitted: float = field(default_factory=time.monotonic)
-    # The history generation the job was built from (see handlers/history.py): the answer is recorded only
-    # if the conversation was not reset since.  None: no check (nothing to record, or an older record).
-    generation: int | None = None
-
-
-class InputError(ValueError):
-    """A request refused before it reached a worker; the message is friendly and shown as is."""
-
-
 class ChatHandler:
+    """Turns requests into jobs and job events into updates (one per process, shared by every front end)."""
+
     def __init__(self, bus: Bus, history: HistoryStore, conf: ConfStore, settings: Settings) -> None:
         self.bus = bus
         self.history = history
@@ -105,7 +63,7 @@ class ChatHandler:
     async def claim(self, source: str, ttl: int = 900) -> bool:
         """True for the first bot process to claim an incoming event (`source`, e.g. a Discord message id),
         False for any other: during a deploy two processes on the same shard both receive every message."""
-        return bool(await self.bus.redis.set(KEYS.event_claimed(source), "1", nx=True, ex=ttl))
+        return await self.bus.claim_event(source, ttl)
 
     async def ask(self, request: Request) -> Reply:
         """Record the user's turn and submit a job that answers it from the conversation's history."""

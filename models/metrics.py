@@ -9,7 +9,9 @@ Each `WorkerMetrics` has its own `CollectorRegistry`, so several workers in one 
 embedded worker next to the bot) never collide.  Values that live in Redis (queue depth, the dead-letter
 backlog) are read when Prometheus scrapes, not polled.  The worker calls this module at a handful of
 points only (accept, every emitted event via `MeteredContext`, dead letter); the `done` event already
-carries the timings and token counts, so nothing is timed twice.
+carries the timings and token counts, so nothing is timed twice.  What the metrics read of a worker at
+scrape time (jobs in flight, shutting down) they get as callables from `watch`, so this module does not
+know the worker (models/worker.py imports it, not the other way round).
 """
 
 from __future__ import annotations
@@ -19,17 +21,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .context import JobContext
 from .logs import log_context
-from .protocol import KEYS, Job
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .protocol import Bus, Job
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,11 @@ class WorkerMetrics:
 
     def __init__(self, worker_id: str = "", registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.worker: Worker | None = None
+        self.worker_id = worker_id
         self.engine_loaded = False
+        self.bus: Bus | None = None
+        self._in_flight: Callable[[], int] = lambda: 0
+        self._stopping: Callable[[], bool] = lambda: False
         r = self.registry
         self.jobs_started = Counter("ilm_worker_jobs_started", "Jobs (attempts) a worker started", ["kind"],
                                     registry=r)
@@ -77,12 +79,17 @@ class WorkerMetrics:
                                  registry=r)
         self.dead_backlog = Gauge("ilm_dead_letter_backlog", "Entries in the dead-letter stream (all workers)",
                                   registry=r)
-        self.in_flight.set_function(lambda: len(self.worker.in_flight) if self.worker else 0)
+        self.in_flight.set_function(lambda: self._in_flight())
         self.up.set_function(lambda: 1.0 if self.engine_loaded else 0.0)
 
-    def attach(self, worker: Worker) -> None:
-        self.worker = worker
-        self.concurrency.set(worker.settings.worker_concurrency)
+    def watch(self, *, bus: Bus, concurrency: int, in_flight: Callable[[], int],
+              stopping: Callable[[], bool]) -> None:
+        """What to read at scrape time: the worker's bus, and callables for its jobs in flight and whether it
+        is shutting down."""
+        self.bus = bus
+        self.concurrency.set(concurrency)
+        self._in_flight = in_flight
+        self._stopping = stopping
 
     # ---------------------------------------------------------------- hooks called by the worker
     def accepted(self, job: Job, attempt: int) -> None:
@@ -128,25 +135,24 @@ class WorkerMetrics:
     # ---------------------------------------------------------------- scrape time
     async def refresh(self) -> None:
         """Read the shared numbers (queue depth, dead-letter backlog) from Redis."""
-        if self.worker is None:
+        bus = self.bus
+        if bus is None:
             return
-        bus = self.worker.bus
         with contextlib.suppress(Exception):
             self.queue_depth.set(await asyncio.wait_for(bus.queue_depth(), HEALTH_TIMEOUT))
-            self.dead_backlog.set(await asyncio.wait_for(bus.redis.xlen(KEYS.dead), HEALTH_TIMEOUT))
+            self.dead_backlog.set(await asyncio.wait_for(bus.dead_letter_count(), HEALTH_TIMEOUT))
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy = engine loaded, not shutting down, and Redis answers PING within a second."""
         redis_ok = False
-        if self.worker is not None:
+        if self.bus is not None:
             try:
-                redis_ok = bool(await asyncio.wait_for(self.worker.bus.redis.ping(), HEALTH_TIMEOUT))
+                redis_ok = bool(await asyncio.wait_for(self.bus.redis.ping(), HEALTH_TIMEOUT))
             except Exception:
                 redis_ok = False
-        stopping = bool(self.worker and self.worker.stopping.is_set())
+        stopping = bool(self._stopping())
         body = {"engine_loaded": self.engine_loaded, "redis": redis_ok, "stopping": stopping,
-                "worker": self.worker.worker_id if self.worker else "",
-                "in_flight": len(self.worker.in_flight) if self.worker else 0}
+                "worker": self.worker_id, "in_flight": self._in_flight()}
         return self.engine_loaded and redis_ok and not stopping, body
 
 

@@ -21,6 +21,10 @@ Failure policy (what is retried and what is not):
 * only a worker that *disappears* mid-job (killed, OOM, host lost) leads to a retry: the job is taken over
   with the next attempt number.  A job that kills its worker every time is dead-lettered once its
   attempts exceed `JOB_MAX_ATTEMPTS`; hand-backs on SIGTERM do not count as attempts.
+
+Why one module of about 450 lines: claiming, heartbeats, takeover, hand-back and the final XACK are one
+state machine over the same in-flight tables, and each guarantee above depends on the others' ordering;
+what runs a job lives elsewhere (models/runners.py, models/context.py, the engines).
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ class Worker:
         self.jobs_done = 0
         self._slot_free = asyncio.Event()
         self.metrics = WorkerMetrics(self.worker_id)  # Prometheus; served when WORKER_METRICS_PORT is set
-        self.metrics.attach(self)
+        self.metrics.watch(bus=bus, concurrency=settings.worker_concurrency,
+                           in_flight=lambda: len(self.in_flight), stopping=self.stopping.is_set)
 
     @property
     def visibility_ms(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.ratelimit import BucketRegistry
+from bot.pacing import BucketRegistry
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner, reply_finished
 

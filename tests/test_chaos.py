@@ -26,10 +26,10 @@ from conftest import ROOT, RedisServer, free_port, subprocess_env
 from prometheus_client.parser import text_string_to_metric_families
 from worker_procs import WorkerProc, pid_of, repeat_text, wait_alive
 
+from handlers.active_replies import ActiveReplies
 from handlers.chat import ChatHandler, Reply, Request, Update
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore, Turn
-from handlers.resume import ActiveReplies
+from handlers.overrides import ConfStore
 from models.protocol import Bus, Job
 from models.redis_server import connect
 from models.settings import Settings
@@ -164,9 +164,9 @@ OLD_BOT = """
 import asyncio, sys
 sys.path.insert(0, {root!r})
 from handlers.chat import ChatHandler, Request
-from handlers.conf import ConfStore
+from handlers.overrides import ConfStore
 from handlers.history import HistoryStore
-from handlers.resume import ActiveReplies
+from handlers.active_replies import ActiveReplies
 from models.protocol import Bus, Job
 from models.redis_server import connect
 from models.settings import Settings

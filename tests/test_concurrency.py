@@ -15,8 +15,8 @@ import pytest
 from worker_procs import WorkerProc, wait_alive
 
 from handlers.chat import ChatHandler, Request, Update
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models.protocol import Bus
 from models.settings import Settings
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from handlers.chat import ChatHandler, Request
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models.protocol import Bus
 from models.settings import Settings
 from models.worker import Worker

@@ -14,7 +14,7 @@ import pytest
 
 from bot.client import ShardingError, shard_options
 from bot.resume import owns
-from handlers.resume import ActiveRecord, ActiveReplies
+from handlers.active_replies import ActiveRecord, ActiveReplies
 from models.settings import Settings
 from models.worker import make_bus
 from tests.fakediscord import Harness
@@ -38,20 +38,24 @@ def test_shard_settings() -> None:
         shard_options(_settings(discord_shard_count=4, discord_shard_ids="0,4"))
 
 
+def owned(bot: SimpleNamespace, record: ActiveRecord) -> bool:
+    return owns(record, instance_id=bot.instance_id, shard_count=bot.shard_count, shard_ids=bot.shard_ids)
+
+
 def test_resume_takes_only_its_own_shards() -> None:
     guild = 1 << 22  # shard (guild >> 22) % count
     record = ActiveRecord(job_id="j", kind="chat", conversation="c", record=True, guild=guild,
                           where={"instance": "earlier"})
     dm = ActiveRecord(job_id="k", kind="chat", conversation="d", record=True, guild=None,
                       where={"instance": "earlier"})
-    bot = SimpleNamespace(_resume_instance="now", shard_count=2, shard_ids=[1])
-    assert owns(bot, record) and not owns(bot, dm)  # DMs arrive on shard 0
-    bot = SimpleNamespace(_resume_instance="now", shard_count=2, shard_ids=[0])
-    assert not owns(bot, record) and owns(bot, dm)
-    bot = SimpleNamespace(_resume_instance="now", shard_count=2, shard_ids=None)  # all shards in this process
-    assert owns(bot, record) and owns(bot, dm)
-    bot = SimpleNamespace(_resume_instance="earlier", shard_count=1, shard_ids=None)
-    assert not owns(bot, record)  # streaming right now, in this process
+    bot = SimpleNamespace(instance_id="now", shard_count=2, shard_ids=[1])
+    assert owned(bot, record) and not owned(bot, dm)  # DMs arrive on shard 0
+    bot = SimpleNamespace(instance_id="now", shard_count=2, shard_ids=[0])
+    assert not owned(bot, record) and owned(bot, dm)
+    bot = SimpleNamespace(instance_id="now", shard_count=2, shard_ids=None)  # all shards in this process
+    assert owned(bot, record) and owned(bot, dm)
+    bot = SimpleNamespace(instance_id="earlier", shard_count=1, shard_ids=None)
+    assert not owned(bot, record)  # streaming right now, in this process
 
 
 async def test_one_shard_of_two_identifies_answers_and_resumes_only_its_own(
@@ -78,7 +82,7 @@ async def test_one_shard_of_two_identifies_answers_and_resumes_only_its_own(
         assert "hello shard" in answer.content
         # On ready the bot resumed what its shard owns (the guild's reply, if the guild is on shard 1: its
         # answer is lost, so a notice), and left the DM's reply (shard 0) to the process running shard 0.
-        await h.wait_for(lambda: getattr(bot, "_resumed_replies", False), timeout=15)
+        await h.wait_for(lambda: bot.resumed_replies, timeout=15)
         pending = {r.job_id for r in await active.pending()}
         if guild_shard == mine:
             notice = await h.wait_for(lambda: [m for m in h.bot_messages(h.general) if "⚠️" in m.content],

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from handlers.chat import ChatHandler, Reply, Request, Update
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore, Turn, conversation_id
+from handlers.overrides import ConfStore
 from models.engines.base import ChatMessage
 from models.engines.testing import TestEngine
 from models.prompting import fit_messages

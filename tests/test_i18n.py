@@ -9,7 +9,6 @@ import discord
 import pytest
 
 from bot import i18n
-from bot.cogs import chat as chat_cog  # noqa: F401  (registers its strings)
 
 
 def _fields(text: str) -> set[str]:
@@ -55,7 +54,7 @@ async def test_translator_gives_valid_chinese_command_names() -> None:
 
 
 async def test_help_lists_every_command_in_both_languages() -> None:
-    from bot.cogs.chat import help_text
+    from bot.help import help_text
 
     tree = discord.app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
 

@@ -12,8 +12,8 @@ import sys
 from pydantic import SecretStr
 
 from handlers.chat import ChatHandler, Request
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models import logs
 from models.protocol import Bus
 from models.settings import Settings

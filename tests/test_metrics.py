@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers.chat import ChatHandler, Request
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models.engines.testing import TestEngine
 from models.protocol import KEYS, Bus
 from models.redis_server import connect

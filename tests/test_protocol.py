@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-import models.protocol as protocol
+import models.protocol.bus as protocol  # where the Bus reads its limits
 from handlers.chat import ChatHandler, Request
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models.engines.testing import TestEngine
 from models.protocol import KEYS, Bus, Event, Job, PayloadTooLarge, ProtocolError
 from models.settings import Settings

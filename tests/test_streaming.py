@@ -1,4 +1,4 @@
-"""bot.streaming.ReplyStreamer against an in-memory Target: pacing, coalescing, splitting, final text.
+"""bot.streamer.ReplyStreamer against an in-memory Target: pacing, coalescing, splitting, final text.
 
 The end-to-end tests drive the same code through discord.py and the fake Discord; these pin the
 streamer's own rules quickly and exactly.
@@ -14,9 +14,10 @@ from typing import Any
 import discord
 
 from bot import i18n
-from bot.ratelimit import TokenBucket
+from bot.pacing import TokenBucket
 from bot.splitting import split_message
-from bot.streaming import ReplyStreamer, Target
+from bot.streamer import ReplyStreamer
+from bot.targets import Target
 from handlers.chat import Reply, Request, Update
 from models.protocol import Job
 
@@ -154,7 +155,7 @@ async def test_many_replies_in_one_channel_share_the_budget() -> None:
 
 
 async def test_custom_renderer_shows_steps() -> None:
-    from bot.streaming import Renderer
+    from bot.renderer import Renderer
 
     class Steps(Renderer):
         def __init__(self) -> None:

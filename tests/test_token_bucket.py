@@ -1,4 +1,4 @@
-"""bot.ratelimit.TokenBucket: the per-channel write budget the streamer shares between replies."""
+"""bot.pacing.TokenBucket: the per-channel write budget the streamer shares between replies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bot.ratelimit import BucketRegistry, TokenBucket
+from bot.pacing import BucketRegistry, TokenBucket
 
 
 class Clock:

@@ -14,8 +14,8 @@ from conftest import RedisServer
 from worker_procs import WorkerProc, pid_of, repeat_text, wait_alive
 
 from handlers.chat import ChatHandler, InputError, Reply, Request, Update
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models.context import JobContext
 from models.engines.testing import TestEngine
 from models.protocol import KEYS, Bus, Job

@@ -1,5 +1,5 @@
 """`/settings`: admins tune the model per server or per channel (system prompt, temperature, top_p,
-max new tokens).  Values are validated by `handlers.conf` and stored in Redis, so they survive
+max new tokens).  Values are validated by `handlers.overrides` and stored in Redis, so they survive
 restarts and apply to every bot process.  Who is an admin: anyone with Manage Server, or the
 `ADMIN_ROLE` role (name or id).  Replies are ephemeral: settings are not channel chatter.
 """
@@ -13,11 +13,13 @@ from discord import app_commands
 from discord.app_commands import Choice, locale_str
 from discord.ext import commands
 
-from handlers.conf import FIELDS, ConfError, ConfStore
+from handlers.overrides import FIELDS, ConfError, ConfStore
 
 from .. import i18n
-from ..streaming import NO_MENTIONS, ephemeral
-from .chat import settings_channel
+from ..access import require_admin
+from ..conversations import settings_channel
+from ..refusals import Refused
+from ..targets import NO_MENTIONS
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -34,13 +36,6 @@ def _clip(text: str, limit: int) -> str:
 
 
 
-def is_admin(interaction: discord.Interaction, admin_role: str) -> bool:
-    """Manage Server, or the `ADMIN_ROLE` (by name or id): who may change settings or see /stats."""
-    if interaction.permissions.manage_guild:
-        return True
-    role = admin_role.strip()
-    roles = getattr(interaction.user, "roles", [])
-    return bool(role) and any(r.name == role or str(r.id) == role for r in roles)
 
 class Admin(commands.Cog):
     """Per-guild and per-channel generation settings."""
@@ -55,21 +50,13 @@ class Admin(commands.Cog):
         self.conf: ConfStore = bot.runtime.conf
 
     # ---------------------------------------------------------------- helpers
-    def is_admin(self, interaction: discord.Interaction) -> bool:
-        return is_admin(interaction, self.bot.settings.admin_role)
-
-    async def _gate(self, interaction: discord.Interaction) -> str | None:
-        """The language to answer in if the caller may change settings; otherwise answer and None."""
+    def _gate(self, interaction: discord.Interaction) -> str:
+        """The language to answer in; raises `Refused` (answered privately) unless the caller is an admin
+        in a server."""
         lang = i18n.lang_for(interaction=interaction)
         if interaction.guild is None:
-            await ephemeral(interaction, i18n.t("guild_only", lang))
-            return None
-        if not self.is_admin(interaction):
-            role = self.bot.settings.admin_role.strip()
-            hint = i18n.t("admin_role_hint", lang, role=role) if role else ""
-            await interaction.response.send_message(i18n.t("not_admin", lang, role=hint), ephemeral=True,
-                                                    allowed_mentions=NO_MENTIONS)
-            return None
+            raise Refused(i18n.t("guild_only", lang))
+        require_admin(interaction, self.bot.settings.admin_role, lang, "not_admin")
         return lang
 
     def _scope(self, interaction: discord.Interaction, scope: Choice[str] | None, lang: str) -> tuple[str, str]:
@@ -110,9 +97,7 @@ class Admin(commands.Cog):
     # ---------------------------------------------------------------- commands
     @settings_group.command(name=locale_str("view"), description=locale_str("Show the effective settings"))
     async def view(self, interaction: discord.Interaction) -> None:
-        lang = await self._gate(interaction)
-        if lang is None:
-            return
+        lang = self._gate(interaction)
         _, scope_name = self._scope(interaction, SCOPES[1], lang)
         embed = await self.settings_embed(interaction, lang, scope_name)
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -124,9 +109,7 @@ class Admin(commands.Cog):
     @app_commands.choices(name=NAMES, scope=SCOPES)
     async def set_(self, interaction: discord.Interaction, name: Choice[str],
                    value: app_commands.Range[str, 1, 4000], scope: Choice[str] | None = None) -> None:
-        lang = await self._gate(interaction)
-        if lang is None:
-            return
+        lang = self._gate(interaction)
         key, scope_name = self._scope(interaction, scope, lang)
         try:
             await self.conf.set(key, name.value, value)
@@ -146,9 +129,7 @@ class Admin(commands.Cog):
     @app_commands.choices(name=NAMES, scope=SCOPES)
     async def clear(self, interaction: discord.Interaction, name: Choice[str] | None = None,
                     scope: Choice[str] | None = None) -> None:
-        lang = await self._gate(interaction)
-        if lang is None:
-            return
+        lang = self._gate(interaction)
         key, scope_name = self._scope(interaction, scope, lang)
         await self.conf.clear(key, name.value if name else None)
         what = f"`{name.value}`" if name else i18n.t("settings_all", lang)

@@ -1,10 +1,10 @@
 """`/agent task:<text>`: the Lagent agent, its steps shown live in Discord.
 
 Each step (thought, Python code, tool result, note) is appended to the reply as it happens, by the shared
-streamer (`bot.streaming`: paced edits, Stop button, overflow into follow-up messages within Discord's
-2000-character limit, no pings).  When a long run would fill more than a couple of messages, older steps
+streamer (bot/replies.py, bot/streamer.py: paced edits, Stop button, overflow into follow-up messages within
+Discord's 2000-character limit, no pings).  When a long run would fill more than a couple of messages, older steps
 shrink to one line each so the newest step and the answer stay readable.  Figures the code saved arrive
-as image attachments after the answer.  Access and rate limits are the chat cog's.
+as image attachments after the answer.  Access and quotas are the shared gate's (bot/access.py).
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from handlers.agent import AgentHandler, format_step
-from handlers.chat import InputError, Update
+from handlers.types import Update
 
 from .. import i18n
-from ..streaming import NO_MENTIONS, InteractionTarget, Renderer, stream_reply
-from .chat import request_for
+from ..access import admit
+from ..conversations import request_for
+from ..renderer import Renderer
+from ..replies import stream_reply
+from ..targets import InteractionTarget
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -108,11 +111,6 @@ class Agent(commands.Cog):
         self.bot = bot
         self.handler = AgentHandler(bot.runtime.chat)
 
-    async def _admit(self, interaction: discord.Interaction, text: str, lang: str) -> bool:
-        """The chat cog's access and rate-limit rules, so the agent cannot bypass them."""
-        chat: Any = self.bot.get_cog("Chat")
-        return True if chat is None else await chat.admit(interaction, text, lang)
-
     @app_commands.command(name=locale_str("agent"),
                           description=locale_str("Let the InternLM agent solve a task with Python and arXiv search"))
     @app_commands.rename(task=locale_str("task"))
@@ -120,16 +118,11 @@ class Agent(commands.Cog):
     async def agent_command(self, interaction: discord.Interaction,
                             task: app_commands.Range[str, 1, 4000]) -> None:
         lang = i18n.lang_for(interaction=interaction)
-        if not await self._admit(interaction, task, lang):
-            return
+        await admit(self.bot, interaction, task, lang)
         await interaction.response.defer(thinking=True)
-        try:
-            request = request_for(interaction, task)
-            reply = await self.handler.ask(request.conversation, task, user_name=request.user_name,
-                                           guild=request.guild, channel=request.channel)
-        except InputError as exc:
-            await interaction.edit_original_response(content=str(exc), allowed_mentions=NO_MENTIONS)
-            return
+        request = request_for(interaction, task)
+        reply = await self.handler.ask(request.conversation, task, user_name=request.user_name,
+                                       guild=request.guild, channel=request.channel)
         await stream_reply(self.bot, reply, InteractionTarget(interaction), lang=lang,
                            renderer=AgentRenderer(task, lang), owner=interaction.user.id)
 

@@ -1,8 +1,8 @@
 """Images on Discord: attachments on chat messages, `/caption`, and `/article` illustrated articles.
 
-* `Images.ingest(attachments)` is what the chat cog calls for a message with attachments: each file is
-  refused from its declared size before anything is downloaded, then downloaded by the bot (workers never
-  see Discord URLs), validated and stored as a blob; it returns the references or raises `InputError`.
+* Attachments (here and on chat messages) go through the bot's image intake (bot/attachments.py): refused
+  from their declared size before anything is downloaded, downloaded by the bot (workers never see Discord
+  URLs), validated and stored as blobs.  Refusals are translated by bot/refusals.py.
 * `/caption image:<attachment> [question]` — a detailed caption, or an answer about the image; deferred,
   streamed like a chat answer, and part of the channel's conversation (follow-ups still see the image).
 * `/article title [image1..image4] [paragraphs]` — InternLM-XComposer's composition: the text streams
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -24,33 +23,20 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from handlers.article import ArticleHandler, Post, plan_posts
-from handlers.chat import InputError, Update
-from handlers.images import MESSAGES, Attachment, ImageIntake, ImageRefused, VisionHandler
+from handlers.types import Update
 
 from .. import i18n
-from ..streaming import NO_MENTIONS, InteractionTarget, Renderer, stream_reply
-from .chat import request_for
+from ..access import admit
+from ..conversations import request_for
+from ..renderer import Renderer
+from ..replies import stream_reply
+from ..targets import InteractionTarget
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
 
 log = logging.getLogger(__name__)
 
-_ZH_REFUSALS = {
-    "too_many": "一共 {count} 张图片 — 我一次最多看 {limit} 张。请少发几张。",
-    "too_large": "“{name}” 有 {size_mb:.1f} MB，超过了 {limit_mb:.1f} MB 的上限。请发送更小的图片。",
-    "empty": "“{name}” 是空文件，没有可看的内容。",
-    "svg": "“{name}” 是 SVG 矢量图；我只能读取 PNG、JPEG、WebP 或 GIF 图片。",
-    "not_image": "“{name}” 不是我能读取的图片 — 请发送 PNG、JPEG、WebP 或 GIF。",
-    "corrupt": "“{name}” 似乎已损坏或不完整，无法打开。请重新保存后再试。",
-    "bomb": "“{name}” 声明了 {mpix} 百万像素，超过了我接受的上限（{limit} 百万像素）。请发送更小的图片。",
-    "download": "无法下载 “{name}”。请重试。",
-    "no_vision": "当前配置的模型无法看图。要使用图片功能，请设置 ENGINE=openai 并将 VISION_MODEL 设为视觉模型"
-                 "（例如用 `lmdeploy serve api_server` 部署的 InternLM-XComposer），或设置 ENGINE=lmdeploy 与 "
-                 "LMDEPLOY_VISION_MODEL。",
-}
-i18n.register({f"image_{code}": {i18n.EN: text, i18n.ZH: _ZH_REFUSALS.get(code, text)}
-               for code, text in MESSAGES.items()})
 i18n.register({
     "article_write": {i18n.EN: "✍️ *writing the article…*", i18n.ZH: "✍️ *正在撰写文章…*"},
     "article_place": {i18n.EN: "🖼️ *choosing where the pictures go…*", i18n.ZH: "🖼️ *正在为图片选择位置…*"},
@@ -76,13 +62,6 @@ i18n.register_commands({
     "image1": "图片1", "image2": "图片2", "image3": "图片3", "image4": "图片4",
     "An image to place in the article": "放入文章的图片",
 })
-
-
-def localized(exc: InputError, lang: str) -> str:
-    """An image refusal in the user's language (other refusals are shown as they are)."""
-    if isinstance(exc, ImageRefused):
-        return i18n.t(f"image_{exc.code}", lang, **exc.params)
-    return str(exc)
 
 
 class ArticleRenderer(Renderer):
@@ -115,27 +94,7 @@ class Images(commands.Cog):
 
     def __init__(self, bot: InternLMBot) -> None:
         self.bot = bot
-        self.intake = ImageIntake(bot.runtime.bus, bot.settings)
-        self.vision = VisionHandler(bot.runtime.chat, self.intake)
         self.articles = ArticleHandler(bot.runtime.chat)
-
-    # ---------------------------------------------------------------- used by the chat cog
-    async def ingest(self, attachments: Sequence[discord.Attachment]) -> list[str]:
-        """Check, download, validate and store a message's attachments; their blob references.
-        When every live worker is text-only, says so before downloading anything."""
-        await self.vision.check_vision_available()
-        stored = await self.intake.ingest([Attachment(a.filename, a.size, a.content_type, a.read)
-                                           for a in attachments])
-        return [s.ref for s in stored]
-
-    # ---------------------------------------------------------------- shared checks
-    def _chat(self) -> Any:
-        return self.bot.get_cog("Chat")
-
-    async def _admit(self, interaction: discord.Interaction, text: str, lang: str) -> bool:
-        """The chat cog's access and rate-limit rules, so images cannot bypass them."""
-        chat = self._chat()
-        return True if chat is None else await chat.admit(interaction, text, lang)
 
     # ---------------------------------------------------------------- /caption
     @app_commands.command(name=locale_str("caption"),
@@ -147,15 +106,10 @@ class Images(commands.Cog):
                               question: app_commands.Range[str, 0, 4000] | None = None) -> None:
         lang = i18n.lang_for(interaction=interaction)
         question = (question or "").strip()
-        if not await self._admit(interaction, question, lang):
-            return
+        await admit(self.bot, interaction, question, lang)
         await interaction.response.defer(thinking=True)
-        try:
-            refs = await self.ingest([image])
-            reply = await self.vision.ask(request_for(interaction, question), refs)
-        except InputError as exc:
-            await interaction.edit_original_response(content=localized(exc, lang), allowed_mentions=NO_MENTIONS)
-            return
+        refs = await self.bot.images.ingest([image])
+        reply = await self.bot.images.vision.ask(request_for(interaction, question), refs)
         await stream_reply(self.bot, reply, InteractionTarget(interaction), lang=lang, owner=interaction.user.id)
 
     # ---------------------------------------------------------------- /article
@@ -175,16 +129,11 @@ class Images(commands.Cog):
                               image3: discord.Attachment | None = None, image4: discord.Attachment | None = None,
                               paragraphs: app_commands.Range[int, 1, 20] | None = None) -> None:
         lang = i18n.lang_for(interaction=interaction)
-        if not await self._admit(interaction, title, lang):
-            return
+        await admit(self.bot, interaction, title, lang)
         await interaction.response.defer(thinking=True)
         attachments = [a for a in (image1, image2, image3, image4) if a is not None]
-        try:
-            refs = await self.ingest(attachments) if attachments else []
-            reply = await self.articles.ask(request_for(interaction, ""), title, refs, paragraphs)
-        except InputError as exc:
-            await interaction.edit_original_response(content=localized(exc, lang), allowed_mentions=NO_MENTIONS)
-            return
+        refs = await self.bot.images.ingest(attachments) if attachments else []
+        reply = await self.articles.ask(request_for(interaction, ""), title, refs, paragraphs)
         target = InteractionTarget(interaction)
         result = await stream_reply(self.bot, reply, target, lang=lang, renderer=ArticleRenderer(lang),
                                     owner=interaction.user.id)

@@ -1,11 +1,7 @@
-"""Operations in Discord: `/stats` for admins, the bot's Prometheus metrics, and resuming replies after a
-restart.  One cog, so the bot gets all of it by loading one extension.
-
-* `/stats` (admins: Manage Server or `ADMIN_ROLE`; ephemeral): workers alive, queue, dead letters, Redis
-  memory (the same report as `python -m bot status`) plus this bot process's gateway latency, guilds,
-  replies and Discord 429s since it started.
-* `BOT_METRICS_PORT`: `/metrics` and `/healthz` (see bot/metrics.py).
-* On ready: replies that were streaming when the previous process stopped are finished (bot/resume.py).
+"""`/stats` for admins (Manage Server or `ADMIN_ROLE`; ephemeral): workers alive, queue, dead letters, Redis
+memory (the same report as `python -m bot status`) plus this bot process's gateway latency, guilds,
+replies and Discord 429s since it started (the bot's metrics, bot/metrics.py, built by the client, which
+also serves them on `BOT_METRICS_PORT` and resumes replies after a restart).
 """
 
 from __future__ import annotations
@@ -20,10 +16,8 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from .. import i18n
-from ..metrics import BotMetrics
-from ..resume import resume_replies, tracker_of
+from ..access import require_admin
 from ..status import collect, render
-from .admin import is_admin
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -56,46 +50,17 @@ def _value(counter_family: object) -> float:
 
 
 class Stats(commands.Cog):
-    """/stats, metrics and resuming replies."""
+    """/stats."""
 
     def __init__(self, bot: InternLMBot) -> None:
         self.bot = bot
-        existing = getattr(bot, "metrics", None)
-        self.metrics: BotMetrics = existing if isinstance(existing, BotMetrics) else BotMetrics(bot)
-        bot.metrics = self.metrics  # type: ignore[attr-defined]  # streaming.stream_reply reports replies here
-
-    async def cog_load(self) -> None:
-        self.metrics.install()
-        tracker_of(self.bot)
-        settings = self.bot.settings
-        await self.metrics.start_server(settings.metrics_host, settings.bot_metrics_port)
-
-    async def cog_unload(self) -> None:
-        self.metrics.uninstall()
-        await self.metrics.stop_server()
-
-    @commands.Cog.listener()
-    async def on_message(self, message: discord.Message) -> None:
-        if not message.author.bot:
-            self.metrics.message(dm=message.guild is None)
-
-    @commands.Cog.listener()
-    async def on_ready(self) -> None:
-        await resume_replies(self.bot)
-
-    # ---------------------------------------------------------------- /stats
 
     @app_commands.command(name=locale_str("stats"),
                           description=locale_str("Workers, queue and health of the bot (admins)"))
     @app_commands.guild_only()
     async def stats_command(self, interaction: discord.Interaction) -> None:
         lang = i18n.lang_for(interaction=interaction)
-        if not is_admin(interaction, self.bot.settings.admin_role):
-            role = self.bot.settings.admin_role.strip()
-            hint = i18n.t("admin_role_hint", lang, role=role) if role else ""
-            await interaction.response.send_message(i18n.t("stats_not_admin", lang, role=hint), ephemeral=True,
-                                                    allowed_mentions=discord.AllowedMentions.none())
-            return
+        require_admin(interaction, self.bot.settings.admin_role, lang, "stats_not_admin")
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             status = await asyncio.wait_for(collect(self.bot.runtime.bus), 5.0)
@@ -103,7 +68,7 @@ class Stats(commands.Cog):
         except Exception as exc:
             log.warning("/stats could not read Redis (%s)", type(exc).__name__)
             report = i18n.t("stats_unavailable", lang)
-        m = self.metrics
+        m = self.bot.metrics
         latency = self.bot.latency
         connected = latency == latency and latency != float("inf")  # NaN / inf before the first heartbeat
         lines = [

@@ -34,8 +34,8 @@ from typing import Any
 from models.protocol import KEYS, Bus, Job
 from models.settings import Settings
 
-from .chat import Reply, Request
 from .history import HistoryStore
+from .types import Reply, Request
 
 # Drop a conversation from the index once its hash is empty — atomically, so a `begin` racing with the
 # cleanup is never dropped from the index.

@@ -1,9 +1,4 @@
-"""Render a reply's `Update`s into Discord messages that grow by edits — the heart of the front end.
-
-Usage (a cog that has a `Reply` from a handler):
-
-    target = ChannelTarget(message.channel, reference=message)     # or InteractionTarget(interaction)
-    result = await stream_reply(bot, reply, target, lang=lang)      # returns when the answer is final
+"""`ReplyStreamer`: the state machine that keeps one reply's Discord messages in step with its updates.
 
 What the person sees: the typing indicator while the job waits (from 0.2 s on: an answer that is
 there sooner needs none); after about a second without a worker, "⏳ queued — position N" (updated);
@@ -13,14 +8,14 @@ Answers longer than a message continue in follow-up messages (`bot.splitting`). 
 on the last message while the answer streams and a Regenerate button replaces it when it is done.
 
 Pacing: one writer task per reply always writes the *newest* text (tokens coalesce while it waits),
-and every write takes a token from the channel's `TokenBucket` (`bot.ratelimit`), shared by all the
+and every write takes a token from the channel's `TokenBucket` (`bot.pacing`), shared by all the
 replies streaming in that channel.  The final write is a priority write: it skips queued intermediate
 edits and may use the bucket's reserve, so it lands at once when the budget allows.  When Discord
 answers 429 anyway, discord.py waits and retries the same request; the writer then simply carries on
 from the newest text, so the final messages always hold the whole answer.
 
-Extending: agent and image cogs pass a `Renderer` subclass to show `step` updates their own way
-(override `render`), and get `file` updates (blob references) sent as attachments after the text.
+`file` updates (blob references) are sent as attachments after the text.  `LiveReplies` is the process's
+register of the replies it renders now (a job is rendered once per process; Stop finds its streamer).
 """
 
 from __future__ import annotations
@@ -30,25 +25,22 @@ import contextlib
 import io
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
-from handlers.chat import Reply, Update
+from handlers.types import Reply, Update
 
 from . import i18n
-from .ratelimit import TokenBucket
+from .pacing import TokenBucket
+from .renderer import Renderer
 from .splitting import DISCORD_LIMIT, split_message
-
-if TYPE_CHECKING:
-    from .client import InternLMBot
+from .targets import InteractionTarget, Target
 
 log = logging.getLogger(__name__)
 
-NO_MENTIONS = discord.AllowedMentions.none()
 MAX_FILES = 10  # attachments per Discord message
 MAX_FILE_BYTES = 10 * 1024 * 1024  # stay under the smallest upload limit of a guild
 
@@ -57,135 +49,6 @@ ViewFactory = Callable[[Reply, str], discord.ui.View | None]
 BlobLoader = Callable[[str], Awaitable[tuple[bytes, str] | None]]
 
 
-async def ephemeral(interaction: discord.Interaction, text: str) -> None:
-    """Answer an interaction with a notice only the person sees (refusals, confirmations)."""
-    await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-
-
-# ====================================================================== renderers
-class Renderer:
-    """Turns updates into the reply's visible body.  The default shows the answer text as it grows.
-
-    Subclass and override `render` to show `step` updates (agent tool calls, article stages): keep
-    your own state, return the whole body to show, or None to leave the display unchanged.  `finish`
-    gives the final body (the streamer adds the stopped/error notes itself).
-    """
-
-    def __init__(self, lang: str = i18n.EN) -> None:
-        self.lang = lang
-        self.answer = ""
-
-    def render(self, update: Update) -> str | None:
-        if update.kind in ("text", "done", "error"):
-            self.answer = update.text
-        elif update.kind == "restart":
-            self.answer = ""
-        else:
-            return None
-        return self.answer
-
-    def finish(self, update: Update) -> str:
-        body = self.render(update)
-        return self.answer if body is None else body
-
-
-# ====================================================================== targets
-class Target(ABC):
-    """Where a reply's messages go.  Handles are whatever the target needs to edit a message later."""
-
-    channel_id: int = 0
-
-    @abstractmethod
-    async def send(self, content: str, *, view: discord.ui.View | None = None,
-                   files: list[discord.File] | None = None, first: bool = False) -> Any: ...
-
-    @abstractmethod
-    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | None) -> Any: ...
-
-    async def delete(self, handle: Any) -> None:
-        with contextlib.suppress(discord.HTTPException):
-            await handle.delete()
-
-    def typing(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        """Shown while nothing is visible yet (a no-op where Discord already shows "thinking")."""
-        return contextlib.nullcontext()
-
-    def initial_handles(self) -> list[Any]:
-        """Messages that exist before the first write (an interaction's deferred response)."""
-        return []
-
-
-class ChannelTarget(Target):
-    """A reply in a channel, thread or DM; the first message references the person's message."""
-
-    def __init__(self, channel: discord.abc.Messageable, *, reference: discord.Message | None = None) -> None:
-        self.channel = channel
-        self.reference = reference
-        self.channel_id = getattr(channel, "id", 0)
-
-    async def send(self, content: str, *, view: discord.ui.View | None = None,
-                   files: list[discord.File] | None = None, first: bool = False) -> discord.Message:
-        kwargs: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
-        if view is not None:
-            kwargs["view"] = view
-        if files:
-            kwargs["files"] = files
-        if first and self.reference is not None:
-            try:
-                return await self.channel.send(
-                    content or None, reference=self.reference.to_reference(fail_if_not_exists=False),
-                    mention_author=False, **kwargs)
-            except discord.Forbidden:
-                pass  # replying needs Read Message History; without it, answer as a plain message
-        return await self.channel.send(content or None, **kwargs)
-
-    async def edit(self, handle: discord.Message, content: str, *, view: discord.ui.View | None) -> Any:
-        return await handle.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
-
-    def typing(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        return self.channel.typing()
-
-
-class _Original:
-    """Marks an interaction's original response (edited through the interaction webhook)."""
-
-
-class InteractionTarget(Target):
-    """A reply to a deferred interaction: the original response, then follow-ups."""
-
-    ORIGINAL = _Original()
-
-    def __init__(self, interaction: discord.Interaction) -> None:
-        self.interaction = interaction
-        self.channel_id = interaction.channel_id or 0
-
-    def initial_handles(self) -> list[Any]:
-        return [self.ORIGINAL] if self.interaction.response.is_done() else []
-
-    async def send(self, content: str, *, view: discord.ui.View | None = None,
-                   files: list[discord.File] | None = None, first: bool = False) -> Any:
-        kwargs: dict[str, Any] = {"allowed_mentions": NO_MENTIONS, "wait": True}
-        if view is not None:
-            kwargs["view"] = view
-        if files:
-            kwargs["files"] = files
-        return await self.interaction.followup.send(content or "", **kwargs)
-
-    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | None) -> Any:
-        if handle is self.ORIGINAL:
-            return await self.interaction.edit_original_response(content=content, view=view,
-                                                                 allowed_mentions=NO_MENTIONS)
-        return await handle.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
-
-    async def delete(self, handle: Any) -> None:
-        with contextlib.suppress(discord.HTTPException):
-            if handle is self.ORIGINAL:
-                await self.interaction.delete_original_response()
-            else:
-                await handle.delete()
-
-
-# ====================================================================== the streamer
 @dataclass
 class StreamResult:
     final: Update | None  # the done/error update (None if the stream ended without one)
@@ -501,45 +364,21 @@ class ReplyStreamer:
         return StreamResult(self.final, self.renderer.answer, list(self.handles), self.writes)
 
 
-async def stream_reply(bot: InternLMBot, reply: Reply, target: Target, *, lang: str = i18n.EN,
-                       renderer: Renderer | None = None, buttons: bool = True, owner: int | None = None,
-                       updates: AsyncIterator[Update] | None = None) -> StreamResult:
-    """Stream `reply` into `target` with the bot's shared per-channel buckets and reply buttons.
+class LiveReplies:
+    """The replies this process renders now: a job is rendered at most once per process (a resumed reply and
+    a live one must not both write), and Stop finds the streamer of a job to end it early."""
 
-    `owner` (the asker's user id) may press Stop/Regenerate (moderators always may); None = anyone.
-    `buttons=False` leaves them off.  `updates` defaults to `bot.runtime.chat.follow(reply)`; pass your
-    own iterator to post-process.  A job is rendered at most once per process: a second call for a job
-    already streaming here returns at once (with `final=None`), so nothing is written or recorded twice.
-    """
-    streaming: set[str] = bot.__dict__.setdefault("streaming_jobs", set())
-    if reply.job.id in streaming:
-        return StreamResult(None, "")
-    streaming.add(reply.job.id)
-    try:
-        return await _stream_reply(bot, reply, target, lang=lang, renderer=renderer, buttons=buttons,
-                                   owner=owner, updates=updates)
-    finally:
-        streaming.discard(reply.job.id)
+    def __init__(self) -> None:
+        self.jobs: set[str] = set()  # jobs being rendered (from before the streamer exists)
+        self.streamers: dict[str, ReplyStreamer] = {}  # job id → its streamer
 
+    def claim(self, job_id: str) -> bool:
+        """True if this process was not rendering the job yet (and now is)."""
+        if job_id in self.jobs:
+            return False
+        self.jobs.add(job_id)
+        return True
 
-async def _stream_reply(bot: InternLMBot, reply: Reply, target: Target, *, lang: str, renderer: Renderer | None,
-                        buttons: bool, owner: int | None, updates: AsyncIterator[Update] | None) -> StreamResult:
-    from .resume import tracked  # here: bot.resume builds on this module
-
-    metrics = getattr(bot, "metrics", None)  # bot/metrics.py, set by the stats cog
-    if metrics is not None:
-        metrics.reply_started(reply)
-    async with tracked(bot, reply, target, lang=lang, owner=owner) as target:  # survives a bot restart
-        streamer = ReplyStreamer(
-            target, bot.buckets.get(target.channel_id), lang=lang, renderer=renderer,
-            views=(lambda r, state: bot.reply_view(r, state, lang, owner)) if buttons else None,
-            blobs=bot.runtime.bus.get_blob)
-        streamers: dict[str, ReplyStreamer] = bot.__dict__.setdefault("live_streamers", {})
-        streamers[reply.job.id] = streamer  # for Stop (bot.cogs.chat.press_stop → abandon)
-        try:
-            result = await streamer.run(reply, updates if updates is not None else bot.runtime.chat.follow(reply))
-        finally:
-            streamers.pop(reply.job.id, None)
-    if metrics is not None:
-        metrics.reply_finished(reply, result, synced_at=streamer.synced_at)
-    return result
+    def release(self, job_id: str) -> None:
+        self.jobs.discard(job_id)
+        self.streamers.pop(job_id, None)

@@ -1,425 +1,42 @@
-"""The job protocol shared by the bot and the inference workers — and the only place that knows Redis keys.
+"""`Bus`: typed access to the job protocol over one Redis connection pool — the only way the bot, the handlers
+and the workers touch the job stream, the reply streams, blobs, cancellation and worker heartbeats.
 
-Shape of the bus:
+Producer side (bot, handlers): `submit`, `events` (reply streams, shared XREAD from `SHARED_READ_FROM` replies
+on), `cancel`, queue position and worker liveness, blobs.  Consumer side (workers): claim, take over stale
+jobs, heartbeat, start/finish attempts (Lua, see scripts.py), emit events through the write batcher
+(batch.py), dead letters.  Key names come from keys.py.
 
-* Jobs go on one Redis Stream (`KEYS.jobs`) read by the consumer group `KEYS.group`.  A job envelope
-  holds `id`, `kind` (`chat` | `agent` | `vision` | `article`), `conversation` and a JSON `payload`.
-* Every job has its own reply stream (`KEYS.events(job_id)`) of `Event`s: `delta` (text), `step`
-  (an agent step or an article stage), `file` (a blob reference), `status`, `done`, `error`.  Each
-  event carries the `attempt` number so a reader can tell a retried job from the first try.  Reply
-  streams are capped (MAXLEN) and expire (TTL).
-* Large payloads (images, figures) are stored once under a content-addressed key with a TTL.
-* Cancellation sets a key and publishes on a channel, so a worker hears it within milliseconds.
-* Workers register a heartbeat so the bot can tell "queued behind others" from "no worker alive".
-
-Anything that reads or writes these keys goes through `Bus`; nothing else spells a key name.
+Why one class of about 400 lines: it is the protocol's whole surface, one short method per operation, and
+the producer and the consumer side share its pool, batcher and reader; the parts with their own logic
+(batching, the shared reader, the scripts) live in their own modules.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-JobKind = Literal["chat", "agent", "vision", "article"]
-JOB_KINDS: tuple[str, ...] = ("chat", "agent", "vision", "article")
-EventType = Literal["delta", "step", "file", "status", "done", "error"]
-FINAL_EVENTS = ("done", "error")
+from . import scripts
+from .batch import WriteBatcher
+from .envelopes import FINAL_EVENTS, Claimed, Event, Job, WorkerInfo
+from .errors import PayloadTooLarge, ProtocolError, reraise_if_cancelling
+from .keys import KEYS
+from .reader import ReplyReader
 
-SHARED_READ_FROM = 4  # replies followed at once from which new ones share one XREAD (see `_ReplyReader`)
+SHARED_READ_FROM = 4  # replies followed at once from which new ones share one XREAD (see `ReplyReader`)
 REPLY_MAXLEN = 20_000  # events per reply stream; a 4k-token answer needs ~4k
 DEAD_MAXLEN = 1_000  # dead letters are for inspection; each field is cut to DEAD_FIELD_CHARS
 DEAD_FIELD_CHARS = 65_536
 JOBS_MAXLEN = 100_000
-
-
-class ProtocolError(ValueError):
-    """A job or event that does not follow the protocol.  Its message is safe to show a user."""
-
-
-class PayloadTooLarge(ProtocolError):
-    """The job envelope is over `MAX_JOB_BYTES`."""
-
-
-class _Keys:
-    """Every Redis key name the project uses.  History and settings keys are here too, so that a
-    single file answers "what does this bot keep in Redis?"."""
-
-    prefix = "ilm"
-
-    @property
-    def jobs(self) -> str:
-        return f"{self.prefix}:jobs"
-
-    @property
-    def group(self) -> str:
-        return f"{self.prefix}:workers"
-
-    @property
-    def dead(self) -> str:
-        return f"{self.prefix}:jobs:dead"
-
-    @property
-    def cancel_channel(self) -> str:
-        return f"{self.prefix}:cancel"
-
-    @property
-    def workers(self) -> str:
-        return f"{self.prefix}:workers:alive"
-
-    def worker(self, worker_id: str) -> str:
-        return f"{self.prefix}:worker:{worker_id}"
-
-    def events(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:events"
-
-    def attempts(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:attempts"
-
-    def cancel(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:cancel"
-
-    def handbacks(self, job_id: str) -> str:
-        """How often a job was handed back unfinished by a worker shutting down (not a failure)."""
-        return f"{self.prefix}:job:{job_id}:handbacks"
-
-    def blob(self, digest: str) -> str:
-        return f"{self.prefix}:blob:{digest}"
-
-    def history(self, conversation: str) -> str:
-        return f"{self.prefix}:hist:{conversation}"
-
-    def history_generation(self, conversation: str) -> str:
-        """Bumped by every reset of the conversation: an answer asked for before it is not recorded after it."""
-        return f"{self.prefix}:histgen:{conversation}"
-
-    def event_claimed(self, source: str) -> str:
-        """Set (NX, with a TTL) by the bot process that answers an incoming event (a Discord message), so two
-        processes that both receive it — a deploy overlap — answer it once."""
-        return f"{self.prefix}:claimed:{source}"
-
-    def answer_recorded(self, job_id: str) -> str:
-        """Set (NX, with a TTL) when a job's answer goes into history, so it goes in once per job."""
-        return f"{self.prefix}:job:{job_id}:recorded"
-
-    def conf(self, scope: str) -> str:
-        return f"{self.prefix}:conf:{scope}"
-
-    def rate(self, user: str) -> str:
-        return f"{self.prefix}:rate:{user}"
-
-    @property
-    def command_hash(self) -> str:
-        return f"{self.prefix}:commands:hash"
-
-    def reader_wake(self, reader_id: str) -> str:
-        """A process's reply reader: written to when a new reply is followed, so its blocking read restarts."""
-        return f"{self.prefix}:reader:{reader_id}:wake"
-
-    def active_reply(self, conversation: str) -> str:
-        return f"{self.prefix}:active:{conversation}"
-
-    @property
-    def active_conversations(self) -> str:
-        """Index (sorted set) of conversations with a reply being streamed to Discord (handlers/resume.py)."""
-        return f"{self.prefix}:active-index"
-
-
-KEYS = _Keys()
-
-# Refresh the idle time of the entries this consumer still owns; return the ones it no longer owns (another
-# worker took them over, or they were acked).  Checking ownership matters: a plain XCLAIM would steal a job
-# back from the worker that took it over after this one stalled, and two workers would run it.
-_HEARTBEAT = """
-local lost, mine = {}, {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then table.insert(mine, ARGV[i]) else table.insert(lost, ARGV[i]) end
-end
-if #mine > 0 then
-  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
-  for _, id in ipairs(mine) do table.insert(args, id) end
-  table.insert(args, 'JUSTID')
-  redis.call(unpack(args))
-end
-return lost
-"""
-
-# The 1-based position of job ARGV[2] among the entries not yet delivered to group ARGV[1], or false;
-# with ARGV[2] empty, how many entries wait (at most ARGV[3]).
-_QUEUE_POSITION = """
-local last = '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, delivered
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then delivered = g[i + 1] end
-  end
-  if name == ARGV[1] then last = delivered end
-end
-local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', tonumber(ARGV[3]))
-if ARGV[2] == '' then return #entries end
-for pos, e in ipairs(entries) do
-  local f = e[2]
-  for i = 1, #f, 2 do
-    if f[i] == 'id' then
-      if f[i + 1] == ARGV[2] then return pos end
-      break
-    end
-  end
-end
-return false
-"""
-
-# XAUTOCLAIM in JUSTID form (so the cursor survives and entries deleted from the stream are visible by id on
-# Redis 6.2, which otherwise returns them as nils and keeps them pending forever), then read the entries;
-# entries trimmed away while pending are acked here.  Returns {cursor, {{id, fields}...}, {gone ids}}.
-_AUTOCLAIM = """
-local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'JUSTID')
-local out, gone = {}, {}
-for _, id in ipairs(res[2]) do
-  local e = redis.call('XRANGE', KEYS[1], id, id)
-  if e[1] then table.insert(out, e[1]) else redis.call('XACK', KEYS[1], ARGV[1], id); table.insert(gone, id) end
-end
-return {res[1], out, gone}
-"""
-
-
-# A worker starting a job: count the attempt, see whether it was cancelled before it started and, on a first
-# attempt, announce it (the `status` event) — one round trip instead of three.  A retried attempt (> 1) writes
-# nothing here: the worker first checks whether the previous attempt already finished or failed too often.
-# KEYS: attempts, cancel, events.  ARGV: attempts TTL, reply TTL, status data (JSON), reply MAXLEN.
-# Returns {attempt, cancelled (0/1), announced (0/1)}.
-_START = """
-local attempt = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-local cancelled = redis.call('EXISTS', KEYS[2])
-if attempt > 1 then return {attempt, cancelled, 0} end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'attempt', tostring(attempt),
-           'data', ARGV[3])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
-return {attempt, cancelled, 1}
-"""
-
-# The last events of an attempt and the XACK of its job in one round trip, in this order: an error in any
-# XADD (out of memory, say) aborts the script before the XACK, so a job is never acked without its final
-# event — the same promise as a separate XACK after the write, one round trip cheaper.
-# KEYS: events, jobs.  ARGV: reply TTL, reply MAXLEN, group ('' = no ack), entry id, then type/attempt/data
-# triples.  Returns the stream ids written.
-_FINISH = """
-local ids = {}
-for i = 5, #ARGV, 3 do
-  table.insert(ids, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'type', ARGV[i], 'attempt', ARGV[i + 1],
-                               'data', ARGV[i + 2]))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if ARGV[3] ~= '' then redis.call('XACK', KEYS[2], ARGV[3], ARGV[4]) end
-return ids
-"""
-
-
-def reraise_if_cancelling() -> None:
-    """Re-raise a cancellation that a library turned into another exception (redis-py can report a cancel
-    that lands mid-command as a connection error): a retry loop that swallowed it would never end, and
-    whoever cancelled it (shutdown, the event loop closing) would wait forever."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-    if cancelling is not None and cancelling():
-        raise asyncio.CancelledError
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-@dataclass
-class Job:
-    """One unit of work for a worker."""
-
-    kind: str
-    payload: dict[str, Any]
-    conversation: str = ""
-    id: str = field(default_factory=new_id)
-    created: float = field(default_factory=time.time)
-
-    def encode(self) -> dict[str, str]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "conversation": self.conversation,
-            "created": repr(self.created),
-            "payload": json.dumps(self.payload, ensure_ascii=False, separators=(",", ":")),
-        }
-
-    @classmethod
-    def decode(cls, fields: dict[str, str]) -> Job:
-        """Parse a stream entry; raise `ProtocolError` with a user-safe message if it is malformed."""
-        job_id = fields.get("id") or ""
-        if not job_id or len(job_id) > 64 or not job_id.replace("-", "").isalnum():
-            raise ProtocolError("the job has no valid id")
-        kind = fields.get("kind", "")
-        if kind not in JOB_KINDS:
-            raise ProtocolError(f"unknown job kind {kind[:32]!r}")
-        try:
-            payload = json.loads(fields.get("payload") or "")
-        except ValueError as exc:
-            raise ProtocolError("the job payload is not valid JSON") from exc
-        if not isinstance(payload, dict):
-            raise ProtocolError("the job payload must be an object")
-        try:
-            created = float(fields.get("created") or time.time())
-        except ValueError:
-            created = time.time()
-        return cls(kind=kind, payload=payload, conversation=fields.get("conversation", ""), id=job_id,
-                   created=created)
-
-
-@dataclass
-class Event:
-    """One entry of a job's reply stream."""
-
-    type: str
-    attempt: int
-    data: dict[str, Any]
-    id: str = ""  # the stream id, filled in when read
-
-    @property
-    def final(self) -> bool:
-        return self.type in FINAL_EVENTS
-
-    @classmethod
-    def decode(cls, entry_id: str, fields: dict[str, str]) -> Event:
-        try:
-            data = json.loads(fields.get("data") or "{}")
-        except ValueError:
-            data = {}
-        try:
-            attempt = int(fields.get("attempt") or 1)
-        except ValueError:
-            attempt = 1
-        return cls(type=fields.get("type", ""), attempt=attempt, data=data if isinstance(data, dict) else {},
-                   id=entry_id)
-
-
-def _stream_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms or 0), int(seq or 0)
-
-
-@dataclass
-class _Subscription:
-    key: str
-    last: str
-    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-
-
-class _ReplyReader:
-    """One blocking XREAD for every reply stream this process follows, instead of one per reply.
-
-    With 64 answers streaming, per-reply reads cost a round trip (and a parse) per token each; one shared
-    read returns whatever arrived on all of them.  A new subscription writes to the reader's wake stream,
-    so a read already blocking restarts at once with the new stream included.  Redis errors are retried
-    (the position of every subscription is kept), so a Redis restart only pauses the replies."""
-
-    BLOCK_MS = 5000
-
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
-        self.subs: list[_Subscription] = []
-        self.wake_key = KEYS.reader_wake(new_id())
-        self.wake_last = "0-0"
-        self.task: asyncio.Task[None] | None = None
-        self.blocking = False
-        self.woken = False  # a wake is written and the blocking read has not restarted yet
-
-    async def subscribe(self, key: str, after: str) -> _Subscription:
-        sub = _Subscription(key, after)
-        self.subs.append(sub)
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="bus-reply-reader")
-        elif self.blocking and not self.woken:  # one wake for a burst of new replies
-            self.woken = True
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.xadd(self.wake_key, {"w": "1"}, maxlen=10, approximate=False)
-                    pipe.expire(self.wake_key, 3600)
-                    await pipe.execute()
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                reraise_if_cancelling()  # the reader is retrying anyway and will include the new stream
-        return sub
-
-    def unsubscribe(self, sub: _Subscription) -> None:
-        with contextlib.suppress(ValueError):
-            self.subs.remove(sub)
-
-    async def _run(self) -> None:
-        while self.subs:
-            self.woken = False
-            streams: dict[str, str] = {self.wake_key: self.wake_last}
-            for sub in self.subs:
-                if sub.key not in streams or _stream_id(sub.last) < _stream_id(streams[sub.key]):
-                    streams[sub.key] = sub.last
-            self.blocking = True
-            try:
-                result = await self.redis.xread(streams, count=256, block=self.BLOCK_MS)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                reraise_if_cancelling()
-                await asyncio.sleep(0.25)
-                continue
-            finally:
-                self.blocking = False
-            for stream, entries in result or []:
-                if stream == self.wake_key:
-                    self.wake_last = entries[-1][0]
-                    continue
-                for sub in [s for s in self.subs if s.key == stream]:
-                    for entry_id, fields in entries:
-                        if _stream_id(entry_id) > _stream_id(sub.last):
-                            sub.last = entry_id
-                            sub.queue.put_nowait(Event.decode(entry_id, fields))
-
-    async def close(self) -> None:
-        self.subs.clear()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
-        # Best effort, and bounded: with Redis down the client's reconnect retries would hold shutdown for a
-        # minute or more over one key that expires anyway.
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                await self.redis.delete(self.wake_key)
-
-
-@dataclass
-class Claimed:
-    """A job a worker took from the stream (or the reason it could not be parsed)."""
-
-    entry_id: str
-    job: Job | None
-    error: ProtocolError | None = None
-    raw: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class WorkerInfo:
-    worker_id: str
-    host: str
-    engine: str
-    concurrency: int
-    in_flight: int
-    vision: bool
-    last_seen: float
 
 
 class Bus:
@@ -438,16 +55,15 @@ class Bus:
         self.reply_ttl = reply_ttl
         self.blob_ttl = blob_ttl
         self.max_job_bytes = max_job_bytes
-        self._heartbeat = redis.register_script(_HEARTBEAT)
-        self._queue_position = redis.register_script(_QUEUE_POSITION)
-        self._autoclaim = redis.register_script(_AUTOCLAIM)
-        self._start = redis.register_script(_START)
-        self._finish = redis.register_script(_FINISH)
+        self._heartbeat = redis.register_script(scripts.HEARTBEAT)
+        self._queue_position = redis.register_script(scripts.QUEUE_POSITION)
+        self._autoclaim = redis.register_script(scripts.AUTOCLAIM)
+        self._start = redis.register_script(scripts.START)
+        self._finish = redis.register_script(scripts.FINISH)
         self._autoclaim_cursor: dict[str, str] = {}  # consumer → where its next XAUTOCLAIM scan starts
-        # Writes queued meanwhile (events, jobs, attempt starts) share one pipeline: see `_batched`.
-        self._batch: list[tuple[Callable[[Any], int], asyncio.Future[list[Any]]]] = []
-        self._batcher: asyncio.Task[None] | None = None
-        self._reader = _ReplyReader(redis)
+        # Writes queued meanwhile (events, jobs, attempt starts) share one pipeline (models/protocol/batch.py).
+        self._batcher = WriteBatcher(redis)
+        self._reader = ReplyReader(redis)
         self._alone = 0  # replies read with their own XREAD
 
     # ---------------------------------------------------------------- producer (bot) side
@@ -467,7 +83,7 @@ class Bus:
             pipe.xadd(KEYS.jobs, fields, maxlen=JOBS_MAXLEN, approximate=True)
             return 1
 
-        [entry] = await self._batched(add)
+        [entry] = await self._batcher.run(add)
         if isinstance(entry, Exception):
             raise entry
         return job.id
@@ -593,6 +209,18 @@ class Bus:
     async def active_reply_count(self) -> int:
         """Conversations with a reply being shown by some bot process (the resume index)."""
         return int(await self.redis.zcard(KEYS.active_conversations))
+
+    async def claim_event(self, source: str, ttl: int = 900) -> bool:
+        """True for the first bot process to claim an incoming event (`source`, e.g. a Discord message id),
+        False for any other (two processes that both receive it answer it once)."""
+        return bool(await self.redis.set(KEYS.event_claimed(source), "1", nx=True, ex=ttl))
+
+    async def command_hash(self) -> str | None:
+        """The hash of the slash commands last synced with Discord (bot/client.py)."""
+        return await self.redis.get(KEYS.command_hash)
+
+    async def set_command_hash(self, digest: str) -> None:
+        await self.redis.set(KEYS.command_hash, digest)
 
     # ---------------------------------------------------------------- blobs
     async def put_blob(self, data: bytes, mime: str) -> str:
@@ -722,7 +350,7 @@ class Bus:
         On a first attempt the `status` event (`status` is its data) is written in the same round trip
         (announced = True); a later attempt is announced by the caller once it decided to run it."""
         data = json.dumps(status, ensure_ascii=False, separators=(",", ":"))
-        attempt, cancelled, announced = await self._script(
+        attempt, cancelled, announced = await self._batcher.script(
             self._start, [KEYS.attempts(job_id), KEYS.cancel(job_id), KEYS.events(job_id)],
             [max(self.reply_ttl, 3600), self.reply_ttl, data, REPLY_MAXLEN])
         return int(attempt), bool(cancelled), bool(announced)
@@ -735,23 +363,8 @@ class Bus:
         args: list[Any] = [self.reply_ttl, REPLY_MAXLEN, KEYS.group if ack_entry else "", ack_entry]
         for type_, data in events:
             args += [type_, str(attempt), json.dumps(data or {}, ensure_ascii=False, separators=(",", ":"))]
-        ids = await self._script(self._finish, [KEYS.events(job_id), KEYS.jobs], args)
+        ids = await self._batcher.script(self._finish, [KEYS.events(job_id), KEYS.jobs], args)
         return [str(i) for i in ids]
-
-    async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run a registered Lua script in the shared pipeline (EVALSHA); alone when Redis lost the script
-        (restarted or flushed), which loads it again."""
-
-        def add(pipe: Any) -> int:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return 1
-
-        [result] = await self._batched(add)
-        if isinstance(result, NoScriptError):
-            return await script(keys=keys, args=args)
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     async def emit(self, job_id: str, attempt: int, type_: str, data: dict[str, Any] | None = None,
                    *, refresh_ttl: bool = False) -> str:
@@ -784,42 +397,12 @@ class Bus:
                     count += 1
             return count
 
-        results = await self._batched(add)
+        results = await self._batcher.run(add)
         ids = [results[i] for i in positions]
         for entry_id in ids:
             if isinstance(entry_id, Exception):
                 raise entry_id
         return ids
-
-    async def _batched(self, add: Callable[[Any], int]) -> list[Any]:
-        """Queue commands for the shared pipeline: `add(pipe)` queues them and returns how many; the result
-        is their replies (errors as exception objects).  Alone, a write goes out at once (one loop tick
-        later); with many jobs streaming, everything written meanwhile shares one round trip, which is what
-        keeps 64 concurrent answers nearly as fast as one.  Order is kept: one queue, one pipeline at a
-        time, commands in the order they were queued."""
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._batch.append((add, future))
-        if self._batcher is None or self._batcher.done():
-            self._batcher = asyncio.create_task(self._flush_batch(), name="bus-batch")
-        return await future
-
-    async def _flush_batch(self) -> None:
-        while self._batch:
-            batch, self._batch = self._batch, []
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    counts = [add(pipe) for add, _future in batch]
-                    results = await pipe.execute(raise_on_error=False)
-            except Exception as exc:  # Redis unreachable even after the client's retries
-                for _add, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            start = 0
-            for (_add, future), count in zip(batch, counts, strict=True):
-                if not future.done():  # else its caller was cancelled meanwhile
-                    future.set_result(results[start:start + count])
-                start += count
 
     async def dead_letter(self, claimed: Claimed, reason: str) -> None:
         fields = {k: v if len(v) <= DEAD_FIELD_CHARS else v[:DEAD_FIELD_CHARS] + "…[cut]"

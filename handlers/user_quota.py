@@ -47,7 +47,7 @@ class Decision:
         return max(1, math.ceil(self.retry_after)) if not self.allowed else 0
 
 
-class UserRateLimiter:
+class UserQuota:
     """`limit` requests per `window` seconds per user; `limit <= 0` disables it."""
 
     def __init__(self, redis: aioredis.Redis, limit: int, window: float) -> None:
@@ -57,7 +57,7 @@ class UserRateLimiter:
         self._script = redis.register_script(_CHECK)
 
     @classmethod
-    def from_settings(cls, redis: aioredis.Redis, settings: Settings) -> UserRateLimiter:
+    def from_settings(cls, redis: aioredis.Redis, settings: Settings) -> UserQuota:
         limit, window = settings.rate_limit
         return cls(redis, limit, window)
 
@@ -67,9 +67,9 @@ class UserRateLimiter:
             return Decision(True)
         now = time.time() if now is None else now
         allowed, retry_ms = await self._script(
-            keys=[KEYS.rate(str(user))],
+            keys=[KEYS.user_quota(str(user))],
             args=[repr(now), repr(float(self.window)), self.limit, f"{now!r}:{uuid.uuid4().hex[:8]}"])
         return Decision(bool(int(allowed)), int(retry_ms) / 1000.0)
 
     async def reset(self, user: str | int) -> None:
-        await self.redis.delete(KEYS.rate(str(user)))
+        await self.redis.delete(KEYS.user_quota(str(user)))

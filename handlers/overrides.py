@@ -1,0 +1,106 @@
+"""Per-guild and per-channel generation settings set by admins (`/settings`), stored in Redis.
+
+Effective settings = the process defaults, overridden by the guild's, overridden by the channel's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from models.protocol import KEYS
+from models.settings import Settings
+
+# name → (type, min, max).  Only these can be set; values are validated and clamped.
+FIELDS: dict[str, tuple[type, float, float]] = {
+    "system_prompt": (str, 0, 4000),
+    "temperature": (float, 0.0, 2.0),
+    "top_p": (float, 0.01, 1.0),
+    "max_new_tokens": (int, 1, 8192),
+}
+
+
+class ConfError(ValueError):
+    """An invalid setting value; the message is shown to the admin."""
+
+
+@dataclass
+class Effective:
+    system_prompt: str
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    repetition_penalty: float
+
+    def params(self) -> dict[str, float]:
+        return {"temperature": self.temperature, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+
+
+def validate(name: str, value: str) -> str:
+    if name not in FIELDS:
+        raise ConfError(f"unknown setting {name!r}")
+    kind, lo, hi = FIELDS[name]
+    if kind is str:
+        if len(value) > hi:
+            raise ConfError(f"{name} can be at most {int(hi)} characters")
+        return value
+    try:
+        number = kind(value)
+    except ValueError as exc:
+        raise ConfError(f"{name} must be a number") from exc
+    if not lo <= number <= hi:
+        raise ConfError(f"{name} must be between {lo:g} and {hi:g}")
+    return str(number)
+
+
+class ConfStore:
+    def __init__(self, redis: aioredis.Redis, defaults: Settings) -> None:
+        self.redis = redis
+        self.defaults = defaults
+
+    @staticmethod
+    def scope(*, guild: int | None = None, channel: int | None = None) -> str:
+        return f"channel:{channel}" if channel is not None else f"guild:{guild or 0}"
+
+    async def set(self, scope: str, name: str, value: str) -> None:
+        await self.redis.hset(KEYS.overrides(scope), name, validate(name, value))
+
+    async def clear(self, scope: str, name: str | None = None) -> None:
+        if name:
+            await self.redis.hdel(KEYS.overrides(scope), name)
+        else:
+            await self.redis.delete(KEYS.overrides(scope))
+
+    async def get_scope(self, scope: str) -> dict[str, str]:
+        return await self.redis.hgetall(KEYS.overrides(scope))
+
+    async def effective(self, *, guild: int | None = None, channel: int | None = None) -> Effective:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.queue_effective(pipe, guild=guild, channel=channel)
+            return self.effective_from(await pipe.execute())
+
+    def queue_effective(self, pipe: Any, *, guild: int | None = None, channel: int | None = None) -> int:
+        """Queue the reads `effective` needs on `pipe` (a request shares one round trip with its history
+        write); returns how many results they add, to be passed to `effective_from` in order."""
+        scopes = ([self.scope(guild=guild)] if guild is not None else []) + (
+            [self.scope(channel=channel)] if channel is not None else [])
+        for scope in scopes:
+            pipe.hgetall(KEYS.overrides(scope))
+        return len(scopes)
+
+    def effective_from(self, scope_values: list[dict[str, str]]) -> Effective:
+        """Defaults overridden by each scope's values in order (guild, then channel)."""
+        d = self.defaults
+        values: dict[str, str] = {}
+        for scoped in scope_values:
+            values.update(scoped or {})
+        return Effective(
+            system_prompt=values.get("system_prompt", d.system_prompt),
+            temperature=float(values.get("temperature", d.temperature)),
+            top_p=float(values.get("top_p", d.top_p)),
+            max_new_tokens=int(values.get("max_new_tokens", d.max_new_tokens)),
+            repetition_penalty=d.repetition_penalty,
+        )

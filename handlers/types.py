@@ -1,0 +1,61 @@
+"""The types every front end and handler shares: a `Request` (what a person asked), a `Reply` (the submitted
+job, to follow or stop), the `Update`s a reply yields, and `InputError` (a friendly refusal).
+
+They know nothing of Discord or Redis; `handlers.chat.ChatHandler` produces them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from models.protocol import Job
+
+UpdateKind = Literal["queued", "no_worker", "started", "text", "step", "file", "restart", "done", "error"]
+
+
+@dataclass
+class Request:
+    """One thing a person asked, independent of where they asked it."""
+
+    conversation: str
+    text: str
+    user_name: str | None = None  # set in shared channels so the model can tell speakers apart
+    images: list[str] = field(default_factory=list)  # blob refs, already validated and stored
+    guild: int | None = None
+    channel: int | None = None
+    kind: str = "chat"
+    payload: dict[str, Any] = field(default_factory=dict)  # kind-specific extras
+    record: bool = True  # write the turns into history
+
+
+@dataclass
+class Update:
+    """Something the front end should show."""
+
+    kind: UpdateKind
+    text: str = ""  # the whole answer so far (for "text", "done", "restart")
+    attempt: int = 1
+    position: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return self.kind in ("done", "error")
+
+
+@dataclass
+class Reply:
+    """A submitted job, as the front end holds it (to follow it, or to press Stop)."""
+
+    job: Job
+    request: Request
+    submitted: float = field(default_factory=time.monotonic)
+    # The history generation the job was built from (see handlers/history.py): the answer is recorded only
+    # if the conversation was not reset since.  None: no check (nothing to record, or an older record).
+    generation: int | None = None
+
+
+class InputError(ValueError):
+    """A request refused before it reached a worker; the message is friendly and shown as is."""
