@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from models.protocol import Bus
 from models.redis_server import EmbeddedRedis
+from models.sandbox import SandboxLimits, describe_isolation
 from models.settings import Settings
 
 STALE_AFTER = 15.0  # seconds without a heartbeat before a worker no longer counts as alive
@@ -40,6 +41,7 @@ class Status:
     redis_maxmemory: str = ""
     redis_clients: int = 0
     redis_aof: bool = False
+    sandbox: str = ""  # the Python sandbox's isolation on the host running `status` (empty in /stats)
 
     @property
     def capacity(self) -> int:
@@ -108,6 +110,8 @@ def render(status: Status) -> str:
     lines.append(f"Dead letters: {status.dead_letters}")
     for entry in status.recent_dead:
         lines.append(f"  {entry['kind'] or '?'} {entry['id'] or '?'}: {entry['reason']}")
+    if status.sandbox:
+        lines.append(f"Python sandbox (this host): {status.sandbox}")
     return "\n".join(lines)
 
 
@@ -138,5 +142,6 @@ async def run_status(settings: Settings, *, as_json: bool = False, timeout: floa
     finally:
         await bus.close()
         await client.aclose()
+    status.sandbox = await asyncio.to_thread(describe_isolation, SandboxLimits.from_settings(settings))
     print(status.to_json() if as_json else render(status))
     return 0 if status.workers else 1

@@ -322,3 +322,14 @@ def test_default_isolation_resolves_or_refuses() -> None:
         assert Sandbox(SandboxLimits()).isolation == "bubblewrap"
     except SandboxUnavailable as exc:
         assert str(exc)
+
+
+async def test_status_shows_the_isolation_in_force(sandbox: Sandbox, settings: Settings, worker: Worker,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.status import run_status
+
+    assert await run_status(settings) == 0
+    assert "Python sandbox (this host): bubblewrap (no network" in capsys.readouterr().out
+    settings.sandbox_isolation = "off"
+    await run_status(settings)
+    assert "Python sandbox (this host): unavailable, so /agent runs no Python" in capsys.readouterr().out

@@ -5,8 +5,8 @@ The public interface: `Sandbox(limits).isolation` names the isolation in force o
 returns a `RunResult` (`.ok`, `.figures`, `.for_model()`, `.for_display()`).
 """
 
-from .core import ISOLATION_MODES, PROJECT_ROOT, Sandbox, SandboxLimits, SandboxUnavailable
+from .core import ISOLATION_MODES, PROJECT_ROOT, Sandbox, SandboxLimits, SandboxUnavailable, describe_isolation
 from .result import Figure, RunResult, strip_controls
 
 __all__ = ["ISOLATION_MODES", "PROJECT_ROOT", "Figure", "RunResult", "Sandbox", "SandboxLimits",
-           "SandboxUnavailable", "strip_controls"]
+           "SandboxUnavailable", "describe_isolation", "strip_controls"]

@@ -141,8 +141,10 @@ def _figures(fd: int, budget: int, notes: list[str]) -> list[Figure]:
 class Sandbox:
     """Runs code snippets; thread-safe (each run has its own directory and process tree)."""
 
-    def __init__(self, limits: SandboxLimits | None = None, python: str | None = None) -> None:
+    def __init__(self, limits: SandboxLimits | None = None, python: str | None = None, *,
+                 announce: bool = True) -> None:
         self.limits = limits or SandboxLimits()
+        self.announce = announce  # log the isolation (a worker does; `bot status` prints it instead)
         self.python = python or sys.executable
         self._isolation: str | None = None
         self._unavailable: SandboxUnavailable | None = None
@@ -157,11 +159,13 @@ class Sandbox:
             if self._isolation is None and self._unavailable is None:
                 try:
                     self._isolation = self._resolve()
-                    log.info("sandbox: model-written code runs in bubblewrap (no network, empty filesystem, one "
-                             "process of %d MiB, %d MiB disk)", self.limits.memory_mb, self.limits.disk_mb)
+                    if self.announce:
+                        log.info("sandbox: model-written code runs in bubblewrap (no network, empty filesystem, one "
+                                 "process of %d MiB, %d MiB disk)", self.limits.memory_mb, self.limits.disk_mb)
                 except SandboxUnavailable as exc:
                     self._unavailable = exc
-                    log.error("sandbox: UNAVAILABLE — the Python tool is off: %s", exc)
+                    if self.announce:
+                        log.error("sandbox: UNAVAILABLE — the Python tool is off: %s", exc)
             if self._unavailable is not None:
                 raise self._unavailable
             assert self._isolation is not None
@@ -207,7 +211,7 @@ class Sandbox:
             paths = [*bwrap.interpreter_dirs(self.python), str(bwrap.CHILD_DIR), str(base.parent)]
             unreachable = [p for p in paths if not bwrap.reachable_by_nobody(p)]
             self._nobody = not unreachable
-            if unreachable:
+            if unreachable and self.announce:
                 log.warning("sandbox: the worker runs as root and nobody cannot reach %s, so bubblewrap runs as "
                             "root: sandboxed code has host uid 0 without capabilities (still confined; "
                             "docs/agent.md). Run the worker as a normal user to avoid this.", ", ".join(unreachable))
@@ -356,3 +360,12 @@ class Sandbox:
             result.notes.append(f"the memory limit is {self.limits.memory_mb} MiB")
         result.figures = _figures(out[2], self.limits.max_file_mb * 1024 * 1024, result.notes)
         return result
+
+
+def describe_isolation(limits: SandboxLimits) -> str:
+    """One line for `python -m bot status`: the isolation model-written code gets on this host, or why none."""
+    try:
+        mode = Sandbox(limits, announce=False).isolation
+    except SandboxUnavailable as exc:
+        return f"unavailable, so /agent runs no Python ({exc})"
+    return f"{mode} (no network, empty filesystem, one process of {limits.memory_mb} MiB, {limits.disk_mb} MiB disk)"
