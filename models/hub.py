@@ -54,6 +54,10 @@ class HubError(Exception):
     EngineError: engines import this module, so it imports none of them; the llama.cpp engine converts it.)"""
 
 
+class HubUnavailable(HubError):
+    """The hub did not answer usefully (network down mid-way, 5xx): a cached copy may stand in."""
+
+
 @dataclass(frozen=True)
 class HubReference:
     """`owner/repo[:TAG]`: TAG is a file name (ends in .gguf) or a quantisation such as Q4_K_M."""
@@ -130,7 +134,7 @@ def _default_model(hub: Hub, ref: HubReference) -> Path | None:
                     "(LLAMACPP_MODEL=bundled keeps the small model and skips this check)", reason, ref, DEFAULT_SIZE)
         return None
     try:
-        return hub.fetch(ref, probed=True)
+        return hub.fetch(ref, probed=True)  # a cached copy stands in when the hub fails mid-way
     except HubError as exc:
         log.warning("the default model could not be fetched (%s): using the bundled SmolLM2-135M", exc)
         return None
@@ -209,7 +213,14 @@ class Hub:
                 return cached
             raise HubError(f"LLAMACPP_MODEL={ref} is not in the local cache ({self.cache_root}) and {reason}; "
                            "connect once to fetch it, or choose a local GGUF or LLAMACPP_MODEL=bundled")
-        files = {f.path: f for f in self.list_files(ref)}
+        try:
+            files = {f.path: f for f in self.list_files(ref)}
+        except HubUnavailable as exc:
+            cached = self.cached(ref)
+            if cached is None:
+                raise
+            log.warning("%s: using %s from the local cache", exc, ref)
+            return cached
         parts = pick_files(ref, list(files))
         paths = [self._download(ref, files[name]) for name in parts]
         return paths[0]
@@ -230,7 +241,7 @@ class Hub:
         except RevisionNotFoundError:
             raise HubError(f"{ref.repo_id} has no revision {ref.revision!r}") from None
         except Exception as exc:
-            raise HubError(f"could not list {ref.repo_id} on {self.endpoint}: {_describe(exc)}") from None
+            raise HubUnavailable(f"could not list {ref.repo_id} on {self.endpoint}: {_describe(exc)}") from None
         out = []
         for entry in entries:
             if getattr(entry, "size", None) is None or not hasattr(entry, "blob_id"):

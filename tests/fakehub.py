@@ -17,7 +17,8 @@ Built from the real thing's behaviour, as the client reads it (huggingface_hub 2
   `X-Repo-Commit`.  Both carry `X-Error-Message`.
 
 Faults a test can switch on: cut the next body after N bytes (the connection drops mid-transfer, once), serve
-bytes that differ from the advertised checksum.  Every request is recorded for the tests to count.
+bytes that differ from the advertised checksum, answer the API with an error status (the Hub down).  Every
+request is recorded for the tests to count.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class FakeHub:
     requests: list[Request] = field(default_factory=list)
     cut_next_body_after: int | None = None  # drop the connection after this many body bytes, once
     corrupt: set[str] = field(default_factory=set)  # sha256s whose served bytes differ from the advertised
+    api_status: int | None = None  # answer every /api/ request with this status (e.g. 503: the Hub is down)
     _servers: list[ThreadingHTTPServer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -170,6 +172,8 @@ def _handler(hub: FakeHub, origin: str) -> type[BaseHTTPRequestHandler]:
                 if hosted is None:
                     return self._error(404, "", "Not found")
                 return self._body(hosted, head)
+            if hub.api_status is not None and path.startswith("/api/"):
+                return self._error(hub.api_status, "", "Service Unavailable")
             if match := _TREE.match(path):
                 return self._tree(match["repo"], match["rev"])
             if match := _RESOLVE.match(path):

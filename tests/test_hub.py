@@ -253,6 +253,21 @@ def test_hf_hub_offline_asks_nothing(fake: FakeHub, tmp_path: Path) -> None:
     assert locate_gguf(unreachable) == fetched
 
 
+def test_a_cached_model_stands_in_when_the_hub_fails(fake: FakeHub, tmp_path: Path,
+                                                     hub_log: pytest.LogCaptureFixture) -> None:
+    named = settings_for(fake.url, tmp_path, f"{REPO}:Q4_1")
+    fetched = locate_gguf(named)
+    # The probe still gets an answer; the tree listing fails.  520 is what a CDN in front of a dead origin says;
+    # the client retries 5xx like 503 for about 20 s first (huggingface_hub's backoff), which this test skips.
+    fake.api_status = 520
+    assert locate_gguf(named) == fetched
+    assert any("520" in line and "from the local cache" in line for line in hub_lines(hub_log, logging.WARNING))
+    fresh = settings_for(fake.url, tmp_path / "other", f"{REPO}:Q4_1")  # nothing cached there
+    with pytest.raises(HubError, match=rf"could not list {REPO}"):
+        locate_gguf(fresh)
+    assert locate_gguf(fresh.model_copy(update={"llamacpp_model": ""})) is None  # the default: bundled
+
+
 def test_local_paths_bundled_and_the_older_setting(tmp_path: Path) -> None:
     assert locate_gguf(settings_for("http://unused", tmp_path, "bundled")) is None
     assert locate_gguf(settings_for("http://unused", tmp_path, str(BUNDLED))) == BUNDLED
