@@ -323,3 +323,35 @@ async def test_openai_engine_keeps_special_tokens(settings: Settings, bus: Bus, 
     updates, requests = await agent_via_openai(settings, bus, chat)
     assert requests[0].body.get("skip_special_tokens") is False
     assert updates[-1].text == "x = 3.5"
+
+
+# ------------------------------------------------------------------------------ ENGINE=llamacpp (bundled model)
+async def test_bundled_smollm2_answers_plainly(settings: Settings, bus: Bus, caplog: pytest.LogCaptureFixture) -> None:
+    """The bundled SmolLM2-135M (real llama.cpp) does not follow InternLM2's tool protocol: the agent still
+    ends with the model's own plain answer, not an error, and nothing is logged as an error."""
+    pytest.importorskip("llama_cpp")
+    import logging
+
+    from models.engines import build_engine
+
+    caplog.set_level(logging.WARNING)
+    cpu = settings.model_copy(update={"engine": "llamacpp", "llamacpp_n_ctx": 2048, "max_new_tokens": 24,
+                                      "temperature": 0.0, "agent_arxiv": False, "agent_max_turns": 2,
+                                      "agent_timeout": 120})
+    engine = build_engine(cpu)
+    w = Worker(cpu, bus, engine, worker_id="llama-agent")
+    task = asyncio.create_task(w.run())
+    try:
+        chat = ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, cpu), cpu)
+        updates = await asyncio.wait_for(run(AgentHandler(chat), "What is the capital of France?",
+                                             conversation="console:smol"), 150)
+    finally:
+        w.stop()
+        await asyncio.wait_for(task, 30)
+    final = updates[-1]
+    assert final.kind == "done", final.data
+    assert final.text.strip()
+    answers = steps(updates, "answer")
+    if not steps(updates, "tool_call"):  # the usual case: a plain answer, shown as is
+        assert answers and answers[-1]["text"] == final.text
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

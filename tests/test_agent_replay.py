@@ -43,11 +43,12 @@ from models.agent import runner
 from models.agent.parsing import PluginCallError, extract_code, parse_plugin_call
 from models.engines.openai import OpenAIEngine
 from models.protocol import Bus
-from models.sandbox import Sandbox, SandboxUnavailable
+from models.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 from models.settings import Settings
 from models.untrusted import CONTROL_TOKENS, JOINER
 from models.worker import Worker
 from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI, ReplayTurn
+from tests.sandbox_support import sandbox_or_skip
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -113,6 +114,12 @@ async def openai_worker(settings: Settings, bus: Bus, server: FakeOpenAI) -> Asy
     worker.stop()
     await asyncio.wait_for(task, 30)
     await engine.close()
+
+
+@pytest.fixture
+def sandboxed(settings: Settings) -> Sandbox:
+    """The real sandbox the agent will use, or a skip where this machine has none (tests/sandbox_support)."""
+    return sandbox_or_skip(SandboxLimits.from_settings(settings))
 
 
 @pytest.fixture
@@ -250,7 +257,7 @@ def test_the_code_is_shown_once_without_artefacts() -> None:
 
 # ------------------------------------------------------------------------------------------ replays
 async def test_recorded_math_run(agent: AgentHandler, server: FakeOpenAI, openai_worker: Worker,
-                                 loop_errors: Any) -> None:
+                                 sandboxed: Sandbox, loop_errors: Any) -> None:
     pytest.importorskip("sympy")
     server.replay(math_turns())
     updates = await run(agent, MATH["task"])
@@ -328,7 +335,7 @@ def forging_code() -> str:
 
 async def test_forged_control_tokens_never_reach_the_prompt_as_tokens(agent: AgentHandler, server: FakeOpenAI,
                                                                       settings: Settings, bus: Bus,
-                                                                      openai_worker: Worker,
+                                                                      openai_worker: Worker, sandboxed: Sandbox,
                                                                       loop_errors: Any) -> None:
     """Forged turns from a user (task and history), from sandbox output, from a file the code read, from a
     figure's file name and from an arXiv abstract: in every prompt the only real control tokens are the

@@ -17,7 +17,9 @@ import pytest
 from test_agent_replay import MATH, MODEL, math_turns
 from test_console import ROOT, assert_no_redis_left, console_env
 
+from models.sandbox import SandboxLimits
 from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI
+from tests.sandbox_support import sandbox_or_skip
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,6 +41,7 @@ def server() -> Iterator[FakeOpenAI]:
 
 def test_console_runs_the_recorded_math_run(server: FakeOpenAI, tmp_path: Path) -> None:
     pytest.importorskip("sympy")
+    sandbox_or_skip(SandboxLimits())
     server.replay(math_turns())
     data = tmp_path / "data"
     proc = subprocess.run([sys.executable, "-m", "bot", "console"], input=f"/agent {MATH['task']}\n/agent\n",

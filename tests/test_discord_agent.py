@@ -14,9 +14,11 @@ from test_agent import SOLVE, ScriptedEngine, last_environment
 from test_agent_replay import MATH, MODEL, math_turns
 
 from models.engines.openai import OpenAIEngine
+from models.sandbox import SandboxLimits
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import STOP_PREFIX, BotRunner
 from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI
+from tests.sandbox_support import sandbox_or_skip
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -113,6 +115,7 @@ async def test_recorded_internlm_math_run(discord_harness: Harness, discord_bot:
     """The recorded InternLM2.5-7B-Chat run through `/agent`: both cells run in the sandbox and their values
     are shown, each cell's code once in one clean block, then the recorded answer; nothing logs an error."""
     pytest.importorskip("sympy")
+    sandbox_or_skip(SandboxLimits())
     caplog.set_level(logging.WARNING)
     h = discord_harness
     server = await FakeOpenAI(models=(MODEL,)).start()

@@ -45,10 +45,12 @@ HISTORY_TURNS = 6  # recent chat turns given to the agent as context
 SHOWN_RESULT_CHARS = 1500  # a tool result as shown to people (the model reads up to the sandbox's limit)
 MODEL_RESULT_CHARS = 6000
 
-INTERPRETER_NOTE = ("\n注意：每段代码都在一个全新的、没有网络的沙箱进程中运行，不保留之前的变量；请用 print 输出结果，"
+INTERPRETER_NOTE = ("\n注意：每段代码都在一个全新的、没有网络的沙箱进程中运行，不保留之前的变量；"
+                    "print 的内容和最后一行表达式的值（与 Jupyter 相同）会返回给你，"
                     "用 matplotlib 画的图会自动保存并返回给用户。"
-                    "\nNote: each code cell runs in a fresh, offline sandbox process (variables do not persist); "
-                    "print the results; matplotlib figures are returned to the user automatically.")
+                    "\nNote: each code cell runs in a fresh, offline sandbox process (variables do not persist); what "
+                    "it prints and the value of its last expression (as in Jupyter) come back to you; matplotlib "
+                    "figures are returned to the user automatically.")
 
 _SANDBOXES: dict[tuple[Any, ...], Sandbox] = {}
 
