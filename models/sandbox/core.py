@@ -193,9 +193,14 @@ class Sandbox:
             if exposed:
                 raise SandboxUnavailable(f"the Python environment {path} contains {exposed[0]}, which must "
                                          "stay hidden from the code; install the venv elsewhere")
-        probe = self._run("import socket\ns = socket.socket()\ns.settimeout(1)\ntry:\n"
-                          "    s.connect(('1.1.1.1', 53)); print('NET')\nexcept OSError:\n    print('NONET')\n",
-                          "bubblewrap", 30.0)
+        probe = self._probe()
+        if not probe.ok and self._nobody and probe.setup_error:
+            # Some kernels refuse user namespaces to unprivileged users (Ubuntu's AppArmor restriction) but
+            # not to root: bubblewrap then runs as root, the code as host uid 0 without capabilities.
+            log.warning("sandbox: bubblewrap cannot run as nobody here (%s); starting it as root",
+                        probe.setup_error.splitlines()[-1][:200])
+            self._nobody = False
+            probe = self._probe()
         if probe.stdout.strip() == "NONET" and probe.ok:
             return "bubblewrap"
         why = (probe.setup_error or probe.stderr or probe.stdout).strip().splitlines()
@@ -219,6 +224,12 @@ class Sandbox:
             return {}
         os.chmod(base, 0o711)  # bubblewrap resolves in/ as nobody
         return {"user": bwrap.SANDBOX_UID, "group": bwrap.SANDBOX_UID, "extra_groups": []}
+
+    def _probe(self) -> RunResult:
+        """One real run: the sandbox starts and has no network."""
+        return self._run("import socket\ns = socket.socket()\ns.settimeout(1)\ntry:\n"
+                         "    s.connect(('1.1.1.1', 53)); print('NET')\nexcept OSError:\n    print('NONET')\n",
+                         "bubblewrap", 30.0)
 
     # ------------------------------------------------------------------ running
     def run(self, code: str, *, timeout: float | None = None) -> RunResult:
