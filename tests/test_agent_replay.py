@@ -440,3 +440,32 @@ async def test_stop_and_deadline_close_the_stream_cleanly(agent: AgentHandler, s
     assert updates[-1].kind == "done" and "time limit" in updates[-1].text
     await asyncio.wait_for(server.disconnected.wait(), 10)
     loop_errors()
+
+
+async def test_recorded_math_run_over_chat_messages(settings: Settings, bus: Bus, agent: AgentHandler,
+                                                    server: FakeOpenAI, sandboxed: Sandbox,
+                                                    loop_errors: Any) -> None:
+    """An engine without raw completion gets the turns as chat messages (tool output as a marked user message);
+    the same recording runs through it, given a server that keeps the special tokens in its output."""
+    pytest.importorskip("sympy")
+    server.skip_special = ()
+    turns, before = [], ()
+    for turn in MATH["turns"]:
+        turns.append(ReplayTurn(turn["model"], requires=before))
+        before = (f"[environment]\n{turn['environment']}",) if "environment" in turn else ()
+    server.replay(turns)
+    engine = OpenAIEngine(base_url=server.base_url, chat_model=MODEL)
+    engine.supports_raw = False
+    worker = Worker(settings, bus, engine, worker_id="chat-replay-worker")
+    task = asyncio.create_task(worker.run())
+    try:
+        updates = await run(agent, MATH["task"], conversation="console:chat-replay")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        await engine.close()
+    assert server.replay_errors == [] and server.turns == []
+    assert [r.path for r in server.requests] == ["/v1/chat/completions"] * 3
+    assert [r["text"].strip() for r in steps(updates, "tool_result")] == ["[1, 3, 7, 9, 21, 63]", "-3969"]
+    assert updates[-1].kind == "done" and updates[-1].text == MATH["turns"][-1]["model"]
+    loop_errors()
