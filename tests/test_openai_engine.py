@@ -109,6 +109,22 @@ async def test_raw_completion(fake: FakeOpenAI) -> None:
     rec = fake.requests[-1]
     assert rec.path == "/v1/completions" and rec.body["prompt"].startswith("<|im_start|>")
     assert rec.body["max_tokens"] == 9
+    assert rec.body["skip_special_tokens"] is False  # lmdeploy/vLLM keep the agent's tool markers
+    await engine.close()
+
+
+async def test_raw_completion_keeps_special_tokens_behind_a_stripping_server(fake: FakeOpenAI) -> None:
+    """lmdeploy and vLLM drop special tokens from their output unless the request says not to; raw completions
+    say so (chat completions do not: a chat answer needs no markers)."""
+    from tests.fakeopenai import INTERNLM2_SPECIAL
+
+    engine = make_engine(fake)
+    fake.skip_special = INTERNLM2_SPECIAL
+    fake.reply = "Let me run it.<|action_start|><|interpreter|>\n```python\nprint(1)\n```"
+    raw = await collect(engine.stream_raw("<|im_start|>user\nhi<|im_end|>\n", GenParams(), asyncio.Event()))
+    assert raw == fake.reply
+    chat = await collect(engine.stream_chat([ChatMessage("user", "hi")], GenParams(), asyncio.Event()))
+    assert chat == "Let me run it.\n```python\nprint(1)\n```"
     await engine.close()
 
 
