@@ -7,7 +7,8 @@ and the run's working directory (a tmpfs capped in bytes and inodes).  Everythin
 `DATA_DIR` and its Redis socket, `$HOME`, `/tmp`, `/dev/shm`, `/run`, `/proc`, other runs — does not exist there.
 
 bubblewrap runs as the worker's user; a worker running as root starts it as `nobody` where `nobody` can reach
-every path bound in (bubblewrap resolves them as its own user), so that the sandbox is not the host's uid 0
+every path bound in (bubblewrap resolves them as its own user, even ones given as descriptors), so that the
+sandbox is not the host's uid 0
 without capabilities.  Where it cannot (a pyenv interpreter under a 0700 `/root`) the sandbox's host uid is 0
 with no capabilities in any namespace that owns a host resource; the seccomp filter's one-process rule then
 stands in for `RLIMIT_NPROC`, which the kernel does not apply to uid 0.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 SANDBOX_UID = 65534  # the uid and gid the code has inside (nobody)
@@ -63,26 +63,9 @@ def interpreter_dirs(python: str) -> list[str]:
     return sorted(p for p in paths if not any(p != q and under(p, q) for q in paths))
 
 
-@dataclass
-class Mounts:
-    """The O_PATH descriptors behind the bind mounts of one run; closed once bubblewrap has started."""
-
-    fds: list[int] = field(default_factory=list)
-
-    def open(self, path: str | Path) -> int:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        self.fds.append(fd)
-        return fd
-
-    def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-        self.fds.clear()
-
-
 def command(bwrap: str, python: str, in_dir: Path, *, disk_bytes: int, max_files: int, seccomp_fd: int,
-            info_fd: int, mounts: Mounts) -> list[str]:
-    """bubblewrap's argv for one run (descriptors it names are in `mounts.fds`, `seccomp_fd`, `info_fd`)."""
+            info_fd: int) -> list[str]:
+    """bubblewrap's argv for one run (options every bubblewrap since 0.5 has: Ubuntu 22.04 ships 0.6)."""
     args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",  # no --disable-userns:
             # it nests a user namespace that would own no mount namespace (the seccomp filter refuses new ones)
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--clearenv",
@@ -93,14 +76,13 @@ def command(bwrap: str, python: str, in_dir: Path, *, disk_bytes: int, max_files
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
-            args += ["--ro-bind-fd", str(mounts.open(path)), path]
+            args += ["--ro-bind", path, path]
     for path in SYSTEM_FILES:
         if os.path.isfile(path):
-            args += ["--ro-bind-fd", str(mounts.open(path)), path]
+            args += ["--ro-bind", path, path]
     for path in interpreter_dirs(python):
-        args += ["--ro-bind-fd", str(mounts.open(path)), path]
-    args += ["--ro-bind-fd", str(mounts.open(CHILD_DIR)), INSIDE_LIB,
-             "--ro-bind-fd", str(mounts.open(in_dir)), INSIDE_IN,
+        args += ["--ro-bind", path, path]
+    args += ["--ro-bind", str(CHILD_DIR), INSIDE_LIB, "--ro-bind", str(in_dir), INSIDE_IN,
              "--dir", INSIDE_WORK, "--dir", "/dev"]
     for dev in DEVICES:
         args += ["--dev-bind", dev, dev]

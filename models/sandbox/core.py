@@ -257,7 +257,6 @@ class Sandbox:
         started = time.monotonic()
         base = Path(tempfile.mkdtemp(prefix="agent-sandbox-"))
         fds: list[int] = []
-        mounts = bwrap.Mounts()
         try:
             in_dir = base / "in"
             in_dir.mkdir(mode=0o755)
@@ -274,20 +273,18 @@ class Sandbox:
             os.write(filt_w, seccomp.program())
             argv = bwrap.command(self.bwrap_path() or self.limits.bwrap, self.python, in_dir,
                                  disk_bytes=self.limits.disk_mb * 1024 * 1024, max_files=self.limits.max_files,
-                                 seccomp_fd=filt_r, info_fd=info_w, mounts=mounts)
+                                 seccomp_fd=filt_r, info_fd=info_w)
             drop = self._drop_to_nobody(base)
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out[0], stderr=out[1], env={},
-                                    cwd="/", close_fds=True, pass_fds=[out[2], filt_r, info_w, *mounts.fds],
+                                    cwd="/", close_fds=True, pass_fds=[out[2], filt_r, info_w],
                                     start_new_session=True, **drop)
             os.close(filt_w)
             fds.remove(filt_w)
             os.close(info_w)
             fds.remove(info_w)
-            mounts.close()
             timed_out = self._wait(proc, info_r, started + timeout)
             return self._result(proc.returncode, timed_out, timeout, out, isolation, time.monotonic() - started)
         finally:
-            mounts.close()
             for fd in fds:
                 try:
                     os.close(fd)
