@@ -8,10 +8,11 @@ Why it looks the way it does:
   for one exact file (llama.cpp's `-hff`), a local path, or `bundled`.
 * Fetching goes through `huggingface_hub`, so `HF_ENDPOINT` mirrors, `HF_HOME`, `HF_TOKEN` (gated repos) and its
   cache layout are the ones every other tool uses; a second start finds the file there and downloads nothing.
-  It resumes a cut transfer with an HTTP Range request (within the run; huggingface_hub ≥ 1.x discards a partial
-  file when the process ends).  huggingface_hub checks only the size of what it downloaded, so the file is then
-  hashed here and compared with the hub's own checksum (the LFS sha256 of the tree listing, or the git blob id of
-  a small file); a mismatch deletes the file and fails loudly.
+  A cut transfer resumes with an HTTP Range request, also after a restart: huggingface_hub ≥ 2 starts each
+  download afresh, so plain-HTTP files (mirrors, Git LFS) are fetched here, with its `http_get`, into its cache
+  layout, keeping the partial file (Xet-stored files go through `hf_hub_download`; hf_xet caches chunks).
+  huggingface_hub checks only the size, so every download is hashed and compared with the hub's own checksum
+  (the LFS sha256 of the tree listing, or the git blob id of a small file); a mismatch deletes it and fails.
 * The default (nothing configured) is InternLM2.5-1.8B-Chat's official Q4_K_M GGUF when the hub is reachable.
   Reachability is one request bounded by `PROBE_TIMEOUT` in total (DNS included, in a thread of its own), so a
   machine without a network starts on the bundled model at once, saying so in one log line.  An explicitly named
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import threading
 import urllib.error
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .settings import Settings
 
@@ -251,15 +254,26 @@ class Hub:
         return out
 
     def _download(self, ref: HubReference, remote: RemoteFile) -> Path:
-        from huggingface_hub import hf_hub_download
+        """One file into the cache.  Plain HTTP (mirrors, Git LFS) goes through `_resumable_get`, so a restart
+        continues a cut download; Xet-stored files go through `hf_hub_download` (hf_xet keeps its own chunks)."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
         from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
 
         label = f"{ref.repo_id}/{remote.path}"
         transfer = Transfer(label, remote.size)
+        verified = False
         try:
-            local = Path(hf_hub_download(ref.repo_id, remote.path, revision=ref.revision, endpoint=self.endpoint,
-                                         token=self._token, cache_dir=self.cache_dir,
-                                         tqdm_class=transfer.progress_class()))
+            url = hf_hub_url(ref.repo_id, remote.path, revision=ref.revision, endpoint=self.endpoint)
+            meta = get_hf_file_metadata(url, token=self._token, endpoint=self.endpoint)
+            if meta.xet_file_data is None and meta.commit_hash and meta.etag:
+                local = self._resumable_get(ref, remote, meta, transfer)
+                verified = True  # before it became a blob
+            else:
+                local = Path(hf_hub_download(ref.repo_id, remote.path, revision=ref.revision,
+                                             endpoint=self.endpoint, token=self._token, cache_dir=self.cache_dir,
+                                             tqdm_class=transfer.progress_class()))
+        except HubError:
+            raise
         except GatedRepoError:
             raise HubError(f"{ref.repo_id} is gated: accept its terms on the hub, then set HF_TOKEN") from None
         except RepositoryNotFoundError:
@@ -268,14 +282,59 @@ class Hub:
         except EntryNotFoundError:
             raise HubError(f"{ref.repo_id} has no file {remote.path!r}") from None
         except Exception as exc:
-            raise HubError(f"could not download {label}: {_describe(exc)}") from None
+            raise HubError(f"could not download {label}: {_describe(exc)} (start again to resume)") from None
         if transfer.received:
-            verify(local, remote)
+            if not verified:
+                verify(local, remote)  # huggingface_hub checked only the size
             log.info("fetched %s (%s), checksum verified, into %s", label, _size(remote.size), local.parent)
         elif local.stat().st_size != remote.size:
             raise HubError(f"the cached {local} has {local.stat().st_size} bytes, the hub lists {remote.size}: "
                            "delete it to fetch it again")
         return local
+
+    def _resumable_get(self, ref: HubReference, remote: RemoteFile, meta: Any, transfer: Transfer) -> Path:
+        """Download into huggingface_hub's cache layout (blobs/<etag>, snapshots/<commit>/<file> linking to it,
+        refs/<revision>), keeping the partial file across restarts and continuing it with a Range request.
+
+        huggingface_hub ≥ 2 starts every download from zero in a process-unique temporary file; for a 1.1 GB
+        model on a slow mirror that loses minutes at each restart.  The bytes become a blob only once their
+        sha256 matches the hub's, so the cache never holds a corrupt file."""
+        from filelock import FileLock
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        folder = "models--" + ref.repo_id.replace("/", "--")
+        storage = self.cache_root / folder
+        blob = storage / "blobs" / meta.etag
+        pointer = storage / "snapshots" / meta.commit_hash / remote.path
+        lock = self.cache_root / ".locks" / folder / f"{meta.etag}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock)):  # another worker process fetching the same file waits, then finds it
+            if not pointer.exists() and not blob.exists():
+                partial = blob.with_name(blob.name + ".partial")
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                have = partial.stat().st_size if partial.exists() else 0
+                if have > remote.size:
+                    partial.unlink()
+                    have = 0
+                headers = build_hf_headers(token=self._token)
+                if _origin(meta.location) != _origin(self.endpoint):
+                    headers.pop("authorization", None)  # a CDN gets no token (as huggingface_hub does)
+                with partial.open("ab") as f:
+                    http_get(meta.location, f, resume_size=have, headers=headers, expected_size=remote.size,
+                             displayed_filename=remote.path.rsplit("/", 1)[-1], tqdm_class=transfer.progress_class())
+                verify(partial, remote)
+                partial.replace(blob)
+            if not pointer.exists():
+                pointer.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+                except OSError:  # no symlinks here (some Windows setups): the snapshot holds the file itself
+                    blob.replace(pointer)
+            if ref.revision != meta.commit_hash:
+                (storage / "refs").mkdir(parents=True, exist_ok=True)
+                (storage / "refs" / ref.revision).write_text(meta.commit_hash)
+        return pointer
 
 
 def pick_files(ref: HubReference, names: list[str]) -> list[str]:
@@ -411,6 +470,11 @@ def _sha256(path: Path) -> str:
 
 def _git_blob_id(path: Path) -> str:
     return _hash_file(path, hashlib.sha1, f"blob {path.stat().st_size}\0".encode())
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
 
 
 def _size(n: int) -> str:

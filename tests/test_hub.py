@@ -133,6 +133,13 @@ def test_first_start_downloads_with_progress_and_verifies(fake: FakeHub, tmp_pat
     assert max(percents) == 100
     assert any("checksum verified" in line for line in lines)
     assert len(fake.body_gets()) == 1
+    # The layout is huggingface_hub's own: the library itself finds the file offline.
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cache = tmp_path / "hf" / "hub"
+    assert Path(try_to_load_from_cache(REPO, BUNDLED_FILE, cache_dir=cache)) == path  # type: ignore[arg-type]
+    assert Path(hf_hub_download(REPO, BUNDLED_FILE, cache_dir=cache, local_files_only=True)) == path
+    assert path.is_symlink() and path.resolve().parent.name == "blobs"
 
 
 def test_second_start_is_a_cache_hit(fake: FakeHub, tmp_path: Path, hub_log: pytest.LogCaptureFixture) -> None:
@@ -155,6 +162,32 @@ def test_a_cut_connection_resumes_with_a_range_request(fake: FakeHub, tmp_path: 
     assert "range" not in gets[0].headers
     start = int(gets[1].headers["range"].removeprefix("bytes=").removesuffix("-"))
     assert 0 < start <= cut  # it asked only for the rest
+
+
+def test_a_restart_continues_the_partial_download(fake: FakeHub, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_for(fake.url, tmp_path, f"{REPO}:Q4_1")
+    advance = hub_module.Transfer.advance
+
+    def killed_at_30_mb(self: hub_module.Transfer, done: int, n: int) -> None:
+        if done >= 30_000_000:
+            raise KeyboardInterrupt  # Ctrl-C (or the machine going down) in the middle of the download
+        advance(self, done, n)
+
+    monkeypatch.setattr(hub_module.Transfer, "advance", killed_at_30_mb)
+    with pytest.raises(KeyboardInterrupt):
+        locate_gguf(settings)
+    partial = [p for p in (tmp_path / "hf" / "hub").rglob("*.partial")]
+    assert len(partial) == 1
+    kept = partial[0].stat().st_size
+    assert 0 < kept < BUNDLED.stat().st_size
+    assert Hub(settings).cached(HubReference(REPO, "Q4_1")) is None  # a partial file is never the model
+    monkeypatch.setattr(hub_module.Transfer, "advance", advance)
+    path = locate_gguf(settings)  # the next start
+    assert path is not None and sha256(path) == BUNDLED_SHA
+    gets = fake.body_gets()
+    assert len(gets) == 2 and gets[1].headers["range"] == f"bytes={kept}-"
+    assert not list((tmp_path / "hf" / "hub").rglob("*.partial"))
 
 
 def test_a_checksum_mismatch_fails_and_leaves_nothing_to_reuse(fake: FakeHub, tmp_path: Path) -> None:
