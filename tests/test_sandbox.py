@@ -333,3 +333,25 @@ async def test_status_shows_the_isolation_in_force(sandbox: Sandbox, settings: S
     settings.sandbox_isolation = "off"
     await run_status(settings)
     assert "Python sandbox (this host): unavailable, so /agent runs no Python" in capsys.readouterr().out
+
+
+def test_docker_workers_get_what_bubblewrap_needs() -> None:
+    """The worker containers install bubblewrap and run under a seccomp profile that lets it make namespaces.
+
+    Static: no Docker engine runs here, so this checks the files, not a container (docs/deploy.md)."""
+    import json
+
+    import yaml
+
+    docker = PROJECT_ROOT / "docker"
+    profile = json.loads((docker / "seccomp-sandbox.json").read_text())
+    denied = {name for rule in profile["syscalls"] if rule["action"] != "SCMP_ACT_ALLOW" for name in rule["names"]}
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert not denied & {"unshare", "clone", "clone3", "mount", "umount2", "pivot_root", "seccomp", "prctl"}
+    assert {"kexec_load", "init_module", "ptrace", "bpf", "keyctl", "open_by_handle_at", "reboot"} <= denied
+    services = yaml.safe_load((docker / "compose.yaml").read_text())["services"]
+    for name in ("worker", "worker-openai"):  # the services that run /agent jobs
+        options = services[name]["security_opt"]
+        assert "seccomp=./seccomp-sandbox.json" in options and "apparmor=unconfined" in options
+    for dockerfile in ("Dockerfile.worker", "Dockerfile.bot"):  # worker-openai runs the bot image
+        assert "bubblewrap" in (docker / dockerfile).read_text()

@@ -8,8 +8,7 @@ and the run's working directory (a tmpfs capped in bytes and inodes).  Everythin
 
 bubblewrap runs as the worker's user; a worker running as root starts it as `nobody` where `nobody` can reach
 every path bound in (bubblewrap resolves them as its own user, even ones given as descriptors), so that the
-sandbox is not the host's uid 0
-without capabilities.  Where it cannot (a pyenv interpreter under a 0700 `/root`) the sandbox's host uid is 0
+sandbox is not the host's uid 0 without capabilities.  Where it cannot (a pyenv interpreter under a 0700 `/root`) the sandbox's host uid is 0
 with no capabilities in any namespace that owns a host resource; the seccomp filter's one-process rule then
 stands in for `RLIMIT_NPROC`, which the kernel does not apply to uid 0.
 """
