@@ -15,8 +15,8 @@ import pytest
 
 from handlers.agent import AgentHandler, format_step
 from handlers.chat import ChatHandler, InputError, Update
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models.engines.base import ChatMessage, Engine, GenParams
 from models.protocol import Bus
 from models.settings import Settings

@@ -37,8 +37,8 @@ from test_arxiv import AtomServer, feed_of
 
 from handlers.agent import AgentHandler, format_step
 from handlers.chat import ChatHandler, Update
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore, Turn
+from handlers.overrides import ConfStore
 from models.agent import runner
 from models.agent.parsing import PluginCallError, extract_code, parse_plugin_call
 from models.engines.openai import OpenAIEngine
