@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-logo   # the architecture contracts in .importlinter
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)   # the unit tests, in seconds (no real bot, worker processes or model)
+test-fast: $(STAMP)   # the unit tests only (no real bot, worker processes, model or sandbox)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
