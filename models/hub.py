@@ -403,8 +403,10 @@ class Transfer:
             return first
 
     def started(self, initial: int) -> None:
+        """A warning, not info: the console shows only warnings, and a newcomer should read that the wait is a
+        one-time download of this size (the 10% lines are info; a terminal has the bar)."""
         verb = f"resuming at {_size(initial)} of" if initial else "fetching"
-        log.info("%s %s (%s) — once; later starts use the cache", verb, self.label, _size(self.total))
+        log.warning("%s %s (%s) — once; later starts use the cache", verb, self.label, _size(self.total))
 
     def advance(self, done: int, n: int) -> None:
         with self._lock:

@@ -35,6 +35,7 @@ from models.settings import Settings
 from tests.fakehub import FakeHub
 
 REPO = "testorg/smollm2-135m-instruct-gguf"
+SLOW = pytest.mark.slow  # downloads the 98 MB GGUF from the stand-in, or loads it in llama.cpp (tests/markers.py)
 BUNDLED = bundled_model_path()
 
 
@@ -121,6 +122,7 @@ def test_files_are_picked_as_llama_cpp_picks_them() -> None:
 
 
 # ---------------------------------------------------------------------- fetching through the real client
+@SLOW
 def test_first_start_downloads_with_progress_and_verifies(fake: FakeHub, tmp_path: Path,
                                                            hub_log: pytest.LogCaptureFixture) -> None:
     path = locate_gguf(settings_for(fake.url, tmp_path, f"{REPO}:Q4_1"))
@@ -142,6 +144,7 @@ def test_first_start_downloads_with_progress_and_verifies(fake: FakeHub, tmp_pat
     assert path.is_symlink() and path.resolve().parent.name == "blobs"
 
 
+@SLOW
 def test_second_start_is_a_cache_hit(fake: FakeHub, tmp_path: Path, hub_log: pytest.LogCaptureFixture) -> None:
     settings = settings_for(fake.url, tmp_path, f"{REPO}:{BUNDLED_FILE}")
     first = locate_gguf(settings)
@@ -152,6 +155,7 @@ def test_second_start_is_a_cache_hit(fake: FakeHub, tmp_path: Path, hub_log: pyt
     assert not [line for line in hub_lines(hub_log) if "%" in line]
 
 
+@SLOW
 def test_a_cut_connection_resumes_with_a_range_request(fake: FakeHub, tmp_path: Path) -> None:
     cut = 25_000_000  # past two of huggingface_hub's 10 MiB read chunks: those are kept, the torn third is not
     fake.cut_next_body_after = cut
@@ -164,6 +168,7 @@ def test_a_cut_connection_resumes_with_a_range_request(fake: FakeHub, tmp_path: 
     assert 0 < start <= cut  # it asked only for the rest
 
 
+@SLOW
 def test_a_restart_continues_the_partial_download(fake: FakeHub, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_for(fake.url, tmp_path, f"{REPO}:Q4_1")
@@ -190,6 +195,7 @@ def test_a_restart_continues_the_partial_download(fake: FakeHub, tmp_path: Path,
     assert not list((tmp_path / "hf" / "hub").rglob("*.partial"))
 
 
+@SLOW
 def test_a_checksum_mismatch_fails_and_leaves_nothing_to_reuse(fake: FakeHub, tmp_path: Path) -> None:
     settings = settings_for(fake.url, tmp_path, f"{REPO}:Q4_1")
     fake.corrupt.add(BUNDLED_SHA)  # same size, other bytes: huggingface_hub's own size check passes
@@ -218,6 +224,7 @@ def test_unknown_repository_and_file_are_named(fake: FakeHub, tmp_path: Path) ->
     assert not [r for r in fake.requests if r.origin == "cdn"]
 
 
+@SLOW
 def test_the_token_reaches_the_hub_but_never_the_log_or_the_cdn(fake: FakeHub, tmp_path: Path,
                                                                 hub_log: pytest.LogCaptureFixture) -> None:
     secret = "hf_TestTokenThatMustNotLeak123"
@@ -231,6 +238,7 @@ def test_the_token_reaches_the_hub_but_never_the_log_or_the_cdn(fake: FakeHub, t
 
 
 # ---------------------------------------------------------------------- the default, online and offline
+@SLOW
 def test_the_default_is_internlm_when_the_hub_answers(fake: FakeHub, tmp_path: Path,
                                                       hub_log: pytest.LogCaptureFixture) -> None:
     fake.add(DEFAULT_REPO, DEFAULT_FILE, source=BUNDLED)  # stand-in bytes under the real default's name
@@ -240,6 +248,7 @@ def test_the_default_is_internlm_when_the_hub_answers(fake: FakeHub, tmp_path: P
     assert [r.path for r in fake.body_gets()] == [f"/repos/{BUNDLED_SHA}"]
 
 
+@SLOW
 async def test_offline_the_default_is_the_bundled_model_with_one_line(tmp_path: Path,
                                                                        hub_log: pytest.LogCaptureFixture) -> None:
     settings = settings_for(closed_port_url(), tmp_path, "", llamacpp_n_ctx=256)
@@ -271,6 +280,7 @@ def test_the_reachability_probe_is_bounded(tmp_path: Path, monkeypatch: pytest.M
     assert seen == [PROBE_TIMEOUT]
 
 
+@SLOW
 def test_hf_hub_offline_asks_nothing(fake: FakeHub, tmp_path: Path) -> None:
     offline = settings_for(fake.url, tmp_path, "", hf_hub_offline=True)
     assert locate_gguf(offline) is None  # the default: bundled, without a request
@@ -286,6 +296,7 @@ def test_hf_hub_offline_asks_nothing(fake: FakeHub, tmp_path: Path) -> None:
     assert locate_gguf(unreachable) == fetched
 
 
+@SLOW
 def test_a_cached_model_stands_in_when_the_hub_fails(fake: FakeHub, tmp_path: Path,
                                                      hub_log: pytest.LogCaptureFixture) -> None:
     named = settings_for(fake.url, tmp_path, f"{REPO}:Q4_1")
@@ -310,6 +321,27 @@ def test_local_paths_bundled_and_the_older_setting(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- the engine on what was fetched
+@SLOW
+async def test_the_engine_locates_its_model_once_at_start_never_during_a_job() -> None:
+    calls: list[str] = []
+
+    def locate() -> Path:
+        calls.append("locate")
+        return BUNDLED
+
+    engine = LlamaCppEngine(n_ctx=256, n_threads=2, locate=locate)
+    await engine.start()  # Worker.run awaits this before its first claim
+    try:
+        assert calls == ["locate"]
+        [p async for p in engine.stream_chat([ChatMessage("user", "Hi")], GenParams(temperature=0.0,
+                                                                                    max_new_tokens=2),
+                                             asyncio.Event())]
+        engine.count_tokens("a few words")
+        assert calls == ["locate"]
+    finally:
+        await engine.close()
+
+
 async def test_the_engine_fails_to_start_with_the_hubs_reason(fake: FakeHub, tmp_path: Path) -> None:
     engine = LlamaCppEngine.from_settings(settings_for(fake.url, tmp_path, "nobody/nothing-gguf"))
     with pytest.raises(EngineError, match="no model repository 'nobody/nothing-gguf'"):
@@ -317,6 +349,7 @@ async def test_the_engine_fails_to_start_with_the_hubs_reason(fake: FakeHub, tmp
     assert engine.llm is None
 
 
+@SLOW
 async def test_the_engine_loads_the_fetched_gguf_and_generates(fake: FakeHub, tmp_path: Path) -> None:
     settings = settings_for(fake.url, tmp_path, f"{REPO}:Q4_1", llamacpp_n_ctx=512, llamacpp_threads=2)
     engine = LlamaCppEngine.from_settings(settings)
