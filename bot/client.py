@@ -103,7 +103,9 @@ class InternLMBot(commands.AutoShardedBot):
         self.resumed_replies = False
         self.buckets = BucketRegistry(capacity=5, per=5.0, reserve=1)
         self.live = LiveReplies()
-        self.metrics = BotMetrics(self)
+        self.metrics = BotMetrics()
+        self.metrics.watch(bus=runtime.bus, latency=lambda: self.latency, guilds=lambda: len(self.guilds),
+                           ready=lambda: self.is_ready() and not self.is_closed())
 
     async def setup_hook(self) -> None:
         runtime = self.runtime

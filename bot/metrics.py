@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -21,7 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from models.metrics import HEALTH_TIMEOUT, LATENCY_BUCKETS, MetricsServer
 
 if TYPE_CHECKING:
-    from handlers.chat import Reply
+    from handlers.types import Reply
+    from models.protocol import Bus
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,16 @@ class RateLimitCounter(logging.Handler):
 
 
 class BotMetrics:
-    """The bot's instruments; `install` wires the 429 counter, `start_server` serves them."""
+    """The bot's instruments; `watch` says what to read at scrape time, `install` wires the 429 counter,
+    `start_server` serves them.  What they read of the bot (gateway latency, guilds, ready) comes as
+    callables, so this module does not know the client."""
 
-    def __init__(self, bot: Any = None, registry: CollectorRegistry | None = None) -> None:
-        self.bot = bot
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.bus: Bus | None = None
+        self._latency: Callable[[], float] = lambda: float("nan")
+        self._guilds: Callable[[], int] = lambda: 0
+        self._ready: Callable[[], bool] = lambda: False
         r = self.registry
         self.messages = Counter("ilm_bot_messages", "Messages from people the bot received over the gateway",
                                 ["where"], registry=r)
@@ -79,15 +86,21 @@ class BotMetrics:
         self.active = Gauge("ilm_bot_active_reply_conversations",
                             "Conversations with a reply being streamed (resume index, at scrape)", registry=r)
         self.latency.set_function(self._gateway_latency)
-        self.guilds.set_function(lambda: len(getattr(self.bot, "guilds", []) or []))
+        self.guilds.set_function(lambda: self._guilds())
         self._handler: RateLimitCounter | None = None
         self._server: MetricsServer | None = None
 
     def _gateway_latency(self) -> float:
-        value = getattr(self.bot, "latency", float("nan"))
+        value = self._latency()
         return value if isinstance(value, float) and value == value and value != float("inf") else 0.0
 
     # ---------------------------------------------------------------- wiring
+    def watch(self, *, bus: Bus, latency: Callable[[], float], guilds: Callable[[], int],
+              ready: Callable[[], bool]) -> None:
+        """What to read at scrape time: the bus (queue, workers, active replies, Redis health), the gateway
+        latency, the number of guilds, and whether the bot is logged in and not closed."""
+        self.bus = bus
+        self._latency, self._guilds, self._ready = latency, guilds, ready
     def install(self) -> None:
         """Start counting 429s (idempotent)."""
         if self._handler is not None:
@@ -145,12 +158,8 @@ class BotMetrics:
             self.reply_seconds.labels(kind).observe(max(0.0, synced - reply.submitted))
 
     # ---------------------------------------------------------------- scrape time
-    def _bus(self) -> Any:
-        runtime = getattr(self.bot, "runtime", None)
-        return getattr(runtime, "bus", None)
-
     async def refresh(self) -> None:
-        bus = self._bus()
+        bus = self.bus
         if bus is None:
             return
         with contextlib.suppress(Exception):
@@ -160,17 +169,15 @@ class BotMetrics:
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy = logged in to the gateway (ready, not closed) and Redis answers PING."""
-        bot = self.bot
-        ready = bool(bot is not None and bot.is_ready() and not bot.is_closed())
+        ready = bool(self._ready())
         redis_ok = False
-        bus = self._bus()
+        bus = self.bus
         if bus is not None:
             try:
                 redis_ok = bool(await asyncio.wait_for(bus.redis.ping(), HEALTH_TIMEOUT))
             except Exception:
                 redis_ok = False
-        return ready and redis_ok, {"discord": ready, "redis": redis_ok,
-                                    "guilds": len(getattr(bot, "guilds", []) or [])}
+        return ready and redis_ok, {"discord": ready, "redis": redis_ok, "guilds": self._guilds()}
 
 
 __all__ = ["LATENCY_BUCKETS", "BotMetrics", "RateLimitCounter"]
