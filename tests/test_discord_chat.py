@@ -22,7 +22,7 @@ async def test_mention_typing_streamed_reply_referencing_the_message(discord_har
                                                                      discord_bot: BotRunner) -> None:
     h = discord_harness
     # A slow first token (0.3 s, like a model still reading the prompt): the typing indicator shows while
-    # nothing is visible (an answer there within 0.2 s needs none; tests/test_streaming.py pins that).
+    # nothing is visible (an answer there within 0.2 s needs none; tests/test_streamer.py pins that).
     await discord_bot.start(test_engine_token_delay=0.3)
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:10]]")
     [reply] = await discord_bot.reply(msg)
