@@ -14,9 +14,9 @@ import pytest
 
 from models.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 
-# Where bubblewrap runs as which user: the worker's own interpreter (here a root worker whose pyenv lives
-# under a 0700 /root: bubblewrap runs as root, the code is host uid 0 without capabilities) and the system
-# interpreter (reachable by nobody: bubblewrap runs as nobody).  Both are the one shipped mode, bubblewrap.
+# The interpreters a worker may run the code with: its own (here a pyenv venv under a 0700 /root, which a root
+# worker stages for bubblewrap through a private mount namespace) and the system one (reachable by nobody as
+# it is).  Both are the one shipped mode, bubblewrap.
 PYTHONS = {"worker-python": sys.executable, "system-python": "/usr/bin/python3"}
 
 

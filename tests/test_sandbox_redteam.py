@@ -1,8 +1,9 @@
 """Red team: every escape class of issue 13's security review, tried against the real sandbox.
 
 Each test runs the attack as model-written code in real bubblewrap — the one isolation mode the project
-ships — in both ways bubblewrap is started (`worker-python`: as the worker's user, here root, the code then
-host uid 0 without capabilities; `system-python`: as nobody), and asserts it is blocked or refused.  Where an
+ships — with both interpreters a worker may have (`worker-python`: the venv, here under a 0700 /root, so a
+root worker stages it through a private mount namespace for bubblewrap started as nobody; `system-python`:
+/usr/bin/python3, reachable as it is), and asserts it is blocked or refused.  Where an
 attack's failure could be the attack's own bug, a control runs the same code unsandboxed and shows it works
 there.  Runs are short (timeouts of a few seconds), write at most the disk cap, and leave nothing behind.
 """
@@ -279,6 +280,54 @@ def test_setsid_survivor_after_timeout(box: Sandbox) -> None:
     assert result.timed_out and "burning" in result.stdout, result.for_model()
     assert "child" not in result.stdout and result.stdout.count("refused") == 3
     assert _marked_processes(marker) == []
+
+
+def test_the_code_is_never_host_root(box: Sandbox) -> None:
+    """Seen from the host, the sandboxed process is nobody (or the worker's own non-root user), never uid 0."""
+    import threading
+
+    marker = "rt" + secrets.token_hex(5)
+    results: list[RunResult] = []
+    thread = threading.Thread(target=lambda: results.append(run(box, f"""
+        import ctypes, time
+        ctypes.CDLL(None).prctl(15, {marker.encode()!r}, 0, 0, 0)
+        time.sleep(3)
+    """, timeout=6)))
+    thread.start()
+    uids: list[int] = []
+    try:
+        for _ in range(100):
+            pids = _marked_processes(marker)
+            if pids:
+                status = Path(f"/proc/{pids[0]}/status").read_text()
+                uids = [int(v) for v in status.split("Uid:")[1].split()[:4]]
+                break
+            threading.Event().wait(0.05)
+    finally:
+        thread.join()
+    assert uids, "the sandboxed process was not found from the host"
+    expected = 65534 if os.geteuid() == 0 else os.geteuid()
+    assert uids == [expected] * 4
+    assert results and results[0].ok, results
+
+
+def test_thread_flood_is_bounded(box: Sandbox) -> None:
+    result = run(box, """
+        import threading
+        threading.stack_size(32768)
+        stop = threading.Event()
+        n = 0
+        try:
+            while n < 100000:
+                threading.Thread(target=stop.wait).start()
+                n += 1
+        except RuntimeError as exc:
+            print("refused:", exc)
+        print("threads", n, flush=True)
+        stop.set()
+    """)
+    assert "refused: can't start new thread" in result.stdout, result.for_model()
+    assert int(result.stdout.split("threads")[1]) < box.limits.max_processes  # RLIMIT_NPROC, not memory
 
 
 def test_kill_the_parent_and_everyone(box: Sandbox) -> None:

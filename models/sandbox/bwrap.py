@@ -6,11 +6,10 @@ interpreter and venv (all read-only), five device nodes, the two child programs,
 and the run's working directory (a tmpfs capped in bytes and inodes).  Everything else — the project, `.env`,
 `DATA_DIR` and its Redis socket, `$HOME`, `/tmp`, `/dev/shm`, `/run`, `/proc`, other runs — does not exist there.
 
-bubblewrap runs as the worker's user; a worker running as root starts it as `nobody` where `nobody` can reach
-every path bound in (bubblewrap resolves them as its own user, even ones given as descriptors), so that the
-sandbox is not the host's uid 0 without capabilities.  Where it cannot (a pyenv interpreter under a 0700 `/root`) the sandbox's host uid is 0
-with no capabilities in any namespace that owns a host resource; the seccomp filter's one-process rule then
-stands in for `RLIMIT_NPROC`, which the kernel does not apply to uid 0.
+bubblewrap runs as the worker's user, or as `nobody` when the worker is root (nobody.py), so the sandbox is
+never the host's uid 0.  bubblewrap resolves every source path as its own user, so a source nobody cannot
+reach (a pyenv interpreter under a 0700 `/root`) is given as a staged path (`staged`): a directory nobody can
+reach, onto which nobody.py bind-mounts the real one in a private mount namespace.
 """
 
 from __future__ import annotations
@@ -62,9 +61,17 @@ def interpreter_dirs(python: str) -> list[str]:
     return sorted(p for p in paths if not any(p != q and under(p, q) for q in paths))
 
 
+def bound_sources(python: str, in_dir: Path) -> list[str]:
+    """The host directories bound into the sandbox besides the system ones (which anyone can reach)."""
+    return [*interpreter_dirs(python), str(CHILD_DIR), str(in_dir)]
+
+
 def command(bwrap: str, python: str, in_dir: Path, *, disk_bytes: int, max_files: int, seccomp_fd: int,
-            info_fd: int) -> list[str]:
-    """bubblewrap's argv for one run (options every bubblewrap since 0.5 has: Ubuntu 22.04 ships 0.6)."""
+            info_fd: int, staged: dict[str, str] | None = None) -> list[str]:
+    """bubblewrap's argv for one run (options every bubblewrap since 0.5 has: Ubuntu 22.04 ships 0.6).
+
+    `staged` maps a source nobody cannot reach to the path bubblewrap should bind it from (see nobody.py)."""
+    staged = staged or {}
     args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",  # no --disable-userns:
             # it nests a user namespace that would own no mount namespace (the seccomp filter refuses new ones)
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--clearenv",
@@ -80,8 +87,9 @@ def command(bwrap: str, python: str, in_dir: Path, *, disk_bytes: int, max_files
         if os.path.isfile(path):
             args += ["--ro-bind", path, path]
     for path in interpreter_dirs(python):
-        args += ["--ro-bind", path, path]
-    args += ["--ro-bind", str(CHILD_DIR), INSIDE_LIB, "--ro-bind", str(in_dir), INSIDE_IN,
+        args += ["--ro-bind", staged.get(path, path), path]
+    args += ["--ro-bind", staged.get(str(CHILD_DIR), str(CHILD_DIR)), INSIDE_LIB,
+             "--ro-bind", staged.get(str(in_dir), str(in_dir)), INSIDE_IN,
              "--dir", INSIDE_WORK, "--dir", "/dev"]
     for dev in DEVICES:
         args += ["--dev-bind", dev, dev]

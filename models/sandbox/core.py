@@ -7,7 +7,8 @@ inside bubblewrap (bwrap.py builds the command line) with:
   own, no other process visible or signallable, SysV IPC private and gone with the run;
 * a filesystem built from nothing: only /usr, the interpreter and venv (read-only), the run's code and its
   working directory — a tmpfs capped at SANDBOX_DISK_MB bytes and SANDBOX_MAX_FILES inodes;
-* an empty environment, no inherited descriptors but the three output files, no capabilities;
+* an empty environment, no inherited descriptors but the three output files, no capabilities, and a host uid
+  that is never 0 (a root worker starts bubblewrap as nobody through nobody.py);
 * a seccomp filter (seccomp.py) refusing memfd_create, SysV shared memory and message queues, new namespaces
   and other interfaces the code never needs, so `RLIMIT_AS` × `RLIMIT_NPROC` (+ the tmpfs) bounds its memory;
 * rlimits on CPU, address space, processes, file size and open files (child/runner.py sets them);
@@ -149,7 +150,6 @@ class Sandbox:
         self._isolation: str | None = None
         self._unavailable: SandboxUnavailable | None = None
         self._lock = threading.Lock()
-        self._nobody: bool | None = None  # whether a root worker starts bubblewrap as nobody
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -194,36 +194,29 @@ class Sandbox:
                 raise SandboxUnavailable(f"the Python environment {path} contains {exposed[0]}, which must "
                                          "stay hidden from the code; install the venv elsewhere")
         probe = self._probe()
-        if not probe.ok and self._nobody and probe.setup_error:
-            # Some kernels refuse user namespaces to unprivileged users (Ubuntu's AppArmor restriction) but
-            # not to root: bubblewrap then runs as root, the code as host uid 0 without capabilities.
-            log.warning("sandbox: bubblewrap cannot run as nobody here (%s); starting it as root",
-                        probe.setup_error.splitlines()[-1][:200])
-            self._nobody = False
-            probe = self._probe()
         if probe.stdout.strip() == "NONET" and probe.ok:
             return "bubblewrap"
         why = (probe.setup_error or probe.stderr or probe.stdout).strip().splitlines()
         raise SandboxUnavailable("bubblewrap cannot create its namespaces here (" + (why[-1][:200] if why else
                                  f"exit code {probe.exit_code}") + "); see docs/agent.md")
 
-    def _drop_to_nobody(self, base: Path) -> dict[str, Any]:
-        """Popen's arguments that start bubblewrap as nobody, for a root worker where nobody reaches every path
-        bound in (see bwrap.py); otherwise none."""
+    def _as_nobody(self, base: Path, in_dir: Path) -> tuple[list[str], dict[str, str]]:
+        """For a root worker: the nobody.py prefix that starts bubblewrap as nobody, and the staged sources."""
         if os.geteuid() != 0:
-            return {}
-        if self._nobody is None:
-            paths = [*bwrap.interpreter_dirs(self.python), str(bwrap.CHILD_DIR), str(base.parent)]
-            unreachable = [p for p in paths if not bwrap.reachable_by_nobody(p)]
-            self._nobody = not unreachable
-            if unreachable and self.announce:
-                log.warning("sandbox: the worker runs as root and nobody cannot reach %s, so bubblewrap runs as "
-                            "root: sandboxed code has host uid 0 without capabilities (still confined; "
-                            "docs/agent.md). Run the worker as a normal user to avoid this.", ", ".join(unreachable))
-        if not self._nobody:
-            return {}
-        os.chmod(base, 0o711)  # bubblewrap resolves in/ as nobody
-        return {"user": bwrap.SANDBOX_UID, "group": bwrap.SANDBOX_UID, "extra_groups": []}
+            return [], {}
+        os.chmod(base, 0o711)  # bubblewrap, as nobody, walks to in/ or to the staging directories
+        staged: dict[str, str] = {}
+        for path in bwrap.bound_sources(self.python, in_dir):
+            if not bwrap.reachable_by_nobody(path):
+                target = base / "mnt" / str(len(staged))
+                target.mkdir(parents=True, mode=0o755)
+                os.chmod(base / "mnt", 0o755)
+                staged[path] = str(target)
+        prefix = [self.python, "-I", "-S", str(Path(__file__).resolve().parent / "nobody.py"),
+                  str(bwrap.SANDBOX_UID), str(bwrap.SANDBOX_UID), str(len(staged))]
+        for src, dst in staged.items():
+            prefix += [src, dst]
+        return [*prefix, "--"], staged
 
     def _probe(self) -> RunResult:
         """One real run: the sandbox starts and has no network."""
@@ -271,13 +264,13 @@ class Sandbox:
             info_r, info_w = os.pipe()
             fds += [filt_r, filt_w, info_r, info_w]
             os.write(filt_w, seccomp.program())
+            prefix, staged = self._as_nobody(base, in_dir)
             argv = bwrap.command(self.bwrap_path() or self.limits.bwrap, self.python, in_dir,
                                  disk_bytes=self.limits.disk_mb * 1024 * 1024, max_files=self.limits.max_files,
-                                 seccomp_fd=filt_r, info_fd=info_w)
-            drop = self._drop_to_nobody(base)
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out[0], stderr=out[1], env={},
-                                    cwd="/", close_fds=True, pass_fds=[out[2], filt_r, info_w],
-                                    start_new_session=True, **drop)
+                                 seccomp_fd=filt_r, info_fd=info_w, staged=staged)
+            proc = subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL, stdout=out[0], stderr=out[1],
+                                    env={}, cwd="/", close_fds=True, pass_fds=[out[2], filt_r, info_w],
+                                    start_new_session=True)
             os.close(filt_w)
             fds.remove(filt_w)
             os.close(info_w)
