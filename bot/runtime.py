@@ -24,7 +24,7 @@ class Runtime:
     settings: Settings
     bus: Bus
     history: HistoryStore
-    conf: ConfStore
+    overrides: ConfStore  # admin overrides (/settings), handlers/overrides.py
     chat: ChatHandler
     worker: Worker | None = None
     worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -34,8 +34,8 @@ class Runtime:
         bus = make_bus(settings, redis_url)
         await wait_ready(bus.redis, timeout=30)
         history = HistoryStore(bus.redis, max_turns=settings.history_max_turns, ttl=settings.history_ttl)
-        conf = ConfStore(bus.redis, settings)
-        runtime = cls(settings, bus, history, conf, ChatHandler(bus, history, conf, settings))
+        overrides = ConfStore(bus.redis, settings)
+        runtime = cls(settings, bus, history, overrides, ChatHandler(bus, history, overrides, settings))
         if settings.embedded_worker:
             await runtime.start_worker()
         return runtime

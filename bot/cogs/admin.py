@@ -47,7 +47,7 @@ class Admin(commands.Cog):
 
     def __init__(self, bot: InternLMBot) -> None:
         self.bot = bot
-        self.conf: ConfStore = bot.runtime.conf
+        self.overrides: ConfStore = bot.runtime.overrides
 
     # ---------------------------------------------------------------- helpers
     def _gate(self, interaction: discord.Interaction) -> str:
@@ -72,9 +72,9 @@ class Admin(commands.Cog):
         """The effective settings here, with where each value comes from; always within embed limits."""
         guild_id = interaction.guild_id
         channel_id = settings_channel(interaction.channel)
-        guild_values = await self.conf.get_scope(ConfStore.scope(guild=guild_id))
-        channel_values = await self.conf.get_scope(ConfStore.scope(channel=channel_id)) if channel_id else {}
-        effective = await self.conf.effective(guild=guild_id, channel=channel_id)
+        guild_values = await self.overrides.get_scope(ConfStore.scope(guild=guild_id))
+        channel_values = await self.overrides.get_scope(ConfStore.scope(channel=channel_id)) if channel_id else {}
+        effective = await self.overrides.effective(guild=guild_id, channel=channel_id)
 
         def source(name: str) -> str:
             if name in channel_values:
@@ -112,7 +112,7 @@ class Admin(commands.Cog):
         lang = self._gate(interaction)
         key, scope_name = self._scope(interaction, scope, lang)
         try:
-            await self.conf.set(key, name.value, value)
+            await self.overrides.set(key, name.value, value)
         except ConfError as exc:
             await interaction.response.send_message(i18n.t("settings_invalid", lang, error=exc), ephemeral=True,
                                                     allowed_mentions=NO_MENTIONS)
@@ -131,7 +131,7 @@ class Admin(commands.Cog):
                     scope: Choice[str] | None = None) -> None:
         lang = self._gate(interaction)
         key, scope_name = self._scope(interaction, scope, lang)
-        await self.conf.clear(key, name.value if name else None)
+        await self.overrides.clear(key, name.value if name else None)
         what = f"`{name.value}`" if name else i18n.t("settings_all", lang)
         embed = await self.settings_embed(interaction, lang, scope_name)
         await interaction.response.send_message(i18n.t("settings_cleared", lang, what=what, scope=scope_name),
