@@ -512,3 +512,11 @@ def test_interpreter_holding_the_project_is_refused(tmp_path: Path) -> None:
     limits = SandboxLimits(hide_paths=[sys.prefix])
     with pytest.raises(SandboxUnavailable, match="must stay hidden"):
         _ = Sandbox(limits).isolation
+
+
+def test_installed_package_inside_the_venv_is_not_a_reason_to_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Docker images install the project into the venv (no checkout, no .env there): the sandbox still runs."""
+    from models.sandbox import core
+
+    monkeypatch.setattr(core, "PROJECT_ROOT", Path(sys.prefix) / "lib" / "site-packages")
+    assert sandbox_or_skip(SandboxLimits(allowed_modules=[])).isolation == "bubblewrap"

@@ -187,7 +187,14 @@ class Sandbox:
             seccomp.program()
         except seccomp.UnsupportedArchitecture as exc:
             raise SandboxUnavailable(str(exc)) from None
-        secret = [str(PROJECT_ROOT), str(Path.home()), *self.limits.hide_paths]
+        # A source checkout (where `.env` lives) must stay out of the sandbox; an installed copy of the package
+        # (site-packages, as in the Docker images) is public code inside the venv, which is bound anyway.
+        checkout = [str(PROJECT_ROOT)] if (PROJECT_ROOT / "pyproject.toml").exists() else []
+        try:
+            home = [str(Path.home())]
+        except (KeyError, RuntimeError):  # no HOME and no passwd entry (some containers)
+            home = []
+        secret = [*checkout, *home, *self.limits.hide_paths]
         for path in bwrap.interpreter_dirs(self.python):
             exposed = [s for s in secret if bwrap.under(os.path.realpath(s), path)]
             if exposed:
