@@ -520,3 +520,48 @@ def test_installed_package_inside_the_venv_is_not_a_reason_to_refuse(monkeypatch
 
     monkeypatch.setattr(core, "PROJECT_ROOT", Path(sys.prefix) / "lib" / "site-packages")
     assert sandbox_or_skip(SandboxLimits(allowed_modules=[])).isolation == "bubblewrap"
+
+
+WORKER_AS_NOBODY = """
+import json, sys
+sys.path.insert(0, {root!r})
+from models.sandbox import Sandbox, SandboxLimits
+box = Sandbox(SandboxLimits(allowed_modules=[], timeout=8), announce=False)
+out = {{"isolation": box.isolation}}
+out["attack"] = box.run('''
+import os, socket, ctypes
+print("uid", os.getuid())
+for path in ({secret!r}, "/proc/1/environ"):
+    try:
+        print("GOT", open(path).read())
+    except OSError as exc:
+        print("refused", type(exc).__name__)
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=1)
+    print("CONNECTED")
+except OSError:
+    print("refused net")
+print("fork", ctypes.CDLL(None).fork())
+''').stdout
+print(json.dumps(out))
+"""
+
+
+def test_a_non_root_worker_runs_bubblewrap_as_itself(secret_file: tuple[Path, str], redis_server: object) -> None:
+    """The Docker images' case: the worker is an ordinary user, so bubblewrap runs unprivileged as that user."""
+    import json
+
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs root, setpriv and /usr/bin/python3 to start a worker as nobody")
+    path, value = secret_file
+    script = WORKER_AS_NOBODY.format(root=str(PROJECT_ROOT), secret=str(path),
+                                     port=redis_server.port)  # type: ignore[attr-defined]
+    done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3",
+                           "-I", "-c", script], capture_output=True, text=True, timeout=60, cwd="/",
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "DISCORD_TOKEN": value})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["isolation"] == "bubblewrap"
+    attack = out["attack"]
+    assert "uid 65534" in attack and value not in attack and "GOT" not in attack, attack
+    assert attack.count("refused") == 3 and "fork -1" in attack, attack

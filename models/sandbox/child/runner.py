@@ -211,6 +211,8 @@ def main(config_path: str) -> None:
     with open(cfg["code_path"], encoding="utf-8") as fh:
         source = fh.read()
     sys.argv = ["main.py"]
+    for stream in (sys.stdout, sys.stderr):  # what was printed before a timeout or a crash is kept
+        stream.reconfigure(line_buffering=True)
     set_limits(cfg["limits"])
     install_policy(set(cfg["allowed_modules"]))
     warnings.filterwarnings("ignore", message=".*non-interactive.*")
