@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     lmdeploy_backend: Literal["turbomind", "pytorch"] = "turbomind"
     lmdeploy_tp: int = 1
     lmdeploy_session_len: int = 8192
+    lmdeploy_thinking: bool = False  # Intern-S1's thinking mode (its <think> text would reach the chat otherwise)
     test_engine_token_delay: float = 0.0  # ENGINE=test only: seconds per token (benchmarks, tests)
 
     # --- Model hub (LLAMACPP_MODEL references; read by huggingface_hub's conventions) -----------------
@@ -121,6 +122,9 @@ class Settings(BaseSettings):
     image_max_pixels: int = 50_000_000  # Pillow's decompression-bomb limit (declared width × height)
     article_max_new_tokens: int = 2048  # length budget of the article text (/article)
     article_repetition_penalty: float = 1.005  # XComposer's composition demo default
+    # The /article prompts: `auto` = XComposer's demo prompts for an XComposer model, chat prompts for any other
+    # (InternVL, Intern-S1, a text model); `xcomposer` | `chat` force one (a served name that hides the model).
+    article_prompts: Literal["auto", "xcomposer", "chat"] = "auto"
     openai_timeout: float = 120.0  # seconds to wait on the OpenAI-compatible server per request
 
     # --- Agent (/agent) and its Python sandbox ----------------------------------------------------

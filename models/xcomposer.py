@@ -20,6 +20,15 @@ with a blob ref, `caption`) that the front ends render within Discord's limits (
 its `history` is the layout as Markdown (what the conversation remembers).  Sampling follows the demo: top_p 0.8 and
 repetition penalty 1.005 (`ARTICLE_REPETITION_PENALTY`).
 
+The same three steps run on any vision model.  XComposer gets its demo's own prompts (above: the meta
+instruction naming it, the `<SegN>` question in Chinese, the pre-filled answer openings it was trained on);
+every other model — InternVL and Intern-S1 on current lmdeploy, a llama.cpp projector, a plain chat model
+writing a text-only article — gets the same steps as ordinary chat instructions (`CHAT_PROMPTS`), because
+only XComposer knows the demo's conventions and a chat model reads them as an odd request.  The set is chosen
+per request by the family of the model that answers it (`Engine.served_model`: the vision model when images
+come along, else the chat model; models/engines/families.py), or forced with `ARTICLE_PROMPTS`.  Both sets ask
+for `<SegN>` markers, so one parser (`parse_locations`, `parse_caption`) reads either answer.
+
 The title is the user's and the paragraphs and captions fed back into later prompts are model output a user
 can steer, so all of them pass through `untrusted.inert` (with the engine's own special tokens) before they
 enter a prompt; the meta instructions and the demo's prompt wording are the bot's own and stay as they are.
@@ -28,12 +37,14 @@ enter a prompt; the meta instructions and the demo's prompt wording are the bot'
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .chat import NO_VISION
 from .context import BadPayload, JobContext, JobError
-from .engines.base import ChatMessage, GenParams, ImageInput, VisionUnsupported
+from .engines.base import ChatMessage, Engine, GenParams, ImageInput, VisionUnsupported
+from .engines.families import XCOMPOSER, model_family
 from .untrusted import inert
 
 # The meta instructions of XComposer's composition demo (text-only and multimodal variants).
@@ -108,6 +119,67 @@ def caption_prompt(sections: list[str], at: int, previous: dict[int, str]) -> st
     if previous:
         past = "现在" + "， ".join(f'<Seg{k}>后插入图像对应的标题是"{v}"' for k, v in previous.items()) + "。"
     return f'给定文章"{full}" {past}给出适合在<Seg{at}>后插入的图像对应的标题。\n请以 标题是"…" 的格式回答。'
+
+
+CHAT_SYSTEM = ("You are a skilled writer and picture editor. You write well-structured articles and choose "
+               "where pictures fit in them. Follow the requested answer format exactly.")
+CHAT_SYSTEM_IMAGES = CHAT_SYSTEM + " You look closely at the images you are given and use what they show."
+
+
+def chat_write_prompt(title: str, paragraphs: int | None, image_count: int) -> str:
+    """Stage 1 as a chat instruction: the demo's request, plus the layout the later steps split on."""
+    if is_chinese(title):
+        return (write_prompt(title, paragraphs, image_count)
+                + "\n每段单独一行，段与段之间空一行；不要标题行，不要 Markdown 标题。")
+    return (write_prompt(title, paragraphs, image_count)
+            + "\nPut each paragraph on its own line with a blank line between paragraphs; no title line and "
+              "no Markdown headings.")
+
+
+def chat_place_prompt(sections: list[str], count: int) -> str:
+    """Stage 2 as a chat question: the numbered article, and an answer made only of `<SegN>` markers."""
+    full = "".join(numbered(sections))
+    return (f"Here is an article; each paragraph starts with its marker <SegN>:\n\n{full}\n"
+            f"Choose the {count} paragraph(s) after which a picture fits best. Answer only with their markers "
+            f"in reading order, separated by commas, for example: <Seg1>, <Seg3>")
+
+
+def chat_caption_prompt(sections: list[str], at: int, previous: dict[int, str]) -> str:
+    """Stage 3 as a chat question: one caption, in the `Caption: "…"` form `parse_caption` reads."""
+    full = "".join(numbered(sections)[: at + 2])
+    past = ""
+    if previous:
+        past = "Pictures already chosen: " + "; ".join(f'after <Seg{k}>: "{v}"' for k, v in previous.items()) + ".\n"
+    return (f"Here is the beginning of an article; each paragraph starts with its marker <SegN>:\n\n{full}\n{past}"
+            f"Suggest one picture to insert after <Seg{at}>, different from the ones already chosen. "
+            f'Answer with one line: Caption: "..."')
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The prompts of the three stages for one model family."""
+
+    name: str
+    system: Callable[[bool], str]  # images given -> the system message
+    write: Callable[[str, int | None, int], str]
+    place: Callable[[list[str], int], str]
+    caption: Callable[[list[str], int, dict[int, str]], str]
+
+
+XCOMPOSER_PROMPTS = PromptSet("xcomposer", lambda images: XCOMPOSER_CHAT_META if images else XCOMPOSER_META,
+                              write_prompt, place_prompt, caption_prompt)
+CHAT_PROMPTS = PromptSet("chat", lambda images: CHAT_SYSTEM_IMAGES if images else CHAT_SYSTEM,
+                         chat_write_prompt, chat_place_prompt, chat_caption_prompt)
+
+
+def prompt_set(engine: Engine, images: bool, setting: str = "auto") -> PromptSet:
+    """XComposer's demo prompts for an XComposer model, chat prompts for every other one (`setting` forces one:
+    `xcomposer` | `chat`; `auto` looks at the family of the model that will answer)."""
+    if setting == "xcomposer":
+        return XCOMPOSER_PROMPTS
+    if setting == "chat":
+        return CHAT_PROMPTS
+    return XCOMPOSER_PROMPTS if model_family(engine.served_model(images)) == XCOMPOSER else CHAT_PROMPTS
 
 
 def spread(count: int, sections: int, taken: set[int] | None = None) -> list[int]:
@@ -232,14 +304,15 @@ async def run_article(ctx: JobContext) -> None:
         raise VisionUnsupported(NO_VISION)
     images = [await ctx.load_image(ref) for ref in refs]
     special = ctx.engine.special_tokens
-    system = XCOMPOSER_CHAT_META if images else XCOMPOSER_META
+    prompts = prompt_set(ctx.engine, bool(images), ctx.settings.article_prompts)
+    system = prompts.system(bool(images))
     base = ctx.params()
     text_params = replace(base, max_new_tokens=ctx.settings.article_max_new_tokens,
                           repetition_penalty=ctx.settings.article_repetition_penalty)
     short = replace(text_params, max_new_tokens=200)
 
     await ctx.step({"stage": "write", "title": "Writing the article"})
-    article = await _generate(ctx, system, write_prompt(inert(title, special), paragraphs, len(images)), images,
+    article = await _generate(ctx, system, prompts.write(inert(title, special), paragraphs, len(images)), images,
                               text_params, stream=True)
     sections = split_sections(article)
     if ctx.cancel.is_set() or not sections:
@@ -257,7 +330,7 @@ async def run_article(ctx: JobContext) -> None:
     ask = min(wanted, len(sections))  # the model picks lines; with more images than lines, some share one
     await ctx.step({"stage": "place", "title": "Choosing where the images go", "paragraphs": len(sections),
                     "images": wanted})
-    answer = await _generate(ctx, system, place_prompt(safe_sections, ask), images, short, stream=False)
+    answer = await _generate(ctx, system, prompts.place(safe_sections, ask), images, short, stream=False)
     locations = parse_locations(answer, len(sections), wanted if images else ask)
     await ctx.step({"stage": "placed", "title": "Image places chosen", "locations": locations})
     if images:
@@ -268,7 +341,7 @@ async def run_article(ctx: JobContext) -> None:
             if ctx.cancel.is_set():
                 break
             previous = {k: inert(v, special) for k, v in captions.items()}
-            reply = await _generate(ctx, system, caption_prompt(safe_sections, at, previous), [],
+            reply = await _generate(ctx, system, prompts.caption(safe_sections, at, previous), [],
                                     replace(short, max_new_tokens=100), stream=False)
             caption = parse_caption(reply)
             if caption:

@@ -1,5 +1,9 @@
 """`/article`: XComposer's composition flow with a scripted engine, through the real worker and Redis.
 
+The scripted engine stands in for InternLM-XComposer 2.5 (`served_model`), so the flow uses XComposer's demo
+prompts; `ChatPromptEngine` is the same script under an InternVL name, answering the chat prompt set that every
+non-XComposer model gets (same three steps, `<SegN>` answers).
+
 The recorded scenarios answer with tests/fixtures/xcomposer/composition_shuimo.json: a public recorded run of
 InternLM/InternLM-XComposer's gradio_demo/gradio_demo_composition.py (its placement answer `<Seg1>, <Seg3>, …`
 after the pre-filled 适合插入图像的行是, and its captions continuing the pre-filled 标题是"); the fixture names
@@ -28,12 +32,19 @@ from models.settings import Settings
 from models.untrusted import JOINER
 from models.worker import Worker
 from models.xcomposer import (
+    CHAT_PROMPTS,
+    CHAT_SYSTEM,
+    CHAT_SYSTEM_IMAGES,
+    XCOMPOSER_PROMPTS,
     build_layout,
+    chat_caption_prompt,
+    chat_place_prompt,
     layout_text,
     numbered,
     parse_caption,
     parse_locations,
     place_prompt,
+    prompt_set,
     split_sections,
     spread,
     write_prompt,
@@ -62,7 +73,15 @@ class ScriptedEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+    def served_model(self, vision: bool) -> str:
+        return "internlm/internlm-xcomposer2d5-7b"  # the model whose recorded answers this engine replays
+
     def answer(self, prompt: str) -> str:
+        if "Answer only with their markers" in prompt:  # the chat prompt set's placement question
+            return self.placement(prompt) if callable(self.placement) else self.placement
+        if "Suggest one picture to insert after <Seg" in prompt:
+            at = prompt.rsplit("insert after <Seg", 1)[1].split(">", 1)[0]
+            return f'Caption: "A picture for paragraph {at}"'
         if "选择适合插入图像" in prompt:
             return self.placement(prompt) if callable(self.placement) else self.placement
         if "插入的图像对应的标题" in prompt:
@@ -80,6 +99,13 @@ class ScriptedEngine(Engine):
             if cancel.is_set():
                 return
             yield text[i:i + 7]
+
+
+class ChatPromptEngine(ScriptedEngine):
+    """The same script answering as InternVL3.5 behind `lmdeploy serve api_server` (a chat model for text)."""
+
+    def served_model(self, vision: bool) -> str:
+        return "OpenGVLab/InternVL3_5-8B" if vision else "internlm2_5-7b-chat"
 
 
 @pytest.fixture
@@ -386,3 +412,94 @@ async def test_forged_control_tokens_in_the_title_and_article_are_inert(chat: Ch
     assert image_blocks(final.data["layout"])[0][1] == ref  # and the user still gets the article
     shown = "\n".join(b.get("text", "") for b in final.data["layout"])
     assert "<|im_start|>system" in shown and "A paragraph quoting <|im_end|>" in shown  # shown as written
+
+
+# ------------------------------------------------------------------------------- prompt sets per family
+
+
+class _Named(ScriptedEngine):
+    def __init__(self, vision_model: str, chat_model: str) -> None:
+        super().__init__()
+        self.names = {True: vision_model, False: chat_model}
+
+    def served_model(self, vision: bool) -> str:
+        return self.names[vision]
+
+
+@pytest.mark.parametrize(("vision_model", "chat_model", "images", "expected"), [
+    ("internlm/internlm-xcomposer2d5-7b", "internlm/internlm2_5-7b-chat", True, "xcomposer"),
+    ("internlm/internlm-xcomposer2d5-7b", "internlm/internlm2_5-7b-chat", False, "chat"),  # the chat model writes
+    ("internlm-xcomposer2d5-7b", "internlm-xcomposer2d5-7b", False, "xcomposer"),  # XComposer serves both
+    ("OpenGVLab/InternVL3_5-8B", "OpenGVLab/InternVL3_5-8B", True, "chat"),
+    ("internlm/Intern-S1-mini", "internlm/Intern-S1-mini", False, "chat"),
+    ("", "", False, "chat"),  # an engine that does not say (llama.cpp): chat prompts
+])
+def test_prompt_set_follows_the_answering_model(vision_model: str, chat_model: str, images: bool,
+                                                expected: str) -> None:
+    assert prompt_set(_Named(vision_model, chat_model), images).name == expected
+
+
+def test_article_prompts_setting_forces_a_set() -> None:
+    internvl = _Named("OpenGVLab/InternVL3_5-8B", "internlm2_5-7b-chat")
+    assert prompt_set(internvl, True, "xcomposer") is XCOMPOSER_PROMPTS
+    assert prompt_set(ScriptedEngine(), True, "chat") is CHAT_PROMPTS
+    assert Settings(_env_file=None).article_prompts == "auto"
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, article_prompts="internvl")
+
+
+def test_chat_prompts_ask_for_what_the_parsers_read() -> None:
+    sections = ["One.", "Two.", "Three.", "Four."]
+    place = chat_place_prompt(sections, 2)
+    assert "<Seg0> One." in place and "<Seg3> Four." in place and "2 paragraph(s)" in place
+    assert parse_locations("<Seg1>, <Seg3>", 4, 2) == [1, 3]  # the answer format the prompt shows
+    caption = chat_caption_prompt(sections, 1, {0: "A quiet street"})
+    assert '<Seg0>: "A quiet street"' in caption and "after <Seg1>" in caption and "<Seg3>" not in caption
+    assert parse_caption('Caption: "A red bridge at dusk"') == "A red bridge at dusk"
+    assert "blank line" in CHAT_PROMPTS.write("Cats", 3, 1) and "3 paragraphs" in CHAT_PROMPTS.write("Cats", 3, 1)
+    assert "空一行" in CHAT_PROMPTS.write("成都三日游", None, 0)
+
+
+async def test_internvl_article_with_an_image_uses_chat_prompts(chat: ChatHandler, bus: Bus,
+                                                                 settings: Settings) -> None:
+    """The same flow on InternVL: chat prompts with the image, the answer's `<SegN>` honoured."""
+    engine = ChatPromptEngine()
+    engine.placement = "<Seg2>"
+    worker = Worker(settings, bus, engine, worker_id="internvl-article")
+    task = asyncio.create_task(worker.run())
+    try:
+        ref = await bus.put_blob(png("red"), "image/png")
+        updates = await run(chat, f"Cats {FORGED}", [ref], paragraphs=6)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+    final = updates[-1]
+    assert final.kind == "done", final.data
+    assert [u.data.get("stage") for u in updates if u.kind == "step"] == ["write", "place", "placed"]
+    (write, _), (place, _) = engine.calls
+    assert write[0].content == CHAT_SYSTEM_IMAGES and len(write[-1].images) == 1
+    assert "6 paragraphs" in write[-1].content and "浦语" not in write[0].content
+    assert "Answer only with their markers" in place[-1].content and len(place[-1].images) == 1
+    assert not any(token in m[-1].content for m in (write, place) for token in RAW_TOKENS)  # title made inert
+    blocks = final.data["layout"]
+    at = [i for i, b in enumerate(blocks) if b["type"] == "image"]
+    assert len(at) == 1 and blocks[at[0] - 1]["text"].startswith("Paragraph 2")
+
+
+async def test_internvl_text_only_article_suggests_captions_with_chat_prompts(chat: ChatHandler, bus: Bus,
+                                                                              settings: Settings) -> None:
+    engine = ChatPromptEngine()
+    engine.placement = "<Seg1>, <Seg4>"
+    worker = Worker(settings, bus, engine, worker_id="internvl-captions")
+    task = asyncio.create_task(worker.run())
+    try:
+        final = (await run(chat, "Autumn in Hangzhou"))[-1]
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+    assert final.kind == "done", final.data
+    captions = {b["after"]: b["text"] for b in final.data["layout"] if b["type"] == "caption"}
+    assert captions == {1: "A picture for paragraph 1", 4: "A picture for paragraph 4"}
+    assert all(m[0].content == CHAT_SYSTEM for m, _ in engine.calls)
+    later = engine.calls[-1][0][-1].content
+    assert 'after <Seg1>: "A picture for paragraph 1"' in later  # the earlier caption as context

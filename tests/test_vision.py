@@ -240,3 +240,52 @@ async def test_images_without_text_from_any_front_end_get_a_caption_prompt(
     assert (await finish(chat, reply))[-1].kind == "done"
     text = fake.requests[-1].body["messages"][-1]["content"][0]["text"]
     assert text.startswith("ana:") and CAPTION_PROMPT in text
+
+
+class TestInternVLBehindApiServer:
+    """`ENGINE=openai` at `lmdeploy serve api_server OpenGVLab/InternVL3_5-8B` (current lmdeploy, which no longer
+    serves XComposer): images travel as OpenAI `image_url` parts with base64 data URLs — the format lmdeploy's
+    `MultimodalProcessor` parses in user messages — and `/article` uses the chat prompt set."""
+
+    MODEL = "OpenGVLab/InternVL3_5-8B"  # the name api_server serves it under (its model path by default)
+
+    @pytest.fixture
+    async def fake(self) -> AsyncIterator[FakeOpenAI]:
+        server = await FakeOpenAI(models=(self.MODEL,)).start()
+        server.reply = "A red square."
+        yield server
+        await server.stop()
+
+    @pytest.fixture
+    def engine(self, fake: FakeOpenAI) -> OpenAIEngine:  # one model serves chat and images, as api_server does
+        return OpenAIEngine(base_url=fake.base_url, chat_model=self.MODEL, vision_model=self.MODEL)
+
+    async def test_caption_goes_to_internvl_as_a_data_url(self, vision: VisionHandler, fake: FakeOpenAI,
+                                                          worker: Worker) -> None:
+        updates = await ask_image(vision)
+        assert updates[-1].kind == "done" and updates[-1].text == fake.reply
+        sent = fake.requests[-1]
+        assert sent.body["model"] == self.MODEL and sent.images[0].format in ("PNG", "JPEG")
+        parts = sent.body["messages"][-1]["content"]
+        assert parts[0]["type"] == "text" and parts[1]["image_url"]["url"].startswith("data:image/")
+
+    async def test_article_uses_chat_prompts(self, chat: ChatHandler, bus: Bus, fake: FakeOpenAI,
+                                             worker: Worker) -> None:
+        from handlers.article import ArticleHandler
+
+        def script(body: dict) -> str:
+            prompt = str(body["messages"][-1]["content"])
+            if "Answer only with their markers" in prompt:
+                return "<Seg0>"
+            return "First paragraph.\n\nSecond paragraph.\n\nThird paragraph."
+
+        fake.reply = script
+        ref = (await ImageIntake(bus, Settings(_env_file=None)).ingest([photo()]))[0].ref
+        reply = await ArticleHandler(chat).ask(Request(conversation=CONV, text=""), "Red things", [ref], 3)
+        final = (await finish(chat, reply))[-1]
+        assert final.kind == "done", final.data
+        kinds = [b["type"] for b in final.data["layout"]]
+        assert kinds == ["text", "image", "text", "text"]  # after <Seg0>, as InternVL answered
+        write, place = fake.requests[-2:]
+        assert "浦语" not in write.body["messages"][0]["content"] and write.images and place.images
+        assert all(r.body["model"] == self.MODEL for r in (write, place))

@@ -105,5 +105,10 @@ class Engine(ABC):
         """Complete a fully rendered prompt (no chat template applied).  Optional."""
         raise EngineError(f"the {self.name} engine cannot complete raw prompts")
 
+    def served_model(self, vision: bool) -> str:
+        """The model (path, hub id or served name) that answers a request with images (`vision`) or without.
+        The article flow picks its prompt set by it (models/engines/families.py); "" = not known."""
+        return ""
+
     def describe(self) -> str:
         return self.name

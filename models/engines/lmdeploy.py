@@ -1,22 +1,38 @@
-"""`ENGINE=lmdeploy`: InternLM (and InternLM-XComposer for images) in this process, on the GPU, via lmdeploy 0.14.
+"""`ENGINE=lmdeploy`: InternLM (and a vision model) in this process, on the GPU, via lmdeploy's `pipeline`.
 
-Written against lmdeploy 0.14's documented `pipeline` API — verified on GPU: not yet (`scripts/gpu_check`
-exercises it).  Deliberately thin:
+Two lmdeploy lines are supported, because lmdeploy 0.15 removed InternLM-XComposer (InternLM/lmdeploy#4693):
 
-* `pipeline(model, backend_config=TurbomindEngineConfig | PytorchEngineConfig(tp=, session_len=))`,
-  loaded in `start()` in a thread; `lmdeploy` is imported only there, so the default install never needs it.
-* Each job is one lmdeploy *session*: `Pipeline.stream_infer(messages, sessions=session, gen_config=...)`
-  streams `Response`s whose `text` is the new piece.  The blocking iterator is drained in a thread and the
-  pieces handed to asyncio through a queue; concurrent jobs are concurrent sessions, which lmdeploy
-  batches (that is why the worker runs `WORKER_CONCURRENCY` jobs at once).
+* **current lmdeploy (≥ 0.15; extra `gpu`)** — InternLM2.5/3 for chat, InternVL2.5/3/3.5 or Intern-S1 as the
+  vision model;
+* **lmdeploy 0.14 (extra `gpu-xcomposer`)** — the last release with InternLM-XComposer 2/2.5 (TurboMind only).
+
+`start()` reads the installed version and each model's family (models/engines/families.py: its config.json
+`architectures`, else its name) and refuses, with an `EngineError` saying which extra to install, a combination
+that cannot work — XComposer on ≥ 0.15, or an lmdeploy older than 0.14 — before loading anything.
+
+Written against the `pipeline` API as the sources of v0.14.0, v0.16.0 (InternLM/lmdeploy tags) and 0.18.0
+(the PyPI wheel) define it, which is the same in all three for everything used here — verified on GPU: not yet
+(`scripts/gpu_check` exercises it).  Deliberately thin:
+
+* `pipeline(model, backend_config=TurbomindEngineConfig | PytorchEngineConfig(tp=, session_len=,
+  cache_max_entry_count=), log_level=, trust_remote_code=True)`, loaded in `start()` in a thread; `lmdeploy`
+  is imported only there, so the default install never needs it.
+* Each job is one lmdeploy *session*: `Pipeline.stream_infer(messages, sessions=session, gen_config=...,
+  do_preprocess=...)` streams `Response`s whose `text` is the new piece.  The blocking iterator is drained
+  in a thread and the pieces handed to asyncio through a queue; concurrent jobs are concurrent sessions,
+  which lmdeploy batches (that is why the worker runs `WORKER_CONCURRENCY` jobs at once).  A failed request
+  ends with `finish_reason="error"` (0.16+ also fill `error_message`, which is logged, not shown).
 * Stop: `Session.abort()` cancels the request inside the engine; the stream then ends with
   `finish_reason="abort"`.
 * Sampling: lmdeploy ignores temperature/top_p unless `do_sample=True`, so `do_sample = temperature > 0`.
-* Images (`LMDEPLOY_VISION_MODEL`, e.g. internlm/internlm-xcomposer2d5-7b — lmdeploy 0.15 dropped
-  XComposer, hence the `<0.15` pin) go in as OpenAI-style `image_url` parts with data URLs, which the
-  0.14 VLM pipeline decodes itself.  A message with images is routed to the vision pipeline; when the
-  vision model is the only model (or the same as `LMDEPLOY_MODEL`) one pipeline serves both.  A separate
-  vision pipeline always gets a TurboMind config (the backend 0.14 documents for XComposer 2.5).
+* Images go in as OpenAI-style `image_url` parts with `data:image/...` URLs, which both lines decode
+  themselves (0.16+ parse them in user messages: `MultimodalProcessor._parse_multimodal_item`).  A message
+  with images is routed to the vision pipeline; when the vision model is the only model (or the same as
+  `LMDEPLOY_MODEL`) one pipeline serves both.  A separate vision pipeline, and any XComposer, gets a TurboMind
+  config (0.14 documents XComposer for TurboMind only; a TurboMind config falls back to the PyTorch engine by
+  itself for a model TurboMind lacks).
+* Intern-S1 thinks aloud by default; its chat template's `enable_thinking` is passed as
+  `chat_template_kwargs` (accepted by both lines) from `LMDEPLOY_THINKING`, off unless asked for.
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -32,6 +49,7 @@ from typing import Any
 
 from ..settings import Settings
 from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
+from .families import INTERN_S1, INTERNVL, XCOMPOSER, model_family
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +57,39 @@ _DONE = object()
 # Context an image takes in XComposer 2.5 (a 1024-pixel image is cut into several 560-pixel tiles of ~400
 # tokens each), as the openai engine budgets it; over-estimating only drops old turns a little earlier.
 IMAGE_TOKENS = 2000
+
+
+OLDEST = (0, 14)  # the first release with `Pipeline.session()` + `stream_infer(sessions=)` *and* XComposer 2.5
+XCOMPOSER_LAST = (0, 15)  # the first release without XComposer (InternLM/lmdeploy#4693)
+INSTALL_CURRENT = "pip install -e '.[gpu]'"
+INSTALL_XCOMPOSER = "pip install -e '.[gpu-xcomposer]'"
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """`lmdeploy.__version__` ("0.14.0", "0.16.0", "0.15.0rc1") as numbers; unreadable parts count as 0."""
+    numbers: list[int] = []
+    for part in str(version).split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        numbers.append(int(digits) if digits else 0)
+    major, minor, patch = [*numbers, 0, 0, 0][:3]
+    return major, minor, patch
+
+
+def check_support(version: str, models: dict[str, str]) -> None:
+    """Refuse, before any weights load, what the installed lmdeploy cannot serve.
+
+    `models` maps each configured model to its family.  XComposer needs 0.14.x; everything else here needs
+    at least 0.14 (sessions and `stream_infer(sessions=)`, which this engine uses)."""
+    found = version_tuple(version)
+    if found[:2] < OLDEST:
+        raise EngineError(f"lmdeploy {version} is too old for this bot (it needs 0.14 or newer): "
+                          f"{INSTALL_CURRENT}, or {INSTALL_XCOMPOSER} for InternLM-XComposer")
+    xcomposer = [m for m, family in models.items() if family == XCOMPOSER]
+    if xcomposer and found[:2] >= XCOMPOSER_LAST:
+        raise EngineError(
+            f"{xcomposer[0]} is InternLM-XComposer, which lmdeploy {version} cannot serve (lmdeploy 0.15 removed "
+            f"it). Either install lmdeploy 0.14 for it ({INSTALL_XCOMPOSER}), or keep this lmdeploy and set "
+            "LMDEPLOY_VISION_MODEL to an InternVL or Intern-S1 model (e.g. OpenGVLab/InternVL3_5-8B).")
 
 
 def generation_config_kwargs(params: GenParams, *, skip_special_tokens: bool = True) -> dict[str, Any]:
@@ -124,7 +175,8 @@ class LMDeployEngine(Engine):
     supports_raw = True
 
     def __init__(self, model: str, *, vision_model: str = "", backend: str = "turbomind", tp: int = 1,
-                 session_len: int = 8192, log_level: str = "ERROR", cache_share: float = 0.8) -> None:
+                 session_len: int = 8192, log_level: str = "ERROR", cache_share: float = 0.8,
+                 thinking: bool = False) -> None:
         self.model = model
         self.vision_model = vision_model
         self.backend = backend
@@ -134,6 +186,8 @@ class LMDeployEngine(Engine):
         self.supports_vision = bool(vision_model)
         self.log_level = log_level
         self.cache_share = cache_share  # fraction of free GPU memory for the KV cache (lmdeploy's default 0.8)
+        self.thinking = thinking
+        self.version = ""  # the lmdeploy that start() found
         self.pipe: Any = None
         self.vision_pipe: Any = None
         self._special: frozenset[str] | None = None
@@ -142,11 +196,15 @@ class LMDeployEngine(Engine):
     def from_settings(cls, settings: Settings) -> LMDeployEngine:
         return cls(settings.lmdeploy_model, vision_model=settings.lmdeploy_vision_model,
                    backend=settings.lmdeploy_backend, tp=settings.lmdeploy_tp,
-                   session_len=settings.lmdeploy_session_len)
+                   session_len=settings.lmdeploy_session_len, thinking=settings.lmdeploy_thinking)
 
     def describe(self) -> str:
         names = self.model + (f"+{self.vision_model}" if self.vision_model and self.vision_model != self.model else "")
-        return f"lmdeploy:{self.backend}:{names}"
+        return f"lmdeploy{'-' + self.version if self.version else ''}:{self.backend}:{names}"
+
+    def served_model(self, vision: bool) -> str:
+        """The vision model for requests with images, the chat model (or the only model) otherwise."""
+        return self.vision_model if vision and self.vision_model else (self.model or self.vision_model)
 
     # ------------------------------------------------------------------ lifecycle
     def backend_config(self, cache_share: float = 0.8, backend: str | None = None) -> Any:
@@ -157,20 +215,37 @@ class LMDeployEngine(Engine):
         return cls(tp=self.tp, session_len=self.session_len, cache_max_entry_count=cache_share)
 
     def backend_for(self, model: str) -> str:
-        """The configured backend — except that a vision model that is not also the chat model always gets
-        TurboMind: lmdeploy 0.14 documents XComposer 2.5 for TurboMind only, and a TurboMind config falls
-        back to the PyTorch engine by itself for models TurboMind does not support (a PyTorch config would
-        be forced on)."""
+        """The configured backend — except that XComposer, and a vision model that is not also the chat model,
+        always get TurboMind: lmdeploy 0.14 documents XComposer 2.5 for TurboMind only (InternVL and Intern-S1
+        are in both engines' tables), and a TurboMind config falls back to the PyTorch engine by itself for
+        models TurboMind does not support (a PyTorch config would be forced on)."""
+        if model_family(model) == XCOMPOSER:
+            return "turbomind"
         return "turbomind" if model == self.vision_model and model != self.model else self.backend
+
+    def template_kwargs(self, pipe: Any) -> dict[str, Any]:
+        """Extra `stream_infer` arguments for the model behind `pipe`: Intern-S1's `enable_thinking`."""
+        model = self.served_model(vision=pipe is self.vision_pipe)
+        if model_family(model) == INTERN_S1:
+            return {"chat_template_kwargs": {"enable_thinking": self.thinking}}
+        return {}
 
     def _load(self) -> None:
         try:
             import lmdeploy
         except ImportError as exc:
-            raise EngineError("ENGINE=lmdeploy needs the GPU extra: pip install -e '.[gpu]'") from exc
+            raise EngineError(f"ENGINE=lmdeploy needs a GPU extra: {INSTALL_CURRENT} (InternLM, InternVL, "
+                              f"Intern-S1), or {INSTALL_XCOMPOSER} (lmdeploy 0.14, for InternLM-XComposer)") from exc
         models = [m for m in dict.fromkeys([self.model, self.vision_model]) if m]
         if not models:
             raise EngineError("set LMDEPLOY_MODEL (and/or LMDEPLOY_VISION_MODEL)")
+        self.version = str(getattr(lmdeploy, "__version__", "0"))
+        families = {m: model_family(m) for m in models}
+        check_support(self.version, families)
+        if self.vision_model and families[self.vision_model] not in (XCOMPOSER, INTERNVL, INTERN_S1):
+            log.warning("LMDEPLOY_VISION_MODEL %s is not a model family this bot knows (XComposer, InternVL, "
+                        "Intern-S1); lmdeploy will say whether it serves it", self.vision_model)
+        log.info("lmdeploy %s: %s", self.version, ", ".join(f"{m} ({f})" for m, f in families.items()))
         # Two models share the GPU's KV-cache budget (each takes a share of the memory still free).
         share = self.cache_share if len(models) == 1 else self.cache_share / 2
         pipes = {m: lmdeploy.pipeline(m, backend_config=self.backend_config(share, self.backend_for(m)),
@@ -224,13 +299,15 @@ class LMDeployEngine(Engine):
         if has_images and self.vision_pipe is None:
             raise VisionUnsupported("no LMDEPLOY_VISION_MODEL is configured")
         pipe = self.vision_pipe if has_images else self.pipe
-        return self._generate(pipe, to_openai_messages(messages), params, cancel, skip_special_tokens=True)
+        return self._generate(pipe, to_openai_messages(messages), params, cancel, skip_special_tokens=True,
+                              extra=self.template_kwargs(pipe))
 
     def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         return self._generate(self.pipe, prompt, params, cancel, skip_special_tokens=False, do_preprocess=False)
 
     async def _generate(self, pipe: Any, prompt: Any, params: GenParams, cancel: asyncio.Event, *,
-                        skip_special_tokens: bool, do_preprocess: bool = True) -> AsyncIterator[str]:
+                        skip_special_tokens: bool, do_preprocess: bool = True,
+                        extra: dict[str, Any] | None = None) -> AsyncIterator[str]:
         if pipe is None:
             raise EngineError("the lmdeploy engine is not started")
         import lmdeploy
@@ -248,8 +325,10 @@ class LMDeployEngine(Engine):
             aborted_late = False
             try:
                 for response in pipe.stream_infer(prompt, sessions=stream.session, gen_config=gen_config,
-                                                  do_preprocess=do_preprocess):
+                                                  do_preprocess=do_preprocess, **(extra or {})):
                     if response.finish_reason == "error":
+                        log.warning("lmdeploy refused a request: %s",
+                                    getattr(response, "error_message", None) or "(no message; lmdeploy 0.14)")
                         put(EngineError("the GPU model failed on this request"))
                         break
                     if not stream.stop.is_set():

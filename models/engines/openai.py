@@ -1,6 +1,7 @@
 """`ENGINE=openai`: any OpenAI-compatible server — `lmdeploy serve api_server`, vLLM, llama.cpp's server, Ollama.
 
-Why a thin client rather than a local model: the GPU (and InternLM-XComposer) can live on another machine,
+Why a thin client rather than a local model: the GPU (and the vision model: InternVL3.5 or Intern-S1 behind
+current `lmdeploy serve api_server`, InternLM-XComposer behind lmdeploy 0.14) can live on another machine,
 and one server can batch every worker's requests.  What it does:
 
 * streams chat completions with the job's sampling parameters (temperature, top_p, max_tokens, stop;
@@ -95,6 +96,10 @@ class OpenAIEngine(Engine):
                    chat_model=settings.chat_model, vision_model=settings.vision_model,
                    vision_base_url=settings.vision_base_url, context_window=settings.openai_context_window,
                    timeout=settings.openai_timeout)
+
+    def served_model(self, vision: bool) -> str:
+        """The served model name a request goes to (`/article` picks XComposer's or chat prompts by it)."""
+        return self.vision_model if vision and self.vision_model else self.chat_model
 
     def describe(self) -> str:
         vision = f", vision {self.vision_model}" if self.vision_model else ""
