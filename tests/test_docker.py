@@ -39,8 +39,9 @@ def test_worker_image_pins_lmdeploy_014_and_bakes_no_weights() -> None:
     assert re.search(r"^FROM nvidia/cuda:12\.\S+-runtime", worker, re.M)
     assert "LMDEPLOY_VERSION=0.14.*" in worker and "lmdeploy==${LMDEPLOY_VERSION}" in worker
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert "lmdeploy>=0.14,<0.15" in pyproject  # the same line as `pip install '.[gpu]'`
-    assert "decord" in deps("--extra", "gpu")
+    assert "lmdeploy>=0.14,<0.15" in pyproject  # the same line as `pip install '.[gpu-xcomposer]'`
+    assert "LMDEPLOY_EXTRA=gpu-xcomposer" in worker and '--extra "${LMDEPLOY_EXTRA}"' in worker
+    assert "decord" in deps("--extra", "gpu-xcomposer") and "decord" not in deps("--extra", "gpu")
     for dockerfile in ("Dockerfile.bot", "Dockerfile.worker"):
         text = (DOCKER / dockerfile).read_text()
         assert not re.search(r"\.(gguf|safetensors|bin)\b", text)  # weights never go into an image
