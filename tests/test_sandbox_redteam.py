@@ -565,3 +565,40 @@ def test_a_non_root_worker_runs_bubblewrap_as_itself(secret_file: tuple[Path, st
     attack = out["attack"]
     assert "uid 65534" in attack and value not in attack and "GOT" not in attack, attack
     assert attack.count("refused") == 3 and "fork -1" in attack, attack
+
+
+def test_root_fallback_holds_with_one_thread(secret_file: tuple[Path, str], redis_server: object) -> None:
+    """Where nobody gets no user namespace, a root worker runs bubblewrap as root: the code is then host uid 0
+    without capabilities, and one thread (RLIMIT_NPROC does not bind uid 0) — still no secrets or network."""
+    if os.geteuid() != 0:
+        pytest.skip("the fallback exists for root workers only")
+    path, value = secret_file
+    box = sandbox_or_skip(SandboxLimits(allowed_modules=[], timeout=8))
+    box.as_root = True  # what _resolve sets when bubblewrap fails as nobody
+    port = redis_server.port  # type: ignore[attr-defined]
+    result = run(box, f"""
+        import ctypes, os, socket, struct, threading
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            threading.Thread(target=print).start()
+            print("THREAD")
+        except RuntimeError:
+            print("refused thread")
+        print("fork", libc.fork())
+        try:
+            print("GOT", open({str(path)!r}).read())
+        except OSError:
+            print("refused file")
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=1)
+            print("CONNECTED")
+        except OSError:
+            print("refused net")
+        header = ctypes.create_string_buffer(struct.pack("II", 0x20080522, 0))
+        data = ctypes.create_string_buffer(24)
+        libc.capget(header, data)
+        print("caps", struct.unpack("6I", data.raw))
+    """)
+    out = result.stdout
+    assert "refused thread" in out and "fork -1" in out and "refused file" in out and "refused net" in out, out
+    assert "caps (0, 0, 0, 0, 0, 0)" in out and value not in result.for_model()

@@ -74,6 +74,14 @@ def test_syscall_numbers_match_the_kernel_headers(arch: str) -> None:
         assert found and int(found.group(1)) == number, name
 
 
+@pytest.mark.parametrize("arch", sorted(seccomp.SYSCALLS))
+def test_one_thread_filter_refuses_threads_too(arch: str) -> None:
+    program, numbers, audit = seccomp.program(arch, threads=False), seccomp.SYSCALLS[arch], seccomp.AUDIT_ARCH[arch]
+    assert evaluate(program, numbers["clone"], audit, 0x3D0F00) == EPERM
+    assert evaluate(program, numbers["clone3"], audit) == ENOSYS
+    assert evaluate(program, 0, audit) == ALLOW
+
+
 def test_unknown_architecture_is_refused() -> None:
     with pytest.raises(seccomp.UnsupportedArchitecture):
         seccomp.program("riscv64")

@@ -150,6 +150,7 @@ class Sandbox:
         self._isolation: str | None = None
         self._unavailable: SandboxUnavailable | None = None
         self._lock = threading.Lock()
+        self.as_root = False  # a root worker's fallback where nobody gets no user namespace (see _resolve)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -201,6 +202,13 @@ class Sandbox:
                 raise SandboxUnavailable(f"the Python environment {path} contains {exposed[0]}, which must "
                                          "stay hidden from the code; install the venv elsewhere")
         probe = self._probe()
+        if not probe.ok and probe.setup_error and os.geteuid() == 0:
+            # Some kernels refuse user namespaces to unprivileged users (Ubuntu's AppArmor restriction) but not to
+            # root.  bubblewrap then runs as root: the code is host uid 0 with no capabilities, and one thread.
+            log.warning("sandbox: bubblewrap cannot run as nobody here (%s); running it as root, with the code "
+                        "limited to one thread (docs/agent.md)", probe.setup_error.splitlines()[-1][:200])
+            self.as_root = True
+            probe = self._probe()
         if probe.stdout.strip() == "NONET" and probe.ok:
             return "bubblewrap"
         why = (probe.setup_error or probe.stderr or probe.stdout).strip().splitlines()
@@ -209,7 +217,7 @@ class Sandbox:
 
     def _as_nobody(self, base: Path, in_dir: Path) -> tuple[list[str], dict[str, str]]:
         """For a root worker: the nobody.py prefix that starts bubblewrap as nobody, and the staged sources."""
-        if os.geteuid() != 0:
+        if os.geteuid() != 0 or self.as_root:
             return [], {}
         os.chmod(base, 0o711)  # bubblewrap, as nobody, walks to in/ or to the staging directories
         staged: dict[str, str] = {}
@@ -270,7 +278,7 @@ class Sandbox:
             filt_r, filt_w = os.pipe()
             info_r, info_w = os.pipe()
             fds += [filt_r, filt_w, info_r, info_w]
-            os.write(filt_w, seccomp.program())
+            os.write(filt_w, seccomp.program(threads=not self.as_root))
             prefix, staged = self._as_nobody(base, in_dir)
             argv = bwrap.command(self.bwrap_path() or self.limits.bwrap, self.python, in_dir,
                                  disk_bytes=self.limits.disk_mb * 1024 * 1024, max_files=self.limits.max_files,

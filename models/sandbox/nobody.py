@@ -8,7 +8,8 @@ Run by a root worker as `python -I -S nobody.py UID GID N SRC1 DST1 ... SRCN DST
 3. drops to UID/GID with no supplementary groups and execs bubblewrap, which binds the DSTs into the sandbox.
 
 Why not let bubblewrap run as root: the code would then be the host's uid 0 without capabilities, and the
-kernel does not apply `RLIMIT_NPROC` to uid 0, so a thread flood would be bounded only by the address space.
+kernel does not apply `RLIMIT_NPROC` to uid 0, so a thread flood would be bounded only by the address space
+(core.py does so only where nobody gets no user namespace, and then allows the code a single thread).
 Why not just run it as nobody: bubblewrap resolves every source path as its own user.
 
 Imports nothing of the project (it is started by path, with `-I -S`).

@@ -106,8 +106,11 @@ def _ret(value: int) -> bytes:
     return _insn(BPF_RET_K, value)
 
 
-def program(arch: str | None = None) -> bytes:
-    """The filter for `arch` (default: this machine) as bytes of `struct sock_filter`, ready for bwrap."""
+def program(arch: str | None = None, *, threads: bool = True) -> bytes:
+    """The filter for `arch` (default: this machine) as bytes of `struct sock_filter`, ready for bwrap.
+
+    `threads=False` refuses every `clone`: the code is then one thread, for a sandbox whose host uid is 0, where
+    the kernel does not apply `RLIMIT_NPROC` and threads would be bounded only by the address space."""
     arch = arch or machine()
     if arch not in SYSCALLS:
         raise UnsupportedArchitecture(f"the sandbox has no seccomp filter for the {arch} architecture")
@@ -130,7 +133,7 @@ def program(arch: str | None = None) -> bytes:
         _insn(BPF_LD_W_ABS, OFFSET_ARG0_LOW),
         _insn(BPF_JSET_K, CLONE_NEW_FLAGS, jt=0, jf=1),
         eperm,
-        _insn(BPF_JSET_K, CLONE_THREAD, jt=1, jf=0),
+        _insn(BPF_JSET_K, CLONE_THREAD if threads else 0, jt=1, jf=0),
         eperm,
         _ret(SECCOMP_RET_ALLOW),  # a thread
         _ret(SECCOMP_RET_ALLOW),
