@@ -139,6 +139,17 @@ def _figures(fd: int, budget: int, notes: list[str]) -> list[Figure]:
     return figures
 
 
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class Sandbox:
     """Runs code snippets; thread-safe (each run has its own directory and process tree)."""
 
@@ -308,6 +319,9 @@ class Sandbox:
             if child is not None:
                 try:
                     pidfd = os.pidfd_open(child)
+                    if _parent_of(child) != proc.pid:  # not bubblewrap's child (any more): never signal it
+                        os.close(pidfd)
+                        pidfd = None
                 except OSError:
                     pidfd = None
             try:
@@ -323,8 +337,8 @@ class Sandbox:
             try:
                 proc.wait(timeout=KILL_GRACE)  # bubblewrap exits once every process of the namespace is gone
             except subprocess.TimeoutExpired:
+                log.error("sandbox: bubblewrap %s outlived its PID 1 by %g s; killing it", proc.pid, KILL_GRACE)
                 proc.kill()  # --die-with-parent then takes the sandbox's PID 1 down
-                proc.wait(timeout=KILL_GRACE)
             return True
         finally:
             if pidfd is not None:
