@@ -291,7 +291,7 @@ def test_the_code_is_never_host_root(box: Sandbox) -> None:
     thread = threading.Thread(target=lambda: results.append(run(box, f"""
         import ctypes, time
         ctypes.CDLL(None).prctl(15, {marker.encode()!r}, 0, 0, 0)
-        time.sleep(3)
+        time.sleep(1.5)
     """, timeout=6)))
     thread.start()
     uids: list[int] = []
