@@ -84,7 +84,9 @@ class Settings(BaseSettings):
     hf_hub_offline: bool = False  # never ask the hub: use the cache, or the bundled model for the default
 
     # --- llama.cpp vision (optional multimodal GGUF) --------------------------------------------
-    llamacpp_clip_model_path: str = ""  # a LLaVA-1.5-style projector GGUF; set = the llamacpp engine sees images
+    # A projector GGUF (mmproj) for LLAMACPP_MODEL — InternVL3/3.5, LLaVA, ... (models/engines/llamacpp_vision.py);
+    # set = the llamacpp engine sees images.
+    llamacpp_clip_model_path: str = ""
 
     # --- Generation defaults (as in the InternLM chat demo) -------------------------------------
     system_prompt: str = INTERNLM_META_PROMPT

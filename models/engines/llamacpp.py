@@ -179,12 +179,16 @@ class LlamaCppEngine(Engine):
         kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": self.n_ctx, "verbose": False}
         if self.n_threads > 0:
             kwargs["n_threads"] = self.n_threads
-        if self.clip_model_path is not None:
-            from llama_cpp.llama_chat_format import Llava15ChatHandler
-
-            kwargs["chat_handler"] = Llava15ChatHandler(clip_model_path=str(self.clip_model_path), verbose=False)
         log.info("loading %s (n_ctx=%d)", path, self.n_ctx)
         llm = Llama(**kwargs)
+        if self.clip_model_path is not None:  # a projector (InternVL, LLaVA, ...): models/engines/llamacpp_vision.py
+            from .llamacpp_vision import open_projector
+
+            try:
+                open_projector(llm, self.clip_model_path)
+            except EngineError:
+                llm.close()
+                raise
         self.model_path = path
         return llm
 
