@@ -59,7 +59,7 @@ _DONE = object()
 IMAGE_TOKENS = 2000
 
 
-OLDEST = (0, 14)  # the first release with `Pipeline.session()` + `stream_infer(sessions=)` *and* XComposer 2.5
+OLDEST = (0, 14)  # the oldest line this engine was written against (and the XComposer line); older ones unread
 XCOMPOSER_LAST = (0, 15)  # the first release without XComposer (InternLM/lmdeploy#4693)
 INSTALL_CURRENT = "pip install -e '.[gpu]'"
 INSTALL_XCOMPOSER = "pip install -e '.[gpu-xcomposer]'"
@@ -78,8 +78,8 @@ def version_tuple(version: str) -> tuple[int, int, int]:
 def check_support(version: str, models: dict[str, str]) -> None:
     """Refuse, before any weights load, what the installed lmdeploy cannot serve.
 
-    `models` maps each configured model to its family.  XComposer needs 0.14.x; everything else here needs
-    at least 0.14 (sessions and `stream_infer(sessions=)`, which this engine uses)."""
+    `models` maps each configured model to its family.  XComposer needs 0.14.x; everything else needs at
+    least 0.14, the oldest release whose `pipeline` API this engine was checked against."""
     found = version_tuple(version)
     if found[:2] < OLDEST:
         raise EngineError(f"lmdeploy {version} is too old for this bot (it needs 0.14 or newer): "
