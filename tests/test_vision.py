@@ -289,3 +289,54 @@ class TestInternVLBehindApiServer:
         write, place = fake.requests[-2:]
         assert "浦语" not in write.body["messages"][0]["content"] and write.images and place.images
         assert all(r.body["model"] == self.MODEL for r in (write, place))
+
+
+async def test_intern_s1_reasoning_content_is_not_shown() -> None:
+    """`lmdeploy serve api_server internlm/Intern-S1-mini --reasoning-parser intern-s1` streams the thinking as
+    `delta.reasoning_content` and the answer as `delta.content` (`DeltaMessage` in lmdeploy/serve/openai/
+    protocol.py, 0.18.0); an image question then shows the answer only."""
+    import json
+
+    from aiohttp import web
+
+    from models.engines.base import ChatMessage, GenParams, ImageInput
+    from tests.local_http import serve
+
+    seen: list[dict] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        seen.append(await request.json())
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        deltas = [{"role": "assistant", "content": None, "reasoning_content": "The user shows a red"},
+                  {"content": None, "reasoning_content": " square; answer briefly."},
+                  {"content": "A red", "reasoning_content": None}, {"content": " square."}]
+        for i, delta in enumerate(deltas):
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "s1",
+                     "choices": [{"index": 0, "delta": delta,
+                                  "finish_reason": "stop" if i == len(deltas) - 1 else None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner, port = await serve(app)
+    engine = OpenAIEngine(base_url=f"http://127.0.0.1:{port}/v1", chat_model="internlm/Intern-S1-mini",
+                          vision_model="internlm/Intern-S1-mini")
+    try:
+        image = ImageInput(photo_bytes(), "image/jpeg")
+        text = "".join([p async for p in engine.stream_chat([ChatMessage("user", "What is it?", [image])],
+                                                            GenParams(), asyncio.Event())])
+    finally:
+        await engine.close()
+        await runner.cleanup()
+    assert text == "A red square."
+    assert seen[0]["model"] == "internlm/Intern-S1-mini"
+    assert seen[0]["messages"][-1]["content"][1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+
+def photo_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (220, 0, 0)).save(buf, "JPEG")
+    return buf.getvalue()
