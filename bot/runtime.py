@@ -41,9 +41,9 @@ class Runtime:
         return runtime
 
     async def start_worker(self) -> None:
-        from models.engines import build_engine
+        from models.worker import build_worker
 
-        self.worker = Worker(self.settings, self.bus, build_engine(self.settings))
+        self.worker = build_worker(self.settings, self.bus)  # one engine per chat model it serves
         self.worker_task = asyncio.create_task(self.worker.run(), name="embedded-worker")
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from models.protocol import Bus, Job, PayloadTooLarge, reraise_if_cancelling
+from models.protocol import Bus, Job, PayloadTooLarge, WorkerInfo, reraise_if_cancelling
 from models.settings import Settings
 
 from .history import HistoryStore, Turn
@@ -34,6 +34,8 @@ TOO_LONG = "That message is too long ({n} characters). Please keep it under {lim
 GAVE_UP = "Sorry — no answer arrived in time, so I stopped waiting. Please try again."
 NO_WORKER = ("No inference worker is running right now, so I can't answer yet. "
              "Your message is queued and will be answered when a worker starts.")
+UNSERVED = ("The model {model} is not served by any worker right now, so I can't answer with it. "
+            "An admin can choose another with /model.")
 
 
 class ChatHandler:
@@ -47,7 +49,7 @@ class ChatHandler:
         self.no_worker_timeout = 30.0  # give up on a job nobody can run after this long
         self.notice_after = 1.0  # show a queue notice when no worker took the job within this
         self._alive_at = -QUEUE_CHECK_EVERY
-        self._alive_cached = True
+        self._alive_cached: list[WorkerInfo] | None = None  # None: not known (Redis unreachable)
         # Per-job "answer recorded" markers must outlive every reader that can still see the job's final
         # event: its reply stream (REPLY_TTL after the last event) and its resume record.
         self.record_marker_ttl = 2 * max(settings.reply_ttl,
@@ -101,7 +103,7 @@ class ChatHandler:
             "params": eff.params(),
         }
         payload.update(request.payload)
-        job = Job(kind=request.kind, payload=payload, conversation=request.conversation)
+        job = Job(kind=request.kind, payload=payload, conversation=request.conversation, model=eff.model)
         try:
             await self.bus.submit(job)
         except PayloadTooLarge as exc:
@@ -168,14 +170,20 @@ class ChatHandler:
                             yield Update("error", data={"message": NO_WORKER.split(".")[0] + ".",
                                                         "code": "no_worker"})
                             return
+                    elif not await self._served(reply.job.model):
+                        # Workers run, but none serves the model this channel asks for: waiting would hang.
+                        await self.bus.cancel(job_id)
+                        yield Update("error", data={"message": UNSERVED.format(model=reply.job.model),
+                                                    "code": "model_unserved", "model": reply.job.model})
+                        return
                     else:
                         no_worker_since = None
                         if now - position_at >= QUEUE_CHECK_EVERY:  # the notice ticks; the count is costlier
-                            position, position_at = await self._position(job_id), now
+                            position, position_at = await self._position(job_id, reply.job.model), now
                         yield Update("queued", position=position)
                 elif (started and not orphan_noted
                       and now - last_news > self.settings.job_visibility_timeout + 5
-                      and not await self._alive()):
+                      and not await self._served(reply.job.model)):
                     # The worker running it died and no other is alive to take it over: say so once.
                     orphan_noted = True
                     yield Update("no_worker", attempt=attempt, data={"message": NO_WORKER})
@@ -221,24 +229,36 @@ class ChatHandler:
                 yield Update("error", text="".join(parts), attempt=attempt, data=event.data)
                 return
 
-    async def _alive(self) -> bool:
-        """Whether any worker is alive; True while Redis is unreachable (no false "no worker" notice).
-        Shared by all replies being followed and refreshed at most every `QUEUE_CHECK_EVERY` seconds, so
-        a hundred queued replies do not ask Redis a hundred times per tick."""
+    async def _workers(self) -> list[WorkerInfo] | None:
+        """The workers alive (None while Redis is unreachable).  Shared by all replies being followed and
+        refreshed at most every `QUEUE_CHECK_EVERY` seconds, so a hundred queued replies do not ask Redis a
+        hundred times per tick."""
         now = time.monotonic()
         if now - self._alive_at < QUEUE_CHECK_EVERY:
             return self._alive_cached
         try:
-            alive = bool(await self.bus.alive_workers())
+            workers: list[WorkerInfo] | None = await self.bus.alive_workers()
         except (RedisError, OSError):
             reraise_if_cancelling()
-            alive = True
-        self._alive_at, self._alive_cached = now, alive
-        return alive
+            workers = None
+        self._alive_at, self._alive_cached = now, workers
+        return workers
 
-    async def _position(self, job_id: str) -> int | None:
+    async def _alive(self) -> bool:
+        """Whether any worker is alive; True while Redis is unreachable (no false "no worker" notice)."""
+        workers = await self._workers()
+        return workers is None or bool(workers)
+
+    async def _served(self, model: str) -> bool:
+        """Whether a live worker serves `model` ("" = the only model: any worker); True while not known."""
+        workers = await self._workers()
+        if workers is None:
+            return True
+        return any(not model or model in info.models for info in workers)
+
+    async def _position(self, job_id: str, model: str = "") -> int | None:
         try:
-            return await self.bus.queue_position(job_id)
+            return await self.bus.queue_position(job_id, model=model)
         except (RedisError, OSError):
             reraise_if_cancelling()
             return None

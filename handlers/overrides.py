@@ -1,6 +1,9 @@
-"""Per-guild and per-channel generation settings set by admins (`/settings`), stored in Redis.
+"""Per-guild and per-channel generation settings set by admins (`/settings`, and the chat model with
+`/model`), stored in Redis.
 
-Effective settings = the process defaults, overridden by the guild's, overridden by the channel's.
+Effective settings = the process defaults, overridden by the guild's, overridden by the channel's.  The model
+choice lives in the same hash under `MODEL_FIELD`; it is not one of `FIELDS` because its valid values are the
+deployment's `CHAT_MODELS` (models/routing.py), not a range.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from models import routing
 from models.protocol import KEYS
 from models.settings import Settings
 
@@ -20,6 +24,9 @@ FIELDS: dict[str, tuple[type, float, float]] = {
     "top_p": (float, 0.01, 1.0),
     "max_new_tokens": (int, 1, 8192),
 }
+
+
+MODEL_FIELD = "model"
 
 
 class ConfError(ValueError):
@@ -33,6 +40,8 @@ class Effective:
     top_p: float
     max_new_tokens: int
     repetition_penalty: float
+    model: str = ""  # the model the job asks for (routing name); "" = the deployment's only model
+    chosen_model: str = ""  # what admins chose, as stored (may name a model no longer configured)
 
     def params(self) -> dict[str, float]:
         return {"temperature": self.temperature, "top_p": self.top_p,
@@ -74,6 +83,13 @@ class ConfStore:
         else:
             await self.redis.delete(KEYS.overrides(scope))
 
+    async def set_model(self, scope: str, name: str) -> None:
+        """Choose the chat model for a scope; raises `ConfError` unless `CHAT_MODELS` lists it."""
+        configured = routing.names(self.defaults)
+        if name not in configured:
+            raise ConfError(f"{name!r} is not one of the configured models ({', '.join(configured) or 'none'})")
+        await self.redis.hset(KEYS.overrides(scope), MODEL_FIELD, name)
+
     async def get_scope(self, scope: str) -> dict[str, str]:
         return await self.redis.hgetall(KEYS.overrides(scope))
 
@@ -103,4 +119,6 @@ class ConfStore:
             top_p=float(values.get("top_p", d.top_p)),
             max_new_tokens=int(values.get("max_new_tokens", d.max_new_tokens)),
             repetition_penalty=d.repetition_penalty,
+            model=routing.job_model(d, values.get(MODEL_FIELD)),
+            chosen_model=values.get(MODEL_FIELD, ""),
         )

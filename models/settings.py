@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     openai_base_url: str = ""
     openai_api_key: SecretStr = SecretStr("")
     chat_model: str = "internlm2_5-7b-chat"
+    # Two or more chat models to pick from with /model (models/routing.py): NAME or NAME=openai:URL |
+    # lmdeploy:MODEL | llamacpp:GGUF | test, comma-separated, the default first.  Empty = one model, as before.
+    chat_models: str = ""
+    # The CHAT_MODELS names this worker serves; empty = those whose entry says what serves them (and the
+    # default when it is a bare name, served by this worker's ENGINE).
+    worker_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     vision_model: str = ""
     vision_base_url: str = ""  # a second OpenAI-compatible server for the vision model
     openai_context_window: int = 32768
@@ -164,7 +170,16 @@ class Settings(BaseSettings):
                              "Python tool off (docs/agent.md)")
         return value
 
-    @field_validator("sandbox_allowed_modules", "sandbox_hide_paths", mode="before")
+    @field_validator("chat_models")
+    @classmethod
+    def _check_chat_models(cls, value: str) -> str:
+        """Fail at startup, naming the entry, rather than at the first job for that model."""
+        from .routing import parse_chat_models
+
+        parse_chat_models(value)
+        return value
+
+    @field_validator("sandbox_allowed_modules", "sandbox_hide_paths", "worker_models", mode="before")
     @classmethod
     def _split_csv_str(cls, value: object) -> object:
         return _csv(value)

@@ -3,6 +3,8 @@
 Run it with `python -m models.worker` (or in-process, when `EMBEDDED_WORKER` is on).  What it promises:
 
 * up to `WORKER_CONCURRENCY` jobs at once, so a batching engine really batches;
+* only jobs for the chat models it serves (`WORKER_MODELS`): each model has its own job stream and
+  consumer group (models/routing.py), and the guarantees below hold per stream;
 * a job is XACKed only after its final event is written; while it runs, the worker refreshes the job's
   idle time, so a job whose worker died (no refresh for `JOB_VISIBILITY_TIMEOUT`) is taken over by
   another worker (XAUTOCLAIM) and its reply restarts with the next attempt number;
@@ -39,8 +41,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from . import routing
 from .context import BadPayload, JobContext, JobError
-from .engines import build_engine
+from .engines import build_engines
 from .engines.base import Engine, EngineError
 from .logs import bind as bind_log_context
 from .logs import setup_logging
@@ -60,10 +63,15 @@ RETRY_DELAY = 0.5  # seconds between retries while Redis is unreachable
 
 
 class Worker:
-    def __init__(self, settings: Settings, bus: Bus, engine: Engine, worker_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, bus: Bus, engine: Engine, worker_id: str | None = None, *,
+                 engines: dict[str, Engine] | None = None) -> None:
         self.settings = settings
         self.bus = bus
         self.engine = engine
+        # The chat models it serves (models/routing.py): route → engine; it claims from their job streams only.
+        # "" is the one job stream of a single-model deployment (and every worker built with one engine).
+        self.engines: dict[str, Engine] = dict(engines) if engines else {"": engine}
+        self.models = list(self.engines)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.runners: dict[str, Runner] = runners()
         self.in_flight: dict[str, asyncio.Task[None]] = {}  # stream entry id → task
@@ -86,8 +94,9 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         """Serve until `stop()` is called; then shut down cleanly."""
-        await self._retrying(self.bus.ensure_group, "create the consumer group")
-        await self.engine.start()
+        await self._retrying(lambda: self.bus.ensure_group(self.models), "create the consumer group")
+        for engine in self._distinct_engines():
+            await engine.start()
         self.metrics.engine_loaded = True
         metrics_server = await start_worker_metrics(self.metrics, self.settings.metrics_host,
                                                     self.settings.worker_metrics_port)
@@ -98,7 +107,7 @@ class Worker:
             asyncio.create_task(self._cancel_loop(), name="worker-cancels"),
         ]
         log.info("worker %s serving with engine %s, concurrency %d", self.worker_id,
-                 self.engine.describe(), self.settings.worker_concurrency)
+                 self._describe(), self.settings.worker_concurrency)
         claims = asyncio.create_task(self._claim_loop(), name="worker-claims")
         try:
             await self._until_stopped(claims)
@@ -114,7 +123,8 @@ class Worker:
             with contextlib.suppress(Exception):  # bounded: with Redis down, retries would hold the exit
                 async with asyncio.timeout(2.0):
                     await self.bus.unregister_worker(self.worker_id)
-            await self.engine.close()
+            for engine in self._distinct_engines():
+                await engine.close()
             self.metrics.engine_loaded = False
             if metrics_server is not None:
                 await metrics_server.stop()
@@ -124,6 +134,14 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
         self._slot_free.set()
+
+    def _distinct_engines(self) -> list[Engine]:
+        return list({id(engine): engine for engine in self.engines.values()}.values())
+
+    def _describe(self) -> str:
+        if list(self.engines) == [""]:
+            return self.engine.describe()
+        return ", ".join(f"{model}: {engine.describe()}" for model, engine in self.engines.items())
 
     async def _until_stopped(self, claims: asyncio.Task[None]) -> None:
         """Wait for the claim loop to end after `stop()`.  It ends by itself within one blocking read when Redis
@@ -169,9 +187,9 @@ class Worker:
                 claimed: list[Claimed] = []
                 if time.monotonic() - last_stale_check >= stale_every:
                     last_stale_check = time.monotonic()
-                    claimed = await self.bus.claim_stale(self.worker_id, self.visibility_ms, free)
+                    claimed = await self.bus.claim_stale(self.worker_id, self.visibility_ms, free, self.models)
                 if not claimed:
-                    claimed = await self.bus.claim_new(self.worker_id, free, block_ms=250)
+                    claimed = await self.bus.claim_new(self.worker_id, free, block_ms=250, models=self.models)
             except Exception as exc:  # Redis restarting (ConnectionError), group lost (NOGROUP): retry
                 _reraise_if_cancelling()
                 if self.stopping.is_set():
@@ -180,7 +198,7 @@ class Worker:
                 self.metrics.redis_error()
                 if "NOGROUP" in str(exc):  # Redis came back without our data: recreate the group
                     with contextlib.suppress(Exception):
-                        await self.bus.ensure_group()
+                        await self.bus.ensure_group(self.models)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
             for item in claimed:
@@ -267,7 +285,9 @@ class Worker:
             cancel.set()
         self.cancels[job.id] = cancel
         bind_log_context(job=job.id, attempt=attempt, kind=job.kind)  # this task's log lines carry the job id
-        ctx = MeteredContext(job=job, attempt=attempt, engine=self.engine, bus=self.bus, settings=self.settings,
+        # A job only reaches a worker from the stream of a model it serves (`Bus._claimed` checks the job agrees).
+        engine = self.engines.get(job.model, self.engine)
+        ctx = MeteredContext(job=job, attempt=attempt, engine=engine, bus=self.bus, settings=self.settings,
                              cancel=cancel, worker_id=self.worker_id, metrics=self.metrics,
                              ack_entry=item.entry_id, delta_window=max(0.0, self.settings.delta_window_ms / 1000))
         ctx.on_final = lambda: self.answered.add(item.entry_id)
@@ -398,9 +418,10 @@ class Worker:
 
     async def _register(self, interval: float) -> None:
         await self.bus.register_worker(WorkerInfo(
-            worker_id=self.worker_id, host=socket.gethostname(), engine=self.engine.describe(),
+            worker_id=self.worker_id, host=socket.gethostname(), engine=self._describe(),
             concurrency=self.settings.worker_concurrency, in_flight=len(self.in_flight),
-            vision=self.engine.supports_vision, last_seen=time.time()), ttl=max(15.0, interval * 3))
+            vision=any(engine.supports_vision for engine in self.engines.values()), last_seen=time.time(),
+            models=[model for model in self.models if model]), ttl=max(15.0, interval * 3))
 
     async def _cancel_loop(self) -> None:
         while True:
@@ -423,17 +444,24 @@ class Worker:
                         await pubsub.aclose()
 
 
+def build_worker(settings: Settings, bus: Bus) -> Worker:
+    """A worker with one engine per chat model it serves (`CHAT_MODELS` / `WORKER_MODELS`)."""
+    engines = build_engines(settings)
+    return Worker(settings, bus, next(iter(engines.values())), engines=engines)
+
+
 def make_bus(settings: Settings, url: str | None = None) -> Bus:
     client = connect(url or resolve_redis_url(settings.redis_url, settings.data_dir))
     return Bus(client, reply_ttl=settings.reply_ttl, blob_ttl=settings.blob_ttl,
-               max_job_bytes=settings.max_job_bytes)
+               max_job_bytes=settings.max_job_bytes,
+               models=routing.names(settings) if routing.routed(settings) else ())
 
 
 async def serve(settings: Settings) -> None:
     """Run one worker process until SIGTERM/SIGINT."""
     bus = make_bus(settings)
     await wait_ready(bus.redis, timeout=30)
-    worker = Worker(settings, bus, build_engine(settings))
+    worker = build_worker(settings, bus)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

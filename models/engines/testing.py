@@ -5,7 +5,8 @@ and what end-to-end tests use when they need exact text.  It behaves like a batc
 number of requests stream concurrently, each at `token_delay` seconds per token.
 
 What it answers (so tests can script it without a model):
-* by default, `echo: <last user message>` followed by a turn count, word by word;
+* by default, `echo: <last user message>` followed by a turn count (and `model=NAME` when it stands for a
+  named model of `CHAT_MODELS`), word by word;
 * a user message containing `[[repeat:N]]` yields N numbered words;
 * `[[say:TEXT]]` yields TEXT verbatim (split into small pieces);
 * `[[fail]]` raises an error inside the engine; `[[slow]]` multiplies the delay by 20.
@@ -39,8 +40,10 @@ class TestEngine(Engine):
     supports_raw = True
 
     def __init__(self, token_delay: float = 0.0, context_window: int = 4096,
-                 vision: bool = False, special_tokens: frozenset[str] = DEFAULT_SPECIAL_TOKENS) -> None:
+                 vision: bool = False, special_tokens: frozenset[str] = DEFAULT_SPECIAL_TOKENS,
+                 model: str = "") -> None:
         self.token_delay = token_delay
+        self.model = model  # the CHAT_MODELS name it stands for: named in its answers, so tests see who answered
         self.context_window = context_window
         self.supports_vision = vision
         self.special_tokens = frozenset(special_tokens)
@@ -62,7 +65,7 @@ class TestEngine(Engine):
             if name == "fail":
                 raise EngineError("the test engine was asked to fail")
         images = sum(len(m.images) for m in messages)
-        text = f"echo: {last} (turns={len(users)}, images={images})"
+        text = f"echo: {last} (turns={len(users)}, images={images}{', model=' + self.model if self.model else ''})"
         return [word + " " for word in text.split(" ")]
 
     async def stream_chat(self, messages: list[ChatMessage], params: GenParams,

@@ -43,8 +43,11 @@ class Bus:
     """Typed access to the job protocol over one Redis connection pool."""
 
     def __init__(self, redis: aioredis.Redis, *, reply_ttl: int = 3600, blob_ttl: int = 86400,
-                 max_job_bytes: int = 2_000_000) -> None:
+                 max_job_bytes: int = 2_000_000, models: Iterable[str] = ()) -> None:
         self.redis = redis  # decode_responses=True: every key but blobs holds text
+        # The deployment's routed chat models (models/routing.py; empty = one model): their job streams count
+        # in `queue_depth` and `running_count`.
+        self.models: tuple[str, ...] = tuple(m for m in models if m)
         kwargs = dict(redis.connection_pool.connection_kwargs)
         kwargs["decode_responses"] = False
         self.raw = aioredis.Redis(
@@ -65,6 +68,7 @@ class Bus:
         self._batcher = WriteBatcher(redis)
         self._reader = ReplyReader(redis)
         self._alone = 0  # replies read with their own XREAD
+        self._turn = -1  # which served model's stream `claim_new` asks first (round robin)
 
     # ---------------------------------------------------------------- producer (bot) side
     async def submit(self, job: Job) -> str:
@@ -79,8 +83,10 @@ class Bus:
                 f"{self.max_job_bytes // 1024} KiB)"
             )
 
+        stream = KEYS.jobs_for(job.model)
+
         def add(pipe: Any) -> int:
-            pipe.xadd(KEYS.jobs, fields, maxlen=JOBS_MAXLEN, approximate=True)
+            pipe.xadd(stream, fields, maxlen=JOBS_MAXLEN, approximate=True)
             return 1
 
         [entry] = await self._batcher.run(add)
@@ -159,12 +165,12 @@ class Bus:
             flags = await pipe.execute()
         return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag}
 
-    async def queue_position(self, job_id: str, entry_hint: str | None = None) -> int | None:
-        """1-based position of a not-yet-claimed job in the queue, or None once a worker has it."""
+    async def queue_position(self, job_id: str, entry_hint: str | None = None, *, model: str = "") -> int | None:
+        """1-based position of a not-yet-claimed job in its model's queue, or None once a worker has it."""
         # Counted inside Redis: reading the waiting entries out would copy every queued payload (whole
         # conversations) to every follower, several times a second.  Looks at most 1000 entries ahead.
         try:
-            position = await self._queue_position(keys=[KEYS.jobs], args=[KEYS.group, job_id, 1000])
+            position = await self._queue_position(keys=[KEYS.jobs_for(model)], args=[KEYS.group, job_id, 1000])
         except ResponseError:  # no stream or group yet
             return None
         return int(position) if position else None
@@ -179,17 +185,25 @@ class Bus:
                 continue
             try:
                 data = json.loads(raw)
+                data.setdefault("models", [])  # a worker from before models were routed serves the one
                 infos.append(WorkerInfo(**{k: data[k] for k in WorkerInfo.__dataclass_fields__}))
             except (ValueError, TypeError, KeyError):  # a worker of another version: still alive
                 infos.append(WorkerInfo(worker_id, "", "", 0, 0, False, now))
         return infos
 
-    async def queue_depth(self) -> int:
-        """Jobs waiting for a worker (not yet delivered to any consumer)."""
-        try:
-            return int(await self._queue_position(keys=[KEYS.jobs], args=[KEYS.group, "", 10_000]) or 0)
-        except ResponseError:  # no stream yet
-            return 0
+    def _streams(self, model: str | None) -> list[str]:
+        """One model's job stream, or (None) every stream of the deployment."""
+        return [KEYS.jobs_for(model)] if model is not None else [KEYS.jobs, *map(KEYS.jobs_for, self.models)]
+
+    async def queue_depth(self, model: str | None = None) -> int:
+        """Jobs waiting for a worker (not yet delivered to any consumer): of one model, or of all."""
+        total = 0
+        for stream in self._streams(model):
+            try:
+                total += int(await self._queue_position(keys=[stream], args=[KEYS.group, "", 10_000]) or 0)
+            except ResponseError:  # no stream yet
+                pass
+        return total
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         entries = await self.redis.xrevrange(KEYS.dead, count=count)
@@ -198,13 +212,16 @@ class Bus:
     async def dead_letter_count(self) -> int:
         return int(await self.redis.xlen(KEYS.dead))
 
-    async def running_count(self) -> int:
+    async def running_count(self, model: str | None = None) -> int:
         """Jobs a worker has claimed and not yet acknowledged (running, or waiting for a takeover)."""
-        try:
-            pending = await self.redis.xpending(KEYS.jobs, KEYS.group)
-        except ResponseError:  # no stream or group yet: nothing ever ran
-            return 0
-        return int(pending.get("pending") or 0)
+        total = 0
+        for stream in self._streams(model):
+            try:
+                pending = await self.redis.xpending(stream, KEYS.group)
+            except ResponseError:  # no stream or group yet: nothing ever ran
+                continue
+            total += int(pending.get("pending") or 0)
+        return total
 
     async def active_reply_count(self) -> int:
         """Conversations with a reply being shown by some bot process (the resume index)."""
@@ -248,62 +265,140 @@ class Bus:
         return bool(await self.redis.expire(KEYS.blob(ref), self.blob_ttl))
 
     # ---------------------------------------------------------------- consumer (worker) side
-    async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(KEYS.jobs, KEYS.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    # A worker serves one or more models (models/routing.py), each with its own job stream and consumer group.
+    # What it holds of a claimed job is an entry reference: the stream entry id for `KEYS.jobs` (as before
+    # models were routed), `model@id` for a model's stream — two streams can hold the same entry id.
+    @staticmethod
+    def entry_ref(model: str, entry_id: str) -> str:
+        return f"{model}@{entry_id}" if model else entry_id
 
-    def _claimed(self, entries: Iterable[tuple[str, dict[str, str]]]) -> list[Claimed]:
+    @staticmethod
+    def split_ref(ref: str) -> tuple[str, str]:
+        """(stream, entry id) of an entry reference."""
+        model, _, entry_id = ref.rpartition("@")
+        return KEYS.jobs_for(model), entry_id
+
+    @staticmethod
+    def _by_model(refs: Iterable[str]) -> dict[str, list[str]]:
+        """Entry ids grouped by the model whose stream holds them."""
+        groups: dict[str, list[str]] = {}
+        for ref in refs:
+            model, _, entry_id = ref.rpartition("@")
+            groups.setdefault(model, []).append(entry_id)
+        return groups
+
+    async def ensure_group(self, models: Iterable[str] = ("",)) -> None:
+        for model in models:
+            try:
+                await self.redis.xgroup_create(KEYS.jobs_for(model), KEYS.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _claimed(self, entries: Iterable[tuple[str, dict[str, str]]], model: str = "") -> list[Claimed]:
         out: list[Claimed] = []
         for entry_id, fields in entries:
+            ref = self.entry_ref(model, entry_id)
             if fields is None:  # deleted from the stream while pending
-                out.append(Claimed(entry_id, None, ProtocolError("the job vanished"), {}))
+                out.append(Claimed(ref, None, ProtocolError("the job vanished"), {}, model))
                 continue
             size = sum(len(k) + len(v.encode()) for k, v in fields.items())
             if size > self.max_job_bytes:  # written past `submit` (another client, an older bot)
                 raw = {k: v for k, v in fields.items() if k != "payload"}
-                out.append(Claimed(entry_id, None, PayloadTooLarge(
+                out.append(Claimed(ref, None, PayloadTooLarge(
                     f"the request is too large to process ({size // 1024} KiB; the limit is "
-                    f"{self.max_job_bytes // 1024} KiB)"), raw))
+                    f"{self.max_job_bytes // 1024} KiB)"), raw, model))
                 continue
             try:
-                out.append(Claimed(entry_id, Job.decode(fields), None, fields))
+                job = Job.decode(fields)
             except ProtocolError as exc:
-                out.append(Claimed(entry_id, None, exc, fields))
+                out.append(Claimed(ref, None, exc, fields, model))
+                continue
+            if job.model != model:  # put on the wrong stream by hand or by another client: never run it here
+                out.append(Claimed(ref, None, ProtocolError(
+                    f"the job asks for model {job.model or '(default)'!r} but was queued for "
+                    f"{model or '(default)'!r}"), fields, model))
+                continue
+            out.append(Claimed(ref, job, None, fields, model))
         return out
 
-    async def claim_new(self, consumer: str, count: int, block_ms: int) -> list[Claimed]:
-        result = await self.redis.xreadgroup(KEYS.group, consumer, {KEYS.jobs: ">"}, count=count,
-                                             block=block_ms)
+    def _stream_model(self, stream: str, models: Iterable[str]) -> str:
+        for model in models:
+            if KEYS.jobs_for(model) == stream:
+                return model
+        raise ProtocolError(f"unexpected job stream {stream!r}")
+
+    async def claim_new(self, consumer: str, count: int, block_ms: int,
+                        models: Iterable[str] = ("",)) -> list[Claimed]:
+        """New jobs for the models this worker serves, at most `count` of them.
+
+        One model: one blocking XREADGROUP, as always.  Several: each stream is asked without blocking (in
+        turn, so one busy model does not starve the others) until `count` are claimed; with none waiting, one
+        XREADGROUP blocks on all of them (COUNT 1 each).  Should that return more than `count` (several streams
+        filled in the same instant), the extra entries are handed back at once (idle past any visibility
+        timeout), so the next XAUTOCLAIM of a worker with a free slot takes them up — none is lost or doubled."""
+        served = list(dict.fromkeys(models)) or [""]
+        if len(served) == 1:
+            result = await self.redis.xreadgroup(KEYS.group, consumer, {KEYS.jobs_for(served[0]): ">"},
+                                                 count=count, block=block_ms)
+            claimed: list[Claimed] = []
+            for _stream, entries in result or []:
+                claimed.extend(self._claimed(entries, served[0]))
+            return claimed
+        turn = self._turn = (self._turn + 1) % len(served)
+        order = served[turn:] + served[:turn]
+        claimed = []
+        for model in order:
+            if len(claimed) >= count:
+                break
+            result = await self.redis.xreadgroup(KEYS.group, consumer, {KEYS.jobs_for(model): ">"},
+                                                 count=count - len(claimed))
+            for _stream, entries in result or []:
+                claimed.extend(self._claimed(entries, model))
+        if claimed:
+            return claimed
+        result = await self.redis.xreadgroup(KEYS.group, consumer, {KEYS.jobs_for(m): ">" for m in order},
+                                             count=1, block=block_ms)
+        for stream, entries in result or []:
+            claimed.extend(self._claimed(entries, self._stream_model(stream, order)))
+        extra = claimed[max(1, count):]
+        if extra:
+            await self.release(consumer, [item.entry_id for item in extra], idle_ms=10**9)
+        return claimed[:max(1, count)]
+
+    async def claim_stale(self, consumer: str, min_idle_ms: int, count: int,
+                          models: Iterable[str] = ("",)) -> list[Claimed]:
+        """Take over jobs whose worker stopped heartbeating (XAUTOCLAIM), on the streams of `models` only.
+
+        The scan resumes where the previous one stopped (per consumer and stream), so stale entries behind
+        many healthy pending ones are found too; entries trimmed from the stream while pending are acked."""
         claimed: list[Claimed] = []
-        for _stream, entries in result or []:
-            claimed.extend(self._claimed(entries))
+        for model in dict.fromkeys(models):
+            if len(claimed) >= count:
+                break
+            stream = KEYS.jobs_for(model)
+            where = f"{consumer}\n{stream}"
+            start = self._autoclaim_cursor.get(where, "0-0")
+            cursor, raw_entries, _gone = await self._autoclaim(
+                keys=[stream], args=[KEYS.group, consumer, max(0, int(min_idle_ms)), start,
+                                     max(1, count - len(claimed))])
+            self._autoclaim_cursor[where] = cursor or "0-0"
+            entries = []
+            for entry_id, flat in raw_entries:
+                entries.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True))))
+            claimed.extend(self._claimed(entries, model))
         return claimed
-
-    async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Claimed]:
-        """Take over jobs whose worker stopped heartbeating (XAUTOCLAIM).
-
-        The scan resumes where the previous one stopped (per consumer), so stale entries behind many
-        healthy pending ones are found too; entries trimmed from the stream while pending are acked."""
-        start = self._autoclaim_cursor.get(consumer, "0-0")
-        cursor, raw_entries, _gone = await self._autoclaim(
-            keys=[KEYS.jobs], args=[KEYS.group, consumer, max(0, int(min_idle_ms)), start, max(1, count)])
-        self._autoclaim_cursor[consumer] = cursor or "0-0"
-        entries = []
-        for entry_id, flat in raw_entries:
-            entries.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True))))
-        return self._claimed(entries)
 
     async def heartbeat_jobs(self, consumer: str, entry_ids: list[str]) -> list[str]:
         """Reset the idle time of jobs this worker still runs, so nobody takes them over.
 
         Returns the entries this consumer no longer owns (taken over by another worker meanwhile): the
         caller should stop running them, since their reply now belongs to a newer attempt."""
-        if not entry_ids:
-            return []
-        return list(await self._heartbeat(keys=[KEYS.jobs], args=[KEYS.group, consumer, *entry_ids]))
+        lost: list[str] = []
+        for model, ids in self._by_model(entry_ids).items():
+            gone = await self._heartbeat(keys=[KEYS.jobs_for(model)], args=[KEYS.group, consumer, *ids])
+            lost.extend(self.entry_ref(model, str(entry_id)) for entry_id in gone)
+        return lost
 
     async def release(self, consumer: str, entry_ids: list[str], idle_ms: int,
                       job_ids: Iterable[str] = ()) -> None:
@@ -311,9 +406,8 @@ class Bus:
 
         `job_ids` (of the same jobs) are counted as hand-backs, which do not count against
         `JOB_MAX_ATTEMPTS`: a job interrupted by rolling restarts is not a poison job."""
-        if entry_ids:
-            await self.redis.xclaim(KEYS.jobs, KEYS.group, consumer, 0, entry_ids, idle=idle_ms,
-                                    justid=True)
+        for model, ids in self._by_model(entry_ids).items():
+            await self.redis.xclaim(KEYS.jobs_for(model), KEYS.group, consumer, 0, ids, idle=idle_ms, justid=True)
         for job_id in job_ids:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.incr(KEYS.handbacks(job_id))
@@ -334,7 +428,9 @@ class Bus:
         return event if event.final else None
 
     async def ack(self, entry_id: str) -> None:
-        await self.redis.xack(KEYS.jobs, KEYS.group, entry_id)
+        """Acknowledge a job by its entry reference (see `entry_ref`)."""
+        stream, plain = self.split_ref(entry_id)
+        await self.redis.xack(stream, KEYS.group, plain)
 
     async def next_attempt(self, job_id: str) -> int:
         key = KEYS.attempts(job_id)
@@ -360,10 +456,11 @@ class Bus:
         """Write the last events of an attempt (a final one last) and then, when `ack_entry` is given, XACK
         the job — in one round trip, the XACK only once every event is written (a Lua script stops at the
         first error).  The caller must have awaited its earlier events, so the order per job is kept."""
-        args: list[Any] = [self.reply_ttl, REPLY_MAXLEN, KEYS.group if ack_entry else "", ack_entry]
+        stream, plain = self.split_ref(ack_entry)
+        args: list[Any] = [self.reply_ttl, REPLY_MAXLEN, KEYS.group if ack_entry else "", plain]
         for type_, data in events:
             args += [type_, str(attempt), json.dumps(data or {}, ensure_ascii=False, separators=(",", ":"))]
-        ids = await self._batcher.script(self._finish, [KEYS.events(job_id), KEYS.jobs], args)
+        ids = await self._batcher.script(self._finish, [KEYS.events(job_id), stream], args)
         return [str(i) for i in ids]
 
     async def emit(self, job_id: str, attempt: int, type_: str, data: dict[str, Any] | None = None,

@@ -30,15 +30,21 @@ class Job:
     conversation: str = ""
     id: str = field(default_factory=new_id)
     created: float = field(default_factory=time.time)
+    # The chat model asked for (models/routing.py); "" = the deployment's only model.  It also picks the job
+    # stream (`KEYS.jobs_for`), so only a worker serving the model ever claims the job.
+    model: str = ""
 
     def encode(self) -> dict[str, str]:
-        return {
+        fields = {
             "id": self.id,
             "kind": self.kind,
             "conversation": self.conversation,
             "created": repr(self.created),
             "payload": json.dumps(self.payload, ensure_ascii=False, separators=(",", ":")),
         }
+        if self.model:  # absent in a single-model deployment: its envelopes stay as they were
+            fields["model"] = self.model
+        return fields
 
     @classmethod
     def decode(cls, fields: dict[str, str]) -> Job:
@@ -59,8 +65,11 @@ class Job:
             created = float(fields.get("created") or time.time())
         except ValueError:
             created = time.time()
+        model = fields.get("model", "")
+        if len(model) > 100 or any(ch in model for ch in ", =\n\r\t"):
+            raise ProtocolError("the job names an invalid model")
         return cls(kind=kind, payload=payload, conversation=fields.get("conversation", ""), id=job_id,
-                   created=created)
+                   created=created, model=model)
 
 
 @dataclass
@@ -98,6 +107,7 @@ class Claimed:
     job: Job | None
     error: ProtocolError | None = None
     raw: dict[str, str] = field(default_factory=dict)
+    model: str = ""  # whose job stream it came from ("" = `KEYS.jobs`)
 
 
 @dataclass
@@ -109,3 +119,4 @@ class WorkerInfo:
     in_flight: int
     vision: bool
     last_seen: float
+    models: list[str] = field(default_factory=list)  # the chat models it serves (routing names; [] = the one)

@@ -19,6 +19,12 @@ class _Keys:
     def jobs(self) -> str:
         return f"{self.prefix}:jobs"
 
+    def jobs_for(self, model: str) -> str:
+        """The job stream of one chat model (models/routing.py): `jobs` for "" (a single-model deployment, and
+        every job before models were routed), else a stream of its own, read only by the workers serving it.
+        Each stream has its own consumer group named `group`."""
+        return self.jobs if not model else f"{self.prefix}:jobs:model:{model}"
+
     @property
     def group(self) -> str:
         return f"{self.prefix}:workers"
