@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from handlers.agent import AgentHandler
 from handlers.chat import ChatHandler, Request
 from handlers.history import HistoryStore
 from handlers.overrides import ConfStore
@@ -73,6 +74,26 @@ class Recorder:
 
     def close(self) -> None:
         self._undo()
+
+
+class ScriptedSampler:
+    """What the model writes, scripted: each completion's sampled token ids come from the next script entry (text
+    tokenised with special-token parsing, so `<|action_start|>` is the one CONTROL id a real InternLM2 samples).
+    Only sampling is replaced — random weights cannot be asked for a tool call; the prompt still goes to
+    `Llama.generate`, and detokenisation, stop strings and streaming are llama-cpp-python's own."""
+
+    def __init__(self, llm: Any, *texts: str) -> None:
+        self.scripts = [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
+        self.prompts: list[list[int]] = []
+        self.llm = llm
+        llm.generate = self.generate
+
+    def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        self.prompts.append(list(tokens))
+        yield from self.scripts.pop(0)
+
+    def close(self) -> None:
+        del self.llm.generate
 
 
 def fixture_settings(**extra: Any) -> Settings:
@@ -274,3 +295,62 @@ async def test_agent_raw_prompt_marks_only_the_protocol(engine: LlamaCppEngine, 
     assert sorted(control_ids(engine, prompt)) == sorted([engine.llm.token_bos()] + [
         ids[t] for t in PROTOCOL for _ in range(template_only.count(t))])
     assert any(special for text, special in recorder.tokenized if text == rendered.encode())
+
+
+# ------------------------------------------------------------------------------ what the model writes back
+TOOL_CALL = "I will compute it.<|action_start|><|interpreter|>\n```python\nprint(6 * 7)\n```<|action_end|>\nmore"
+
+
+async def test_raw_completion_keeps_the_models_control_tokens(engine: LlamaCppEngine) -> None:
+    """InternLM2 writes its tool call as CONTROL tokens; the raw completion (the agent's path) hands them back as
+    text, and the `<|action_end|>` stop string ends it — llama-cpp-python alone would drop both markers."""
+    sampler = ScriptedSampler(engine.llm, TOOL_CALL)
+    try:
+        params = GenParams(temperature=0.0, max_new_tokens=64, stop=["<|im_end|>", "<|action_end|>"])
+        text = "".join([p async for p in engine.stream_raw("<|im_start|>user\n6*7?<|im_end|>\n<|im_start|>assistant\n",
+                                                           params, asyncio.Event())])
+    finally:
+        sampler.close()
+    assert text == "I will compute it.<|action_start|><|interpreter|>\n```python\nprint(6 * 7)\n```"
+    assert "detokenize" not in vars(engine.llm)  # the engine's other calls detokenise as before
+    from lagent.agents.internlm2_agent import Internlm2Protocol
+
+    name, thought, action = Internlm2Protocol().parse(text, None, object())
+    assert (name, thought.strip()) == ("interpreter", "I will compute it.") and "print(6 * 7)" in str(action)
+
+
+async def test_agent_job_runs_its_tool_on_internlm2_via_llamacpp(bus: Bus, redis_url: str, tmp_path: Path) -> None:
+    """The whole /agent job on the llama.cpp engine with the InternLM2 GGUF: handler → Redis → worker → Lagent →
+    llama.cpp, the model's tool call (scripted tokens) run in the real sandbox, its output back in an
+    `environment` turn, then the answer.  Skips where the sandbox cannot run (tests/sandbox_support.py)."""
+    from models.sandbox import SandboxLimits
+    from tests.sandbox_support import sandbox_or_skip
+
+    cpu = fixture_settings(redis_url=redis_url, data_dir=tmp_path / "data", max_new_tokens=64, temperature=0.0,
+                           agent_arxiv=False, agent_max_turns=3, agent_timeout=120)
+    sandbox_or_skip(SandboxLimits.from_settings(cpu))  # a skip, or a failure under SANDBOX_TESTS_REQUIRE=1
+    engine = build_engine(cpu)
+    assert isinstance(engine, LlamaCppEngine)
+    await engine.start()
+    ids = ids_of(engine)
+    sampler = ScriptedSampler(engine.llm, TOOL_CALL, "The answer is 42.<|im_end|>")
+    worker = Worker(cpu, bus, engine, worker_id="internlm2-agent")
+    task = asyncio.create_task(worker.run())
+    try:
+        agent = AgentHandler(ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, cpu), cpu))
+        reply = await agent.ask("console:internlm2-agent", "What is 6 * 7?")
+        updates = [u async for u in agent.follow(reply)]
+        second = engine.llm.detokenize(sampler.prompts[1], special=True).decode()
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+    by_type = {u.data.get("type"): u.data for u in updates if u.kind == "step"}
+    assert by_type["tool_call"]["code"] == "print(6 * 7)"
+    assert by_type["tool_result"]["ok"] and by_type["tool_result"]["text"].strip() == "42"
+    assert updates[-1].kind == "done" and updates[-1].text.startswith("The answer is 42.")
+    # The second prompt carries the call and its result in InternLM2's protocol, markers as single control ids.
+    assert "<|action_start|><|interpreter|>\n```python\nprint(6 * 7)\n```<|action_end|>\n" in second
+    assert "<|im_start|>environment name=<|interpreter|>\n42" in second
+    prompt = sampler.prompts[1]
+    for marker in ("<|action_start|>", "<|interpreter|>", "<|action_end|>", "<|im_start|>"):
+        assert prompt.count(ids[marker]) == second.count(marker) >= 1, marker

@@ -90,6 +90,27 @@ def sampling_kwargs(params: GenParams) -> dict[str, Any]:
     }
 
 
+def with_control_text(llm: Any, open_stream: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """The chunks of `open_stream()` with the control tokens the model writes kept in their text.
+
+    llama-cpp-python detokenises completions with `special=False`, which drops CONTROL tokens: InternLM2's
+    `<|action_start|><|interpreter|>` would vanish from the agent's raw completion (and its `<|action_end|>` stop
+    string never match), so the agent would never see a tool call.  It has no switch for this, so while the
+    stream runs (under the engine's generation lock: one at a time) the model's `detokenize` renders them.
+    """
+    saved = vars(llm).get("detokenize")
+    plain = llm.detokenize
+    llm.detokenize = lambda tokens, prev_tokens=None, special=False: plain(tokens, prev_tokens=prev_tokens,
+                                                                           special=True)
+    try:
+        yield from open_stream()
+    finally:
+        if saved is None:
+            del llm.detokenize
+        else:
+            llm.detokenize = saved
+
+
 def to_llama_messages(messages: list[ChatMessage], vision: bool) -> list[dict[str, Any]]:
     """ChatMessages → OpenAI-style dicts; images become `image_url` data-URL parts for a vision handler.
 
@@ -218,7 +239,8 @@ class LlamaCppEngine(Engine):
 
     def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         def open_stream(llm: Any) -> Iterator[dict[str, Any]]:
-            return llm.create_completion(prompt=prompt, stream=True, **sampling_kwargs(params))
+            return with_control_text(llm, lambda: llm.create_completion(prompt=prompt, stream=True,
+                                                                        **sampling_kwargs(params)))
 
         return self._stream(open_stream, _raw_piece, cancel)
 
