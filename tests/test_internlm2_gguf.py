@@ -7,7 +7,9 @@ The model is `tests/fixtures/internlm2-tiny/internlm2-tiny.gguf`, built by `scri
 `<|plugin|>` … `<|im_start|>` (InternLM2's contents, order and CONTROL type; ids 600…605 instead of
 92538…92543), and InternLM2-chat's own chat template.  The text it writes is gibberish: nothing here asserts
 wording, only what llama.cpp is given (the prompt token ids, recorded at `Llama.generate`) and the shape of what
-comes back.
+comes back.  Where a test needs the model to write a tool call, `ScriptedSampler` picks the sampled token ids (a
+real InternLM2 samples `<|action_start|>` as one CONTROL id, as scripted); everything after sampling is
+llama-cpp-python's and the engine's own.
 """
 
 from __future__ import annotations
