@@ -50,7 +50,7 @@ from .streamer import LiveReplies
 
 log = logging.getLogger(__name__)
 
-CORE_EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin", "bot.cogs.stats")
+CORE_EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin", "bot.cogs.stats", "bot.cogs.models")
 OPTIONAL_EXTENSIONS = ("bot.cogs.agent", "bot.cogs.images")
 # Permissions the invite link asks for: View Channels, Send Messages, Send Messages in Threads,
 # Embed Links, Attach Files, Read Message History (see docs/discord.md).

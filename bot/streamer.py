@@ -142,6 +142,8 @@ class ReplyStreamer:
             return i18n.t("no_worker_gave_up", self.lang)
         if code == "timeout":
             return i18n.t("timeout", self.lang)
+        if code == "model_unserved":  # the words are bot/cogs/models.py's (with /model)
+            return "⚠️ " + i18n.t("model_unserved", self.lang, model=update.data.get("model") or "?")
         return i18n.t("error", self.lang, message=update.data.get("message") or "error")
 
     def display(self) -> str:

@@ -215,6 +215,29 @@ class Harness:
             data["guild_id"] = str(cmd.guild_id)
         return await self._interact(2, data, user, channel, locale)
 
+    async def autocomplete(self, command: str, options: dict[str, Any], focused: str, *,
+                           user: User | None = None, channel: Channel | None = None,
+                           locale: str = "en-US") -> list[dict[str, Any]]:
+        """A user types into an autocomplete option: Discord sends APPLICATION_COMMAND_AUTOCOMPLETE (interaction
+        type 4) with the options so far, the one being typed marked `focused` and given as the partial text
+        (unvalidated, required ones possibly missing); returns the choices the bot answered with (type 8)."""
+        user = user or self.alice
+        channel = channel or self.general
+        cmd = self.command(command.split()[0], self.world.guild_of(channel))
+        specs = {o["name"]: o for o in cmd.payload().get("options") or []}
+        if focused not in specs or not specs[focused].get("autocomplete"):
+            raise AssertionError(f"/{command} {focused!r} is not an autocomplete option")
+        typed = [{"name": name, "type": specs[name]["type"], "value": value,
+                  **({"focused": True} if name == focused else {})} for name, value in options.items()]
+        data: dict[str, Any] = {"id": str(cmd.id), "name": cmd.name, "type": 1, "options": typed}
+        if cmd.guild_id:
+            data["guild_id"] = str(cmd.guild_id)
+        interaction = await self._interact(4, data, user, channel, locale)
+        await self.wait_for(lambda: interaction.choices is not None, timeout=5,
+                            message=f"the choices for /{command} {focused}")
+        assert interaction.choices is not None
+        return interaction.choices
+
     def _typed_options(self, command: str, specs: list[dict[str, Any]], values: dict[str, Any],
                        channel: Channel, resolved: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         by_name = {o["name"]: o for o in specs}

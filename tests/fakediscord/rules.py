@@ -176,3 +176,24 @@ def is_empty(content: str, embeds: list[Any], attachments: list[Any], components
     extra = extra or {}
     return not ((content or "").strip() or embeds or attachments or components
                 or extra.get("sticker_ids") or extra.get("poll"))
+
+
+def autocomplete_choices(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The choices of an APPLICATION_COMMAND_AUTOCOMPLETE_RESULT (callback type 8), checked as Discord documents
+    them: at most 25, each with a name of 1-100 characters and a string value of at most 100 (or a number)."""
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise form_error("data.choices", "BASE_TYPE_REQUIRED", "This field is required")
+    if len(choices) > 25:
+        raise form_error("data.choices", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+    for i, choice in enumerate(choices):
+        name, value = choice.get("name"), choice.get("value")
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            raise form_error(f"data.choices.{i}.name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        if isinstance(value, str):
+            if len(value) > 100:
+                raise form_error(f"data.choices.{i}.value", "BASE_TYPE_BAD_LENGTH",
+                                 "Must be between 0 and 100 in length.")
+        elif not isinstance(value, int | float) or isinstance(value, bool):
+            raise form_error(f"data.choices.{i}.value", "BASE_TYPE_REQUIRED", "This field is required")
+    return choices

@@ -872,6 +872,8 @@ class FakeDiscord:
         channel = self.world.channels[interaction.channel_id]
         resource: dict[str, Any] = {"type": kind}
         message: Message | None = None
+        if interaction.type == 4 and kind != 8:  # Discord: an autocomplete can only be answered with choices
+            raise rules.form_error("type", "INTERACTION_RESPONSE_TYPE_INVALID", "Invalid response type.")
         if kind in (4, 5):
             ephemeral = bool(int(data.get("flags") or 0) & EPHEMERAL)
             msg_type = 20 if interaction.type == 2 else 19 if interaction.type == 3 else 0
@@ -891,6 +893,7 @@ class FakeDiscord:
         elif kind == 8:
             if interaction.type != 4:
                 raise rules.form_error("type", "INTERACTION_RESPONSE_TYPE_INVALID", "Invalid response type.")
+            interaction.choices = rules.autocomplete_choices(data)
         elif kind == 9:
             pass
         else:

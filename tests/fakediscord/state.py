@@ -288,7 +288,7 @@ class Message:
 class Interaction:
     id: int
     token: str
-    type: int  # 2 application command, 3 component
+    type: int  # 2 application command, 3 component, 4 application command autocomplete
     channel_id: int
     user: User
     guild_id: int | None
@@ -300,6 +300,7 @@ class Interaction:
     message: Message | None = None  # the component's message, for type 3
     followups: list[Message] = field(default_factory=list)
     ephemeral: bool = False
+    choices: list[dict[str, Any]] | None = None  # an autocomplete's answer (callback type 8)
 
 
 @dataclass
