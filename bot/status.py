@@ -1,6 +1,7 @@
 """`python -m bot status`: what an admin at a terminal (or `/stats` in Discord) wants to know at a glance.
 
-Workers alive (engine, jobs in flight / concurrency), jobs waiting, jobs running, dead letters, replies
+Workers alive (engine, jobs in flight / concurrency, the chat models each serves), the routed models (who
+serves each, what waits for it), jobs waiting, jobs running, dead letters, replies
 being streamed, and Redis memory — read from the same Redis the bot and workers use, through `Bus`.
 It never starts anything: with `REDIS_URL` empty it looks for the embedded Redis of a running bot and
 says so when there is none.
@@ -16,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from models import routing
 from models.protocol import Bus
 from models.redis_server import EmbeddedRedis
 from models.sandbox import SandboxLimits, describe_isolation
@@ -30,6 +32,8 @@ class Status:
 
     redis_url: str
     workers: list[dict[str, Any]] = field(default_factory=list)
+    # The routed chat models (CHAT_MODELS, two or more): name, workers serving it, jobs waiting for it.
+    models: list[dict[str, Any]] = field(default_factory=list)
     queue_depth: int = 0
     running: int = 0  # delivered to a worker, not yet acknowledged
     dead_letters: int = 0
@@ -71,7 +75,11 @@ async def collect(bus: Bus, redis_url: str = "") -> Status:
     for info in await bus.alive_workers(within=STALE_AFTER):
         status.workers.append({"id": info.worker_id, "host": info.host, "engine": info.engine,
                                "in_flight": info.in_flight, "concurrency": info.concurrency,
-                               "vision": info.vision, "seen_s_ago": round(max(0.0, now - info.last_seen), 1)})
+                               "vision": info.vision, "seen_s_ago": round(max(0.0, now - info.last_seen), 1),
+                               "models": list(info.models)})
+    for model in bus.models:
+        status.models.append({"name": model, "workers": sum(model in w["models"] for w in status.workers),
+                              "waiting": await bus.queue_depth(model)})
     status.queue_depth = await bus.queue_depth()
     status.running = await bus.running_count()
     status.dead_letters = await bus.dead_letter_count()
@@ -102,9 +110,15 @@ def render(status: Status) -> str:
         lines.append(f"Workers alive: {len(status.workers)} ({busy}/{status.capacity} slots busy)")
         for w in status.workers:
             lines.append(f"  {w['id']}  {w['engine']}  {w['in_flight']}/{w['concurrency']} in flight"
-                         f"{'  vision' if w['vision'] else ''}  seen {w['seen_s_ago']}s ago")
+                         f"{'  vision' if w['vision'] else ''}  seen {w['seen_s_ago']}s ago"
+                         f"{'  models ' + ','.join(w['models']) if w.get('models') else ''}")
     else:
         lines.append("Workers alive: 0 — no worker is running; requests wait in the queue")
+    if status.models:
+        lines.append("Models: " + ", ".join(
+            f"{m['name']} ({m['workers']} worker{'s' if m['workers'] != 1 else ''}, {m['waiting']} waiting)"
+            if m["workers"] else f"{m['name']} (NOT SERVED: no live worker; {m['waiting']} waiting)"
+            for m in status.models))
     lines.append(f"Queue: {status.queue_depth} waiting, {status.running} running")
     lines.append(f"Replies streaming to Discord: {status.active_replies}")
     lines.append(f"Dead letters: {status.dead_letters}")
@@ -133,7 +147,7 @@ async def run_status(settings: Settings, *, as_json: bool = False, timeout: floa
     # No retries: an admin wants a quick "cannot reach Redis", not a client that keeps backing off.
     client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=timeout,
                                      socket_timeout=timeout)
-    bus = Bus(client)
+    bus = Bus(client, models=routing.names(settings) if routing.routed(settings) else ())
     try:
         status = await asyncio.wait_for(collect(bus, url), timeout)
     except Exception as exc:

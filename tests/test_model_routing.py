@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, subprocess_env
 from worker_procs import WorkerProc, pid_of, repeat_text, wait_alive
 
 from handlers.chat import ChatHandler, Request, Update
@@ -245,3 +249,24 @@ async def test_takeover_after_kill9_stays_with_the_model(routed: Settings, bus: 
     assert updates[-1].kind == "done" and updates[-1].text.strip().endswith("model=beta)")
     [(_id, fields)] = await bus.redis.xrange(KEYS.jobs_for("beta"))
     assert {pid_of(w) for w in await who_answered(bus, fields["id"])} == {beta.pid}
+
+
+# ------------------------------------------------------------------------------------------ status
+async def test_bot_status_lists_the_models_and_who_serves_them(routed: Settings, bus: Bus) -> None:
+    """`python -m bot status` as a real process: each routed model, the workers serving it, what waits for it."""
+    await bus.submit(Job(kind="chat", model="beta", payload={"messages": [{"role": "user", "content": "x"}]}))
+    env = subprocess_env(routed, CHAT_MODELS=MODELS)
+    async with running(routed, bus, "st-alpha", "alpha"):
+        for args in ((), ("--json",)):
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "status", *args, cwd=ROOT,
+                                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+            assert proc.returncode == 0, out
+            if args:
+                data = json.loads(out)
+                assert data["models"] == [{"name": "alpha", "workers": 1, "waiting": 0},
+                                          {"name": "beta", "workers": 0, "waiting": 1}]
+                assert data["workers"][0]["models"] == ["alpha"] and data["queue_depth"] == 1
+            else:
+                assert "Models: alpha (1 worker, 0 waiting), beta (NOT SERVED" in out, out
+                assert "models alpha" in out
