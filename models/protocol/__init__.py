@@ -11,6 +11,9 @@ Shape of the bus:
 
 * Jobs go on one Redis Stream (`KEYS.jobs`) read by the consumer group `KEYS.group`.  A job envelope
   holds `id`, `kind` (`chat` | `agent` | `vision` | `article`), `conversation` and a JSON `payload`.
+  Where several chat models are configured (models/routing.py) a job also names its `model` and goes on
+  that model's stream (`KEYS.jobs_for(model)`, each with its own group of the same name), which only the
+  workers serving the model read; a worker holds its claims as entry references (`Bus.entry_ref`).
 * Every job has its own reply stream (`KEYS.events(job_id)`) of `Event`s: `delta` (text), `step`
   (an agent step or an article stage), `file` (a blob reference), `status`, `done`, `error`.  Each
   event carries the `attempt` number so a reader can tell a retried job from the first try.  Reply
