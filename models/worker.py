@@ -475,6 +475,10 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = get_settings()
     setup_logging(settings)  # LOG_FORMAT text|json, job ids, secrets redacted
+    try:
+        routing.worker_models(settings)  # a WORKER_MODELS typo ends the start with one line, not a traceback
+    except routing.ModelListError as exc:
+        raise SystemExit(f"Invalid settings (from the environment or .env):\n  WORKER_MODELS: {exc}") from None
     asyncio.run(serve(settings))
 
 

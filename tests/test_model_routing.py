@@ -251,7 +251,16 @@ async def test_takeover_after_kill9_stays_with_the_model(routed: Settings, bus: 
     assert {pid_of(w) for w in await who_answered(bus, fields["id"])} == {beta.pid}
 
 
+@pytest.mark.slow  # a worker process
+def test_a_worker_asked_for_an_unknown_model_says_so_and_exits(settings: Settings) -> None:
+    done = subprocess.run([sys.executable, "-m", "models.worker"], cwd=ROOT, capture_output=True, text=True,
+                          env=subprocess_env(settings, CHAT_MODELS=MODELS, WORKER_MODELS="zeta"), timeout=60)
+    assert done.returncode == 1
+    assert "WORKER_MODELS" in done.stderr and "zeta" in done.stderr and "Traceback" not in done.stderr
+
+
 # ------------------------------------------------------------------------------------------ status
+@pytest.mark.slow  # `python -m bot status` processes
 async def test_bot_status_lists_the_models_and_who_serves_them(routed: Settings, bus: Bus) -> None:
     """`python -m bot status` as a real process: each routed model, the workers serving it, what waits for it."""
     await bus.submit(Job(kind="chat", model="beta", payload={"messages": [{"role": "user", "content": "x"}]}))
