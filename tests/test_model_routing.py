@@ -209,6 +209,23 @@ async def test_a_job_on_the_wrong_stream_is_refused_not_run(routed: Settings, bu
     assert event.type == "error" and event.data["code"] == "bad_job" and "beta" in event.data["message"]
 
 
+async def test_dead_letters_on_a_models_stream(routed: Settings, bus: Bus) -> None:
+    """A job on beta's stream that already failed JOB_MAX_ATTEMPTS times (its workers died) is dead-lettered by
+    the beta worker, acknowledged on beta's stream, and its reader told — as on the single job stream."""
+    job = Job(kind="chat", model="beta", payload={"messages": [{"role": "user", "content": "x"}]})
+    await bus.submit(job)
+    await bus.redis.set(KEYS.attempts(job.id), routed.job_max_attempts)  # three earlier attempts died
+    async with running(routed, bus, "wb", "beta"):
+        async with asyncio.timeout(10):
+            while not [e for e in await bus.read_events(job.id) if e.final]:  # noqa: ASYNC110 (Redis)
+                await asyncio.sleep(0.05)
+        [event] = [e for e in await bus.read_events(job.id) if e.final]
+        assert event.type == "error" and event.data["code"] == "dead_letter"
+        [dead] = await bus.dead_letters()
+        assert dead["id"] == job.id and dead["model"] == "beta"
+        assert await bus.running_count("beta") == 0  # acked on its own stream
+
+
 # ------------------------------------------------------------------------------------------ processes
 async def test_takeover_after_kill9_stays_with_the_model(routed: Settings, bus: Bus, chat: ChatHandler,
                                                          tmp_path: Path, procs: list[WorkerProc]) -> None:
