@@ -79,6 +79,14 @@ async def test_admin_picks_the_model_per_channel_and_chat_follows(discord_harnes
     messages = await discord_bot.answer(await h.slash("chat", {"prompt": "有人吗？"}, channel=h.random,
                                                       locale="zh-CN"), timeout=15)
     assert "gamma" in messages[-1].content and "当前没有推理服务" in messages[-1].content
+    # Clearing #general's choice puts it back on the server's (gamma); only admins may.
+    inter = await h.slash("model", {"clear": True, "scope": "channel"}, user=h.bob)
+    await h.response(inter)
+    assert inter.original.ephemeral and "admin" in inter.original.content.lower()
+    inter = await h.slash("model", {"clear": True, "scope": "channel"}, user=h.carol)
+    await h.response(inter)
+    assert "**gamma**" in inter.original.content and "(server)" in inter.original.content
+    assert not await redis.hget(KEYS.overrides(ConfStore.scope(channel=h.general.id)), MODEL_FIELD)
     assert not h.errors()
 
 

@@ -43,6 +43,7 @@ i18n.register({
     "model_saved_unserved": {i18n.EN: "⚠️ No worker serves **{name}** right now: answers here will say so "
                                       "until one starts.",
                              i18n.ZH: "⚠️ 当前没有推理服务提供 **{name}**：在它启动之前，这里的回答会提示这一点。"},
+    "model_cleared": {i18n.EN: "Forgot the model chosen for {scope}.", i18n.ZH: "已清除为{scope}选择的模型。"},
     "model_unknown": {i18n.EN: "`{name}` is not one of the configured models: {names}.",
                       i18n.ZH: "`{name}` 不是已配置的模型：{names}。"},
     "model_not_admin": {i18n.EN: "Only server admins (Manage Server permission{role}) can change the model.",
@@ -55,6 +56,7 @@ i18n.register_commands({
     "model": "模型",
     "Show or choose the chat model for this server or channel": "查看或更换本服务器或频道的对话模型",
     "Which model (admins)": "哪个模型（管理员）",
+    "Forget the choice made for this scope (admins)": "清除为此范围所做的选择（管理员）",
 })
 
 
@@ -103,12 +105,13 @@ class Models(commands.Cog):
     @app_commands.command(name=locale_str("model"),
                           description=locale_str("Show or choose the chat model for this server or channel"))
     @app_commands.guild_only()
-    @app_commands.rename(name=locale_str("name"), scope=locale_str("scope"))
+    @app_commands.rename(name=locale_str("name"), scope=locale_str("scope"), clear=locale_str("clear"))
     @app_commands.describe(name=locale_str("Which model (admins)"),
-                           scope=locale_str("Server-wide or this channel only"))
+                           scope=locale_str("Server-wide or this channel only"),
+                           clear=locale_str("Forget the choice made for this scope (admins)"))
     @app_commands.choices(scope=SCOPES)
     async def model(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100] | None = None,
-                    scope: Choice[str] | None = None) -> None:
+                    scope: Choice[str] | None = None, clear: bool = False) -> None:
         lang = i18n.lang_for(interaction=interaction)
         settings = self.bot.settings
         if interaction.guild is None:
@@ -118,12 +121,17 @@ class Models(commands.Cog):
                 i18n.t("model_only_one", lang, name=routing.single_model_name(settings)), ephemeral=True,
                 allowed_mentions=NO_MENTIONS)
             return
-        if name is None:
+        if name is None and not clear:
             await interaction.response.send_message(await self._show(interaction, lang), ephemeral=True,
                                                     allowed_mentions=NO_MENTIONS)
             return
         require_admin(interaction, settings.admin_role, lang, "model_not_admin")
         key, scope_name = self._scope(interaction, scope, lang)
+        if name is None:  # clear: the scope falls back to the server's choice, or the default
+            await self.overrides.clear(key, MODEL_FIELD)
+            text = i18n.t("model_cleared", lang, scope=scope_name) + "\n\n" + await self._show(interaction, lang)
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
         try:
             await self.overrides.set_model(key, name.strip())
         except ConfError:
