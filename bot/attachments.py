@@ -3,6 +3,10 @@
 Each file is refused from its declared size before anything is downloaded, then downloaded by the bot
 (workers never see Discord URLs), validated and stored as a blob (`handlers.images.ImageIntake`).  When
 every live worker is text-only, that is said before downloading anything.
+
+Text files (`.txt`, `.md`, `.py` and other source files, `.csv`, `.json`, `.log`) are read into the message
+instead (`handlers.text_files`); a file that is neither is refused, naming what is accepted, before
+anything is downloaded.
 """
 
 from __future__ import annotations
@@ -12,8 +16,59 @@ from collections.abc import Sequence
 import discord
 
 from handlers.images import Attachment, ImageIntake, VisionHandler
+from handlers.text_files import ACCEPTED, CUT_NOTE, MESSAGES, TextFile, TextFileIntake, TextFileRefused, is_text_file
 
+from . import i18n
 from .runtime import Runtime
+
+_ZH_TEXT_FILE = {
+    "unknown_type": "我无法读取 “{name}”：我接受图片（PNG、JPEG、WebP、GIF）和文本文件（{accepted}）。",
+    "too_large": "“{name}” 有 {size_kb:.0f} KB，文本文件的上限是 {limit_kb:.0f} KB。"
+                 "请发送更小的文件，或只粘贴相关部分。",
+    "too_many": "一共 {count} 个文本文件 — 我一次最多读 {limit} 个。请少发几个。",
+    "empty": "“{name}” 是空文件，没有可读的内容。",
+    "binary": "“{name}” 看起来是二进制文件而不是文本，我无法读取。",
+    "encoding": "无法读取 “{name}”：它不是 UTF-8 或 UTF-16 文本。请另存为 UTF-8 后再试。",
+    "download": "无法下载 “{name}”。请重试。",
+}
+i18n.register({f"textfile_{code}": {i18n.EN: text, i18n.ZH: _ZH_TEXT_FILE.get(code, text)}
+               for code, text in MESSAGES.items()})
+i18n.register({"textfile_cut": {i18n.EN: "✂️ " + CUT_NOTE,
+                                i18n.ZH: "✂️ “{name}” 太长：我只读了它 {total:,} 个字符中的前 {kept:,} 个。"}})
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".svg", ".svgz")
+
+
+def looks_like_image(a: discord.Attachment) -> bool:
+    """Declared an image (by MIME type or name): the image intake validates it, or refuses it by name."""
+    return (a.content_type or "").lower().startswith("image/") or a.filename.lower().endswith(IMAGE_SUFFIXES)
+
+
+def split_attachments(attachments: Sequence[discord.Attachment]) -> tuple[list[discord.Attachment],
+                                                                          list[discord.Attachment]]:
+    """`(text files, images)`; any other file is refused here, naming what is accepted, before anything
+    is downloaded."""
+    texts: list[discord.Attachment] = []
+    images: list[discord.Attachment] = []
+    for a in attachments:
+        if is_text_file(a.filename):
+            texts.append(a)
+        elif looks_like_image(a):
+            images.append(a)
+        else:
+            raise TextFileRefused("unknown_type", name=a.filename, accepted=ACCEPTED)
+    return texts, images
+
+
+def as_attachment(a: discord.Attachment) -> Attachment:
+    return Attachment(a.filename, a.size, a.content_type, a.read)
+
+
+def cut_notes(files: Sequence[TextFile], lang: str) -> list[str]:
+    """What the person is told about files that did not fit the budget."""
+    return [i18n.t("textfile_cut", lang, name=f.name, kept=len(f.text), total=f.total_chars)
+            for f in files if f.cut]
 
 
 class DiscordImages:
@@ -22,10 +77,14 @@ class DiscordImages:
     def __init__(self, runtime: Runtime) -> None:
         self.intake = ImageIntake(runtime.bus, runtime.settings)
         self.vision = VisionHandler(runtime.chat, self.intake)
+        self.text_files = TextFileIntake(runtime.settings)
 
     async def ingest(self, attachments: Sequence[discord.Attachment]) -> list[str]:
         """Check, download, validate and store attachments; their blob references (or `InputError`)."""
         await self.vision.check_vision_available()
-        stored = await self.intake.ingest([Attachment(a.filename, a.size, a.content_type, a.read)
-                                           for a in attachments])
+        stored = await self.intake.ingest([as_attachment(a) for a in attachments])
         return [s.ref for s in stored]
+
+    async def read_text_files(self, attachments: Sequence[discord.Attachment]) -> list[TextFile]:
+        """Check (declared type, count and size first), download and decode text files (or `InputError`)."""
+        return await self.text_files.read([as_attachment(a) for a in attachments])

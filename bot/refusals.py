@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 
 from handlers.images import MESSAGES, ImageRefused
+from handlers.text_files import TextFileRefused
 from handlers.types import InputError
 
 from . import i18n
@@ -50,6 +51,8 @@ def refusal_text(exc: InputError, lang: str) -> str:
     """A handler's refusal in the person's language (image refusals have translations)."""
     if isinstance(exc, ImageRefused):
         return i18n.t(f"image_{exc.code}", lang, **exc.params)
+    if isinstance(exc, TextFileRefused):  # texts registered by bot/attachments.py
+        return i18n.t(f"textfile_{exc.code}", lang, **exc.params)
     return str(exc)
 
 

@@ -70,7 +70,7 @@ class ChatHandler:
     async def ask(self, request: Request) -> Reply:
         """Record the user's turn and submit a job that answers it from the conversation's history."""
         self.check_text(request.text)
-        user_turn = Turn("user", request.text, name=request.user_name, images=request.images)
+        user_turn = Turn("user", request.content, name=request.user_name, images=request.images)
         return await self._submit(request, user_turn=user_turn if request.record else None)
 
     async def submit(self, request: Request, *, extra_turns: list[Turn] | None = None) -> Reply:
@@ -95,7 +95,7 @@ class ChatHandler:
         if request.record:
             turns, generation = self.history.snapshot_from(*results[-2:])
         else:
-            turns = [Turn("user", request.text, name=request.user_name, images=request.images)]
+            turns = [Turn("user", request.content, name=request.user_name, images=request.images)]
         turns += extra_turns or []
         payload: dict[str, Any] = {
             "system": eff.system_prompt,

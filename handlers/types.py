@@ -28,6 +28,14 @@ class Request:
     kind: str = "chat"
     payload: dict[str, Any] = field(default_factory=dict)  # kind-specific extras
     record: bool = True  # write the turns into history
+    # Text files read into the message (handlers/text_files.py), already within TEXT_FILE_MAX_CHARS: not
+    # counted against MAX_INPUT_CHARS, which limits what the person typed.
+    files: str = ""
+
+    @property
+    def content(self) -> str:
+        """The user's turn as the model sees it: the typed text, then any text files."""
+        return "\n\n".join(part for part in (self.text, self.files) if part)
 
 
 @dataclass

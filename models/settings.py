@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     max_images_per_message: int = 4
     image_max_side: int = 1024  # images are downsized so their longer side is at most this (pixels)
     image_max_pixels: int = 50_000_000  # Pillow's decompression-bomb limit (declared width × height)
+    # --- Text files attached to chat messages (.txt .md .py .csv .json .log and other source files) ---
+    text_file_max_bytes: int = 1_000_000  # refused from the attachment's declared size, before downloading
+    text_file_max_chars: int = 12_000  # characters of all of a message's files read into the prompt; the rest is cut
+    text_files_per_message: int = 5
     article_max_new_tokens: int = 2048  # length budget of the article text (/article)
     article_repetition_penalty: float = 1.005  # XComposer's composition demo default
     # The /article prompts: `auto` = XComposer's demo prompts for an XComposer model, chat prompts for any other

@@ -17,10 +17,12 @@ from discord import app_commands
 from discord.app_commands import locale_str
 from discord.ext import commands
 
+from handlers.text_files import render
 from handlers.types import InputError, Request
 
 from .. import i18n
 from ..access import admit, permitted, refusal, require_permitted
+from ..attachments import as_attachment, cut_notes, split_attachments
 from ..conversations import channel_ids, conversation_for, request_for, settings_channel
 from ..help import help_text
 from ..refusals import refusal_text
@@ -118,9 +120,18 @@ class Chat(commands.Cog):
             guild=message.guild.id if message.guild else None, channel=settings_channel(message.channel))
         try:
             if has_images:
-                request.images = list(await self.bot.images.ingest(message.attachments))
-                request.kind = "vision" if request.images else "chat"
-                if not request.images and not text:
+                text_files, images = split_attachments(message.attachments)  # refuses other types unread
+                if text_files:
+                    self.bot.images.text_files.check([as_attachment(a) for a in text_files])  # before images
+                if images:
+                    request.images = list(await self.bot.images.ingest(images))
+                    request.kind = "vision" if request.images else "chat"
+                if text_files:
+                    files = await self.bot.images.read_text_files(text_files)
+                    request.files = render(files)
+                    for note in cut_notes(files, lang):
+                        await self.say(message, note)
+                if not request.images and not request.files and not text:
                     await self.say(message, i18n.t("empty_prompt", lang))
                     return
             reply = await self.bot.runtime.chat.ask(request)

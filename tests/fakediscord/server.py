@@ -158,6 +158,7 @@ class FakeDiscord:
     def __init__(self, world: World | None = None) -> None:
         self.world = world or World()
         self.calls: list[Call] = []
+        self.cdn_requests: list[str] = []  # the path of every CDN download (attachments fetched)
         self.sessions: dict[str, GatewaySession] = {}
         self.identifies: list[dict[str, Any]] = []
         self.gateway_log: list[tuple[str, dict[str, Any]]] = []  # (direction, payload) — for debugging
@@ -974,6 +975,7 @@ class FakeDiscord:
 
     # ------------------------------------------------------------------ CDN and fallbacks
     async def _cdn(self, request: web.Request) -> web.Response:
+        self.cdn_requests.append(request.path)
         blob = self.world.blobs.get(int(request.match_info["attachment_id"]))
         if blob is None or blob.filename != request.match_info["filename"]:
             return web.Response(status=404, text="Not Found")
