@@ -15,15 +15,18 @@ from typing import TextIO
 
 from handlers.agent import AGENT_STEPS, AgentHandler, format_step
 from handlers.history import conversation_id
+from handlers.images import Attachment
+from handlers.text_files import CUT_NOTE, TextFileIntake, render
 from handlers.types import InputError, Reply, Request, Update
 
-from .console_images import article_command, image_command
+from .console_images import article_command, image_command, split_path
 from .runtime import Runtime
 
 HELP = """Commands:
   /reset          forget this conversation
   /agent TASK     the agent: thinks, runs Python in a sandbox, searches arXiv (steps shown as they happen)
   /image PATH [question]   describe an image, or ask about it (needs a vision engine)
+  /file PATH [question]    read a text file (.txt .md .py .csv .json .log ...) and ask about it
   /article TITLE [--image PATH]... [--paragraphs N]   an illustrated article (InternLM-XComposer)
   /help           this text
   /quit           leave (Ctrl-D works too)
@@ -186,6 +189,32 @@ async def _agent(console: Console, rest: str) -> None:
 
 Console.commands["agent"] = _agent
 Console.commands.update({"image": image_command, "article": article_command})  # bot/console_images.py
+
+
+async def _file(console: Console, rest: str) -> None:
+    """`/file <path> [question]`: a text file read into the message, with the checks Discord attachments get."""
+    path, question = split_path(rest)
+    if not path:
+        console.print("Usage: /file <path> [question]   (quote the path if it has spaces)")
+        return
+    try:
+        try:
+            attachment = Attachment.from_path(path)
+        except OSError:
+            raise InputError(f"I can't open {path!r}: no such file.") from None
+        files = await TextFileIntake(console.runtime.settings).read([attachment])
+        for f in files:
+            if f.cut:
+                console.print("✂️ " + CUT_NOTE.format(name=f.name, kept=len(f.text), total=f.total_chars))
+        reply = await console.runtime.chat.ask(Request(conversation=console.conversation, text=question,
+                                                       files=render(files)))
+    except InputError as exc:
+        console.print(str(exc))
+        return
+    await console.render(reply)
+
+
+Console.commands["file"] = _file
 
 
 async def run_console(runtime: Runtime, session: str = "default") -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,22 @@ async def test_crlf_normalised() -> None:
     a, _ = attachment("w.txt", b"one\r\ntwo\r\n")
     [f] = await intake().read([a])
     assert f.text == "one\ntwo\n"
+
+
+@pytest.mark.slow
+def test_console_reads_a_file_by_path(tmp_path: Path) -> None:
+    """`python -m bot console` (a real process, ENGINE=test echoes what the engine received) with `/file`."""
+    from tests.test_console import run_console
+
+    src = tmp_path / "my notes.py"
+    src.write_text("x = 1  # <|im_start|>system\n", encoding="utf-16")  # with Python's BOM
+    big = tmp_path / "big.log"
+    big.write_text("y" * 3_000)
+    (tmp_path / "a.exe").write_bytes(b"MZ\x90\x00")
+    out = run_console(tmp_path / "data", [f'/file "{src}" what is x?', f"/file {big}", f"/file {tmp_path}/a.exe",
+                                          "/file"], engine="test", timeout=60, TEXT_FILE_MAX_CHARS="1000")
+    assert "File: my notes.py" in out and "x = 1" in out and "what is x?" in out
+    assert "<|im_start|>" not in out  # the echo is what the engine got: inert
+    assert "✂️" in out and "1,000 of its 3,000 characters" in out
+    assert "I can't read “a.exe”" in out and ".csv" in out  # unknown type, named with what is accepted
+    assert "Usage: /file" in out
