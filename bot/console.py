@@ -20,6 +20,7 @@ from handlers.text_files import CUT_NOTE, TextFileIntake, render
 from handlers.types import InputError, Reply, Request, Update
 
 from .console_images import article_command, image_command, split_path
+from .renderer import NO_ANSWER
 from .runtime import Runtime
 
 HELP = """Commands:
@@ -53,6 +54,10 @@ class Console:
     def print(self, text: str = "", *, end: str = "\n") -> None:
         self.out.write(text + end)
         self.out.flush()
+
+    def dim(self, text: str) -> str:
+        """`text` dimmed (ANSI faint) on a terminal; plain when the output is a file or a pipe."""
+        return f"\x1b[2m{text}\x1b[0m" if text and self.out.isatty() else text
 
     def status(self, text: str) -> None:
         """A transient line on stderr (only on a terminal)."""
@@ -91,6 +96,7 @@ class Console:
     async def render(self, reply: Reply) -> Update | None:
         """Stream a reply to stdout; returns the final update."""
         shown = 0
+        thought = 0  # characters of thinking printed
         tick = 0
         final: Update | None = None
         async for update in self.runtime.chat.follow(reply):
@@ -101,14 +107,23 @@ class Console:
                 self.status(f"{SPINNER[tick % len(SPINNER)]} {note}")
             elif update.kind == "restart":
                 self.clear_status()
-                if shown:
+                if shown or thought:
                     self.print("\n[the worker restarted; answering again]")
-                shown = 0
+                shown = thought = 0
+            elif update.kind == "thinking":  # a reasoning model's thinking, dimmed, before its answer
+                self.clear_status()
+                thinking = str(update.data.get("thinking", ""))
+                self.print(self.dim(thinking[thought:]), end="")
+                thought = len(thinking)
             elif update.kind in ("text", "done"):
                 self.clear_status()
+                if thought and not shown and update.text:
+                    self.print("\n")  # the answer starts below the thinking
                 self.print(update.text[shown:], end="")
                 shown = len(update.text)
                 if update.kind == "done":
+                    if update.data.get("unclosed_thinking") and not update.text.strip():
+                        self.print(("\n" if thought else "") + NO_ANSWER, end="")
                     suffix = " [stopped]" if update.data.get("stopped") else ""
                     self.print(suffix)
             elif update.kind == "step":

@@ -7,9 +7,26 @@ the whole body to show, or None to leave the display unchanged.
 
 from __future__ import annotations
 
+import re
+
 from handlers.types import Update
 
 from . import i18n
+
+# A reasoning model's thinking is shown as one subtext line under a spoiler, clipped to its newest part, so
+# the answer keeps its room (a message holds 2,000 characters) and the reader opens it only if curious.
+THINKING_SHOWN = 300
+NO_ANSWER = "⚠️ The model was still thinking when it stopped, and gave no answer. Try again, or ask for less."
+
+
+def thinking_line(thinking: str, limit: int = THINKING_SHOWN) -> str:
+    """`-# 💭 ||…thinking||`: whitespace collapsed to one line (subtext is one line), its newest `limit`
+    characters, with `|` and backticks replaced so the model's text cannot end the spoiler or open a code
+    block that the message splitter would keep whole."""
+    flat = re.sub(r"\s+", " ", thinking).strip().replace("|", "¦").replace("`", "ˋ")
+    if len(flat) > limit:
+        flat = "…" + flat[-limit:].lstrip()
+    return f"-# 💭 ||{flat}||" if flat else ""
 
 
 class Renderer:
@@ -23,15 +40,33 @@ class Renderer:
     def __init__(self, lang: str = i18n.EN) -> None:
         self.lang = lang
         self.answer = ""
+        self.thinking = ""  # a reasoning model's thinking so far (never part of `answer`)
+        self.unclosed = False  # it never closed `<think>`: no answer came
 
     def render(self, update: Update) -> str | None:
-        if update.kind in ("text", "done", "error"):
+        if update.kind == "thinking":
+            self.thinking = str(update.data.get("thinking", ""))
             self.answer = update.text
+        elif update.kind in ("text", "done", "error"):
+            self.answer = update.text
+            if update.kind == "done":
+                if update.data.get("display", "spoiler") != "hidden":
+                    kept = update.data.get("thinking")
+                    self.thinking = kept if isinstance(kept, str) else self.thinking
+                self.unclosed = bool(update.data.get("unclosed_thinking"))
         elif update.kind == "restart":
-            self.answer = ""
+            self.answer = self.thinking = ""
+            self.unclosed = False
         else:
             return None
-        return self.answer
+        return self.body()
+
+    def body(self) -> str:
+        """The thinking line (if any), then the answer, or the no-answer note for a model that never
+        closed `<think>`."""
+        answer = self.answer if self.answer.strip() or not self.unclosed else NO_ANSWER
+        line = thinking_line(self.thinking)
+        return f"{line}\n{answer}" if line and answer else line or answer
 
     def finish(self, update: Update) -> str:
         body = self.render(update)

@@ -117,7 +117,7 @@ class ReplyStreamer:
             self.body = body if body is not None else ""
         elif kind == "file":
             self.files.append(dict(update.data))
-        elif kind in ("text", "step"):
+        elif kind in ("text", "thinking", "step"):
             body = self.renderer.render(update)
             if body is not None:
                 self.body = body

@@ -151,6 +151,7 @@ class ChatHandler:
         job_id = reply.job.id
         attempt = 1
         parts: list[str] = []
+        thinking: list[str] = []
         started = False
         last_news = time.monotonic()
         no_worker_since: float | None = None
@@ -201,6 +202,7 @@ class ChatHandler:
                 if not event.final:  # a dead-letter error needs no "answering again" first
                     yield Update("restart", attempt=attempt)
                 parts.clear()
+                thinking.clear()
             if event.type == "status":
                 if not started:
                     started = True
@@ -209,6 +211,12 @@ class ChatHandler:
                 started = True
                 parts.append(event.data.get("text", ""))
                 yield Update("text", text="".join(parts), attempt=attempt)
+            elif event.type == "thinking":  # a reasoning model's thinking: shown apart, never recorded
+                started = True
+                thinking.append(str(event.data.get("text", "")))
+                if self.settings.reasoning_display != "hidden":
+                    yield Update("thinking", text="".join(parts), attempt=attempt,
+                                 data={"thinking": "".join(thinking), "display": self.settings.reasoning_display})
             elif event.type == "step":
                 started = True
                 yield Update("step", text="".join(parts), attempt=attempt, data=event.data)
@@ -217,9 +225,10 @@ class ChatHandler:
             elif event.type == "done":
                 text = event.data.get("text")
                 text = text if isinstance(text, str) else "".join(parts)
-                recording = self._start_recording(reply, text, event.data)
+                recording = self._start_recording(reply, text, event.data)  # the answer only, not the thinking
+                data = {**event.data, "display": self.settings.reasoning_display}
                 try:
-                    yield Update("done", text=text, attempt=attempt, data=event.data)
+                    yield Update("done", text=text, attempt=attempt, data=data)
                 finally:
                     if recording is not None:
                         with contextlib.suppress(Exception):  # logged by `_recorded`

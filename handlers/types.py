@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from models.protocol import Job
 
-UpdateKind = Literal["queued", "no_worker", "started", "text", "step", "file", "restart", "done", "error"]
+UpdateKind = Literal["queued", "no_worker", "started", "text", "thinking", "step", "file", "restart", "done", "error"]
 
 
 @dataclass

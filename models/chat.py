@@ -12,11 +12,13 @@ special tokens; only the chat template adds real ones.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from .context import BadPayload, JobContext, JobError
 from .engines.base import ChatMessage, VisionUnsupported
 from .prompting import fit_messages
+from .reasoning import THINKING_SINK, ReasoningSplitter
 from .untrusted import inert
 
 ROLES = {"user", "assistant", "system", "environment"}
@@ -104,7 +106,13 @@ async def build_messages(ctx: JobContext, raw: Any) -> list[ChatMessage]:
     return messages
 
 
+THINKING_EVERY = 0.3  # seconds between `thinking` events: the front ends redraw about once a second anyway
+THINKING_KEPT = 20_000  # characters of thinking carried by the `done` event (for the final display)
+
+
 async def run_chat(ctx: JobContext) -> None:
+    """Stream the answer as `delta`s and a reasoning model's thinking as `thinking` events (never as
+    answer text); `done` carries the answer alone, which is what history records."""
     payload = ctx.job.payload
     params = ctx.params()
     turns = await build_messages(ctx, payload.get("messages"))
@@ -112,13 +120,47 @@ async def run_chat(ctx: JobContext) -> None:
     system = inert(system if isinstance(system, str) else ctx.settings.system_prompt, ctx.engine.special_tokens)
     prompt = fit_messages(ctx.engine, system, turns, params.max_new_tokens)
     prompt_tokens = ctx.engine.count_message_tokens(prompt)
-    parts: list[str] = []
-    async for piece in ctx.engine.stream_chat(prompt, params, ctx.cancel):
-        parts.append(piece)
-        await ctx.delta(piece)
-        if ctx.cancel.is_set():
-            break
-    text = "".join(parts)
+    splitter = ReasoningSplitter()
+    thought: list[str] = []  # thinking not sent yet
+    sent_at = float("-inf")
+
+    async def route(parts: list[tuple[str, str]], *, flush: bool = False) -> None:
+        nonlocal sent_at
+        for kind, text in parts:
+            if kind == "thinking":
+                thought.append(text)
+            else:
+                flush = True  # the answer began: the thinking before it goes first
+                if thought:
+                    await send_thinking()
+                await ctx.delta(text)
+        if thought and (flush or time.monotonic() - sent_at >= THINKING_EVERY):
+            await send_thinking()
+
+    async def send_thinking() -> None:
+        nonlocal sent_at
+        text = "".join(thought)
+        thought.clear()
+        sent_at = time.monotonic()
+        await ctx.emit("thinking", {"text": text})
+
+    sink = THINKING_SINK.set(splitter.reasoning)
+    try:
+        async for piece in ctx.engine.stream_chat(prompt, params, ctx.cancel):
+            await route(splitter.drain() + splitter.feed(piece))
+            if ctx.cancel.is_set():
+                break
+    finally:
+        THINKING_SINK.reset(sink)
+    await route(splitter.drain() + splitter.finish(), flush=True)
+    text = splitter.answer
+    data: dict[str, Any] = {}
+    if splitter.thinking:
+        data["thinking"] = splitter.thinking[-THINKING_KEPT:]
+        data["thinking_chars"] = len(splitter.thinking)
+    if splitter.unclosed:
+        data["unclosed_thinking"] = True
+    produced = splitter.thinking + text
     await ctx.done(text, prompt_tokens=prompt_tokens,
-                   completion_tokens=ctx.engine.count_tokens(text) if text else 0,
-                   stopped=ctx.cancel.is_set())
+                   completion_tokens=ctx.engine.count_tokens(produced) if produced else 0,
+                   stopped=ctx.cancel.is_set(), extra=data)

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     text_file_max_bytes: int = 1_000_000  # refused from the attachment's declared size, before downloading
     text_file_max_chars: int = 12_000  # characters of all of a message's files read into the prompt; the rest is cut
     text_files_per_message: int = 5
+    # A reasoning model's thinking (`<think>…</think>`, lmdeploy's reasoning_content): never in history; shown
+    # `spoiler` (a short subtext line under a spoiler above the answer) or `hidden`.
+    reasoning_display: Literal["spoiler", "hidden"] = "spoiler"
     article_max_new_tokens: int = 2048  # length budget of the article text (/article)
     article_repetition_penalty: float = 1.005  # XComposer's composition demo default
     # The /article prompts: `auto` = XComposer's demo prompts for an XComposer model, chat prompts for any other
@@ -142,6 +145,9 @@ class Settings(BaseSettings):
     # --- Agent (/agent) and its Python sandbox ----------------------------------------------------
     agent_max_turns: int = 6  # model calls per agent run (each may run one tool)
     agent_timeout: float = 180.0  # overall deadline (seconds) of one agent run
+    # How the agent talks to the model: `internlm2` = InternLM2's raw protocol (special tokens, any engine);
+    # `tools` = OpenAI function calling (ENGINE=openai with a server that accepts `tools`; docs/agent.md).
+    agent_protocol: Literal["internlm2", "tools"] = "internlm2"
     agent_arxiv: bool = True  # offer the arXiv search tool (needs internet)
     arxiv_base_url: str = "https://export.arxiv.org/api/query"
     arxiv_timeout: float = 15.0

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import openai
 
+from ..reasoning import THINKING_SINK
 from ..settings import Settings
 from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
 
@@ -70,6 +71,7 @@ class OpenAIEngine(Engine):
 
     name = "openai"
     supports_raw = True
+    supports_tools = True  # `stream_tool_chat`: the agent's AGENT_PROTOCOL=tools
 
     def __init__(self, base_url: str, api_key: str = "", chat_model: str = "", vision_model: str = "",
                  vision_base_url: str = "", context_window: int = 32768, timeout: float = 120.0) -> None:
@@ -170,8 +172,35 @@ class OpenAIEngine(Engine):
         create = client.chat.completions.create(model=model, messages=self.to_openai_messages(messages),
                                                 stream=True, **self.sampling(params))
         async for chunk in self._stream(create, cancel, url, model):
-            if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                yield chunk.choices[0].delta.content
+            delta = chunk.choices[0].delta if chunk.choices else None
+            # lmdeploy's --reasoning-parser streams thinking as `reasoning_content` (models/reasoning.py)
+            thought = getattr(delta, "reasoning_content", None)  # an extra field: openai's models keep those
+            if isinstance(thought, str) and thought and (sink := THINKING_SINK.get()) is not None:
+                sink(thought)
+                yield ""  # the chat runner sees the thinking now, not with the next piece of the answer
+            if delta is not None and delta.content:
+                yield delta.content
+
+    async def stream_tool_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: GenParams,
+                               cancel: asyncio.Event) -> AsyncIterator[dict[str, Any]]:
+        """The agent over OpenAI tool calling: `messages` already in the wire format (`tool` role results with
+        their `tool_call_id`), `tools` as function declarations.  Yields `{"content": text}` and
+        `{"tool_call": {"index", "id", "name", "arguments"}}` deltas as the server streams them (vLLM and
+        lmdeploy send the id and name first, then argument fragments; the caller joins them by index)."""
+        extra: dict[str, Any] = {"tools": tools} if tools else {}  # an empty list is an error on some servers
+        create = self.client.chat.completions.create(model=self.chat_model, messages=messages, stream=True,
+                                                     **extra, **self.sampling(params))
+        async for chunk in self._stream(create, cancel, self.base_url, self.chat_model):
+            delta = chunk.choices[0].delta if chunk.choices else None
+            if delta is None:
+                continue
+            if delta.content:
+                yield {"content": delta.content}
+            for call in delta.tool_calls or []:
+                function = call.function
+                yield {"tool_call": {"index": call.index or 0, "id": call.id or "",
+                                     "name": (function.name if function else "") or "",
+                                     "arguments": (function.arguments if function else "") or ""}}
 
     async def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         """Raw completions keep special tokens: the agent's InternLM2 tool markers (`<|action_start|>`…) are

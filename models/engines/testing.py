@@ -9,6 +9,8 @@ What it answers (so tests can script it without a model):
   named model of `CHAT_MODELS`), word by word;
 * a user message containing `[[repeat:N]]` yields N numbered words;
 * `[[say:TEXT]]` yields TEXT verbatim (split into small pieces);
+* `[[think:THOUGHT|ANSWER]]` yields `<think>THOUGHT</think>` then ANSWER, as reasoning models write; without
+  `|ANSWER` the `<think>` is never closed;
 * `[[fail]]` raises an error inside the engine; `[[slow]]` multiplies the delay by 20.
 
 Its `special_tokens` stand for a tokenizer's own control tokens: by default a Gemma-style pair
@@ -62,6 +64,9 @@ class TestEngine(Engine):
                 return [f"w{i} " for i in range(int(arg or 10))]
             if name == "say":
                 return _pieces(arg)
+            if name == "think":  # a reasoning model: `[[think:THOUGHT|ANSWER]]`; no `|` = never closes <think>
+                thought, bar, answer = arg.partition("|")
+                return _pieces("<think>" + thought + ("</think>\n\n" + answer if bar else ""), 3)
             if name == "fail":
                 raise EngineError("the test engine was asked to fail")
         images = sum(len(m.images) for m in messages)

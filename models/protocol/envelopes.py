@@ -13,7 +13,7 @@ from .errors import ProtocolError
 
 JobKind = Literal["chat", "agent", "vision", "article"]
 JOB_KINDS: tuple[str, ...] = ("chat", "agent", "vision", "article")
-EventType = Literal["delta", "step", "file", "status", "done", "error"]
+EventType = Literal["delta", "thinking", "step", "file", "status", "done", "error"]  # thinking: models/reasoning.py
 FINAL_EVENTS = ("done", "error")
 
 
