@@ -18,6 +18,13 @@ Scripting (attributes, set between requests):
   prompt contains what that turn `requires` (the real tool result of the turn before); a request that does
   not is answered with HTTP 409 and noted in `replay_errors`, so a test sees that the model "spoke" only
   after the tool really answered.
+* tool calling: a `ReplayTurn` with `tool_calls` ((name, arguments JSON text), ...) streams them as chat deltas
+  the way lmdeploy and vLLM do (lmdeploy `lmdeploy/serve/openai/tool_parser/internlm2_parser.py`
+  @ 007255867d9c785c3cbf1494b37d3b97806f5cad, `chat_completions/serving.py` @ 1263d5cd889b7ad500e85b8eb20401327a4516ab):
+  a first delta with `index`, `id`, `type: "function"` and `function.name` (no arguments), then deltas with
+  argument fragments only, and a last chunk with `finish_reason: "tool_calls"`.  Requests' `tools` are checked
+  as those servers check them (each a `{"type": "function", "function": {"name": ...}}`), and a `tool` message
+  must answer a `tool_call_id` that an earlier assistant message called (HTTP 400 otherwise, as OpenAI answers).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import binascii
 import io
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +78,7 @@ class ReplayTurn:
 
     reply: str
     requires: tuple[str, ...] = ()
+    tool_calls: tuple[tuple[str, str], ...] = ()  # (function name, arguments as the model wrote them)
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -182,8 +191,11 @@ class FakeOpenAI:
                             return self._error(400, f"bad image: {exc}")
                     elif part.get("type") != "text":
                         return self._error(400, f"unknown content part {part.get('type')!r}")
-            elif not isinstance(content, str):
+            elif not isinstance(content, str) and not (content is None and message.get("tool_calls")):
                 return self._error(400, "content must be a string or a list of parts")
+        problem = self._check_tools(rec.body)
+        if problem:
+            return self._error(400, problem)
         return await self._stream(request, rec, chat=True)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -194,7 +206,27 @@ class FakeOpenAI:
             return self._error(400, "prompt must be a string")
         return await self._stream(request, rec, chat=False)
 
-    def _replayed(self, body: dict[str, Any]) -> str | web.Response:
+    @staticmethod
+    def _check_tools(body: dict[str, Any]) -> str:
+        """What a tool-calling server would reject in the request ('' if nothing)."""
+        tools = body.get("tools")
+        if tools is not None and not (isinstance(tools, list) and all(
+                isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+                and isinstance(t["function"].get("name"), str) for t in tools)):
+            return "tools must be a list of {type: function, function: {name, ...}}"
+        called: set[str] = set()
+        for message in body.get("messages") or []:
+            for call in message.get("tool_calls") or []:
+                if not isinstance(call, dict) or not call.get("id") or not isinstance(call.get("function"), dict):
+                    return "tool_calls entries need an id and a function"
+                if not isinstance(call["function"].get("arguments"), str):
+                    return "function.arguments must be a string"
+                called.add(call["id"])
+            if message.get("role") == "tool" and message.get("tool_call_id") not in called:
+                return f"tool message answers unknown tool_call_id {message.get('tool_call_id')!r}"
+        return ""
+
+    def _replayed(self, body: dict[str, Any]) -> ReplayTurn | web.Response:
         assert self.turns is not None
         if not self.turns:
             self.replay_errors.append("a request after the recorded run had ended")
@@ -204,7 +236,7 @@ class FakeOpenAI:
         if missing:
             self.replay_errors.append(f"turn asked for before its input arrived: missing {missing!r}")
             return self._error(409, f"the prompt lacks {missing!r}")
-        return self.turns.pop(0).reply
+        return self.turns.pop(0)
 
     def _as_served(self, text: str, body: dict[str, Any]) -> str:
         """The output as lmdeploy/vLLM would send it: cut at a stop string, special tokens dropped unless kept."""
@@ -219,11 +251,12 @@ class FakeOpenAI:
         return text
 
     async def _stream(self, request: web.Request, rec: Recorded, *, chat: bool) -> web.StreamResponse:
+        calls: tuple[tuple[str, str], ...] = ()
         if self.turns is not None:
             replayed = self._replayed(rec.body)
             if isinstance(replayed, web.Response):
                 return replayed
-            text = replayed
+            text, calls = replayed.reply, replayed.tool_calls
         else:
             text = self.reply(rec.body) if callable(self.reply) else self.reply
         text = self._as_served(text, rec.body)
@@ -253,6 +286,9 @@ class FakeOpenAI:
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
+            if chat and calls:
+                for chunk in self._tool_call_chunks(calls, rec.body["model"], created):
+                    await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except ConnectionResetError:  # the client went away mid-answer (closed its stream early): normal
@@ -261,6 +297,24 @@ class FakeOpenAI:
             self.disconnected.set()
             raise
         return response
+
+    @staticmethod
+    def _tool_call_chunks(calls: tuple[tuple[str, str], ...], model: str, created: int) -> list[dict[str, Any]]:
+        """The calls as lmdeploy/vLLM stream them: id, type and name first, then argument fragments."""
+        chunks = []
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": "fake-1", "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        for index, (name, arguments) in enumerate(calls):
+            chunks.append(chunk({"role": "assistant", "tool_calls": [
+                {"index": index, "id": f"chatcmpl-tool-{uuid.uuid4().hex[:12]}", "type": "function",
+                 "function": {"name": name}}]}))
+            for i in range(0, len(arguments), 7):
+                chunks.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[i:i + 7]}}]}))
+        chunks.append(chunk({}, "tool_calls"))
+        return chunks
 
     async def _wait_for_disconnect(self, request: web.Request) -> None:
         try:

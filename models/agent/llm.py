@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import queue
 import threading
 import time
@@ -31,7 +32,7 @@ from ..engines.base import ChatMessage, Engine, GenParams
 STOP_WORDS = ["<|im_end|>", "<|action_end|>"]
 CLOSE_GRACE = 5.0  # seconds an engine gets to close its stream once told to stop, before it is cancelled
 _END = object()
-Factory = Callable[[asyncio.Event], AsyncIterator[str]]  # opens the engine's stream with a call's cancel event
+Factory = Callable[[asyncio.Event], AsyncIterator[Any]]  # opens the engine's stream with a call's cancel event
 
 
 class AgentStopped(Exception):
@@ -54,6 +55,7 @@ class EngineLLM(BaseModel):
         self.stop = stop  # set by the runner: cancel pressed or deadline reached
         self.deadline = deadline  # time.monotonic() value
         self.raw = engine.supports_raw if raw is None else raw
+        self.tool_params = params  # tool calling: the server's parser reads the markers, so no stop words of ours
         self.calls = 0
         self.prompt_tokens = 0  # summed over the run's model calls (usage in the done event)
         self.completion_tokens = 0
@@ -116,9 +118,8 @@ class EngineLLM(BaseModel):
             final = text
         return final
 
-    def _stream(self, factory: Factory) -> Iterator[str]:
-        """Run the engine's generator on the loop; yield the accumulated text, cut at the first stop word
-        (some servers do not apply multi-token stop strings themselves).
+    def _items(self, factory: Factory) -> Iterator[Any]:
+        """Run the engine's generator on the loop and yield what it yields.
 
         Ending a call early (a stop word seen here, the Stop button, the deadline) sets this call's own
         cancel event, the engine's documented way to stop: it returns, closing its stream (an HTTP
@@ -149,7 +150,6 @@ class EngineLLM(BaseModel):
                 pieces.put(_END)
 
         future = asyncio.run_coroutine_threadsafe(pump(), self.loop)
-        text = ""
         try:
             while True:
                 if self.stop.is_set() or time.monotonic() > self.deadline:
@@ -162,14 +162,48 @@ class EngineLLM(BaseModel):
                     return
                 if isinstance(item, Exception):
                     raise item
-                text += item
-                cut = min((i for i in (text.find(s) for s in STOP_WORDS) if i >= 0), default=-1)
-                if cut >= 0:
-                    yield text[:cut]
-                    return
-                yield text
+                yield item
         finally:
             self._close(future, lambda: call_cancel)
+
+    def _stream(self, factory: Factory) -> Iterator[str]:
+        """The engine's text pieces (`_items`), accumulated and cut at the first stop word (some servers do not
+        apply multi-token stop strings themselves)."""
+        text = ""
+        for item in self._items(factory):
+            text += item
+            cut = min((i for i in (text.find(s) for s in STOP_WORDS) if i >= 0), default=-1)
+            if cut >= 0:
+                yield text[:cut]
+                return
+            yield text
+
+    # ------------------------------------------------------------------ OpenAI tool calling
+    def tool_chat(self, messages: list[dict[str, Any]],
+                  tools: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+        """One model call with OpenAI `tools` (`engine.stream_tool_chat`): the text it wrote and its tool calls,
+        each `{"id", "name", "arguments"}` assembled from the streamed deltas (arguments still a JSON string,
+        unparsed: the caller reports bad JSON to the model)."""
+        self.calls += 1
+        self.prompt_tokens += self.engine.count_tokens(json.dumps([messages, tools], ensure_ascii=False))
+        stream_tool_chat = self.engine.stream_tool_chat  # type: ignore[attr-defined]
+
+        def factory(cancel: asyncio.Event) -> AsyncIterator[Any]:
+            return stream_tool_chat(messages, tools, self.tool_params, cancel)
+
+        text = ""
+        calls: dict[int, dict[str, str]] = {}
+        for item in self._items(factory):
+            if "content" in item:
+                text += item["content"]
+                continue
+            delta = item["tool_call"]
+            call = calls.setdefault(delta["index"], {"id": "", "name": "", "arguments": ""})
+            call["id"] = call["id"] or delta.get("id") or ""
+            call["name"] += delta.get("name") or ""
+            call["arguments"] += delta.get("arguments") or ""
+        self.completion_tokens += self.engine.count_tokens(text + "".join(c["arguments"] for c in calls.values()))
+        return text, [calls[i] for i in sorted(calls)]
 
     def _close(self, future: concurrent.futures.Future[None], event: Callable[[], asyncio.Event | None]) -> None:
         """Stop the pump through the call's cancel event and wait for it to wind down (it closes the stream)."""

@@ -26,7 +26,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Generator, Iterator
 from typing import Any
 
 from lagent.actions import ActionExecutor
@@ -170,6 +170,22 @@ class StepAgent(Internlm2Agent):
 
     def _run_tool(self, turn: int, name: str, call: dict[str, Any], thought: str,
                   inner: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        result = yield from self.execute(turn, name, call)
+        # The turn as the model wrote it (its fenced code, its JSON), inert, for the protocol to re-render.
+        inner.append({"role": "language", "content": self.inert(thought)})
+        if name == "interpreter":
+            content = call["parameters"]["command"]
+        else:
+            content = json.dumps({"name": call["name"], "parameters": call["parameters"]}, ensure_ascii=False)
+        inner.append({"role": "tool", "name": name, "content": self.inert(content)})
+        response = self._protocol.format_response(result, name=name)
+        response["content"] = self.inert(clip(response["content"], MODEL_RESULT_CHARS)[0])
+        inner.append(response)
+
+    def execute(self, turn: int, name: str, call: dict[str, Any]) -> Generator[dict[str, Any], None, ActionReturn]:
+        """Run a checked call (`name` "interpreter" or "plugin") and yield its `tool_call`, `tool_result` and
+        `figure` steps; return Lagent's result for the protocol to give back to the model.  Shared by both
+        agent protocols (models/agent/function_calling.py)."""
         executor = self._interpreter_executor if name == "interpreter" else self._action_executor
         assert executor is not None
         if name == "interpreter":
@@ -202,16 +218,7 @@ class StepAgent(Internlm2Agent):
         if ran:
             for figure in python.results[-1].figures:
                 yield {"type": "figure", "turn": turn, "name": figure.name, "data": figure.data, "mime": figure.mime}
-        # The turn as the model wrote it (its fenced code, its JSON), inert, for the protocol to re-render.
-        inner.append({"role": "language", "content": self.inert(thought)})
-        if name == "interpreter":
-            content = call["parameters"]["command"]
-        else:
-            content = json.dumps({"name": call["name"], "parameters": call["parameters"]}, ensure_ascii=False)
-        inner.append({"role": "tool", "name": name, "content": self.inert(content)})
-        response = self._protocol.format_response(result, name=name)
-        response["content"] = self.inert(clip(response["content"], MODEL_RESULT_CHARS)[0])
-        inner.append(response)
+        return result
 
     def _python(self) -> SandboxedPython | None:
         actions = self._interpreter_executor.actions.values() if self._interpreter_executor else []
@@ -279,8 +286,17 @@ async def run_agent(ctx: JobContext) -> None:
     params = ctx.params()
     llm = EngineLLM(ctx.engine, loop, params, ctx.cancel, stop, deadline)
     interpreter, plugins = build_executors(sandbox, settings, python=not python_off)
-    agent = StepAgent(llm, interpreter, plugins, max(1, settings.agent_max_turns), stop, tokens=tokens,
-                      python_off=python_off)
+    agent_class: type[StepAgent] = StepAgent
+    if getattr(settings, "agent_protocol", "internlm2") == "tools":
+        from .function_calling import ToolAgent, tools_unavailable  # it builds on this module
+
+        unavailable = tools_unavailable(ctx.engine)
+        if unavailable:
+            await ctx.step({"type": "note", "turn": 0, "title": "Note", "text": unavailable + "."})
+        else:
+            agent_class = ToolAgent
+    agent = agent_class(llm, interpreter, plugins, max(1, settings.agent_max_turns), stop, tokens=tokens,
+                        python_off=python_off)
     if python_off:
         await ctx.step({"type": "note", "turn": 0, "title": "Note", "python_off": True,
                         "text": python_off_note(python_off, plugins)})
