@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import aiohttp
 import discord
 
 from handlers.images import Attachment, ImageIntake, VisionHandler
@@ -65,6 +66,25 @@ def as_attachment(a: discord.Attachment) -> Attachment:
     return Attachment(a.filename, a.size, a.content_type, a.read)
 
 
+def capped_attachment(a: discord.Attachment, limit: int) -> Attachment:
+    """Like `as_attachment`, but the download stops after `limit` + 1 bytes and is refused: the declared
+    `size` is checked first, and this holds even if it was wrong (discord.py's `read` reads everything)."""
+
+    async def fetch() -> bytes:
+        data = bytearray()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            async with session.get(a.url) as resp:
+                resp.raise_for_status()
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    data += chunk
+                    if len(data) > limit:
+                        raise TextFileRefused("too_large", name=a.filename, size_kb=len(data) / 1000,
+                                              limit_kb=limit / 1000)
+        return bytes(data)
+
+    return Attachment(a.filename, a.size, a.content_type, fetch)
+
+
 def cut_notes(files: Sequence[TextFile], lang: str) -> list[str]:
     """What the person is told about files that did not fit the budget."""
     return [i18n.t("textfile_cut", lang, name=f.name, kept=len(f.text), total=f.total_chars)
@@ -87,4 +107,4 @@ class DiscordImages:
 
     async def read_text_files(self, attachments: Sequence[discord.Attachment]) -> list[TextFile]:
         """Check (declared type, count and size first), download and decode text files (or `InputError`)."""
-        return await self.text_files.read([as_attachment(a) for a in attachments])
+        return await self.text_files.read([capped_attachment(a, self.text_files.max_bytes) for a in attachments])

@@ -8,6 +8,7 @@ object (`size` is the byte length, docs: https://discord.com/developers/docs/res
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 from typing import Any
 
@@ -112,3 +113,58 @@ async def test_long_file_is_cut_with_a_note_the_user_sees(discord_harness: Harne
     content = engine_saw(discord_bot)[-1][-1].content
     assert body[:300] in content and body[300:320] not in content
     assert "1,700 more characters not shown" in content  # the model is told too
+
+
+async def test_a_wrong_declared_size_still_stops_the_download(discord_harness: Harness, discord_bot: BotRunner,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Discord computes `size` itself, but the bot does not rely on it: the read is capped as well."""
+    from tests.fakediscord import state
+
+    real = state.Attachment.payload
+
+    def lying(self: Any) -> dict[str, Any]:
+        out = real(self)
+        if self.filename == "liar.txt":
+            out["size"] = 100
+        return out
+
+    monkeypatch.setattr(state.Attachment, "payload", lying)
+    h = discord_harness
+    await discord_bot.start(text_file_max_bytes=200_000)
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} read",
+                       attachments=[("liar.txt", b"a" * 5_000_000, "text/plain")])
+    [reply] = await h.reply_to(msg)
+    assert "liar.txt" in reply.content and "200 KB" in reply.content
+    assert len(h.server.cdn_requests) == 1 and engine_saw(discord_bot) == []
+
+
+async def test_capped_read_stops_an_endless_download() -> None:
+    """A CDN answer that never ends (no Content-Length, chunked forever) is cut off just past the limit; an
+    uncapped read would hang here until the test's timeout."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from bot.attachments import capped_attachment
+    from handlers.text_files import TextFileRefused
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        while True:
+            await resp.write(b"y" * 65536)
+
+    app = web.Application()
+    app.router.add_get("/f.txt", endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        fake = SimpleNamespace(url=f"http://127.0.0.1:{port}/f.txt", filename="f.txt", size=10, content_type=None)
+        with pytest.raises(TextFileRefused) as err:
+            await asyncio.wait_for(capped_attachment(fake, 300_000).fetch(), 20)  # type: ignore[arg-type]
+        assert err.value.code == "too_large"
+    finally:
+        await runner.cleanup()
