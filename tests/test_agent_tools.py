@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from test_agent import steps
+from test_agent import ScriptedEngine, steps
 from test_agent_replay import FORGED, NoIsolation, recorded_papers, run
 from test_arxiv import AtomServer, feed_of
 
@@ -197,3 +197,41 @@ async def test_python_off_is_not_declared_and_a_call_is_answered(
     assert steps(updates, "tool_call") == []  # NoIsolation.run would have failed the test
     assert "bubblewrap cannot create namespaces" in tool_messages(server.requests[1].body)[0]["content"]
     assert updates[-1].kind == "done" and updates[-1].text == "2**20 is 1048576."
+
+
+async def test_an_engine_without_tool_calling_falls_back_to_internlm2_with_a_note(settings: Settings, bus: Bus,
+                                                                                   agent: AgentHandler) -> None:
+    engine = ScriptedEngine()
+    engine.script = ["x = 3.5."]
+    serving = Worker(settings, bus, engine, worker_id="scripted-tools-worker")
+    task = asyncio.create_task(serving.run())
+    try:
+        updates = await run(agent, "已知 2x+3=10，求x", conversation="console:tools-fallback")
+    finally:
+        serving.stop()
+        await asyncio.wait_for(task, 30)
+    note = steps(updates)[0]
+    assert note["type"] == "note" and "AGENT_PROTOCOL=tools needs ENGINE=openai" in note["text"]
+    assert len(engine.prompts) == 1 and "<|im_start|>system" in engine.prompts[0]  # the raw InternLM2 prompt
+    assert updates[-1].kind == "done" and updates[-1].text == "x = 3.5."
+
+
+async def test_turn_limit_and_deadline(agent: AgentHandler, server: FakeOpenAI, settings: Settings,
+                                       worker: Worker, sandboxed: Sandbox) -> None:
+    """A model that keeps calling stops at AGENT_MAX_TURNS with the limit note; a stalled stream ends at
+    AGENT_TIMEOUT and its connection is closed."""
+    settings.agent_max_turns = 2
+    call = ReplayTurn("", tool_calls=(("python", '{"code": "1 + 1"}'),))
+    server.replay([call, call])
+    updates = await run(agent, "Loop.", conversation="console:tools-turns")
+    assert server.replay_errors == [] and server.turns == []
+    assert len(server.requests) == 2 and len(steps(updates, "tool_result")) == 2
+    assert steps(updates, "note")[-1].get("limit") == "turns"
+    assert updates[-1].kind == "done" and "AGENT_MAX_TURNS" in updates[-1].text
+    server.turns = None
+    server.reply = "thinking " * 50
+    server.hang_after = 2
+    settings.agent_timeout = 1.0
+    updates = await asyncio.wait_for(run(agent, "Stall.", conversation="console:tools-deadline"), 30)
+    assert updates[-1].kind == "done" and "time limit" in updates[-1].text
+    await asyncio.wait_for(server.disconnected.wait(), 10)
