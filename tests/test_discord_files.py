@@ -168,3 +168,17 @@ async def test_capped_read_stops_an_endless_download() -> None:
         assert err.value.code == "too_large"
     finally:
         await runner.cleanup()
+
+
+async def test_refusals_and_the_cut_note_in_chinese(discord_harness: Harness, discord_bot: BotRunner) -> None:
+    h = discord_harness
+    h.guild.preferred_locale = "zh-CN"
+    await discord_bot.start(text_file_max_chars=100)
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} 看看",
+                       attachments=[("data.bin.txt", bytes(300), "text/plain")])
+    [reply] = await h.reply_to(msg)
+    assert "二进制" in reply.content and "data.bin.txt" in reply.content
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} 看看",
+                       attachments=[("long.md", b"z" * 400, "text/markdown")])
+    replies = await answered(h, msg)
+    assert any("太长" in m.content and "long.md" in m.content for m in replies)
