@@ -9,8 +9,8 @@ What it answers (so tests can script it without a model):
   named model of `CHAT_MODELS`), word by word;
 * a user message containing `[[repeat:N]]` yields N numbered words;
 * `[[say:TEXT]]` yields TEXT verbatim (split into small pieces);
-* `[[think:THOUGHT|ANSWER]]` yields `<think>THOUGHT</think>` then ANSWER, as reasoning models write; without
-  `|ANSWER` the `<think>` is never closed;
+* `[[think:THOUGHT|ANSWER]]` yields `<think>THOUGHT</think>` then ANSWER (cut at the last `|`), as reasoning
+  models write; without `|ANSWER` the `<think>` is never closed;
 * `[[fail]]` raises an error inside the engine; `[[slow]]` multiplies the delay by 20.
 
 Its `special_tokens` stand for a tokenizer's own control tokens: by default a Gemma-style pair
@@ -65,7 +65,8 @@ class TestEngine(Engine):
             if name == "say":
                 return _pieces(arg)
             if name == "think":  # a reasoning model: `[[think:THOUGHT|ANSWER]]`; no `|` = never closes <think>
-                thought, bar, answer = arg.partition("|")
+                thought, bar, answer = arg.rpartition("|")
+                thought, answer = (thought, answer) if bar else (answer, "")
                 return _pieces("<think>" + thought + ("</think>\n\n" + answer if bar else ""), 3)
             if name == "fail":
                 raise EngineError("the test engine was asked to fail")
