@@ -13,7 +13,9 @@ Sources of the shapes used here:
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -197,3 +199,37 @@ async def test_engine_drops_reasoning_content_when_nobody_listens() -> None:
     finally:
         await engine.close()
         await runner.cleanup()
+
+
+# ------------------------------------------------------------------ the console
+
+
+class Tty(io.StringIO):
+    """stdout as a terminal (`isatty`), to see the ANSI dimming a person sees."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+async def test_console_prints_thinking_dimmed_on_a_terminal_only(settings: Settings, tty: bool) -> None:
+    from bot.console import Console
+    from bot.renderer import NO_ANSWER
+    from bot.runtime import Runtime
+
+    runtime = await Runtime.start(settings)
+    out = Tty() if tty else io.StringIO()
+    console = Console(runtime, f"think-{tty}", out=out)
+    try:
+        await console.handle_line("[[think:weighing the options|Option B.]]")
+        text = out.getvalue()
+        if tty:
+            dimmed = re.findall("\x1b\\[2m(.*?)\x1b\\[0m", text, re.S)
+            assert "".join(dimmed) == "weighing the options", repr(text)
+            assert text.rstrip().endswith("Option B.")
+        else:
+            assert "\x1b[" not in text and text.index("weighing the options") < text.index("Option B.")
+        await console.handle_line("[[think:no end in sight]]")
+        assert NO_ANSWER in out.getvalue()
+    finally:
+        await runtime.close()
