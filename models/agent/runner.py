@@ -4,7 +4,8 @@ Payload (built by `handlers.agent`): `{"task": str, "messages": [recent turns], 
 
 The agent (`StepAgent`, an `Internlm2Agent` with Lagent's `Internlm2Protocol` and `ActionExecutor`s) runs in
 a thread because Lagent 0.2.4 is synchronous; its model calls come back to the event loop through
-`EngineLLM`.  Each step becomes one event:
+`EngineLLM`.  With `AGENT_PROTOCOL=tools` the same agent talks OpenAI function calling instead
+(`models/agent/function_calling.py:ToolAgent`, which reuses `StepAgent.execute`).  Each step becomes one event:
 
     {"type": "thought",     "turn": n, "title": "Thought",            "text": ...}
     {"type": "tool_call",   "turn": n, "title": "Python" | tool,      "tool": "python" | name,
