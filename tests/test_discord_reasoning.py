@@ -101,3 +101,12 @@ async def test_hidden_thinking_is_not_shown(discord_harness: Harness, discord_bo
     [reply] = await discord_bot.reply(msg)
     assert reply.content.strip() == NO_ANSWER and "musing" not in reply.content
     assert not h.errors()
+
+
+async def test_thinking_then_an_empty_answer_gets_the_note(discord_harness: Harness, discord_bot: BotRunner) -> None:
+    h = discord_harness
+    await discord_bot.start()
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[think:nothing to add|]]")
+    [reply] = await discord_bot.reply(msg)
+    assert thinking_of(reply.content) == "nothing to add" and NO_ANSWER in reply.content
+    assert not h.errors()
