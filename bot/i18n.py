@@ -37,6 +37,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "stopped": {EN: "⏹️ *stopped*", ZH: "⏹️ *已停止*"},
     "stopped_empty": {EN: "⏹️ *stopped before answering*", ZH: "⏹️ *在回答前已停止*"},
     "empty_answer": {EN: "*(no answer)*", ZH: "*（无回答）*"},
+    "no_answer_thinking": {  # a reasoning model that thought but gave no answer (bot/renderer.py)
+        EN: "⚠️ The model was still thinking when it stopped, and gave no answer. Try again, or ask for less.",
+        ZH: "⚠️ 模型还在思考就停止了，没有给出回答。请重试，或把问题问得简单些。"},
     "too_long": {EN: "That message is too long ({n} characters). Please keep it under {limit} characters.",
                  ZH: "消息太长了（{n} 个字符）。请控制在 {limit} 个字符以内。"},
     "rate_limited": {EN: "Slow down a little — you can send another request in {n} s.",

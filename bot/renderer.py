@@ -16,7 +16,7 @@ from . import i18n
 # A reasoning model's thinking is shown as one subtext line under a spoiler, clipped to its newest part, so
 # the answer keeps its room (a message holds 2,000 characters) and the reader opens it only if curious.
 THINKING_SHOWN = 300
-NO_ANSWER = "⚠️ The model was still thinking when it stopped, and gave no answer. Try again, or ask for less."
+NO_ANSWER = i18n.t("no_answer_thinking")  # English; replies use the reader's language
 
 
 def thinking_line(thinking: str, limit: int = THINKING_SHOWN) -> str:
@@ -66,7 +66,7 @@ class Renderer:
     def body(self) -> str:
         """The thinking line (if any), then the answer, or the no-answer note for a model that never
         closed `<think>`."""
-        answer = self.answer if self.answer.strip() or not self.unclosed else NO_ANSWER
+        answer = self.answer if self.answer.strip() or not self.unclosed else i18n.t("no_answer_thinking", self.lang)
         line = thinking_line(self.thinking)
         return f"{line}\n{answer}" if line and answer else line or answer
 
