@@ -14,7 +14,8 @@ Shape of the bus:
   Where several chat models are configured (models/routing.py) a job also names its `model` and goes on
   that model's stream (`KEYS.jobs_for(model)`, each with its own group of the same name), which only the
   workers serving the model read; a worker holds its claims as entry references (`Bus.entry_ref`).
-* Every job has its own reply stream (`KEYS.events(job_id)`) of `Event`s: `delta` (text), `step`
+* Every job has its own reply stream (`KEYS.events(job_id)`) of `Event`s: `delta` (text), `thinking`
+  (a reasoning model's thinking, apart from the answer: models/reasoning.py), `step`
   (an agent step or an article stage), `file` (a blob reference), `status`, `done`, `error`.  Each
   event carries the `attempt` number so a reader can tell a retried job from the first try.  Reply
   streams are capped (MAXLEN) and expire (TTL).
