@@ -286,7 +286,8 @@ class Worker:
         self.cancels[job.id] = cancel
         bind_log_context(job=job.id, attempt=attempt, kind=job.kind)  # this task's log lines carry the job id
         # A job only reaches a worker from the stream of a model it serves (`Bus._claimed` checks the job agrees).
-        engine = self.engines.get(job.model, self.engine)
+        # A single-model job (no model named) runs on `self.engine`, which callers may swap after construction.
+        engine = self.engines.get(job.model, self.engine) if job.model else self.engine
         ctx = MeteredContext(job=job, attempt=attempt, engine=engine, bus=self.bus, settings=self.settings,
                              cancel=cancel, worker_id=self.worker_id, metrics=self.metrics,
                              ack_entry=item.entry_id, delta_window=max(0.0, self.settings.delta_window_ms / 1000))
