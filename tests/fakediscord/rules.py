@@ -149,6 +149,52 @@ def check_components(components: Any) -> None:
             seen.add(custom_id)
 
 
+# Components V2 (docs.discord.com/developers/components and its Component Reference): the IS_COMPONENTS_V2
+# flag (1<<15) disables `content` and embeds; at most 40 components in all (nested ones count); at most 4,000
+# characters across the message's text displays; a media gallery holds 1-10 items.
+IS_COMPONENTS_V2 = 1 << 15
+V2_MAX_COMPONENTS = 40
+V2_TEXT_TOTAL = 4000
+V2_TOP_LEVEL = {1, 9, 10, 12, 13, 14, 17}  # action row, section, text display, gallery, file, separator, container
+V2_KNOWN = V2_TOP_LEVEL | {2, 3, 5, 6, 7, 8, 11}  # + button, selects, thumbnail
+
+
+def check_components_v2(payload: dict[str, Any]) -> None:
+    """A Components V2 body: no legacy fields, known types only, and Discord's size limits."""
+    if payload.get("content"):
+        raise form_error("content", "MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2",
+                         "The 'content' field cannot be used when using MessageFlags.IS_COMPONENTS_V2")
+    if payload.get("embeds"):
+        raise form_error("embeds", "MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2",
+                         "The 'embeds' field cannot be used when using MessageFlags.IS_COMPONENTS_V2")
+    count = 0
+    text = 0
+
+    def walk(items: list[dict[str, Any]], path: str, top: bool) -> None:
+        nonlocal count, text
+        for i, item in enumerate(items):
+            where = f"{path}.{i}"
+            kind = item.get("type")
+            if kind not in (V2_TOP_LEVEL if top else V2_KNOWN):
+                raise form_error(f"{where}.type", "UNION_TYPE_CHOICES", f"Value of field \"type\" must be one of "
+                                 f"{sorted(V2_TOP_LEVEL if top else V2_KNOWN)}.")
+            count += 1
+            if kind == 10:
+                text += len(str(item.get("content") or ""))
+            if kind == 12 and not 1 <= len(item.get("items") or []) <= 10:
+                raise form_error(f"{where}.items", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 10 in length.")
+            walk(item.get("components") or [], f"{where}.components", False)
+            if isinstance(item.get("accessory"), dict):
+                walk([item["accessory"]], f"{where}.accessory", False)
+
+    walk(payload.get("components") or [], "components", True)
+    if count > V2_MAX_COMPONENTS:
+        raise form_error("components", "BASE_TYPE_MAX_LENGTH", f"Must be {V2_MAX_COMPONENTS} or fewer in length.")
+    if text > V2_TEXT_TOTAL:
+        raise form_error("components", "MAX_TEXT_DISPLAY_CONTENT_LENGTH",
+                         f"The total text display content must be {V2_TEXT_TOTAL} or fewer in length.")
+
+
 def check_allowed_mentions(allowed: Any) -> None:
     if allowed is None:
         return
@@ -167,6 +213,10 @@ def check_payload(payload: dict[str, Any]) -> None:
     """Everything that can be checked on a create/edit body by itself."""
     check_content(payload.get("content"))
     check_embeds(payload.get("embeds"))
+    if int(payload.get("flags") or 0) & IS_COMPONENTS_V2:
+        check_components_v2(payload)
+        check_allowed_mentions(payload.get("allowed_mentions"))
+        return
     check_components(payload.get("components"))
     check_allowed_mentions(payload.get("allowed_mentions"))
 
