@@ -25,7 +25,7 @@ from typing import Any
 from lagent.schema import ActionStatusCode
 
 from .parsing import extract_code
-from .runner import INTERPRETER_NOTE, MODEL_RESULT_CHARS, StepAgent, clip
+from .steps import INTERPRETER_NOTE, MODEL_RESULT_CHARS, StepAgent, clip
 
 PYTHON = "python"
 SYSTEM_PROMPT = ("You are a helpful assistant that can call functions to solve the user's task. Call `python` to "
