@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 OPEN, CLOSE = "<think>", "</think>"
 
@@ -112,44 +111,3 @@ class ReasoningSplitter:
             self._put("answer", self._buf)
         self._buf = ""
         return self._take()
-
-
-# ------------------------------------------------------------------ a whole output at once
-
-
-@dataclass(frozen=True)
-class Split:
-    """A model output taken apart: its thinking (may be empty), the answer, and whether thinking ended."""
-
-    thinking: str
-    answer: str
-    closed: bool = True
-
-    @property
-    def unanswered(self) -> bool:
-        """Thinking that never ended (or ended with nothing after it): there is no answer to show."""
-        return bool(self.thinking.strip()) and not self.answer.strip()
-
-
-def split(text: str) -> Split:
-    """Take `text` apart; text without a leading `<think>` is all answer.  A partial `<think` at the very
-    start of a stream (the tag cut across two deltas) is held back as empty thinking, not shown as answer."""
-    stripped = text.lstrip()
-    if not stripped.startswith(OPEN):
-        if stripped and OPEN.startswith(stripped):
-            return Split("", "", closed=False)  # "<thi" so far: wait for the rest of the tag
-        return Split("", text)
-    body = stripped[len(OPEN):]
-    end = body.find(CLOSE)
-    if end < 0:
-        for cut in range(len(CLOSE) - 1, 0, -1):  # a closing tag cut across deltas is not thinking text
-            if body.endswith(CLOSE[:cut]):
-                body = body[:-cut]
-                break
-        return Split(body.strip(), "", closed=False)
-    return Split(body[:end].strip(), body[end + len(CLOSE):].lstrip())
-
-
-def answer_of(text: str) -> str:
-    """The answer alone (what history keeps)."""
-    return split(text).answer

@@ -23,12 +23,12 @@ import pytest
 from aiohttp import web
 
 from handlers.chat import ChatHandler
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from handlers.types import Request, Update
 from models.engines.openai import OpenAIEngine
 from models.protocol import Bus
-from models.reasoning import ReasoningSplitter, split
+from models.reasoning import ReasoningSplitter
 from models.settings import Settings
 from models.worker import Worker
 from tests.local_http import serve
@@ -79,39 +79,6 @@ def test_reasoning_content_then_answer() -> None:
     assert s.drain() == [("thinking", "The user shows a square.")]
     assert s.feed("\n\nA red") + s.feed(" square.") + s.finish() == [("answer", "A red"), ("answer", " square.")]
     assert not s.unclosed and s.answer == "A red square."
-
-
-# ------------------------------------------------------------------ split(): a whole output at once
-# (lmdeploy serve/openai/api_server.py, streaming branch of chat_completions_v1, sends `content` '' while
-# the reasoning parser reports thinking: `delta_message.content = reasoning_delta.content or ''`)
-
-
-def test_thinking_then_answer():
-    s = split("<think>\nLet me add 2 and 2.\n</think>\n\nThe answer is 4.")
-    assert (s.thinking, s.answer, s.closed, s.unanswered) == ("Let me add 2 and 2.", "The answer is 4.", True, False)
-
-
-def test_plain_answer_and_think_tag_later_are_answer():
-    assert split("Hello there").answer == "Hello there"
-    later = "Use <think> tags like this: <think>x</think>"
-    assert split(later) == split(later).__class__("", later)
-
-
-def test_unclosed_think_is_thinking_with_no_answer():
-    s = split("<think>I keep thinking and never stop")
-    assert s.thinking == "I keep thinking and never stop" and s.answer == "" and not s.closed and s.unanswered
-
-
-def test_tags_cut_across_deltas_are_held_back():
-    assert split("<thi").answer == "" and split("<thi").thinking == ""
-    assert split("<think>pondering</thi").thinking == "pondering"
-    grown = split("<think>pondering</think>Done")
-    assert grown.thinking == "pondering" and grown.answer == "Done"
-
-
-def test_empty_thinking_then_answer():
-    s = split("<think>\n\n</think>\n\nHi!")
-    assert s.thinking == "" and s.answer == "Hi!" and not s.unanswered
 
 
 # ------------------------------------------------------------------ through Redis and the real worker
