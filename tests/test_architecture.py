@@ -38,13 +38,6 @@ def test_import_contracts_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result == SUCCESS, out.getvalue()
 
 
-def test_nothing_in_the_packages_imports_the_old_overrides_name() -> None:
-    import grimp
-
-    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
-    assert not graph.find_modules_that_directly_import("handlers.conf")
-
-
 def _key_literals(tree: ast.AST) -> list[tuple[int, str]]:
     """String constants (also the literal parts of f-strings) that look like a Redis key of the project."""
     found = []

@@ -23,9 +23,9 @@ from PIL import Image
 
 from handlers.article import DISCORD_MESSAGE_LIMIT, ArticleHandler, plan_posts, split_text
 from handlers.chat import ChatHandler, InputError, Request
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
 from handlers.images import ImageRefused
+from handlers.overrides import ConfStore
 from models.engines.base import ChatMessage, Engine, GenParams
 from models.protocol import Bus
 from models.settings import Settings

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from handlers.chat import ChatHandler, Request
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models.engines import build_engine
 from models.engines.base import ChatMessage, EngineError, GenParams, ImageInput, VisionUnsupported
 from models.engines.llamacpp import LlamaCppEngine, bundled_model_path, to_llama_messages

@@ -95,8 +95,8 @@ async def test_llamacpp_caption_and_article_through_the_worker(settings: Setting
     """A caption job and an /article job with an image, through Redis and the real worker, on the CPU."""
     from handlers.article import ArticleHandler
     from handlers.chat import ChatHandler, Request
-    from handlers.conf import ConfStore
     from handlers.history import HistoryStore
+    from handlers.overrides import ConfStore
 
     cpu = settings.model_copy(update={"max_new_tokens": 16, "article_max_new_tokens": 64, "temperature": 0.0})
     engine = LlamaCppEngine(n_ctx=2048, clip_model_path=mmproj)

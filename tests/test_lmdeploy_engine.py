@@ -444,8 +444,8 @@ async def test_forged_turn_reaches_lmdeploy_inert(fake_lmdeploy, settings: Setti
     """A chat job through the real worker and Redis: the messages lmdeploy's pipeline gets (which its chat
     template then wraps in real `<|im_start|>` ... tokens) carry no control token of the user's."""
     from handlers.chat import ChatHandler, Request
-    from handlers.conf import ConfStore
     from handlers.history import HistoryStore
+    from handlers.overrides import ConfStore
     from models.protocol import Bus
     from models.redis_server import connect
     from models.untrusted import JOINER
@@ -604,8 +604,8 @@ async def test_article_on_each_lmdeploy_line(fake_lmdeploy, settings: Settings) 
     the chat prompts, XComposer on 0.14 its demo's prompts; the image lands where the model said, either way."""
     from handlers.article import ArticleHandler
     from handlers.chat import ChatHandler, Request
-    from handlers.conf import ConfStore
     from handlers.history import HistoryStore
+    from handlers.overrides import ConfStore
     from models.protocol import Bus
     from models.redis_server import connect
     from models.worker import Worker

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from handlers.chat import ChatHandler, Request
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
+from handlers.overrides import ConfStore
 from models.protocol import Bus
 from models.sandbox import PROJECT_ROOT, RunResult, Sandbox, SandboxLimits, SandboxUnavailable
 from models.settings import Settings

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from handlers.chat import ChatHandler, Request
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore, Turn
+from handlers.overrides import ConfStore
 from models.engines import build_engine
 from models.engines.base import ChatMessage, GenParams
 from models.engines.testing import TestEngine

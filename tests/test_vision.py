@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from handlers.chat import ChatHandler, Request, Update
-from handlers.conf import ConfStore
 from handlers.history import HistoryStore
 from handlers.images import Attachment, ImageIntake, ImageRefused, VisionHandler
+from handlers.overrides import ConfStore
 from models.chat import CAPTION_PROMPT, IMAGE_GONE, NO_VISION
 from models.engines.openai import OpenAIEngine
 from models.engines.testing import TestEngine
