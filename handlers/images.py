@@ -20,7 +20,6 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -29,6 +28,7 @@ from models.protocol import Bus
 from models.settings import Settings
 
 from .chat import ChatHandler, InputError, Reply, Request
+from .types import CodedRefusal
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,10 @@ MESSAGES: dict[str, str] = {
 
 
 
-class ImageRefused(InputError):
+class ImageRefused(CodedRefusal):
     """A refused image; `code` names the message in `MESSAGES` (for translations)."""
 
-    def __init__(self, code: str, **params: Any) -> None:
-        if isinstance(params.get("name"), str) and len(params["name"]) > 80:  # user-chosen; keep replies short
-            params["name"] = params["name"][:77] + "…"
-        self.code = code
-        self.params = params
-        super().__init__(MESSAGES[code].format(**params))
+    MESSAGES = MESSAGES
 
 
 @dataclass

@@ -16,12 +16,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any
 
 from models.settings import Settings
 
 from .images import Attachment
-from .types import InputError
+from .types import CodedRefusal, InputError
 
 # Extension → the language tag of the fenced block (what Discord and models recognise).
 TEXT_EXTENSIONS: dict[str, str] = {
@@ -47,15 +46,10 @@ CUT_NOTE = "“{name}” is long: I read the first {kept:,} of its {total:,} cha
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # C0 controls other than tab, newlines, form feed
 
 
-class TextFileRefused(InputError):
+class TextFileRefused(CodedRefusal):
     """A refused text file; `code` names the message in `MESSAGES` (for translations)."""
 
-    def __init__(self, code: str, **params: Any) -> None:
-        if isinstance(params.get("name"), str) and len(params["name"]) > 80:  # user-chosen; keep replies short
-            params["name"] = params["name"][:77] + "…"
-        self.code = code
-        self.params = params
-        super().__init__(MESSAGES[code].format(**params))
+    MESSAGES = MESSAGES
 
 
 @dataclass

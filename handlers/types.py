@@ -67,3 +67,17 @@ class Reply:
 
 class InputError(ValueError):
     """A request refused before it reached a worker; the message is friendly and shown as is."""
+
+
+class CodedRefusal(InputError):
+    """A refusal whose `code` names its English text in the subclass's `MESSAGES`, so a front end can show it
+    translated (`params` fill the placeholders); a user-chosen `name` is cut to keep replies short."""
+
+    MESSAGES: dict[str, str] = {}
+
+    def __init__(self, code: str, **params: Any) -> None:
+        if isinstance(params.get("name"), str) and len(params["name"]) > 80:
+            params["name"] = params["name"][:77] + "…"
+        self.code = code
+        self.params = params
+        super().__init__(self.MESSAGES[code].format(**params))
