@@ -19,6 +19,7 @@ from .. import i18n
 from ..access import require_admin
 from ..conversations import settings_channel
 from ..refusals import Refused
+from ..scopes import SCOPES, settings_scope
 from ..targets import NO_MENTIONS
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 EMBED_DESCRIPTION_MAX = 4096
 EMBED_FIELD_MAX = 1024
-SCOPES = [Choice(name=locale_str("server"), value="guild"), Choice(name=locale_str("channel"), value="channel")]
 NAMES = [Choice(name=name, value=name) for name in FIELDS]
 NUMERIC = [name for name in FIELDS if FIELDS[name][0] is not str]
 
@@ -59,14 +59,6 @@ class Admin(commands.Cog):
         require_admin(interaction, self.bot.settings.admin_role, lang, "not_admin")
         return lang
 
-    def _scope(self, interaction: discord.Interaction, scope: Choice[str] | None, lang: str) -> tuple[str, str]:
-        """(ConfStore scope key, a human name for it)."""
-        if scope is not None and scope.value == "channel":
-            channel_id = settings_channel(interaction.channel)
-            channel = interaction.guild.get_channel(channel_id) if interaction.guild and channel_id else None
-            name = channel.name if channel is not None else str(channel_id)
-            return ConfStore.scope(channel=channel_id), i18n.t("scope_channel", lang, name=name)
-        return ConfStore.scope(guild=interaction.guild_id), i18n.t("scope_guild", lang)
 
     async def settings_embed(self, interaction: discord.Interaction, lang: str, scope_name: str) -> discord.Embed:
         """The effective settings here, with where each value comes from; always within embed limits."""
@@ -98,7 +90,7 @@ class Admin(commands.Cog):
     @settings_group.command(name=locale_str("view"), description=locale_str("Show the effective settings"))
     async def view(self, interaction: discord.Interaction) -> None:
         lang = self._gate(interaction)
-        _, scope_name = self._scope(interaction, SCOPES[1], lang)
+        _, scope_name = settings_scope(interaction, SCOPES[1], lang)
         embed = await self.settings_embed(interaction, lang, scope_name)
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
@@ -110,7 +102,7 @@ class Admin(commands.Cog):
     async def set_(self, interaction: discord.Interaction, name: Choice[str],
                    value: app_commands.Range[str, 1, 4000], scope: Choice[str] | None = None) -> None:
         lang = self._gate(interaction)
-        key, scope_name = self._scope(interaction, scope, lang)
+        key, scope_name = settings_scope(interaction, scope, lang)
         try:
             await self.overrides.set(key, name.value, value)
         except ConfError as exc:
@@ -130,7 +122,7 @@ class Admin(commands.Cog):
     async def clear(self, interaction: discord.Interaction, name: Choice[str] | None = None,
                     scope: Choice[str] | None = None) -> None:
         lang = self._gate(interaction)
-        key, scope_name = self._scope(interaction, scope, lang)
+        key, scope_name = settings_scope(interaction, scope, lang)
         await self.overrides.clear(key, name.value if name else None)
         what = f"`{name.value}`" if name else i18n.t("settings_all", lang)
         embed = await self.settings_embed(interaction, lang, scope_name)

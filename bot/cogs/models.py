@@ -22,12 +22,12 @@ from .. import i18n
 from ..access import require_admin
 from ..conversations import settings_channel
 from ..refusals import Refused
+from ..scopes import SCOPES, settings_scope
 from ..targets import NO_MENTIONS
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
 
-SCOPES = [Choice(name=locale_str("server"), value="guild"), Choice(name=locale_str("channel"), value="channel")]
 MAX_CHOICES = 25  # Discord's limit on autocomplete suggestions
 CHOICE_NAME_MAX = 100
 
@@ -71,14 +71,6 @@ class Models(commands.Cog):
         """The models some live worker serves now (a worker's heartbeat lists them)."""
         return {model for info in await self.bot.runtime.bus.alive_workers() for model in info.models}
 
-    def _scope(self, interaction: discord.Interaction, scope: Choice[str] | None, lang: str) -> tuple[str, str]:
-        """(ConfStore scope key, a human name for it); the server unless `scope` says channel."""
-        if scope is not None and scope.value == "channel":
-            channel_id = settings_channel(interaction.channel)
-            channel = interaction.guild.get_channel(channel_id) if interaction.guild and channel_id else None
-            name = channel.name if channel is not None else str(channel_id)
-            return ConfStore.scope(channel=channel_id), i18n.t("scope_channel", lang, name=name)
-        return ConfStore.scope(guild=interaction.guild_id), i18n.t("scope_guild", lang)
 
     async def _show(self, interaction: discord.Interaction, lang: str) -> str:
         """The model in effect here, where the choice comes from, and the list with what is served."""
@@ -93,7 +85,7 @@ class Models(commands.Cog):
             source = i18n.t("source_guild", lang)
         else:  # no choice, or one of a model no longer configured
             source = i18n.t("source_default", lang)
-        where = self._scope(interaction, SCOPES[1], lang)[1]  # the answer is about this channel
+        where = settings_scope(interaction, SCOPES[1], lang)[1]  # the answer is about this channel
         served = await self.served_models()
         lines = [i18n.t("model_current", lang, scope=where, name=effective.model, source=source), "",
                  i18n.t("model_list", lang)]
@@ -126,7 +118,7 @@ class Models(commands.Cog):
                                                     allowed_mentions=NO_MENTIONS)
             return
         require_admin(interaction, settings.admin_role, lang, "model_not_admin")
-        key, scope_name = self._scope(interaction, scope, lang)
+        key, scope_name = settings_scope(interaction, scope, lang)
         if name is None:  # clear: the scope falls back to the server's choice, or the default
             await self.overrides.clear(key, MODEL_FIELD)
             text = i18n.t("model_cleared", lang, scope=scope_name) + "\n\n" + await self._show(interaction, lang)
