@@ -7,6 +7,7 @@ shard of two is enough to check what the bot asks for and what it resumes.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
@@ -87,6 +88,12 @@ async def test_one_shard_of_two_identifies_answers_and_resumes_only_its_own(
         if guild_shard == mine:
             notice = await h.wait_for(lambda: [m for m in h.bot_messages(h.general) if "⚠️" in m.content],
                                       timeout=15)
+            # The notice and the removal of the resumed record are two writes; read the records once both are done.
+            for _ in range(50):
+                pending = {r.job_id for r in await active.pending()}
+                if pending == {"b" * 32}:
+                    break
+                await asyncio.sleep(0.1)
             assert notice and pending == {"b" * 32}
         else:
             assert pending == {"a" * 32, "b" * 32}
