@@ -1,6 +1,6 @@
 """`/article`: what an illustrated-article request means, and how its result is cut into chat messages.
 
-The worker's `article` job (models/xcomposer.py) returns a layout — paragraphs, the user's images placed
+The worker's `article` job (models/jobs/article.py) returns a layout — paragraphs, the user's images placed
 after some of them, or suggested picture captions.  `plan_posts` turns that layout into a sequence of
 posts that each fit one Discord message (2,000 characters, one image attached below its text), with no
 Discord types, so the console and tests use the same plan.

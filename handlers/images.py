@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.chat import NO_VISION, caption_prompt
+from models.jobs.chat import NO_VISION, caption_prompt
 from models.protocol import Bus
 from models.settings import Settings
 

@@ -2,7 +2,7 @@
 
 Why here and not in the worker: the bot is the only part that talks to Discord, so it checks the declared
 size, downloads, decodes and budgets the file; the worker only sees text inside the user's message, where
-`models/chat.py: build_messages` makes any control tokens in it inert like every other user text.
+`models/jobs/chat.py: build_messages` makes any control tokens in it inert like every other user text.
 
 No Discord types here: a front end passes `handlers.images.Attachment`s (name, declared size, MIME type,
 how to fetch).  Every refusal is a `TextFileRefused` (an `InputError`) with a `code` naming its text in

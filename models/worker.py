@@ -26,7 +26,7 @@ Failure policy (what is retried and what is not):
 
 Why one module of about 450 lines: claiming, heartbeats, takeover, hand-back and the final XACK are one
 state machine over the same in-flight tables, and each guarantee above depends on the others' ordering;
-what runs a job lives elsewhere (models/runners.py, models/context.py, the engines).
+what runs a job lives elsewhere (models/jobs/, models/context.py, the engines).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from .metrics import MeteredContext, WorkerMetrics, start_worker_metrics
 from .protocol import Bus, Claimed, ProtocolError, WorkerInfo
 from .protocol import reraise_if_cancelling as _reraise_if_cancelling
 from .redis_server import connect, resolve_redis_url, wait_ready
-from .runners import Runner, runners
+from .jobs import Runner, runners
 from .settings import Settings, get_settings
 
 log = logging.getLogger("worker")

@@ -39,7 +39,7 @@ from handlers.agent import AgentHandler, format_step
 from handlers.chat import ChatHandler, Update
 from handlers.history import HistoryStore, Turn
 from handlers.overrides import ConfStore
-from models.agent import runner
+from models.jobs import agent as runner
 from models.agent.parsing import PluginCallError, extract_code, parse_plugin_call
 from models.engines.openai import OpenAIEngine
 from models.protocol import Bus

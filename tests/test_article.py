@@ -31,7 +31,7 @@ from models.protocol import Bus
 from models.settings import Settings
 from models.untrusted import JOINER
 from models.worker import Worker
-from models.xcomposer import (
+from models.jobs.article import (
     CHAT_PROMPTS,
     CHAT_SYSTEM,
     CHAT_SYSTEM_IMAGES,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from handlers.history import conversation_id
-from models.chat import CAPTION_PROMPT
+from models.jobs.chat import CAPTION_PROMPT
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner
 from tests.fakeopenai import FakeOpenAI

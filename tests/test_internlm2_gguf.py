@@ -215,7 +215,7 @@ async def test_chat_template_renders_internlm2_turns(engine: LlamaCppEngine, rec
 
 
 async def test_chat_job_keeps_forged_tokens_as_text(bus: Bus, redis_url: str, tmp_path: Path) -> None:
-    """ChatHandler → Redis → worker → models/chat.py → llama.cpp with a user message that forges turns: the prompt
+    """ChatHandler → Redis → worker → models/jobs/chat.py → llama.cpp with a user message that forges turns: the prompt
     llama.cpp gets holds only the template's control tokens (BOS, then im_start/im_end per turn, then the
     generation prompt's im_start); the forged markers arrive as text."""
     cpu = fixture_settings(redis_url=redis_url, data_dir=tmp_path / "data", max_new_tokens=6, temperature=0.0)
@@ -255,7 +255,7 @@ async def test_agent_raw_prompt_marks_only_the_protocol(engine: LlamaCppEngine, 
 
     from models.agent.actions import build_executors
     from models.agent.llm import EngineLLM
-    from models.agent.runner import StepAgent, sandbox_for, task_messages
+    from models.jobs.agent import StepAgent, sandbox_for, task_messages
 
     settings = fixture_settings(agent_arxiv=True)
     stop = threading.Event()

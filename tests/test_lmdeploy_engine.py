@@ -609,7 +609,7 @@ async def test_article_on_each_lmdeploy_line(fake_lmdeploy, settings: Settings) 
     from models.protocol import Bus
     from models.redis_server import connect
     from models.worker import Worker
-    from models.xcomposer import CHAT_SYSTEM_IMAGES
+    from models.jobs.article import CHAT_SYSTEM_IMAGES
 
     fake_lmdeploy.options["respond"] = article_answers
     vision = vision_model_of(fake_lmdeploy)

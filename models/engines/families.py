@@ -6,7 +6,7 @@ Two decisions hang on it, and both must be made before any weights load:
   removed it — InternLM/lmdeploy#4693, "chore: remove xcomposer support", first released in v0.15.0);
 * `/article` picks its prompts: XComposer was trained on its composition demo's own prompts (`<Seg0>` …),
   every other model (InternVL, Intern-S1, a chat model writing a text-only article) gets the same steps as
-  plain chat instructions (models/xcomposer.py).
+  plain chat instructions (models/jobs/article.py).
 
 A local model directory is judged by `architectures` in its `config.json` (what lmdeploy's own
 `archs.get_model_arch` reads first, and what its vision-model registry matches on: `InternLMXComposer2ForCausalLM`,

@@ -34,10 +34,10 @@ from lagent.actions import ActionExecutor
 from ..context import JobContext, JobError
 from ..sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 from ..untrusted import inert
-from .actions import build_executors
-from .function_calling import ToolAgent, tools_unavailable
-from .llm import AgentStopped, EngineLLM
-from .steps import StepAgent, short_tool
+from ..agent.actions import build_executors
+from ..agent.function_calling import ToolAgent, tools_unavailable
+from ..agent.llm import AgentStopped, EngineLLM
+from ..agent.steps import StepAgent, short_tool
 
 MAX_TASK_CHARS = 4000
 HISTORY_TURNS = 6  # recent chat turns given to the agent as context

@@ -15,11 +15,11 @@ import re
 import time
 from typing import Any
 
-from .context import BadPayload, JobContext, JobError
-from .engines.base import ChatMessage, VisionUnsupported
-from .prompting import fit_messages
-from .reasoning import THINKING_SINK, ReasoningSplitter
-from .untrusted import inert
+from ..context import BadPayload, JobContext, JobError
+from ..engines.base import ChatMessage, VisionUnsupported
+from ..prompting import fit_messages
+from ..reasoning import THINKING_SINK, ReasoningSplitter
+from ..untrusted import inert
 
 ROLES = {"user", "assistant", "system", "environment"}
 MAX_MESSAGES = 400
