@@ -56,6 +56,8 @@ from .settings import Settings, get_settings
 
 log = logging.getLogger("worker")
 
+CANCEL_POLL_S = 0.5  # how long one pub/sub read waits before the cancel loop looks at `stopping` again
+
 GENERIC_ERROR = "Sorry — something went wrong while generating this answer. Please try again."
 DEAD_LETTER = "This request failed repeatedly, so I gave up on it. Please try again later."
 CANCEL_GRACE = 0.5  # seconds a runner gets to stop by itself after a cancel before it is interrupted
@@ -117,9 +119,7 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await claims
             await self._drain()
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await self._stop_background(background)
             with contextlib.suppress(Exception):  # bounded: with Redis down, retries would hold the exit
                 async with asyncio.timeout(2.0):
                     await self.bus.unregister_worker(self.worker_id)
@@ -424,13 +424,26 @@ class Worker:
             vision=any(engine.supports_vision for engine in self.engines.values()), last_seen=time.time(),
             models=[model for model in self.models if model]), ttl=max(15.0, interval * 3))
 
+    async def _stop_background(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Cancel the background loops and wait for them, bounded: a cancellation can be absorbed inside
+        redis-py's read/reconnect path (CI once saw a shutdown wait 30 s on the pub/sub read), so the loops also
+        end by themselves once `stopping` is set, and shutdown never waits on them for more than a few seconds."""
+        for task in tasks:
+            task.cancel()
+        _done, pending = await asyncio.wait(tasks, timeout=3.0)
+        if pending:
+            log.warning("background loops did not stop in time: %s", ", ".join(t.get_name() for t in pending))
+
     async def _cancel_loop(self) -> None:
-        while True:
+        """Relay published cancellations to the running jobs' events.  It polls with a short timeout instead of
+        `listen()` so that it notices `stopping` by itself (see `_stop_background`)."""
+        while not self.stopping.is_set():
             pubsub = None
             try:
                 pubsub = await self.bus.cancel_listener()
-                async for message in pubsub.listen():
-                    event = self.cancels.get(message.get("data"))
+                while not self.stopping.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=CANCEL_POLL_S)
+                    event = self.cancels.get(message.get("data")) if message else None
                     if event is not None:
                         event.set()
             except asyncio.CancelledError:
@@ -442,7 +455,8 @@ class Worker:
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                        async with asyncio.timeout(2.0):
+                            await pubsub.aclose()
 
 
 def build_worker(settings: Settings, bus: Bus) -> Worker:
