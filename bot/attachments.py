@@ -105,6 +105,9 @@ class DiscordImages:
         stored = await self.intake.ingest([as_attachment(a) for a in attachments])
         return [s.ref for s in stored]
 
-    async def read_text_files(self, attachments: Sequence[discord.Attachment]) -> list[TextFile]:
-        """Check (declared type, count and size first), download and decode text files (or `InputError`)."""
-        return await self.text_files.read([capped_attachment(a, self.text_files.max_bytes) for a in attachments])
+    async def read_text_files(self, attachments: Sequence[discord.Attachment], *,
+                              whole: bool = False) -> list[TextFile]:
+        """Check (declared type, count and size first), download and decode text files (or `InputError`);
+        `whole` keeps them uncut (for `/agent`'s sandbox)."""
+        return await self.text_files.read([capped_attachment(a, self.text_files.max_bytes) for a in attachments],
+                                          whole=whole)

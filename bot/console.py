@@ -25,7 +25,8 @@ from .runtime import Runtime
 
 HELP = """Commands:
   /reset          forget this conversation
-  /agent TASK     the agent: thinks, runs Python in a sandbox, searches arXiv (steps shown as they happen)
+  /agent [--file PATH] TASK   the agent: thinks, runs Python in a sandbox (with the file in its working
+                  directory), searches arXiv (steps shown as they happen)
   /image PATH [question]   describe an image, or ask about it (needs a vision engine)
   /file PATH [question]    read a text file (.txt .md .py .csv .json .log ...) and ask about it
   /article TITLE [--image PATH]... [--paragraphs N]   an illustrated article (InternLM-XComposer)
@@ -193,9 +194,18 @@ Console.commands.update({"reset": _reset, "help": _help})
 
 
 async def _agent(console: Console, rest: str) -> None:
-    """`/agent <task>`: the Lagent agent with sandboxed Python and arXiv search, its steps printed."""
+    """`/agent [--file PATH] <task>`: the Lagent agent with sandboxed Python and arXiv search, its steps printed;
+    the file (checked as a Discord attachment is) is in the working directory of the agent's Python."""
     try:
-        reply = await AgentHandler(console.runtime.chat).ask(console.conversation, rest)
+        files = []
+        if rest.startswith(("--file ", "-f ")):
+            path, rest = split_path(rest.partition(" ")[2])
+            try:
+                attachment = Attachment.from_path(path)
+            except OSError:
+                raise InputError(f"I can't open {path!r}: no such file.") from None
+            files = await TextFileIntake(console.runtime.settings).read([attachment], whole=True)
+        reply = await AgentHandler(console.runtime.chat).ask(console.conversation, rest, files=files)
     except InputError as exc:
         console.print(str(exc))
         return

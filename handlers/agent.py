@@ -7,14 +7,19 @@ refer to it.  `format_step` renders a step as Markdown for any front end (consol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from models.sandbox import unique_names
+
 from .chat import ChatHandler, InputError, Reply, Request
+from .text_files import TextFile
 
 USAGE = ("Tell the agent what to do, for example: `/agent Solve 2x + 3 = 10` or "
          "`/agent find recent arXiv papers on RLHF`.")
 AGENT_STEPS = frozenset({"thought", "tool_call", "tool_result", "note", "answer"})
 CODE_LINES = 30  # a code block longer than this is shown cut (the full code still ran)
+TEXT_MIME = "text/plain; charset=utf-8"
 
 
 class AgentHandler:
@@ -24,13 +29,20 @@ class AgentHandler:
         self.chat = chat
 
     async def ask(self, conversation: str, task: str, *, user_name: str | None = None, guild: int | None = None,
-                  channel: int | None = None) -> Reply:
-        """Record the task as the user's turn and queue the agent job; `InputError` for an empty one."""
+                  channel: int | None = None, files: Sequence[TextFile] = ()) -> Reply:
+        """Record the task as the user's turn and queue the agent job; `InputError` for an empty one.
+
+        `files` (read whole by `TextFileIntake.read(..., whole=True)`, so already refused where text_files.py
+        refuses) are stored as UTF-8 blobs; the worker puts them in the sandbox's working directory."""
         task = (task or "").strip()
         if not task:
             raise InputError(USAGE)
+        names = unique_names([f.name for f in files])
+        attached = [{"name": name, "blob": await self.chat.bus.put_blob(f.text.encode("utf-8"), TEXT_MIME)}
+                    for name, f in zip(names, files, strict=True)]
+        payload: dict[str, Any] = {"task": task, **({"files": attached} if attached else {})}
         request = Request(conversation=conversation, text=task, user_name=user_name, guild=guild,
-                          channel=channel, kind="agent", payload={"task": task})
+                          channel=channel, kind="agent", payload=payload)
         return await self.chat.ask(request)
 
     def follow(self, reply: Reply) -> Any:

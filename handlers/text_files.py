@@ -138,12 +138,14 @@ class TextFileIntake:
             if a.size == 0:
                 raise TextFileRefused("empty", name=a.filename)
 
-    async def read(self, attachments: Sequence[Attachment]) -> list[TextFile]:
+    async def read(self, attachments: Sequence[Attachment], *, whole: bool = False) -> list[TextFile]:
         """Check, then download and decode each file; the character budget is shared in order, so what
-        does not fit is cut (the file's `cut` says so) and files past the budget keep nothing."""
+        does not fit is cut (the file's `cut` says so) and files past the budget keep nothing.  `whole=True`
+        keeps every file whole (each is still within TEXT_FILE_MAX_BYTES): `/agent` puts them in its
+        sandbox, not in a prompt."""
         self.check(attachments)
         files: list[TextFile] = []
-        left = self.max_chars
+        left = self.max_bytes * len(attachments) if whole else self.max_chars
         for a in attachments:
             try:
                 data = await a.fetch()

@@ -22,6 +22,7 @@ from handlers.types import Update
 
 from .. import i18n
 from ..access import admit
+from ..attachments import as_attachment
 from ..conversations import request_for
 from ..renderer import Renderer
 from ..replies import stream_reply
@@ -47,6 +48,9 @@ i18n.register_commands({
         "让书生·浦语智能体用 Python 和 arXiv 搜索完成任务",
     "task": "任务",
     "What the agent should do": "希望智能体做什么",
+    "file": "文件",
+    "A text file (.csv, .txt, .json, .py …) for the agent's Python to read":
+        "供智能体的 Python 读取的文本文件（.csv、.txt、.json、.py …）",
 })
 
 
@@ -113,16 +117,20 @@ class Agent(commands.Cog):
 
     @app_commands.command(name=locale_str("agent"),
                           description=locale_str("Let the InternLM agent solve a task with Python and arXiv search"))
-    @app_commands.rename(task=locale_str("task"))
-    @app_commands.describe(task=locale_str("What the agent should do"))
-    async def agent_command(self, interaction: discord.Interaction,
-                            task: app_commands.Range[str, 1, 4000]) -> None:
+    @app_commands.rename(task=locale_str("task"), file=locale_str("file"))
+    @app_commands.describe(task=locale_str("What the agent should do"),
+                           file=locale_str("A text file (.csv, .txt, .json, .py …) for the agent's Python to read"))
+    async def agent_command(self, interaction: discord.Interaction, task: app_commands.Range[str, 1, 4000],
+                            file: discord.Attachment | None = None) -> None:
         lang = i18n.lang_for(interaction=interaction)
         await admit(self.bot, interaction, task, lang)
+        if file is not None:  # refused privately, from what is declared, before anything is downloaded
+            self.bot.images.text_files.check([as_attachment(file)])
         await interaction.response.defer(thinking=True)
+        files = await self.bot.images.read_text_files([file], whole=True) if file is not None else []
         request = request_for(interaction, task)
         reply = await self.handler.ask(request.conversation, task, user_name=request.user_name,
-                                       guild=request.guild, channel=request.channel)
+                                       guild=request.guild, channel=request.channel, files=files)
         await stream_reply(self.bot, reply, InteractionTarget(interaction), lang=lang,
                            renderer=AgentRenderer(task, lang), owner=interaction.user.id)
 

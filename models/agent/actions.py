@@ -13,6 +13,7 @@ docstring (Lagent turns it into the tool description the model reads), and add i
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +32,12 @@ class SandboxedPython(BaseAction):
     """A Python interpreter that runs each piece of code in a fresh, isolated sandbox process
     (no network, no access to the host; numpy, sympy and matplotlib available)."""
 
-    def __init__(self, sandbox: Sandbox, enable: bool = True) -> None:
+    def __init__(self, sandbox: Sandbox, enable: bool = True, files: Mapping[str, bytes] | None = None) -> None:
         super().__init__(parser=JsonParser, enable=enable)
         self.sandbox = sandbox
+        # The task's attached files (safe name → bytes): written afresh into every run of this task, so each
+        # code cell finds them, and no later task does (each job builds its own interpreter).
+        self.files = dict(files or {})
         self.results: list[RunResult] = []  # every run of this agent run, for figures and the summary
 
     @tool_api
@@ -48,7 +52,7 @@ class SandboxedPython(BaseAction):
         if not code.strip():
             return ActionReturn(args={"command": code}, type=self.name, state=ActionStatusCode.ARGS_ERROR,
                                 errmsg="There is no code to run: send the code in a ```python block.")
-        result = self.sandbox.run(code)
+        result = self.sandbox.run(code, files=self.files)
         self.results.append(result)
         # Like IPython, errors are output the model should read and fix, not a failed call.
         return ActionReturn(args={"command": code}, type=self.name, state=ActionStatusCode.SUCCESS,
@@ -156,10 +160,11 @@ def build_plugins(settings: Any) -> list[BaseAction]:
     return plugins
 
 
-def build_executors(sandbox: Sandbox, settings: Any, *,
-                    python: bool = True) -> tuple[ActionExecutor | None, ActionExecutor | None]:
+def build_executors(sandbox: Sandbox, settings: Any, *, python: bool = True,
+                    files: Mapping[str, bytes] | None = None) -> tuple[ActionExecutor | None, ActionExecutor | None]:
     """The interpreter (None with `python=False`: the sandbox cannot isolate code here, so the model is not
-    even offered it) and the plugin tools (None when there are none)."""
-    interpreter = ActionExecutor(actions=[SandboxedPython(sandbox)]) if python else None
+    even offered it) with the task's `files` in its working directory, and the plugin tools (None when there
+    are none)."""
+    interpreter = ActionExecutor(actions=[SandboxedPython(sandbox, files=files)]) if python else None
     plugins = build_plugins(settings)
     return interpreter, (ActionExecutor(actions=plugins) if plugins else None)

@@ -1,6 +1,8 @@
 """The `agent` job: a Lagent InternLM2 agent whose steps are streamed as `step` events.
 
-Payload (built by `handlers.agent`): `{"task": str, "messages": [recent turns], "params": {...}}`.
+Payload (built by `handlers.agent`): `{"task": str, "messages": [recent turns], "params": {...}}`, and
+`"files": [{"name", "blob"}]` when the user attached text files (models/agent/attachments.py: they are in
+the working directory of every Python run of the task).
 
 The agent (`StepAgent`, an `Internlm2Agent` with Lagent's `Internlm2Protocol` and `ActionExecutor`s) runs in
 a thread because Lagent 0.2.4 is synchronous; its model calls come back to the event loop through
@@ -35,6 +37,7 @@ from ..context import JobContext, JobError
 from ..sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 from ..untrusted import inert
 from ..agent.actions import build_executors
+from ..agent.attachments import files_note, load_files, with_files
 from ..agent.function_calling import ToolAgent, tools_unavailable
 from ..agent.llm import AgentStopped, EngineLLM
 from ..agent.steps import StepAgent, short_tool
@@ -95,6 +98,7 @@ async def run_agent(ctx: JobContext) -> None:
     settings = ctx.settings
     tokens = tuple(getattr(ctx.engine, "special_tokens", ()) or ())
     _task, messages = task_messages(ctx.job.payload, tokens)
+    files = await load_files(ctx)  # the attachments, checked before anything runs (models/agent/attachments.py)
     sandbox = sandbox_for(settings)
     python_off = ""
     try:
@@ -107,7 +111,9 @@ async def run_agent(ctx: JobContext) -> None:
     deadline = time.monotonic() + settings.agent_timeout
     params = ctx.params()
     llm = EngineLLM(ctx.engine, loop, params, ctx.cancel, stop, deadline)
-    interpreter, plugins = build_executors(sandbox, settings, python=not python_off)
+    note = files_note(files, python=not python_off, budget=settings.text_file_max_chars)
+    messages = with_files(messages, inert(note, extra=tokens))
+    interpreter, plugins = build_executors(sandbox, settings, python=not python_off, files=files)
     agent_class: type[StepAgent] = StepAgent
     if getattr(settings, "agent_protocol", "internlm2") == "tools":
 

@@ -33,11 +33,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import bwrap, seccomp
+from .files import check_files
 from .result import Figure, RunResult, strip_controls
 
 log = logging.getLogger(__name__)
@@ -251,28 +253,35 @@ class Sandbox:
                          "bubblewrap", 30.0)
 
     # ------------------------------------------------------------------ running
-    def run(self, code: str, *, timeout: float | None = None) -> RunResult:
-        """Run `code` to completion or until a limit stops it.  Never raises for anything the code does."""
-        return self._run(code, self.isolation, timeout or self.limits.timeout)
+    def run(self, code: str, *, timeout: float | None = None, files: Mapping[str, bytes] | None = None) -> RunResult:
+        """Run `code` to completion or until a limit stops it.  Never raises for anything the code does.
 
-    async def arun(self, code: str, *, timeout: float | None = None) -> RunResult:
+        `files` (name → bytes) are written into the run's working directory first, under their safe names
+        (files.py; `FilesRefused` if they do not fit the limits)."""
+        given = check_files(files or {}, self.limits)
+        return self._run(code, self.isolation, timeout or self.limits.timeout, given)
+
+    async def arun(self, code: str, *, timeout: float | None = None,
+                   files: Mapping[str, bytes] | None = None) -> RunResult:
         import asyncio
 
-        return await asyncio.to_thread(self.run, code, timeout=timeout)
+        return await asyncio.to_thread(self.run, code, timeout=timeout, files=files)
 
-    def _config(self, figure_fd: int) -> dict[str, Any]:
+    def _config(self, figure_fd: int, files: Sequence[str] = ()) -> dict[str, Any]:
         lim = self.limits
         fsize = lim.max_file_mb * 1024 * 1024
         return {
             "code_path": f"{bwrap.INSIDE_IN}/main.py", "figure_fd": figure_fd, "allowed_modules": lim.allowed_modules,
             "max_figures": MAX_FIGURES, "max_figure_bytes": min(MAX_FIGURE_BYTES, fsize),
             "figure_budget": fsize, "scan_limit": SCAN_LIMIT, "scan_seconds": SCAN_SECONDS,
+            "files": [[f"{bwrap.INSIDE_IN}/file{i}", name] for i, name in enumerate(files)],
             "limits": {"cpu": max(1, int(lim.cpu_seconds)), "memory": lim.memory_mb * 1024 * 1024,
                        "nproc": max(1, lim.max_processes), "fsize": fsize,
                        "nofile": max(16, lim.max_open_files)},
         }
 
-    def _run(self, code: str, isolation: str, timeout: float) -> RunResult:
+    def _run(self, code: str, isolation: str, timeout: float,
+             files: Sequence[tuple[str, bytes]] = ()) -> RunResult:
         started = time.monotonic()
         base = Path(tempfile.mkdtemp(prefix="agent-sandbox-"))
         fds: list[int] = []
@@ -283,8 +292,10 @@ class Sandbox:
             out = [os.open(base / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                    for name in ("stdout", "stderr", "figures")]
             fds += out
-            for name, text in (("main.py", code), ("config.json", json.dumps(self._config(out[2])))):
-                (in_dir / name).write_text(text, encoding="utf-8")
+            config = json.dumps(self._config(out[2], [name for name, _ in files]))
+            for name, data in (("main.py", code.encode()), ("config.json", config.encode()),
+                               *((f"file{i}", blob) for i, (_, blob) in enumerate(files))):
+                (in_dir / name).write_bytes(data)  # copied into the working directory by child/runner.py
                 os.chmod(in_dir / name, 0o644)
             filt_r, filt_w = os.pipe()
             info_r, info_w = os.pipe()

@@ -3,6 +3,9 @@
 Runs as `python -I runner.py CONFIG.json` in the run's working directory, already inside bubblewrap's
 namespaces and seccomp filter and without capabilities.  In order:
 
+0. the run's given files (a user's attachment): copied from the read-only input directory into the working
+   directory under the names the worker chose, each name checked again here (one plain component, never
+   `.`/`..`, no link followed, never overwriting);
 1. rlimits (CPU seconds, address space, processes, file size, open files, no core dumps), hard = soft, so the
    code cannot raise them again;
 2. a Python audit hook — a **policy, not a barrier** (code can get around it; the barriers are bubblewrap's
@@ -46,6 +49,29 @@ class Blocked(PermissionError):
 
 class BlockedImport(ImportError):
     """A third-party module outside SANDBOX_ALLOWED_MODULES."""
+
+
+def plain_name(name: object) -> bool:
+    """One path component that stays in the working directory (the worker's names are safe already)."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and name not in (".", "..") and "/" not in name
+            and "\x00" not in name)
+
+
+def copy_files(files: list[list[str]]) -> None:
+    """Copy each `[source, name]` into the working directory; a failure is reported on stderr."""
+    for entry in files:
+        source, name = entry if isinstance(entry, list) and len(entry) == 2 else ("", entry)
+        if not plain_name(name) or not isinstance(source, str):
+            sys.stderr.write(f"sandbox: file name {name!r} refused\n")
+            continue
+        try:
+            with open(source, "rb") as src:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+        except OSError as exc:
+            sys.stderr.write(f"sandbox: could not write {name}: {exc.strerror}\n")
 
 
 def set_limits(lim: dict[str, int]) -> None:
@@ -213,6 +239,7 @@ def main(config_path: str) -> None:
     sys.argv = ["main.py"]
     for stream in (sys.stdout, sys.stderr):  # what was printed before a timeout or a crash is kept
         stream.reconfigure(line_buffering=True)
+    copy_files(cfg.get("files") or [])
     set_limits(cfg["limits"])
     install_policy(set(cfg["allowed_modules"]))
     warnings.filterwarnings("ignore", message=".*non-interactive.*")
