@@ -45,13 +45,13 @@ from . import routing
 from .context import BadPayload, JobContext, JobError
 from .engines import build_engines
 from .engines.base import Engine, EngineError
+from .jobs import Runner, runners
 from .logs import bind as bind_log_context
 from .logs import setup_logging
 from .metrics import MeteredContext, WorkerMetrics, start_worker_metrics
 from .protocol import Bus, Claimed, ProtocolError, WorkerInfo
 from .protocol import reraise_if_cancelling as _reraise_if_cancelling
 from .redis_server import connect, resolve_redis_url, wait_ready
-from .jobs import Runner, runners
 from .settings import Settings, get_settings
 
 log = logging.getLogger("worker")

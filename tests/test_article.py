@@ -27,10 +27,6 @@ from handlers.history import HistoryStore
 from handlers.images import ImageRefused
 from handlers.overrides import ConfStore
 from models.engines.base import ChatMessage, Engine, GenParams
-from models.protocol import Bus
-from models.settings import Settings
-from models.untrusted import JOINER
-from models.worker import Worker
 from models.jobs.article import (
     CHAT_PROMPTS,
     CHAT_SYSTEM,
@@ -49,6 +45,10 @@ from models.jobs.article import (
     spread,
     write_prompt,
 )
+from models.protocol import Bus
+from models.settings import Settings
+from models.untrusted import JOINER
+from models.worker import Worker
 
 ARTICLE = "\n\n".join(f"Paragraph {i} about the city, its food and its people." for i in range(6))
 RECORDED = json.loads((Path(__file__).parent / "fixtures" / "xcomposer" / "composition_shuimo.json").read_text("utf-8"))

@@ -606,10 +606,10 @@ async def test_article_on_each_lmdeploy_line(fake_lmdeploy, settings: Settings) 
     from handlers.chat import ChatHandler, Request
     from handlers.history import HistoryStore
     from handlers.overrides import ConfStore
+    from models.jobs.article import CHAT_SYSTEM_IMAGES
     from models.protocol import Bus
     from models.redis_server import connect
     from models.worker import Worker
-    from models.jobs.article import CHAT_SYSTEM_IMAGES
 
     fake_lmdeploy.options["respond"] = article_answers
     vision = vision_model_of(fake_lmdeploy)

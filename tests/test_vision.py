@@ -14,9 +14,9 @@ from handlers.chat import ChatHandler, Request, Update
 from handlers.history import HistoryStore
 from handlers.images import Attachment, ImageIntake, ImageRefused, VisionHandler
 from handlers.overrides import ConfStore
-from models.jobs.chat import CAPTION_PROMPT, IMAGE_GONE, NO_VISION
 from models.engines.openai import OpenAIEngine
 from models.engines.testing import TestEngine
+from models.jobs.chat import CAPTION_PROMPT, IMAGE_GONE, NO_VISION
 from models.protocol import KEYS, Bus
 from models.settings import Settings
 from models.untrusted import JOINER

@@ -41,11 +41,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .chat import NO_VISION
 from ..context import BadPayload, JobContext, JobError
 from ..engines.base import ChatMessage, Engine, GenParams, ImageInput, VisionUnsupported
 from ..engines.families import XCOMPOSER, model_family
 from ..untrusted import inert
+from .chat import NO_VISION
 
 # The meta instructions of XComposer's composition demo (text-only and multimodal variants).
 XCOMPOSER_META = (
