@@ -61,6 +61,9 @@ class ActiveRecord:
     where: dict[str, Any] = field(default_factory=dict)  # front-end data: channel/message ids, lang, owner
     started: float = field(default_factory=time.time)
     generation: int | None = None  # the history generation the job was built from (None: records before it)
+    # The job's chat model (CHAT_MODELS; "" = the default): the reopened reply looks for its job in that
+    # model's queue and reports that model unserved, not the default one ("" too for records before it).
+    model: str = ""
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -92,7 +95,8 @@ class ActiveReplies:
         """Note that `reply` is being shown (where: e.g. channel_id, message_id, reference_id, lang)."""
         req = reply.request
         rec = ActiveRecord(job_id=reply.job.id, kind=req.kind, conversation=req.conversation, record=req.record,
-                           guild=req.guild, channel=req.channel, where=dict(where), generation=reply.generation)
+                           guild=req.guild, channel=req.channel, where=dict(where), generation=reply.generation,
+                           model=reply.job.model)
         await self._write(rec)
         return rec
 
@@ -160,12 +164,13 @@ class ActiveReplies:
         """A `Reply` to follow again from the start of its reply stream, or None if the answer is lost."""
         has_events = bool(await self.redis.exists(KEYS.events(rec.job_id)))
         if not has_events:
-            queued = await self.bus.queue_position(rec.job_id) is not None
+            queued = await self.bus.queue_position(rec.job_id, model=rec.model) is not None
             if not queued and time.time() - rec.started > self.lost_after:
                 return None
         if rec.record:
             await self.answer_recorded(rec)  # marks an answer an older version recorded without the marker
-        job = Job(kind=rec.kind, payload={}, conversation=rec.conversation, id=rec.job_id, created=rec.started)
+        job = Job(kind=rec.kind, payload={}, conversation=rec.conversation, id=rec.job_id, created=rec.started,
+                  model=rec.model)
         # `record` stays as it was: recording is once per job and generation-checked, so the answer goes in
         # only if it is not there yet and the conversation was not reset (and Regenerate stays offered).
         request = Request(conversation=rec.conversation, text="", guild=rec.guild, channel=rec.channel,
