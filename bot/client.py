@@ -52,10 +52,11 @@ log = logging.getLogger(__name__)
 
 CORE_EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin", "bot.cogs.stats", "bot.cogs.models")
 OPTIONAL_EXTENSIONS = ("bot.cogs.agent", "bot.cogs.images")
-# Permissions the invite link asks for: View Channels, Send Messages, Send Messages in Threads,
-# Embed Links, Attach Files, Read Message History (see docs/discord.md).
-INVITE_PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, send_messages_in_threads=True,
-                                         embed_links=True, attach_files=True, read_message_history=True)
+# Permissions the invite link asks for: View Channels, Send Messages, Create Public Threads (bot/threads.py),
+# Send Messages in Threads, Embed Links, Attach Files, Read Message History (see docs/discord.md).
+INVITE_PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, create_public_threads=True,
+                                         send_messages_in_threads=True, embed_links=True, attach_files=True,
+                                         read_message_history=True)
 
 
 class ShardingError(ValueError):

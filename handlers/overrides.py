@@ -23,7 +23,9 @@ FIELDS: dict[str, tuple[type, float, float]] = {
     "temperature": (float, 0.0, 2.0),
     "top_p": (float, 0.01, 1.0),
     "max_new_tokens": (int, 1, 8192),
+    "thread_replies": (bool, 0, 1),  # answer messages in a new thread (THREAD_REPLIES); on/off, true/false
 }
+TRUE_WORDS, FALSE_WORDS = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
 
 
 MODEL_FIELD = "model"
@@ -42,6 +44,7 @@ class Effective:
     repetition_penalty: float
     model: str = ""  # the model the job asks for (routing name); "" = the deployment's only model
     chosen_model: str = ""  # what admins chose, as stored (may name a model no longer configured)
+    thread_replies: bool = False  # answer messages in server channels in a new thread (bot/threads.py)
 
     def params(self) -> dict[str, float]:
         return {"temperature": self.temperature, "top_p": self.top_p,
@@ -56,6 +59,11 @@ def validate(name: str, value: str) -> str:
         if len(value) > hi:
             raise ConfError(f"{name} can be at most {int(hi)} characters")
         return value
+    if kind is bool:
+        word = value.strip().lower()
+        if word not in TRUE_WORDS + FALSE_WORDS:
+            raise ConfError(f"{name} must be on or off (true/false)")
+        return "true" if word in TRUE_WORDS else "false"
     try:
         number = kind(value)
     except ValueError as exc:
@@ -121,4 +129,5 @@ class ConfStore:
             repetition_penalty=d.repetition_penalty,
             model=routing.job_model(d, values.get(MODEL_FIELD)),
             chosen_model=values.get(MODEL_FIELD, ""),
+            thread_replies=values["thread_replies"] == "true" if "thread_replies" in values else d.thread_replies,
         )

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     admin_role: str = ""  # role name or id that may use /settings; Manage Server always may
     user_rate_limit: str = "5/60"  # requests / seconds per user
     max_input_chars: int = 4000
+    # Answer messages in server channels in a new thread started from the message (per server/channel: /settings)
+    thread_replies: bool = False
 
     # --- Redis ---------------------------------------------------------------------------------
     redis_url: str = ""  # empty = embedded Redis with data under DATA_DIR

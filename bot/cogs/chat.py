@@ -28,6 +28,7 @@ from ..help import help_text
 from ..refusals import refusal_text
 from ..replies import stream_reply
 from ..targets import NO_MENTIONS, ChannelTarget, InteractionTarget, ephemeral
+from ..threads import Placement, open_thread, owned_thread, precheck, thread_for_message, thread_name
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -58,8 +59,8 @@ class Chat(commands.Cog):
         self_role = message.guild.self_role
         if self_role is not None and self_role in message.role_mentions:
             return True
-        if self.is_chat_channel(message.channel):
-            return True
+        if self.is_chat_channel(message.channel) or owned_thread(message.channel, me):
+            return True  # a chat channel, or a thread the bot opened (bot/threads.py)
         ref = message.reference
         if ref is not None and ref.message_id is not None:
             resolved = ref.resolved
@@ -134,12 +135,29 @@ class Chat(commands.Cog):
                 if not request.images and not request.files and not text:
                     await self.say(message, i18n.t("empty_prompt", lang))
                     return
+            place = await self.placement(message, text, lang)
+            if place.thread is not None:  # the thread is its own conversation
+                request.conversation = conversation_for(place.thread, message.author)
             reply = await self.bot.runtime.chat.ask(request)
         except InputError as exc:
             await self.say(message, refusal_text(exc, lang))
             return
-        await stream_reply(self.bot, reply, ChannelTarget(message.channel, reference=message), lang=lang,
-                           owner=message.author.id)
+        if place.note:
+            await self.say(message, place.note)
+        target = (ChannelTarget(place.thread) if place.thread is not None
+                  else ChannelTarget(message.channel, reference=message))
+        await stream_reply(self.bot, reply, target, lang=lang, owner=message.author.id)
+
+    async def placement(self, message: discord.Message, text: str, lang: str) -> Placement:
+        """Where to answer: in place, or in a new thread from the message when `thread_replies` is on for
+        this server channel (THREAD_REPLIES, overridden per server/channel by /settings)."""
+        if message.guild is None or isinstance(message.channel, discord.Thread):
+            return Placement()
+        effective = await self.bot.runtime.overrides.effective(guild=message.guild.id,
+                                                              channel=settings_channel(message.channel))
+        if not effective.thread_replies:
+            return Placement()
+        return await thread_for_message(message, text, lang)
 
     async def say(self, message: discord.Message, text: str) -> None:
         """A short reply to `message` (a refusal or a hint), paced like any other write."""
@@ -151,14 +169,35 @@ class Chat(commands.Cog):
 
     # ---------------------------------------------------------------- slash commands
     @app_commands.command(name=locale_str("chat"), description=locale_str("Chat with InternLM"))
-    @app_commands.rename(prompt=locale_str("prompt"))
-    @app_commands.describe(prompt=locale_str("What to ask"))
-    async def chat_command(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000]) -> None:
+    @app_commands.rename(prompt=locale_str("prompt"), thread=locale_str("thread"))
+    @app_commands.describe(prompt=locale_str("What to ask"),
+                           thread=locale_str("Answer in a new thread named after the question"))
+    async def chat_command(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000],
+                           thread: bool = False) -> None:
         lang = i18n.lang_for(interaction=interaction)
         await admit(self.bot, interaction, prompt, lang)
+        place = precheck(interaction.channel, interaction.app_permissions, lang) if thread else Placement()
         await interaction.response.defer(thinking=True)
+        if place is None:  # a thread may be opened here: from the response, which shows the question
+            place = await self.open_command_thread(interaction, prompt.strip(), lang)
+        if place.thread is not None:
+            request = request_for(interaction, prompt.strip())
+            request.conversation = conversation_for(place.thread, interaction.user)
+            reply = await self.bot.runtime.chat.ask(request)
+            await stream_reply(self.bot, reply, ChannelTarget(place.thread), lang=lang, owner=interaction.user.id)
+            return
         reply = await self.bot.runtime.chat.ask(request_for(interaction, prompt.strip()))
         await stream_reply(self.bot, reply, InteractionTarget(interaction), lang=lang, owner=interaction.user.id)
+        if place.note:  # after the answer: a deferred response's first follow-up would replace it
+            await interaction.followup.send(place.note, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def open_command_thread(self, interaction: discord.Interaction, prompt: str, lang: str) -> Placement:
+        """Show the question as the command's response and start the thread from that message."""
+        shown = prompt if len(prompt) <= 1900 else prompt[:1899] + "…"
+        original = await interaction.edit_original_response(content=f"🧵 {shown}", allowed_mentions=NO_MENTIONS)
+        fallback = i18n.t("thread_default_name", lang, name=interaction.user.display_name)
+        return await open_thread(interaction.channel, thread_name(prompt, fallback),  # type: ignore[arg-type]
+                                 message_id=original.id, lang=lang)
 
     @app_commands.command(name=locale_str("reset"), description=locale_str("Forget this conversation"))
     async def reset_command(self, interaction: discord.Interaction) -> None:

@@ -89,8 +89,10 @@ class Harness:
 
     # ------------------------------------------------------------------ building the world at run time
     async def create_channel(self, name: str, *, guild: Guild | None = None,
-                             overwrites: list[Overwrite] | None = None) -> Channel:
-        channel = self.world.add_channel(guild or self.guild, name, overwrites=overwrites)
+                             overwrites: list[Overwrite] | None = None,
+                             default_auto_archive_duration: int | None = None) -> Channel:
+        channel = self.world.add_channel(guild or self.guild, name, overwrites=overwrites,
+                                         default_auto_archive_duration=default_auto_archive_duration)
         await self.server.dispatch("CHANNEL_CREATE", channel.payload(), GUILDS)
         return channel
 

@@ -24,10 +24,15 @@ from aiohttp import WSMsgType, web
 from . import rules
 from .rules import ApiError
 from .state import (
+    ARCHIVE_DURATIONS,
+    CREATE_PRIVATE_THREADS,
+    CREATE_PUBLIC_THREADS,
     DM,
     EPHEMERAL,
     LOADING,
     MANAGE_MESSAGES,
+    MANAGE_THREADS,
+    PRIVATE_THREAD,
     PUBLIC_THREAD,
     SEND_MESSAGES,
     SEND_MESSAGES_IN_THREADS,
@@ -55,6 +60,8 @@ GUILD_MESSAGE_TYPING = 1 << 11
 DIRECT_MESSAGES = 1 << 12
 MESSAGE_CONTENT = 1 << 15
 PRIVILEGED = GUILD_MEMBERS | (1 << 8) | MESSAGE_CONTENT
+
+HAS_THREAD = 1 << 5  # message flag: a thread was started from this message
 
 # Application flags telling the client which privileged intents the app has been granted.
 FLAG_GATEWAY_PRESENCE = 1 << 12
@@ -556,9 +563,14 @@ class FakeDiscord:
     def _check_send(self, channel: Channel) -> None:
         if channel.type == DM:
             return
+        perms = self.world.permissions(channel, self.world.bot)
         need = SEND_MESSAGES_IN_THREADS if channel.is_thread else SEND_MESSAGES
-        if not self.world.permissions(channel, self.world.bot) & need:
+        if not perms & need:
             raise rules.MISSING_PERMISSIONS
+        if channel.is_thread and channel.locked and not perms & MANAGE_THREADS:
+            raise ApiError(400, 50083, "Thread is archived")  # a locked thread: only Manage Threads may post
+        if channel.is_thread and channel.archived:
+            channel.archived = False  # Discord: a message unarchives an (unlocked) archived thread
 
     def _note_write(self, channel_id: int) -> None:
         self.last_write[channel_id] = time.monotonic()
@@ -759,26 +771,49 @@ class FakeDiscord:
         return web.Response(status=204)
 
     async def _thread_from_message(self, request: web.Request) -> web.Response:
+        """Start Thread from Message: a public thread whose id is the message's; the message gets the
+        HAS_THREAD flag (Discord fires THREAD_CREATE and MESSAGE_UPDATE)."""
         channel = self._channel(request)
         message = self._message(channel, request.match_info["message_id"])
         if channel.is_thread or channel.type == DM:
             raise ApiError(400, 50024, "Cannot execute action on this channel type")
+        payload = request[PAYLOAD] or {}
+        self._check_thread(channel, payload, private=False)
         if message.id in self.world.channels:
             raise ApiError(400, 160004, "A thread has already been created for this message")
-        return await self._new_thread(channel, request[PAYLOAD] or {}, message.id)
+        response = await self._new_thread(channel, payload, message.id, private=False)
+        message.flags |= HAS_THREAD
+        await self.dispatch_message(message, "MESSAGE_UPDATE")
+        return response
 
     async def _thread_without_message(self, request: web.Request) -> web.Response:
+        """Start Thread without Message: `type` defaults to a private thread in API v10, as Discord documents."""
         channel = self._channel(request)
         if channel.is_thread or channel.type == DM:
             raise ApiError(400, 50024, "Cannot execute action on this channel type")
-        return await self._new_thread(channel, request[PAYLOAD] or {}, None)
+        payload = request[PAYLOAD] or {}
+        private = payload.get("type", PRIVATE_THREAD) == PRIVATE_THREAD
+        self._check_thread(channel, payload, private=private)
+        return await self._new_thread(channel, payload, None, private=private)
 
-    async def _new_thread(self, parent: Channel, payload: dict[str, Any], thread_id: int | None) -> web.Response:
-        name = payload.get("name") or ""
-        if not 1 <= len(name) <= 100:
+    def _check_thread(self, parent: Channel, payload: dict[str, Any], *, private: bool) -> None:
+        """What Discord refuses when a thread is started: the permission (50013, from the parent's
+        overwrites), a name outside 1-100 characters or an archive duration it does not offer (50035)."""
+        need = CREATE_PRIVATE_THREADS if private else CREATE_PUBLIC_THREADS
+        if not self.world.permissions(parent, self.world.bot) & need:
+            raise rules.MISSING_PERMISSIONS
+        name = payload.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
             raise rules.form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
-        private = payload.get("type") == 12
-        thread = self.world.add_thread(parent, name, owner=self.world.bot, thread_id=thread_id, private=private)
+        duration = payload.get("auto_archive_duration")
+        if duration is not None and duration not in ARCHIVE_DURATIONS:
+            raise rules.form_error("auto_archive_duration", "BASE_TYPE_CHOICES",
+                                   f"Value must be one of {set(ARCHIVE_DURATIONS)}.")
+
+    async def _new_thread(self, parent: Channel, payload: dict[str, Any], thread_id: int | None, *,
+                          private: bool) -> web.Response:
+        thread = self.world.add_thread(parent, payload["name"], owner=self.world.bot, thread_id=thread_id,
+                                       private=private, auto_archive_duration=payload.get("auto_archive_duration"))
         await self.dispatch("THREAD_CREATE", thread.payload() | {"newly_created": True}, GUILDS)
         return json_response(thread.payload())
 

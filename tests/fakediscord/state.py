@@ -31,7 +31,9 @@ READ_MESSAGE_HISTORY = 1 << 16
 MENTION_EVERYONE = 1 << 17
 USE_EXTERNAL_EMOJIS = 1 << 18
 USE_APPLICATION_COMMANDS = 1 << 31
+MANAGE_THREADS = 1 << 34
 CREATE_PUBLIC_THREADS = 1 << 35
+CREATE_PRIVATE_THREADS = 1 << 36
 SEND_MESSAGES_IN_THREADS = 1 << 38
 ALL_PERMISSIONS = (1 << 50) - 1
 
@@ -46,6 +48,10 @@ DM = 1
 PUBLIC_THREAD = 11
 PRIVATE_THREAD = 12
 THREAD_TYPES = (PUBLIC_THREAD, PRIVATE_THREAD)
+# A thread's auto_archive_duration and a channel's default_auto_archive_duration (minutes): the only values
+# Discord accepts; a new thread without one gets 1440 (24 hours).
+ARCHIVE_DURATIONS = (60, 1440, 4320, 10080)
+DEFAULT_ARCHIVE_DURATION = 1440
 
 # Message flags.
 EPHEMERAL = 1 << 6
@@ -149,6 +155,10 @@ class Channel:
     overwrites: list[Overwrite] = field(default_factory=list)
     position: int = 0
     archived: bool = False
+    locked: bool = False  # threads: only members with Manage Threads may unarchive or post
+    auto_archive_duration: int = DEFAULT_ARCHIVE_DURATION  # threads
+    default_auto_archive_duration: int | None = None  # text channels: copied onto new threads (absent if unset)
+    created_at: str = field(default_factory=iso_now)
 
     @property
     def mention(self) -> str:
@@ -169,10 +179,16 @@ class Channel:
         if self.is_thread:
             data.update({"owner_id": str(self.owner_id) if self.owner_id else None, "message_count": 0,
                          "member_count": 1, "total_message_sent": 0,
-                         "thread_metadata": {"archived": self.archived, "auto_archive_duration": 1440,
-                                             "archive_timestamp": iso_now(), "locked": False}})
+                         "thread_metadata": {"archived": self.archived,
+                                             "auto_archive_duration": self.auto_archive_duration,
+                                             "archive_timestamp": self.created_at, "locked": self.locked,
+                                             "create_timestamp": self.created_at}})
+            if self.type == PRIVATE_THREAD:
+                data["thread_metadata"]["invitable"] = True
         else:
             data["permission_overwrites"] = [o.payload() for o in self.overwrites]
+            if self.default_auto_archive_duration is not None:
+                data["default_auto_archive_duration"] = self.default_auto_archive_duration
         return data
 
 
@@ -382,16 +398,21 @@ class World:
         guild.members[user.id] = member
         return member
 
-    def add_channel(self, guild: Guild, name: str, *, overwrites: list[Overwrite] | None = None) -> Channel:
+    def add_channel(self, guild: Guild, name: str, *, overwrites: list[Overwrite] | None = None,
+                    default_auto_archive_duration: int | None = None) -> Channel:
         position = sum(1 for c in self.channels.values() if c.guild_id == guild.id)
-        channel = Channel(snowflake(), GUILD_TEXT, guild.id, name, overwrites=overwrites or [], position=position)
+        channel = Channel(snowflake(), GUILD_TEXT, guild.id, name, overwrites=overwrites or [], position=position,
+                          default_auto_archive_duration=default_auto_archive_duration)
         self.channels[channel.id] = channel
         return channel
 
     def add_thread(self, parent: Channel, name: str, *, owner: User, thread_id: int | None = None,
-                   private: bool = False) -> Channel:
+                   private: bool = False, auto_archive_duration: int | None = None) -> Channel:
+        """A thread; without `auto_archive_duration` it takes the parent's default (Discord: 1440 if unset)."""
+        duration = auto_archive_duration or parent.default_auto_archive_duration or DEFAULT_ARCHIVE_DURATION
         thread = Channel(thread_id or snowflake(), PRIVATE_THREAD if private else PUBLIC_THREAD,
-                         parent.guild_id, name, parent_id=parent.id, owner_id=owner.id)
+                         parent.guild_id, name, parent_id=parent.id, owner_id=owner.id,
+                         auto_archive_duration=duration)
         self.channels[thread.id] = thread
         return thread
 
