@@ -2,7 +2,8 @@
 
 Interactive on a TTY (a "thinking" indicator while queued, tokens as they come), and scriptable with
 piped input: one message per line, answers on stdout, exit at end of input.  The conversation lives in
-Redis like a channel's, so a second run continues it.  Commands: `/reset`, `/help`, `/quit`.
+Redis like a channel's, so a second run continues it.  Commands: `/reset`, `/help`, `/quit`, `/model` (the
+chat model, bot/console_models.py; every request here is made in the console's settings scope).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from handlers.text_files import CUT_NOTE, TextFileIntake, render
 from handlers.types import InputError, Reply, Request, Update
 
 from .console_images import article_command, image_command, split_path
+from .console_models import CONSOLE_GUILD, model_command
 from .renderer import NO_ANSWER
 from .runtime import Runtime
 
@@ -30,6 +32,7 @@ HELP = """Commands:
   /image PATH [question]   describe an image, or ask about it (needs a vision engine)
   /file PATH [question]    read a text file (.txt .md .py .csv .json .log ...) and ask about it
   /article TITLE [--image PATH]... [--paragraphs N]   an illustrated article (InternLM-XComposer)
+  /model [NAME | --clear]   list the chat models (CHAT_MODELS) and choose the one this console uses
   /help           this text
   /quit           leave (Ctrl-D works too)
 Anything else is a message to the model."""
@@ -87,7 +90,8 @@ class Console:
                 await command(self, rest.strip())
             return True
         try:
-            reply = await self.runtime.chat.ask(Request(conversation=self.conversation, text=line))
+            reply = await self.runtime.chat.ask(Request(conversation=self.conversation, text=line,
+                                                        guild=CONSOLE_GUILD))
         except InputError as exc:
             self.print(str(exc))
             return True
@@ -205,7 +209,8 @@ async def _agent(console: Console, rest: str) -> None:
             except OSError:
                 raise InputError(f"I can't open {path!r}: no such file.") from None
             files = await TextFileIntake(console.runtime.settings).read([attachment], whole=True)
-        reply = await AgentHandler(console.runtime.chat).ask(console.conversation, rest, files=files)
+        reply = await AgentHandler(console.runtime.chat).ask(console.conversation, rest, files=files,
+                                                             guild=CONSOLE_GUILD)
     except InputError as exc:
         console.print(str(exc))
         return
@@ -214,6 +219,7 @@ async def _agent(console: Console, rest: str) -> None:
 
 Console.commands["agent"] = _agent
 Console.commands.update({"image": image_command, "article": article_command})  # bot/console_images.py
+Console.commands["model"] = model_command  # bot/console_models.py
 
 
 async def _file(console: Console, rest: str) -> None:
@@ -232,7 +238,7 @@ async def _file(console: Console, rest: str) -> None:
             if f.cut:
                 console.print("✂️ " + CUT_NOTE.format(name=f.name, kept=len(f.text), total=f.total_chars))
         reply = await console.runtime.chat.ask(Request(conversation=console.conversation, text=question,
-                                                       files=render(files)))
+                                                       files=render(files), guild=CONSOLE_GUILD))
     except InputError as exc:
         console.print(str(exc))
         return

@@ -15,6 +15,7 @@ from handlers.article import ArticleHandler, plan_posts
 from handlers.images import Attachment, ImageIntake, VisionHandler
 from handlers.types import InputError, Reply, Request, Update
 
+from .console_models import CONSOLE_GUILD
 from .runtime import Runtime
 
 
@@ -64,7 +65,7 @@ async def image_command(console: Console, rest: str) -> None:
     try:
         stored = await intake.ingest(await _attachments([path]))
         reply = await VisionHandler(runtime.chat, intake).ask(
-            Request(conversation=console.conversation, text=question), [s.ref for s in stored])
+            Request(conversation=console.conversation, text=question, guild=CONSOLE_GUILD), [s.ref for s in stored])
     except InputError as exc:
         console.print(str(exc))
         return
@@ -103,8 +104,8 @@ async def article_command(console: Console, rest: str) -> None:
             return
         stored = await ImageIntake(runtime.bus, runtime.settings).ingest(await _attachments(paths)) if paths else []
         refs = [s.ref for s in stored]
-        reply = await ArticleHandler(runtime.chat).ask(Request(conversation=console.conversation, text=""),
-                                                       title, refs, paragraphs)
+        reply = await ArticleHandler(runtime.chat).ask(Request(conversation=console.conversation, text="",
+                                                               guild=CONSOLE_GUILD), title, refs, paragraphs)
     except InputError as exc:
         console.print(str(exc))
         return
