@@ -15,7 +15,7 @@ import discord
 import pytest
 
 from tests.fakediscord import Harness
-from tests.fakediscord.fixtures import BotRunner, reply_finished
+from tests.fakediscord.fixtures import REGEN_PREFIX, BotRunner, reply_finished
 from tests.fakediscord.server import HAS_THREAD
 from tests.fakediscord.state import CREATE_PUBLIC_THREADS, EPHEMERAL, PUBLIC_THREAD, Channel, Overwrite
 
@@ -69,6 +69,11 @@ async def test_chat_thread_opens_a_thread_named_after_the_question(discord_harne
     assert "and the second tallest" in second.content and "turns=2" in second.content
     assert len(await discord_bot.history(thread)) == 4
     assert await discord_bot.history(h.general) == []
+    # Regenerate on the thread's answer answers the thread's last turn again, in the thread.
+    regen = await h.click(second, h.find_button(second, REGEN_PREFIX), user=h.alice)
+    regenerated = await discord_bot.answer(regen)
+    assert "and the second tallest" in regenerated[0].content and "turns=2" in regenerated[0].content
+    assert regenerated[0].channel_id == thread.id and len(await discord_bot.history(thread)) == 4
     assert not h.errors()
 
 
