@@ -73,13 +73,20 @@ def thread_name(text: str, fallback: str) -> str:
     name = inert(name)
     if not name:
         name = _SPACE.sub(" ", fallback).strip()[:NAME_LIMIT] or "Chat"
-    if len(name) <= NAME_LIMIT:
+    if _units(name) <= NAME_LIMIT:
         return name
     cut = name[: NAME_LIMIT - 1]
     space = cut.rfind(" ")
     if space >= NAME_LIMIT // 2:  # a word boundary not too far back; CJK text has none, cut anywhere
         cut = cut[:space]
+    while _units(cut) > NAME_LIMIT - 1:  # emoji count twice where lengths are UTF-16: fit either way
+        cut = cut[:-1]
     return cut.rstrip(" ,.;:-") + "…"
+
+
+def _units(text: str) -> int:
+    """Length in UTF-16 code units (never less than in code points), so the name fits however it is counted."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 def archive_minutes(channel: Any) -> int:

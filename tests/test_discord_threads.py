@@ -96,6 +96,12 @@ async def test_long_and_odd_questions_give_valid_thread_names(discord_harness: H
     assert 1 <= len(other.name) <= 100 and "\n" not in other.name and "<@" not in other.name
     assert "@everyone" not in other.name and "<|im_end|>" not in other.name  # made inert (a joiner inside)
     await answer_in(h, other)
+    # Emoji (two UTF-16 units each): cut so that the name fits however Discord counts.
+    await h.slash("chat", {"prompt": "🌋" * 120, "thread": True}, channel=h.random)
+    await h.wait_for(lambda: len(bot_threads(h, h.random)) == 2, message="a second thread in #random")
+    volcano = next(t for t in bot_threads(h, h.random) if t.id != other.id)
+    assert volcano.name.endswith("…") and len(volcano.name.encode("utf-16-le")) // 2 <= 100
+    await answer_in(h, volcano)
     # Only a mention: the name falls back to the asker's, never empty.
     await h.slash("chat", {"prompt": f"<@{h.bob.id}>", "thread": True}, channel=h.general)
     await h.wait_for(lambda: len(bot_threads(h, h.general)) == 2, message="a second thread in #general")
