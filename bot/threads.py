@@ -141,11 +141,9 @@ def precheck(channel: Any, permissions: discord.Permissions, lang: str) -> Place
 async def thread_for_message(message: discord.Message, text: str, lang: str) -> Placement:
     """A thread started from the person's message (for `THREAD_REPLIES`), or where to answer instead."""
     channel = message.channel
-    guild = message.guild
-    me = guild.me if guild is not None else None
-    permissions = channel.permissions_for(me) if me is not None and hasattr(channel, "permissions_for") \
-        else discord.Permissions.none()
-    early = precheck(channel, permissions, lang)
+    if not can_hold_threads(channel) or message.guild is None:
+        return Placement()  # a DM, a thread, a voice channel's chat: in place, no note on every message
+    early = precheck(channel, channel.permissions_for(message.guild.me), lang)  # type: ignore[union-attr]
     if early is not None:
         return early
     fallback = i18n.t("thread_default_name", lang, name=message.author.display_name)

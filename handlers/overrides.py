@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from models import routing
+from models.engines.base import GenParams
 from models.protocol import KEYS
 from models.settings import Settings
 
@@ -44,11 +45,16 @@ class Effective:
     repetition_penalty: float
     model: str = ""  # the model the job asks for (routing name); "" = the deployment's only model
     chosen_model: str = ""  # what admins chose, as stored (may name a model no longer configured)
+    # The sampling values someone set (a scope, or the bot's environment); the others shown here are the generic
+    # defaults, and the worker fills in the loaded model's own instead (models/engines/sampling.py).
+    explicit: frozenset[str] = frozenset()
     thread_replies: bool = False  # answer messages in server channels in a new thread (bot/threads.py)
 
     def params(self) -> dict[str, float]:
-        return {"temperature": self.temperature, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        """What the job carries: only the explicitly set values, so the model's own defaults apply to the rest."""
+        values = {"temperature": self.temperature, "top_p": self.top_p,
+                  "max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        return {name: value for name, value in values.items() if name in self.explicit}
 
 
 def validate(name: str, value: str) -> str:
@@ -121,13 +127,16 @@ class ConfStore:
         values: dict[str, str] = {}
         for scoped in scope_values:
             values.update(scoped or {})
+        # What nobody set is the loaded model's choice (the worker's); shown here as the generic default.
+        base: dict[str, Any] = {**vars(GenParams()), **d.explicit_sampling()}
         return Effective(
             system_prompt=values.get("system_prompt", d.system_prompt),
-            temperature=float(values.get("temperature", d.temperature)),
-            top_p=float(values.get("top_p", d.top_p)),
-            max_new_tokens=int(values.get("max_new_tokens", d.max_new_tokens)),
-            repetition_penalty=d.repetition_penalty,
+            temperature=float(values.get("temperature", base["temperature"])),
+            top_p=float(values.get("top_p", base["top_p"])),
+            max_new_tokens=int(values.get("max_new_tokens", base["max_new_tokens"])),
+            repetition_penalty=float(base["repetition_penalty"]),
             model=routing.job_model(d, values.get(MODEL_FIELD)),
             chosen_model=values.get(MODEL_FIELD, ""),
+            explicit=frozenset(d.explicit_sampling()) | {name for name in FIELDS if name in values},
             thread_replies=values["thread_replies"] == "true" if "thread_replies" in values else d.thread_replies,
         )

@@ -58,10 +58,10 @@ class JobContext:
         return "".join(self.parts)
 
     def params(self) -> GenParams:
-        """Sampling parameters of the job, clamped, with the settings as defaults."""
-        s = self.settings
-        defaults = GenParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                             repetition_penalty=s.repetition_penalty)
+        """Sampling parameters of the job, clamped: what its payload carries (only what a user or admin set), over
+        the worker's explicitly set settings, over the loaded model's own defaults (models/engines/sampling.py)."""
+        model = dict(getattr(self.engine, "sampling_defaults", None) or {})
+        defaults = GenParams.from_dict({**model, **self.settings.explicit_sampling()})
         return GenParams.from_dict(self.job.payload.get("params"), defaults)
 
     async def emit(self, type_: str, data: dict[str, Any] | None = None) -> None:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 INTERNLM_META_PROMPT = (
@@ -21,9 +21,9 @@ INTERNLM_META_PROMPT = (
 
 CsvInts = Annotated[list[int], NoDecode]
 
-# Sampling defaults used instead of the InternLM demo's with the bundled SmolLM2-135M (see Settings).
-BUNDLED_MODEL_TEMPERATURE = 0.3
-BUNDLED_MODEL_REPETITION_PENALTY = 1.2
+# The sampling settings a job may carry.  Set explicitly (environment, .env), they apply to every model; left
+# unset, the worker's engine fills in the loaded model's own defaults (models/engines/sampling.py).
+SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
 
 
 def _csv(value: object) -> object:
@@ -96,12 +96,14 @@ class Settings(BaseSettings):
     # set = the llamacpp engine sees images.
     llamacpp_clip_model_path: str = ""
 
-    # --- Generation defaults (as in the InternLM chat demo) -------------------------------------
+    # --- Generation defaults -------------------------------------------------------------------
+    # Sampling: unset (or empty) = the loaded model's own default, filled in by the worker (models/engines/
+    # sampling.py: the GGUF's metadata, else the InternLM chat demo's 0.8 / 0.8 / 1024 / 1.005, SmolLM2 tamer).
     system_prompt: str = INTERNLM_META_PROMPT
-    temperature: float = 0.8
-    top_p: float = 0.8
-    max_new_tokens: int = 1024
-    repetition_penalty: float = 1.005
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    repetition_penalty: float | None = None
 
     # --- Worker --------------------------------------------------------------------------------
     embedded_worker: bool = True
@@ -148,8 +150,10 @@ class Settings(BaseSettings):
     agent_max_turns: int = 6  # model calls per agent run (each may run one tool)
     agent_timeout: float = 180.0  # overall deadline (seconds) of one agent run
     # How the agent talks to the model: `internlm2` = InternLM2's raw protocol (special tokens, any engine);
-    # `tools` = OpenAI function calling (ENGINE=openai with a server that accepts `tools`; docs/agent.md).
-    agent_protocol: Literal["internlm2", "tools"] = "internlm2"
+    # `tools` = OpenAI function calling (ENGINE=openai with a server that accepts `tools`; docs/agent.md);
+    # `auto` = internlm2 where the engine keeps the model's InternLM2 tokens, else tools where it has them
+    # (models/agent/protocol.py).
+    agent_protocol: Literal["auto", "internlm2", "tools"] = "auto"
     agent_arxiv: bool = True  # offer the arXiv search tool (needs internet)
     arxiv_base_url: str = "https://export.arxiv.org/api/query"
     arxiv_timeout: float = 15.0
@@ -230,20 +234,16 @@ class Settings(BaseSettings):
             raise ValueError(f"must be requests/seconds such as 5/60 (0/60 turns the limit off), not {value!r}")
         return value
 
-    @model_validator(mode="after")
-    def _tame_the_bundled_model(self) -> Settings:
-        """The InternLM demo's sampling (temperature 0.8, repetition penalty 1.005) suits a 7B model; the bundled
-        135M model loops and rambles with it.  With that model, and only where the admin set neither, use
-        temperature 0.3 and repetition penalty 1.2 instead (tried side by side in the console).  The default
-        LLAMACPP_MODEL (empty) counts as that model: settings are read before the engine knows whether the hub is
-        reachable, and offline the default is SmolLM2."""
-        own_model = self.llamacpp_model_path or self.llamacpp_model.strip() not in ("", "bundled")
-        if self.engine == "llamacpp" and not own_model:
-            if "temperature" not in self.model_fields_set:
-                self.temperature = BUNDLED_MODEL_TEMPERATURE
-            if "repetition_penalty" not in self.model_fields_set:
-                self.repetition_penalty = BUNDLED_MODEL_REPETITION_PENALTY
-        return self
+    @field_validator(*SAMPLING_FIELDS, mode="before")
+    @classmethod
+    def _empty_is_the_models(cls, value: object) -> object:
+        """`TEMPERATURE=` (as .env.example has it) means "not set": the model's own default."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def explicit_sampling(self) -> dict[str, float]:
+        """The sampling settings set here (environment, .env, or in code); the others are the loaded model's to
+        choose — settings are read before the engine knows which model it loads."""
+        return {name: value for name in SAMPLING_FIELDS if (value := getattr(self, name)) is not None}
 
     @property
     def rate_limit(self) -> tuple[int, float]:

@@ -297,6 +297,7 @@ async def agent_via_openai(settings: Settings, bus: Bus, chat: ChatHandler,
     task = asyncio.create_task(w.run())
     try:
         settings.agent_arxiv = False
+        settings.agent_protocol = "internlm2"  # the raw protocol over completions; `auto` would pick tools here
         updates = await run(AgentHandler(chat), "2x + 3 = 10", conversation="console:openai")
     finally:
         w.stop()

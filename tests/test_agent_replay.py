@@ -39,9 +39,9 @@ from handlers.agent import AgentHandler, format_step
 from handlers.chat import ChatHandler, Update
 from handlers.history import HistoryStore, Turn
 from handlers.overrides import ConfStore
-from models.jobs import agent as runner
 from models.agent.parsing import PluginCallError, extract_code, parse_plugin_call
 from models.engines.openai import OpenAIEngine
+from models.jobs import agent as runner
 from models.protocol import Bus
 from models.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 from models.settings import Settings
@@ -102,6 +102,7 @@ async def server() -> AsyncIterator[FakeOpenAI]:
 def agent(settings: Settings, bus: Bus) -> AgentHandler:
     settings.agent_arxiv = False
     settings.agent_timeout = 90
+    settings.agent_protocol = "internlm2"  # what these recordings are; `auto` would pick tools on ENGINE=openai
     return AgentHandler(ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings))
 
 

@@ -30,8 +30,8 @@ from handlers.agent import AgentHandler
 from handlers.chat import ChatHandler
 from handlers.history import HistoryStore
 from handlers.overrides import ConfStore
-from models.jobs import agent as runner
 from models.engines.openai import OpenAIEngine
+from models.jobs import agent as runner
 from models.protocol import Bus
 from models.sandbox import Sandbox, SandboxLimits
 from models.settings import Settings

@@ -122,7 +122,7 @@ async def test_recorded_internlm_math_run(discord_harness: Harness, discord_bot:
     server.skip_special, server.apply_stop = INTERNLM2_SPECIAL, True  # as lmdeploy serves it
     engine = OpenAIEngine(base_url=server.base_url, chat_model=MODEL)
     try:
-        await discord_bot.start(agent_arxiv=False)
+        await discord_bot.start(agent_arxiv=False, agent_protocol="internlm2")  # the recording's raw protocol
         discord_bot.runtime.worker.engine = engine
         server.replay(math_turns())
         interaction = await h.slash("agent", {"task": MATH["task"]})

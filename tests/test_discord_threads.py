@@ -290,3 +290,25 @@ def test_invite_link_asks_for_create_public_threads() -> None:
         text = (ROOT / doc).read_text(encoding="utf-8")
         assert f"permissions={INVITE_PERMISSIONS.value}" in text, doc
         assert "permissions=274878024704" not in text, doc
+
+
+def test_names_durations_and_the_setting_parse_as_documented() -> None:
+    """The pure rules under the end-to-end tests: names, archive durations, the /settings value."""
+    from types import SimpleNamespace
+
+    from bot.threads import archive_minutes, thread_name
+    from handlers.overrides import ConfError, validate
+
+    assert thread_name("  hello\n\nworld  ", "fallback") == "hello world"
+    assert thread_name("<:party:123456789012345678> time <#42>", "x") == ":party: time"
+    assert thread_name("", "Chat with Alice") == "Chat with Alice"
+    assert thread_name("   ", "") == "Chat"
+    cut = thread_name("a" * 60 + " " + "b" * 60, "x")
+    assert cut == "a" * 60 + "…"  # at the word, not inside it
+    for value, expected in ((60, 60), (4320, 4320), (10080, 10080), (30, 1440), (None, 1440)):
+        assert archive_minutes(SimpleNamespace(default_auto_archive_duration=value)) == expected
+    assert archive_minutes(object()) == 1440
+    assert [validate("thread_replies", v) for v in ("on", "TRUE", "yes", "1")] == ["true"] * 4
+    assert [validate("thread_replies", v) for v in ("off", "False", "no", "0")] == ["false"] * 4
+    with pytest.raises(ConfError, match="on or off"):
+        validate("thread_replies", "maybe")

@@ -92,18 +92,29 @@ def test_environment_overrides_and_types(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_generation_defaults_follow_the_internlm_demo() -> None:
+    """Unset sampling is the model's (the worker's engine fills it in); what nobody chose falls back to the
+    InternLM chat demo's values, which `GenParams` holds."""
+    from models.engines.base import GenParams
+
     settings = Settings(_env_file=None, engine="openai")
-    assert (settings.temperature, settings.top_p, settings.repetition_penalty) == (0.8, 0.8, 1.005)
+    assert (settings.temperature, settings.top_p, settings.repetition_penalty) == (None, None, None)
+    generic = GenParams()
+    assert (generic.temperature, generic.top_p, generic.max_new_tokens, generic.repetition_penalty) == \
+        (0.8, 0.8, 1024, 1.005)
     assert "InternLM (书生·浦语)" in settings.system_prompt
 
 
-def test_the_bundled_model_gets_calmer_sampling_unless_the_admin_chose() -> None:
-    bundled = Settings(_env_file=None)  # ENGINE=llamacpp with no model path: SmolLM2-135M
-    assert (bundled.temperature, bundled.repetition_penalty) == (0.3, 1.2)
-    chosen = Settings(_env_file=None, temperature=0.8, repetition_penalty=1.005)
-    assert (chosen.temperature, chosen.repetition_penalty) == (0.8, 1.005)
-    own_gguf = Settings(_env_file=None, llamacpp_model_path="/models/internlm2_5-7b-chat-q4_k_m.gguf")
-    assert (own_gguf.temperature, own_gguf.repetition_penalty) == (0.8, 1.005)
+def test_only_explicit_sampling_settings_bind_every_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings no longer guess the model's sampling (the engine knows which model loaded: tests/
+    test_sampling_defaults.py); what the environment or code sets explicitly is kept for every model."""
+    assert Settings(_env_file=None).explicit_sampling() == {}
+    assert Settings(_env_file=ENV_EXAMPLE).explicit_sampling() == {}  # a copied .env.example pins nothing
+    monkeypatch.setenv("TOP_P", "")  # empty = unset
+    assert Settings(_env_file=None).explicit_sampling() == {}
+    monkeypatch.setenv("TEMPERATURE", "0.5")
+    monkeypatch.setenv("MAX_NEW_TOKENS", "256")
+    assert Settings(_env_file=None).explicit_sampling() == {"temperature": 0.5, "max_new_tokens": 256}
+    assert Settings(_env_file=None, repetition_penalty=1.1).explicit_sampling()["repetition_penalty"] == 1.1
 
 
 def test_readme_settings_table_is_current() -> None:

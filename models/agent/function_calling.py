@@ -130,10 +130,3 @@ class ToolAgent(StepAgent):
             return f"there is no function named {name!r}; available: {known}", "", {}, args
         return "", "plugin", {"name": plugins[name], "parameters": args}, args
 
-
-def tools_unavailable(engine: Any) -> str:
-    """Why AGENT_PROTOCOL=tools cannot run on this engine ('' when it can)."""
-    if getattr(engine, "supports_tools", False):
-        return ""
-    return (f"AGENT_PROTOCOL=tools needs ENGINE=openai (this worker runs {getattr(engine, 'name', 'another engine')})"
-            "; using InternLM2's own protocol")

@@ -1,8 +1,8 @@
 """The InternLM2-protocol agent loop (`StepAgent`) and what both agent protocols share: the limits on tool
 results, the interpreter note, and `StepAgent.execute`, which runs one tool call and reports it as steps.
 
-Split from `models/jobs/agent.py` (the `agent` job) so that `function_calling.py` can build on the loop without importing the
-job that chooses between them."""
+Split from `models/jobs/agent.py` (the `agent` job) so that `function_calling.py` can build on the loop without
+importing the job that chooses between them."""
 from __future__ import annotations
 
 import json

@@ -75,12 +75,18 @@ class Engine(ABC):
     context_window: int = 4096
     supports_vision: bool = False
     supports_raw: bool = False  # can complete a raw prompt string (for the agent's native protocol)
+    # Its raw completions hand the model's control tokens back as text (InternLM2's `<|action_start|>` …), as the
+    # agent's InternLM2 protocol needs; False where that depends on a server (models/agent/protocol.py).
+    keeps_control_tokens: bool = False
     # The configured model's own control tokens as text (`<|im_start|>`, `<|im_end|>`, ...): every token its
     # tokenizer would read as one special token where it appears in prompt text.  Runners pass them to
     # `untrusted.inert` as `extra`, so a model with markers beyond the built-in list is covered too.
     # Empty when the tokenizer is not known here (before `start()`, a remote server): inert's own list of
     # InternLM2 / ChatML / Llama markers still applies.
     special_tokens: frozenset[str] = frozenset()
+    # The loaded model's own sampling defaults (models/engines/sampling.py), for every value neither the job nor
+    # the worker's settings set explicitly; empty = the InternLM demo's (`GenParams`' own).
+    sampling_defaults: dict[str, float] = {}
 
     async def start(self) -> None:
         """Load weights / open clients.  Called once by the worker before it claims jobs."""
@@ -104,6 +110,12 @@ class Engine(ABC):
     def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         """Complete a fully rendered prompt (no chat template applied).  Optional."""
         raise EngineError(f"the {self.name} engine cannot complete raw prompts")
+
+    def opens_thinking(self, messages: list[ChatMessage]) -> bool:
+        """Whether the prompt `stream_chat` renders for `messages` ends inside an open `<think>` (the chat
+        template opened the model's thinking, models/reasoning.py).  False where the engine does not render
+        the template itself (a server that splits the reasoning does so on its side)."""
+        return False
 
     def served_model(self, vision: bool) -> str:
         """The model (path, hub id or served name) that answers a request with images (`vision`) or without.

@@ -173,6 +173,7 @@ class _Stream:
 class LMDeployEngine(Engine):
     name = "lmdeploy"
     supports_raw = True
+    keeps_control_tokens = True  # raw completions decode with skip_special_tokens=False
 
     def __init__(self, model: str, *, vision_model: str = "", backend: str = "turbomind", tp: int = 1,
                  session_len: int = 8192, log_level: str = "ERROR", cache_share: float = 0.8,

@@ -6,8 +6,10 @@ the working directory of every Python run of the task).
 
 The agent (`StepAgent`, an `Internlm2Agent` with Lagent's `Internlm2Protocol` and `ActionExecutor`s) runs in
 a thread because Lagent 0.2.4 is synchronous; its model calls come back to the event loop through
-`EngineLLM`.  With `AGENT_PROTOCOL=tools` the same agent talks OpenAI function calling instead
-(`models/agent/function_calling.py:ToolAgent`, which reuses `StepAgent.execute`).  Each step becomes one event:
+`EngineLLM`.  With the tools protocol the same agent talks OpenAI function calling instead
+(`models/agent/function_calling.py:ToolAgent`, which reuses `StepAgent.execute`); `AGENT_PROTOCOL` (default
+`auto`) is resolved per run by `models/agent/protocol.py`, which says which and why in the log and in `done`.
+Each step becomes one event:
 
     {"type": "thought",     "turn": n, "title": "Thought",            "text": ...}
     {"type": "tool_call",   "turn": n, "title": "Python" | tool,      "tool": "python" | name,
@@ -33,14 +35,15 @@ from typing import Any
 
 from lagent.actions import ActionExecutor
 
+from ..agent import protocol
+from ..agent.actions import build_executors
+from ..agent.attachments import files_note, load_files, with_files
+from ..agent.function_calling import ToolAgent
+from ..agent.llm import AgentStopped, EngineLLM
+from ..agent.steps import StepAgent, short_tool
 from ..context import JobContext, JobError
 from ..sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 from ..untrusted import inert
-from ..agent.actions import build_executors
-from ..agent.attachments import files_note, load_files, with_files
-from ..agent.function_calling import ToolAgent, tools_unavailable
-from ..agent.llm import AgentStopped, EngineLLM
-from ..agent.steps import StepAgent, short_tool
 
 MAX_TASK_CHARS = 4000
 HISTORY_TURNS = 6  # recent chat turns given to the agent as context
@@ -114,14 +117,12 @@ async def run_agent(ctx: JobContext) -> None:
     note = files_note(files, python=not python_off, budget=settings.text_file_max_chars)
     messages = with_files(messages, inert(note, extra=tokens))
     interpreter, plugins = build_executors(sandbox, settings, python=not python_off, files=files)
-    agent_class: type[StepAgent] = StepAgent
-    if getattr(settings, "agent_protocol", "internlm2") == "tools":
-
-        unavailable = tools_unavailable(ctx.engine)
-        if unavailable:
-            await ctx.step({"type": "note", "turn": 0, "title": "Note", "text": unavailable + "."})
-        else:
-            agent_class = ToolAgent
+    setting = getattr(settings, "agent_protocol", protocol.INTERNLM2)
+    choice = protocol.choose(ctx.engine, setting, tokens)  # models/agent/protocol.py: which, and why
+    protocol.log_choice(ctx.engine, setting, choice)
+    if choice.note:
+        await ctx.step({"type": "note", "turn": 0, "title": "Note", "protocol": choice.protocol, "text": choice.note})
+    agent_class: type[StepAgent] = ToolAgent if choice.protocol == protocol.TOOLS else StepAgent
     agent = agent_class(llm, interpreter, plugins, max(1, settings.agent_max_turns), stop, tokens=tokens,
                         python_off=python_off)
     if python_off:
@@ -191,4 +192,5 @@ async def run_agent(ctx: JobContext) -> None:
             answer = "The model gave no answer."
     await ctx.done(answer, stopped=stopped, prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens,
                    extra={"history": history_line(answer or "(stopped before answering)", agent.tools_used),
-                          "tools": dict(agent.tools_used), "turns": llm.calls})
+                          "tools": dict(agent.tools_used), "turns": llm.calls,
+                          "protocol": choice.protocol, "protocol_reason": choice.reason})
