@@ -49,3 +49,35 @@ def test_limits_and_legacy_fields_refused():
     gallery = {"type": 12, "items": [{"media": {"url": f"attachment://{i}.png"}} for i in range(11)]}
     assert error_code({"flags": rules.IS_COMPONENTS_V2, "components": [gallery]}) == "BASE_TYPE_BAD_LENGTH"
     assert error_code({"flags": rules.IS_COMPONENTS_V2, "components": [{"type": 99}]}) == "UNION_TYPE_CHOICES"
+
+
+def test_placement_rules_refused():
+    """A section needs 1-3 text displays and an accessory (button or thumbnail); a container holds no
+    container; a file component takes attachment:// only; a text display needs content; custom ids unique."""
+    v2 = rules.IS_COMPONENTS_V2
+    text = {"type": 10, "content": "hi"}
+    button = {"type": 2, "style": 2, "label": "Go", "custom_id": "go"}
+    assert error_code({"flags": v2, "components": [{"type": 9, "components": [text]}]}) == "BASE_TYPE_REQUIRED"
+    assert error_code({"flags": v2, "components": [{"type": 9, "components": [text],
+                                                    "accessory": text}]}) == "UNION_TYPE_CHOICES"
+    assert error_code({"flags": v2, "components": [{"type": 9, "components": [text] * 4,
+                                                    "accessory": button}]}) == "BASE_TYPE_BAD_LENGTH"
+    rules.check_payload({"flags": v2, "components": [{"type": 9, "components": [text], "accessory": button}]})
+    assert error_code({"flags": v2, "components": [{"type": 17, "components": [{"type": 17, "components": [text]}]}]}
+                      ) == "UNION_TYPE_CHOICES"
+    assert error_code({"flags": v2, "components": [{"type": 13, "file": {"url": "https://example.com/a.txt"}}]}
+                      ) == "UNFURLED_MEDIA_ITEM_URL_INVALID"
+    assert error_code({"flags": v2, "components": [{"type": 10, "content": ""}]}) == "BASE_TYPE_REQUIRED"
+    assert error_code({"flags": v2, "components": [{"type": 1, "components": [button]},
+                                                   {"type": 1, "components": [button]}]}
+                      ) == "COMPONENT_CUSTOM_ID_DUPLICATED"
+
+
+def test_an_edit_of_a_v2_message_is_checked_as_v2():
+    """The flag cannot be removed: an edit without it, of a message that has it, still may not carry content."""
+    with pytest.raises(rules.ApiError) as caught:
+        rules.check_payload({"content": "plain again", "components": []}, rules.IS_COMPONENTS_V2)
+    assert caught.value.errors == {"content": {"_errors": [{
+        "code": "MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2",
+        "message": "The 'content' field cannot be used when using MessageFlags.IS_COMPONENTS_V2"}]}}
+    rules.check_payload({"content": "plain"}, 0)

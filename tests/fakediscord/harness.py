@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import rules
 from .server import DIRECT_MESSAGES, GUILD_MESSAGES, GUILDS, Call, FakeDiscord
 from .state import (
     DM,
@@ -446,7 +447,30 @@ class Harness:
 
     @staticmethod
     def text(messages: Iterable[Message]) -> str:
-        return "".join(m.content for m in messages)
+        """What the messages show as text, in either shape (see `visible_text`), concatenated."""
+        return "".join(visible_text(m) for m in messages)
+
+
+def text_displays(message: Message) -> list[str]:
+    """The contents of a Components V2 message's text displays, in order (nested ones included)."""
+    found: list[str] = []
+
+    def walk(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            if item.get("type") == 10:
+                found.append(str(item.get("content") or ""))
+            walk(item.get("components") or [])
+
+    walk(message.components)
+    return found
+
+
+def visible_text(message: Message) -> str:
+    """The text a person sees: a plain message's content, or a Components V2 message's text displays joined
+    by blank lines (Discord refuses content on such a message, so there is nothing else)."""
+    if message.flags & rules.IS_COMPONENTS_V2:
+        return "\n\n".join(text_displays(message))
+    return message.content
 
 
 def _attachment_spec(spec: Any) -> tuple[str, bytes, str]:
@@ -460,4 +484,4 @@ def _attachment_spec(spec: Any) -> tuple[str, bytes, str]:
     raise TypeError(f"an attachment is bytes, (name, bytes) or (name, bytes, mime), not {type(spec).__name__}")
 
 
-__all__ = ["DIRECT_MESSAGES", "GUILD_MESSAGES", "Harness"]
+__all__ = ["DIRECT_MESSAGES", "GUILD_MESSAGES", "Harness", "text_displays", "visible_text"]

@@ -151,12 +151,52 @@ def check_components(components: Any) -> None:
 
 # Components V2 (docs.discord.com/developers/components and its Component Reference): the IS_COMPONENTS_V2
 # flag (1<<15) disables `content` and embeds; at most 40 components in all (nested ones count); at most 4,000
-# characters across the message's text displays; a media gallery holds 1-10 items.
+# characters across the message's text displays; a media gallery holds 1-10 items.  A section holds one to
+# three text displays and needs an accessory (a button or a thumbnail); a container holds action rows, text
+# displays, sections, galleries, separators and files; a file component only takes `attachment://` references;
+# an action row holds 1-5 buttons or one select.  "Once a message has been sent with this flag, it can't be
+# removed from that message": an edit of such a message is checked as V2 and keeps the flag.
 IS_COMPONENTS_V2 = 1 << 15
 V2_MAX_COMPONENTS = 40
 V2_TEXT_TOTAL = 4000
 V2_TOP_LEVEL = {1, 9, 10, 12, 13, 14, 17}  # action row, section, text display, gallery, file, separator, container
 V2_KNOWN = V2_TOP_LEVEL | {2, 3, 5, 6, 7, 8, 11}  # + button, selects, thumbnail
+V2_IN_CONTAINER = {1, 9, 10, 12, 13, 14}
+V2_ACCESSORY = {2, 11}
+V2_SELECTS = {3, 5, 6, 7, 8}
+
+
+def _check_v2_item(item: dict[str, Any], where: str, parent: int | None) -> None:
+    """The rules of one component that depend on its kind and where it sits."""
+    kind = item.get("type")
+    if parent == 17 and kind not in V2_IN_CONTAINER:
+        raise form_error(f"{where}.type", "UNION_TYPE_CHOICES",
+                         f"Value of field \"type\" must be one of {sorted(V2_IN_CONTAINER)}.")
+    if parent == 9 and kind != 10:
+        raise form_error(f"{where}.type", "UNION_TYPE_CHOICES", "Value of field \"type\" must be one of [10].")
+    if parent == 1 and kind not in {2} | V2_SELECTS:
+        raise form_error(f"{where}.type", "UNION_TYPE_CHOICES",
+                         f"Value of field \"type\" must be one of {sorted({2} | V2_SELECTS)}.")
+    if kind == 10 and (not isinstance(item.get("content"), str) or not item["content"]):
+        raise form_error(f"{where}.content", "BASE_TYPE_REQUIRED", "This field is required")
+    if kind == 9:
+        children = item.get("components") or []
+        if not 1 <= len(children) <= 3:
+            raise form_error(f"{where}.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 3 in length.")
+        accessory = item.get("accessory")
+        if not isinstance(accessory, dict):
+            raise form_error(f"{where}.accessory", "BASE_TYPE_REQUIRED", "This field is required")
+        if accessory.get("type") not in V2_ACCESSORY:
+            raise form_error(f"{where}.accessory.type", "UNION_TYPE_CHOICES",
+                             f"Value of field \"type\" must be one of {sorted(V2_ACCESSORY)}.")
+    if kind == 1:
+        children = item.get("components") or []
+        selects = [c for c in children if c.get("type") in V2_SELECTS]
+        if not 1 <= len(children) <= MAX_ROW_ITEMS or (selects and len(children) > 1):
+            raise form_error(f"{where}.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
+    if kind == 13 and not str((item.get("file") or {}).get("url") or "").startswith("attachment://"):
+        raise form_error(f"{where}.file.url", "UNFURLED_MEDIA_ITEM_URL_INVALID",
+                         "File components only support attachment:// references.")
 
 
 def check_components_v2(payload: dict[str, Any]) -> None:
@@ -169,25 +209,34 @@ def check_components_v2(payload: dict[str, Any]) -> None:
                          "The 'embeds' field cannot be used when using MessageFlags.IS_COMPONENTS_V2")
     count = 0
     text = 0
+    seen: set[str] = set()
 
-    def walk(items: list[dict[str, Any]], path: str, top: bool) -> None:
+    def walk(items: list[dict[str, Any]], path: str, parent: int | None) -> None:
         nonlocal count, text
+        top = parent is None
         for i, item in enumerate(items):
             where = f"{path}.{i}"
             kind = item.get("type")
             if kind not in (V2_TOP_LEVEL if top else V2_KNOWN):
                 raise form_error(f"{where}.type", "UNION_TYPE_CHOICES", f"Value of field \"type\" must be one of "
                                  f"{sorted(V2_TOP_LEVEL if top else V2_KNOWN)}.")
+            _check_v2_item(item, where, parent)
             count += 1
             if kind == 10:
                 text += len(str(item.get("content") or ""))
             if kind == 12 and not 1 <= len(item.get("items") or []) <= 10:
                 raise form_error(f"{where}.items", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 10 in length.")
-            walk(item.get("components") or [], f"{where}.components", False)
+            custom_id = item.get("custom_id")
+            if custom_id is not None:
+                if custom_id in seen:
+                    raise form_error(f"{where}.custom_id", "COMPONENT_CUSTOM_ID_DUPLICATED",
+                                     "Component custom id cannot be duplicated")
+                seen.add(custom_id)
+            walk(item.get("components") or [], f"{where}.components", kind)
             if isinstance(item.get("accessory"), dict):
-                walk([item["accessory"]], f"{where}.accessory", False)
+                walk([item["accessory"]], f"{where}.accessory", -1)
 
-    walk(payload.get("components") or [], "components", True)
+    walk(payload.get("components") or [], "components", None)
     if count > V2_MAX_COMPONENTS:
         raise form_error("components", "BASE_TYPE_MAX_LENGTH", f"Must be {V2_MAX_COMPONENTS} or fewer in length.")
     if text > V2_TEXT_TOTAL:
@@ -209,11 +258,12 @@ def check_allowed_mentions(allowed: Any) -> None:
                          'parse:["roles"] and roles: [ids...] are mutually exclusive.')
 
 
-def check_payload(payload: dict[str, Any]) -> None:
-    """Everything that can be checked on a create/edit body by itself."""
+def check_payload(payload: dict[str, Any], existing_flags: int = 0) -> None:
+    """Everything that can be checked on a create/edit body by itself (`existing_flags`: the edited message's;
+    a V2 message stays V2)."""
     check_content(payload.get("content"))
     check_embeds(payload.get("embeds"))
-    if int(payload.get("flags") or 0) & IS_COMPONENTS_V2:
+    if (int(payload.get("flags") or 0) | existing_flags) & IS_COMPONENTS_V2:
         check_components_v2(payload)
         check_allowed_mentions(payload.get("allowed_mentions"))
         return

@@ -631,8 +631,8 @@ class FakeDiscord:
         return message
 
     def apply_edit(self, message: Message, request: web.Request, payload: dict[str, Any]) -> None:
-        """Validate an edit body and apply it (Discord keeps fields that are absent)."""
-        rules.check_payload(payload)
+        """Validate an edit body and apply it (Discord keeps fields that are absent; a V2 message stays V2)."""
+        rules.check_payload(payload, message.flags)
         channel = self.world.channels[message.channel_id]
         content = message.content if payload.get("content", ...) is ... else (payload.get("content") or "")
         embeds = message.embeds if "embeds" not in payload else (payload.get("embeds") or [])
@@ -645,7 +645,8 @@ class FakeDiscord:
         message.content, message.embeds, message.components = content, embeds, components
         message.attachments = attachments
         if "flags" in payload and payload["flags"] is not None:
-            message.flags = (message.flags & EPHEMERAL) | (int(payload["flags"]) & ~EPHEMERAL)
+            kept = message.flags & (EPHEMERAL | rules.IS_COMPONENTS_V2)  # neither can be changed by an edit
+            message.flags = kept | (int(payload["flags"]) & ~EPHEMERAL)
         message.flags &= ~LOADING
         message.allowed_mentions = payload.get("allowed_mentions")
         replied = None
