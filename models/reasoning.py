@@ -5,8 +5,16 @@ the answer; the tags may arrive split across any number of pieces, and a model t
 never closes them.  lmdeploy's `--reasoning-parser` instead sends the thinking as `delta.reasoning_content`
 (the OpenAI engine hands those to `THINKING_SINK`, see models/engines/openai.py).  Either way the thinking
 is shown apart from the answer and never enters the conversation history, so it is split here, in the
-worker, before anything is emitted (`ReasoningSplitter`, streaming).  `split()` takes a whole output apart
-at once, for code that holds the full text.
+worker, before anything is emitted (`ReasoningSplitter`, streaming).
+
+Some chat templates open the thinking themselves: Qwen3-Thinking-2507's generation prompt is
+`<|im_start|>assistant\n<think>\n` (DeepSeek-R1's updated template and Intern-S1's in thinking mode end the
+same way), so the model's output starts *inside* the thinking, with no `<think>`, and later has `</think>`.
+An engine that renders the template knows (`Engine.opens_thinking`: llama.cpp renders the GGUF's template;
+`prompt_opens_thinking` for a raw prompt), and the splitter then starts in the thinking
+(`ReasoningSplitter(opened=True)`).  OpenAI-compatible
+servers render the template themselves and, with a reasoning parser (lmdeploy, vLLM), send the thinking as
+`reasoning_content`, so nothing is needed there.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ OPEN, CLOSE = "<think>", "</think>"
 THINKING_SINK: ContextVar[Callable[[str], None] | None] = ContextVar("thinking_sink", default=None)
 
 
+def prompt_opens_thinking(prompt: str) -> bool:
+    """Whether a rendered prompt ends inside an open `<think>` (the template opened the model's thinking)."""
+    return prompt.rstrip().endswith(OPEN)
+
+
 def _held(text: str, tag: str) -> int:
     """Length of the longest end of `text` that could be the start of `tag` (kept back until it is known)."""
     for size in range(min(len(tag) - 1, len(text)), 0, -1):
@@ -35,11 +48,13 @@ class ReasoningSplitter:
 
     `<think>` counts only at the start of the output (after blank space), where reasoning models write it:
     an answer that mentions the tag later is left alone.  Text that might be the start of a tag is held back
-    until the next piece decides; `finish()` releases what is held.
+    until the next piece decides; `finish()` releases what is held.  `opened`: the prompt ended with `<think>`
+    (see the module docstring), so the output begins in the thinking (a `<think>` the model repeats anyway is
+    dropped).
     """
 
-    def __init__(self) -> None:
-        self.mode = "start"  # "start" (nothing decided yet), "think", "answer"
+    def __init__(self, opened: bool = False) -> None:
+        self.mode = "opened" if opened else "start"  # "start" (nothing decided yet), "opened", "think", "answer"
         self._buf = ""
         self._trim = False  # strip the blank lines between `</think>` and the answer
         self.thinking = ""
@@ -87,6 +102,14 @@ class ReasoningSplitter:
                     break  # blank space or part of `<think>`: wait for more
                 else:
                     self.mode = "answer"
+            elif self.mode == "opened":  # inside the template's `<think>`: only a repeated tag is decided here
+                stripped = self._buf.lstrip()
+                if stripped.startswith(OPEN):
+                    self.mode, self._buf = "think", stripped[len(OPEN):]
+                elif stripped and OPEN.startswith(stripped):
+                    break
+                else:
+                    self.mode = "think"
             elif self.mode == "think":
                 end = self._buf.find(CLOSE)
                 if end >= 0:
@@ -104,7 +127,7 @@ class ReasoningSplitter:
 
     def finish(self) -> list[tuple[str, str]]:
         """The end of the output: release held text; an open `<think>` marks the reply `unclosed`."""
-        if self.mode == "think":
+        if self.mode in ("think", "opened"):
             self.unclosed = True
             self._put("thinking", self._buf)
         elif self._buf.strip():

@@ -111,6 +111,12 @@ class Engine(ABC):
         """Complete a fully rendered prompt (no chat template applied).  Optional."""
         raise EngineError(f"the {self.name} engine cannot complete raw prompts")
 
+    def opens_thinking(self, messages: list[ChatMessage]) -> bool:
+        """Whether the prompt `stream_chat` renders for `messages` ends inside an open `<think>` (the chat
+        template opened the model's thinking, models/reasoning.py).  False where the engine does not render
+        the template itself (a server that splits the reasoning does so on its side)."""
+        return False
+
     def served_model(self, vision: bool) -> str:
         """The model (path, hub id or served name) that answers a request with images (`vision`) or without.
         The article flow picks its prompt set by it (models/engines/families.py); "" = not known."""

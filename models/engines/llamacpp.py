@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hub import HubError, locate_gguf
+from ..reasoning import prompt_opens_thinking
 from ..settings import Settings
 from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
 from .sampling import gguf_defaults
@@ -155,6 +156,7 @@ class LlamaCppEngine(Engine):
         self.supports_vision = self.clip_model_path is not None
         self.llm: Any = None
         self._special: frozenset[str] | None = None
+        self._formatter: Any = None  # the GGUF's chat template, for `opens_thinking`
         self.sampling_defaults: dict[str, float] = {}  # the loaded GGUF's (set by `_load`)
         self._load_lock = threading.Lock()
         self._gen_lock = threading.Lock()  # one generation at a time: a llama.cpp context is not thread-safe
@@ -242,6 +244,28 @@ class LlamaCppEngine(Engine):
             return llm.create_chat_completion(messages=llama_messages, stream=True, **sampling_kwargs(params))
 
         return self._stream(open_stream, _chat_piece, cancel)
+
+    def opens_thinking(self, messages: list[ChatMessage]) -> bool:
+        """Render the GGUF's own chat template as `create_chat_completion` does (llama-cpp-python's
+        Jinja2ChatFormatter, the same BOS/EOS texts) and see whether it ends inside `<think>`.  A vision
+        projector's handler or a guessed built-in format (none of which opens thinking) answers False."""
+        llm = self._ensure_loaded()
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template or llm.chat_handler is not None or llm.chat_format != "chat_template.default":
+            return False
+        try:
+            if self._formatter is None:
+                from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+                eos, bos = llm.token_eos(), llm.token_bos()
+                text = llm._model.token_get_text  # what Llama.__init__ gives its own formatter
+                self._formatter = Jinja2ChatFormatter(template=template, eos_token=text(eos) if eos != -1 else "",
+                                                      bos_token=text(bos) if bos != -1 else "")
+            prompt = self._formatter(messages=to_llama_messages(messages, vision=False)).prompt
+        except Exception as exc:  # a template this cannot render: llama.cpp's own rendering reports it
+            log.debug("could not render the chat template to look for <think>: %s", exc)
+            return False
+        return prompt_opens_thinking(prompt)
 
     def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         def open_stream(llm: Any) -> Iterator[dict[str, Any]]:

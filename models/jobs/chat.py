@@ -120,7 +120,7 @@ async def run_chat(ctx: JobContext) -> None:
     system = inert(system if isinstance(system, str) else ctx.settings.system_prompt, ctx.engine.special_tokens)
     prompt = fit_messages(ctx.engine, system, turns, params.max_new_tokens)
     prompt_tokens = ctx.engine.count_message_tokens(prompt)
-    splitter = ReasoningSplitter()
+    splitter = ReasoningSplitter(opened=ctx.engine.opens_thinking(prompt))  # a template that opens <think>
     thought: list[str] = []  # thinking not sent yet
     sent_at = float("-inf")
 
