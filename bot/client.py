@@ -36,6 +36,7 @@ from handlers.active_replies import ActiveReplies
 from handlers.types import Reply
 from handlers.user_quota import UserQuota
 from models.logs import make_handler
+from models.memory import freeze_startup_objects
 from models.settings import Settings
 
 from . import i18n
@@ -125,6 +126,8 @@ class InternLMBot(commands.AutoShardedBot):
                 await self.load_extension(name)
         if self.sync_mode != "never":
             self.synced = await self.sync_commands(force=self.sync_mode == "force")
+        # Everything loaded so far lives as long as the process: keep full GCs from walking it (models/memory.py).
+        freeze_startup_objects()
 
     async def on_message(self, message: discord.Message, /) -> None:
         """Counted for the metrics; no text commands (this replaces `process_commands`): messages are the
