@@ -18,6 +18,7 @@ from handlers.types import Reply, Request
 from . import i18n
 from .conversations import conversation_for, settings_channel
 from .host import BotHost
+from .layouts import without_buttons
 from .replies import stream_reply
 from .targets import NO_MENTIONS, InteractionTarget, ephemeral
 
@@ -64,7 +65,8 @@ class StopButton(_OwnedButton, discord.ui.DynamicItem[discord.ui.Button],
         bus = bot.runtime.bus
         events = await bus.read_events(self.job)
         if events and events[-1].final:  # a button left over from a reply that finished long ago
-            await interaction.response.edit_message(view=None, allowed_mentions=NO_MENTIONS)
+            view = without_buttons(interaction.message) if interaction.message is not None else None
+            await interaction.response.edit_message(view=view, allowed_mentions=NO_MENTIONS)
             return
         await interaction.response.defer()  # the streamer edits the message as the job stops
         await bus.cancel(self.job)
@@ -106,10 +108,11 @@ class RegenerateButton(_OwnedButton, discord.ui.DynamicItem[discord.ui.Button],
         bot.regenerating.add(conversation)
         try:
             await interaction.response.defer(thinking=True)
-            if interaction.message is not None:  # the old answer loses its button
+            if interaction.message is not None:  # the old answer loses its button (a layout keeps its text)
                 await bot.buckets.get(interaction.channel_id or 0).acquire()
                 try:
-                    await interaction.message.edit(view=None, allowed_mentions=NO_MENTIONS)
+                    await interaction.message.edit(view=without_buttons(interaction.message),
+                                                   allowed_mentions=NO_MENTIONS)
                 except discord.HTTPException:
                     pass
             request = Request(conversation=conversation, text="", guild=interaction.guild_id,

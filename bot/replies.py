@@ -5,7 +5,8 @@
 
 It wires the parts together: the channel's write budget (`bot.buckets`), the reply's buttons
 (`bot.reply_view`), the resume record (bot/tracking.py), the bot's metrics, and the streamer
-(bot/streamer.py) that renders the updates (bot/renderer.py) into the target (bot/targets.py).
+(bot/streamer.py) that renders the updates (bot/renderer.py) into the target (bot/targets.py), as plain
+messages of 2,000 characters or, with RENDER_MODE=components, Components V2 layouts of 4,000 (bot/layouts.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from handlers.types import Reply, Update
 
 from . import i18n
 from .host import BotHost
+from .layouts import V2_TEXT_LIMIT
 from .renderer import Renderer
+from .splitting import DISCORD_LIMIT
 from .streamer import ReplyStreamer, StreamResult
 from .targets import Target
 from .tracking import tracked
@@ -37,10 +40,12 @@ async def stream_reply(bot: BotHost, reply: Reply, target: Target, *, lang: str 
     try:
         bot.metrics.reply_started(reply)
         async with tracked(bot, reply, target, lang=lang, owner=owner) as target:  # survives a bot restart
+            components = bot.settings.render_mode == "components"
             streamer = ReplyStreamer(
                 target, bot.buckets.get(target.channel_id), lang=lang, renderer=renderer,
                 views=(lambda r, state: bot.reply_view(r, state, lang, owner)) if buttons else None,
-                blobs=bot.runtime.bus.get_blob)
+                blobs=bot.runtime.bus.get_blob, components=components,
+                limit=V2_TEXT_LIMIT if components else DISCORD_LIMIT)
             bot.live.streamers[reply.job.id] = streamer  # for Stop (bot/buttons.py → abandon)
             result = await streamer.run(reply, updates if updates is not None else bot.runtime.chat.follow(reply))
     finally:

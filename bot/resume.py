@@ -21,6 +21,7 @@ from handlers.active_replies import ActiveRecord, ActiveReplies
 
 from . import i18n
 from .host import BotHost
+from .layouts import reply_layout
 from .replies import stream_reply
 from .targets import NO_MENTIONS, ChannelTarget
 
@@ -83,10 +84,13 @@ async def resume_one(bot: BotHost, tracker: ActiveReplies, record: ActiveRecord)
         notice = i18n.t("resume_lost", lang)
         with contextlib.suppress(discord.HTTPException):
             handles = target.initial_handles()
-            if handles:
+            layout = reply_layout(notice) if bot.settings.render_mode == "components" else None
+            if handles and layout is not None:  # a V2 message takes no content: the notice is its layout
+                await handles[0].edit(view=layout, allowed_mentions=NO_MENTIONS)
+            elif handles:
                 await handles[0].edit(content=notice, view=None, allowed_mentions=NO_MENTIONS)
             else:
-                await target.send(notice, first=True)
+                await target.send(notice, view=layout, first=True)
         await tracker.end(record)
         return "lost"
     owner = where.get("owner")

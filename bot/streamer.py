@@ -16,6 +16,8 @@ from the newest text, so the final messages always hold the whole answer.
 
 `file` updates (blob references) are sent as attachments after the text.  `LiveReplies` is the process's
 register of the replies it renders now (a job is rendered once per process; Stop finds its streamer).
+`components=True` writes each message as a Components V2 layout (bot/layouts.py), rebuilt on every write.
+REASONING_DISPLAY=file: the thinking goes with the final write of the last message, as `thinking.txt`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import discord
 from handlers.types import Reply, Update
 
 from . import i18n
+from .layouts import reply_layout
 from .pacing import TokenBucket
 from .renderer import Renderer
 from .splitting import DISCORD_LIMIT, split_message
@@ -63,11 +66,14 @@ class ReplyStreamer:
     def __init__(self, target: Target, bucket: TokenBucket, *, lang: str = i18n.EN,
                  renderer: Renderer | None = None, views: ViewFactory | None = None,
                  blobs: BlobLoader | None = None, limit: int = DISCORD_LIMIT, min_interval: float = 1.0,
-                 first_grace: float = 0.05, typing_after: float = 0.2) -> None:
+                 first_grace: float = 0.05, typing_after: float = 0.2, components: bool = False) -> None:
         self.target = target
         self.bucket = bucket
         self.lang = lang
         self.renderer = renderer or Renderer(lang)
+        self.components = components  # Components V2 layouts instead of plain messages
+        self.renderer.blocks = components
+        self.thinking_attached = False  # thinking.txt went with the final write (REASONING_DISPLAY=file)
         self.views = views
         self.blobs = blobs
         self.limit = limit
@@ -233,22 +239,37 @@ class ReplyStreamer:
             await self.target.delete(handle)
             return
         content, state = want[index]
-        view = self._view(state)
+        text = "" if self.components else content  # a V2 layout carries its text itself
+        files, view = self._body(content, state, last=index == len(want) - 1)
         if index < len(self.handles):
             handle = self.handles[index]
             try:
-                result = await self.target.edit(handle, content, view=view)
+                result = await self.target.edit(handle, text, view=view, **({"files": files} if files else {}))
             except discord.NotFound:
-                # Our message was deleted (by a moderator?): write the text anew.
-                self.handles[index] = await self.target.send(content, view=view, first=index == 0)
+                # Our message was deleted (by a moderator?): write the text anew (new File objects: sent once).
+                files, view = self._body(content, state, last=index == len(want) - 1)
+                self.handles[index] = await self.target.send(text, view=view, files=files or None,
+                                                             first=index == 0)
             else:
                 if isinstance(result, discord.Message) and handle is not InteractionTarget.ORIGINAL:
                     self.handles[index] = result
             self.shown[index] = (content, state)
         else:
-            self.handles.append(await self.target.send(content, view=view, first=index == 0))
+            self.handles.append(await self.target.send(text, view=view, files=files or None, first=index == 0))
             self.shown.append((content, state))
+        if files:
+            self.thinking_attached = True
         self._visible.set()
+
+    def _body(self, content: str, state: str | None, *, last: bool
+              ) -> tuple[list[discord.File], discord.ui.View | discord.ui.LayoutView | None]:
+        """A write's files (thinking.txt on the last message's final write) and `view=`: the buttons, or in
+        components mode the whole message as a layout, never None (a V2 message cannot drop its flag)."""
+        thinking = self.renderer.thinking_file() if last and self.final is not None else None
+        files = [] if thinking is None or self.thinking_attached else [
+            discord.File(io.BytesIO(thinking.encode("utf-8")), filename="thinking.txt")]
+        buttons = self._view(state)
+        return files, reply_layout(content, buttons, [f.filename for f in files]) if self.components else buttons
 
     async def _writer(self) -> None:
         failures = 0
@@ -301,8 +322,9 @@ class ReplyStreamer:
             files.append(discord.File(io.BytesIO(blob[0]), filename=str(info.get("name") or "file.bin")))
         if files:
             await self.bucket.acquire(priority=True)
-            try:
-                self.handles.append(await self.target.send("", files=files))
+            try:  # a V2 message shows an attachment only where a component references it
+                view = reply_layout("", None, [f.filename or "" for f in files]) if self.components else None
+                self.handles.append(await self.target.send("", view=view, files=files))
                 self.writes += 1
             except discord.HTTPException as exc:
                 log.warning("sending files failed: %s", exc)

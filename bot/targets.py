@@ -1,7 +1,9 @@
 """Where a reply's messages go: a channel (`ChannelTarget`) or a deferred interaction (`InteractionTarget`).
 
 Every write is sent with mentions disabled (`NO_MENTIONS`): model text cannot ping @everyone, a role or a
-user.  `ephemeral` answers an interaction with a notice only the person sees.
+user.  `ephemeral` answers an interaction with a notice only the person sees.  A Components V2 layout
+(`discord.ui.LayoutView`, bot/layouts.py) is sent without `content`: Discord refuses content on such a message.
+`files` on an edit are uploaded and become the message's attachments.
 """
 
 from __future__ import annotations
@@ -20,17 +22,29 @@ async def ephemeral(interaction: discord.Interaction, text: str) -> None:
     await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
+def _body(content: str, view: discord.ui.View | discord.ui.LayoutView | None, files: list[discord.File] | None
+          ) -> dict[str, Any]:
+    """The keyword arguments of an edit: no `content` next to a layout; `files` become its attachments."""
+    kwargs: dict[str, Any] = {"view": view, "allowed_mentions": NO_MENTIONS}
+    if not isinstance(view, discord.ui.LayoutView):
+        kwargs["content"] = content
+    if files:
+        kwargs["attachments"] = files
+    return kwargs
+
+
 class Target(ABC):
     """Where a reply's messages go.  Handles are whatever the target needs to edit a message later."""
 
     channel_id: int = 0
 
     @abstractmethod
-    async def send(self, content: str, *, view: discord.ui.View | None = None,
+    async def send(self, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None = None,
                    files: list[discord.File] | None = None, first: bool = False) -> Any: ...
 
     @abstractmethod
-    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | None) -> Any: ...
+    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None,
+                   files: list[discord.File] | None = None) -> Any: ...
 
     async def delete(self, handle: Any) -> None:
         with contextlib.suppress(discord.HTTPException):
@@ -53,9 +67,11 @@ class ChannelTarget(Target):
         self.reference = reference
         self.channel_id = getattr(channel, "id", 0)
 
-    async def send(self, content: str, *, view: discord.ui.View | None = None,
+    async def send(self, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None = None,
                    files: list[discord.File] | None = None, first: bool = False) -> discord.Message:
         kwargs: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
+        if isinstance(view, discord.ui.LayoutView):
+            content = ""
         if view is not None:
             kwargs["view"] = view
         if files:
@@ -69,8 +85,10 @@ class ChannelTarget(Target):
                 pass  # replying needs Read Message History; without it, answer as a plain message
         return await self.channel.send(content or None, **kwargs)
 
-    async def edit(self, handle: discord.Message, content: str, *, view: discord.ui.View | None) -> Any:
-        return await handle.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
+    async def edit(self, handle: discord.Message, content: str, *,
+                   view: discord.ui.View | discord.ui.LayoutView | None, files: list[discord.File] | None = None
+                   ) -> Any:
+        return await handle.edit(**_body(content, view, files))
 
     def typing(self) -> contextlib.AbstractAsyncContextManager[Any]:
         return self.channel.typing()
@@ -92,20 +110,22 @@ class InteractionTarget(Target):
     def initial_handles(self) -> list[Any]:
         return [self.ORIGINAL] if self.interaction.response.is_done() else []
 
-    async def send(self, content: str, *, view: discord.ui.View | None = None,
+    async def send(self, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None = None,
                    files: list[discord.File] | None = None, first: bool = False) -> Any:
         kwargs: dict[str, Any] = {"allowed_mentions": NO_MENTIONS, "wait": True}
         if view is not None:
             kwargs["view"] = view
         if files:
             kwargs["files"] = files
+        if isinstance(view, discord.ui.LayoutView):
+            return await self.interaction.followup.send(**kwargs)
         return await self.interaction.followup.send(content or "", **kwargs)
 
-    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | None) -> Any:
+    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None,
+                   files: list[discord.File] | None = None) -> Any:
         if handle is self.ORIGINAL:
-            return await self.interaction.edit_original_response(content=content, view=view,
-                                                                 allowed_mentions=NO_MENTIONS)
-        return await handle.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
+            return await self.interaction.edit_original_response(**_body(content, view, files))
+        return await handle.edit(**_body(content, view, files))
 
     async def delete(self, handle: Any) -> None:
         with contextlib.suppress(discord.HTTPException):

@@ -36,7 +36,7 @@ class TrackingTarget(Target):
         self.channel_id = inner.channel_id
         self._noted = False
 
-    async def send(self, content: str, *, view: discord.ui.View | None = None,
+    async def send(self, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None = None,
                    files: list[discord.File] | None = None, first: bool = False) -> Any:
         handle = await self.inner.send(content, view=view, files=files, first=first)
         if first and not self._noted and isinstance(handle, discord.Message):
@@ -45,8 +45,9 @@ class TrackingTarget(Target):
                 await self.tracker.update(self.reply, message_id=handle.id)
         return handle
 
-    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | None) -> Any:
-        return await self.inner.edit(handle, content, view=view)
+    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None,
+                   files: list[discord.File] | None = None) -> Any:
+        return await self.inner.edit(handle, content, view=view, files=files)
 
     async def delete(self, handle: Any) -> None:
         await self.inner.delete(handle)

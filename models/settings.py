@@ -137,8 +137,13 @@ class Settings(BaseSettings):
     text_file_max_chars: int = 12_000  # characters of all of a message's files read into the prompt; the rest is cut
     text_files_per_message: int = 5
     # A reasoning model's thinking (`<think>…</think>`, lmdeploy's reasoning_content): never in history; shown
-    # `spoiler` (a short subtext line under a spoiler above the answer) or `hidden`.
-    reasoning_display: Literal["spoiler", "hidden"] = "spoiler"
+    # `spoiler` (a short subtext line under a spoiler above the answer), `file` (attached to the final message
+    # as thinking.txt) or `hidden`.
+    reasoning_display: Literal["spoiler", "hidden", "file"] = "spoiler"
+    # How Discord replies look: `plain` messages (2,000 characters each, as always) or `components`
+    # (Components V2 layouts: 4,000 characters a message, the article as one message with a media gallery,
+    # agent steps apart; bot/layouts.py).
+    render_mode: Literal["plain", "components"] = "plain"
     article_max_new_tokens: int = 2048  # length budget of the article text (/article)
     article_repetition_penalty: float = 1.005  # XComposer's composition demo default
     # The /article prompts: `auto` = XComposer's demo prompts for an XComposer model, chat prompts for any other
