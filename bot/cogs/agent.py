@@ -4,7 +4,9 @@ Each step (thought, Python code, tool result, note) is appended to the reply as 
 streamer (bot/replies.py, bot/streamer.py: paced edits, Stop button, overflow into follow-up messages within
 Discord's 2000-character limit, no pings).  When a long run would fill more than a couple of messages, older steps
 shrink to one line each so the newest step and the answer stay readable.  Figures the code saved arrive
-as image attachments after the answer.  Access and quotas are the shared gate's (bot/access.py).
+as image attachments after the answer.  With RENDER_MODE=components the reply is a Components V2 container,
+each step (thought, code, tool output) its own text display with separators between (a Section would need an
+accessory, which a step has none of; bot/layouts.py).  Access and quotas are the shared gate's (bot/access.py).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class AgentRenderer(Renderer):
             parts.append(f"{i18n.t('agent_answer', self.lang)} {self.answer}")
         elif not self.final:
             parts.append(i18n.t("agent_working", self.lang))
-        return "\n\n".join(parts)
+        return self.block_join(parts)  # components mode: each step its own text display, separators between
 
 
 class Agent(commands.Cog):
