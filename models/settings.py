@@ -93,7 +93,8 @@ class Settings(BaseSettings):
 
     # --- llama.cpp vision (optional multimodal GGUF) --------------------------------------------
     # A projector GGUF (mmproj) for LLAMACPP_MODEL — InternVL3/3.5, LLaVA, ... (models/engines/llamacpp_vision.py);
-    # set = the llamacpp engine sees images.
+    # set = the llamacpp engine sees images.  A local file or a hub reference (owner/repo[:QUANT|:mmproj-….gguf]),
+    # fetched at start like LLAMACPP_MODEL (models/hub.py `locate_projector`).
     llamacpp_clip_model_path: str = ""
 
     # --- Generation defaults -------------------------------------------------------------------

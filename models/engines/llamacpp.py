@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..hub import HubError, locate_gguf
+from ..hub import HubError, locate_gguf, locate_projector
 from ..reasoning import prompt_opens_thinking
 from ..settings import Settings
 from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
@@ -146,14 +146,16 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 4096, n_threads: int = 0,
                  clip_model_path: str | Path | None = None,
-                 locate: Callable[[], Path | None] | None = None) -> None:
+                 locate: Callable[[], Path | None] | None = None,
+                 locate_projector: Callable[[], Path | None] | None = None) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.locate = locate  # finds (fetching once, at start) the GGUF when no path is given; None → bundled
         self.n_ctx = n_ctx
         self.context_window = n_ctx
         self.n_threads = n_threads
         self.clip_model_path = Path(clip_model_path) if clip_model_path else None
-        self.supports_vision = self.clip_model_path is not None
+        self.locate_projector = locate_projector  # LLAMACPP_CLIP_MODEL_PATH: a file or a hub reference, at start
+        self.supports_vision = self.clip_model_path is not None or locate_projector is not None
         self.llm: Any = None
         self._special: frozenset[str] | None = None
         self._formatter: Any = None  # the GGUF's chat template, for `opens_thinking`
@@ -163,9 +165,9 @@ class LlamaCppEngine(Engine):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppEngine:
+        projector = functools.partial(locate_projector, settings) if settings.llamacpp_clip_model_path.strip() else None
         return cls(None, n_ctx=settings.llamacpp_n_ctx, n_threads=settings.llamacpp_threads,
-                   clip_model_path=settings.llamacpp_clip_model_path or None,
-                   locate=functools.partial(locate_gguf, settings))
+                   locate=functools.partial(locate_gguf, settings), locate_projector=projector)
 
     def describe(self) -> str:
         path = self.model_path.name if self.model_path else BUNDLED_FILE
@@ -198,6 +200,8 @@ class LlamaCppEngine(Engine):
             raise EngineError("llama-cpp-python is not installed: `pip install llama-cpp-python`") from exc
         try:  # LLAMACPP_MODEL / LLAMACPP_MODEL_PATH: a file, the bundled model, or a hub model fetched now
             path = self.model_path or (self.locate() if self.locate else None) or bundled_model_path()
+            if self.clip_model_path is None and self.locate_projector is not None:  # and its projector
+                self.clip_model_path = self.locate_projector()
         except HubError as exc:
             raise EngineError(str(exc)) from None
         if not path.is_file():
