@@ -16,4 +16,5 @@ REGISTRY: dict[str, str] = {
     "overlap": "bench.overlap",  # 64 concurrent jobs vs one, on a fixed-latency engine
     "overhead": "bench.overhead",  # per-job latency of the queue path with an instant engine
     "production": "bench.production",  # issue 6: P1–P4 through the fake Discord, scale-out; writes the report
+    "reply_path": "bench.reply_path",  # issue 12: P1 alone (event → final edit), e.g. --p1-levels 1,32
 }

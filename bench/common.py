@@ -37,6 +37,7 @@ from models.worker import Worker  # noqa: E402
 class Options:
     quick: bool = False  # fewer repetitions (CI smoke run)
     verbose: bool = False
+    p1_levels: tuple[int, ...] = ()  # P1's channel counts answered at once (empty: bench/discord_path.P1_LEVELS)
 
 
 @dataclass
@@ -209,9 +210,18 @@ def parse_options(argv: list[str] | None = None, *,
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--p1-levels", metavar="N,N", default=os.environ.get("BENCH_P1_LEVELS", ""),
+                        help="P1: how many channels are answered at once, comma-separated (default 1,16,32,64; "
+                             "env BENCH_P1_LEVELS)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    return Options(quick=args.quick, verbose=args.verbose), args
+    try:
+        levels = tuple(int(n) for n in args.p1_levels.replace(" ", "").split(",") if n)
+    except ValueError:
+        parser.error(f"--p1-levels takes whole numbers separated by commas, not {args.p1_levels!r}")
+    if any(not 1 <= n <= 128 for n in levels):
+        parser.error("--p1-levels: each count must be between 1 and 128 (the bench makes 128 channels)")
+    return Options(quick=args.quick, verbose=args.verbose, p1_levels=levels), args
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:

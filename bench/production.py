@@ -86,7 +86,8 @@ def plot(results: list[Result], path: Path) -> None:
     def pick(bench: str, contains: str) -> Result | None:
         return next((r for r in results if r.bench == bench and contains in r.metric), None)
 
-    p1 = [(lvl, pick("P1", f"p50 @{lvl}"), pick("P1", f"p99 @{lvl}")) for lvl in (1, 16, 64)]
+    p1_levels = [r.extra["level"] for r in results if r.bench == "P1" and "p50 @" in r.metric]
+    p1 = [(lvl, pick("P1", f"p50 @{lvl}"), pick("P1", f"p99 @{lvl}")) for lvl in p1_levels]
     labels, values, colors = [], [], []
     for lvl, p50, p99 in p1:
         labels += [f"p50 @{lvl}", f"p99 @{lvl}"]
@@ -115,7 +116,7 @@ What is measured (all on this machine, in one run, with `make bench`):
 * **P1** — a user's message arrives over the gateway of the local Discord-compatible server
   (tests/fakediscord); the real bot (discord.py, chat cog, handler, Redis, the embedded worker with an
   instant engine) answers; the clock stops at the fake server's timestamp of the reply's final edit.
-  1, 16 and 64 messages are posted at once, each in its own channel.
+  1, 16, 32 and 64 messages are posted at once, each in its own channel (`--p1-levels` picks others).
 * **P2** — the same path with the test engine at a fixed 20 ms per token (25 tokens, a batching engine:
   any number of streams advance together): 64 messages at once vs one, with the worker inside the bot
   process (the default install) and in a separate `python -m models.worker` process.

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,3 +47,16 @@ def test_overhead_quick_run_reports_percentiles(tmp_path: Path) -> None:
 def test_unknown_bench_is_refused() -> None:
     result = bench("no-such-bench")
     assert result.returncode == 2 and "known:" in result.stderr
+
+
+def test_p1_levels_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.common import parse_options
+
+    monkeypatch.delenv("BENCH_P1_LEVELS", raising=False)
+    assert parse_options(["--p1-levels", "1, 32"])[0].p1_levels == (1, 32)
+    assert parse_options([])[0].p1_levels == ()  # the default levels of bench/discord_path.py
+    monkeypatch.setenv("BENCH_P1_LEVELS", "32")
+    assert parse_options([])[0].p1_levels == (32,)
+    for bad in ("1,x", "0", "129"):
+        with pytest.raises(SystemExit):
+            parse_options(["--p1-levels", bad])
