@@ -31,7 +31,8 @@ HELP = """Commands:
                   directory), searches arXiv (steps shown as they happen)
   /image PATH [question]   describe an image, or ask about it (needs a vision engine)
   /file PATH [question]    read a text file (.txt .md .py .csv .json .log ...) and ask about it
-  /article TITLE [--image PATH]... [--paragraphs N]   an illustrated article (InternLM-XComposer)
+  /article TITLE [--image PATH]... [--paragraphs N] [--notes PATH]   an illustrated article
+                  (InternLM-XComposer), written from the source notes in a text file if given
   /model [NAME | --clear]   list the chat models (CHAT_MODELS) and choose the one this console uses
   /help           this text
   /quit           leave (Ctrl-D works too)

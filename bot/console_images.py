@@ -1,4 +1,5 @@
-"""Console commands for images: `/image <path> [question]` and `/article <title> [--image PATH]… [--paragraphs N]`.
+"""Console commands for images: `/image <path> [question]` and
+`/article <title> [--image PATH]… [--paragraphs N] [--notes PATH]` (a text file of source notes).
 
 They go through exactly the handlers Discord uses (image intake, vision and article handlers), so the
 console is a quick way to try captions, visual Q&A and illustrated articles against a vision engine.
@@ -13,6 +14,7 @@ from typing import Protocol
 
 from handlers.article import ArticleHandler, plan_posts
 from handlers.images import Attachment, ImageIntake, VisionHandler
+from handlers.text_files import CUT_NOTE, TextFileIntake
 from handlers.types import InputError, Reply, Request, Update
 
 from .console_models import CONSOLE_GUILD
@@ -31,7 +33,7 @@ class Console(Protocol):
     async def render(self, reply: Reply) -> Update | None: ...
 
 IMAGE_USAGE = "Usage: /image <path> [question]   (quote the path if it has spaces)"
-ARTICLE_USAGE = "Usage: /article <title> [--image PATH]... [--paragraphs N]"
+ARTICLE_USAGE = "Usage: /article <title> [--image PATH]... [--paragraphs N] [--notes PATH]"
 
 
 def split_path(rest: str) -> tuple[str, str]:
@@ -72,8 +74,8 @@ async def image_command(console: Console, rest: str) -> None:
     await console.render(reply)
 
 
-def parse_article_args(rest: str) -> tuple[str, list[str], int | None]:
-    """Title words, `--image PATH` (repeatable) and `--paragraphs N`."""
+def parse_article_args(rest: str) -> tuple[str, list[str], int | None, str]:
+    """Title words, `--image PATH` (repeatable), `--paragraphs N` and `--notes PATH`."""
     try:
         words = shlex.split(rest)
     except ValueError:
@@ -81,10 +83,15 @@ def parse_article_args(rest: str) -> tuple[str, list[str], int | None]:
     title: list[str] = []
     images: list[str] = []
     paragraphs: int | None = None
+    notes = ""
     it = iter(words)
     for word in it:
         if word in ("--image", "-i"):
             images.append(next(it, ""))
+        elif word in ("--notes", "-n"):
+            notes = next(it, "")
+            if not notes:
+                raise InputError(ARTICLE_USAGE)
         elif word in ("--paragraphs", "-p"):
             value = next(it, "")
             if not re.fullmatch(r"\d{1,3}", value):
@@ -92,24 +99,30 @@ def parse_article_args(rest: str) -> tuple[str, list[str], int | None]:
             paragraphs = int(value)
         else:
             title.append(word)
-    return " ".join(title), [p for p in images if p], paragraphs
+    return " ".join(title), [p for p in images if p], paragraphs, notes
 
 
 async def article_command(console: Console, rest: str) -> None:
     runtime = console.runtime
     try:
-        title, paths, paragraphs = parse_article_args(rest)
+        title, paths, paragraphs, notes_path = parse_article_args(rest)
         if not title:
             console.print(ARTICLE_USAGE)
             return
         stored = await ImageIntake(runtime.bus, runtime.settings).ingest(await _attachments(paths)) if paths else []
         refs = [s.ref for s in stored]
+        notes = (await TextFileIntake(runtime.settings).read(await _attachments([notes_path]))
+                 if notes_path else [])
         reply = await ArticleHandler(runtime.chat).ask(Request(conversation=console.conversation, text="",
-                                                               guild=CONSOLE_GUILD), title, refs, paragraphs)
+                                                               guild=CONSOLE_GUILD), title, refs, paragraphs,
+                                                       notes=notes)
     except InputError as exc:
         console.print(str(exc))
         return
     final = await console.render(reply)
+    for read in (final.data.get("notes") or []) if final is not None else []:
+        if read.get("kept", 0) < read.get("total", 0):
+            console.print("✂️ " + CUT_NOTE.format(name=read.get("name"), kept=read["kept"], total=read["total"]))
     if final is None or final.kind != "done":
         return
     # The text has streamed; show where the pictures go.

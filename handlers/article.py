@@ -15,6 +15,7 @@ from typing import Any
 
 from .chat import ChatHandler, InputError, Reply, Request
 from .images import ImageRefused
+from .text_files import TextFile, render
 
 MAX_TITLE_CHARS = 300
 MAX_PARAGRAPHS = 20
@@ -44,8 +45,12 @@ class ArticleHandler:
         self.chat = chat
 
     async def ask(self, request: Request, title: str, refs: Sequence[str] = (),
-                  paragraphs: int | None = None) -> Reply:
-        """Validate, record the request in the conversation, and submit an `article` job."""
+                  paragraphs: int | None = None, notes: Sequence[TextFile] = ()) -> Reply:
+        """Validate, record the request in the conversation, and submit an `article` job.
+
+        `notes` (text files read by `TextFileIntake`, already within TEXT_FILE_MAX_CHARS) are the article's
+        source material: the worker puts them in the writing prompt within the model's context
+        (models/jobs/article.py), and they stay in the conversation like a chat message's files."""
         title = " ".join(title.split())
         if not title:
             raise InputError(NO_TITLE)
@@ -62,9 +67,13 @@ class ArticleHandler:
                 raise ImageRefused("no_vision")
         request.kind = "article"
         request.text = f"Write an illustrated article titled “{title}”" + (
-            f" in {paragraphs} paragraphs" if paragraphs else "") + "."
+            f" in {paragraphs} paragraphs" if paragraphs else "") + (
+            f", from the attached notes ({', '.join(f.name for f in notes)})" if notes else "") + "."
         request.images = list(refs)
+        request.files = render(notes) if notes else request.files
         request.payload = {**request.payload, "title": title, "paragraphs": paragraphs, "images": list(refs)}
+        if notes:
+            request.payload["notes"] = [{"name": f.name, "text": f.text, "total": f.total_chars} for f in notes]
         return await self.chat.ask(request)
 
 

@@ -31,10 +31,11 @@ from handlers.types import Update
 from .. import i18n
 from ..access import admit
 from ..article_pages import page_view, plan_pages
+from ..attachments import as_attachment
 from ..conversations import request_for
 from ..renderer import Renderer
 from ..replies import stream_reply
-from ..targets import InteractionTarget
+from ..targets import NO_MENTIONS, InteractionTarget
 
 if TYPE_CHECKING:
     from ..client import InternLMBot
@@ -65,6 +66,8 @@ i18n.register_commands({
     "How many paragraphs (optional)": "段落数量（可选）",
     "image1": "图片1", "image2": "图片2", "image3": "图片3", "image4": "图片4",
     "An image to place in the article": "放入文章的图片",
+    "notes": "资料",
+    "Source notes for the article: a text file (.txt, .md, .csv …)": "文章的参考资料：文本文件（.txt、.md、.csv …）",
 })
 
 
@@ -121,8 +124,9 @@ class Images(commands.Cog):
                           description=locale_str("Write an illustrated article (InternLM-XComposer)"))
     @app_commands.rename(title=locale_str("title"), paragraphs=locale_str("paragraphs"),
                          image1=locale_str("image1"), image2=locale_str("image2"), image3=locale_str("image3"),
-                         image4=locale_str("image4"))
+                         image4=locale_str("image4"), notes=locale_str("notes"))
     @app_commands.describe(title=locale_str("The article's title or topic"),
+                           notes=locale_str("Source notes for the article: a text file (.txt, .md, .csv …)"),
                            paragraphs=locale_str("How many paragraphs (optional)"),
                            image1=locale_str("An image to place in the article"),
                            image2=locale_str("An image to place in the article"),
@@ -131,16 +135,21 @@ class Images(commands.Cog):
     async def article_command(self, interaction: discord.Interaction, title: app_commands.Range[str, 1, 300],
                               image1: discord.Attachment | None = None, image2: discord.Attachment | None = None,
                               image3: discord.Attachment | None = None, image4: discord.Attachment | None = None,
-                              paragraphs: app_commands.Range[int, 1, 20] | None = None) -> None:
+                              paragraphs: app_commands.Range[int, 1, 20] | None = None,
+                              notes: discord.Attachment | None = None) -> None:
         lang = i18n.lang_for(interaction=interaction)
         await admit(self.bot, interaction, title, lang)
+        if notes is not None:  # refused privately, from what is declared, before anything is downloaded
+            self.bot.images.text_files.check([as_attachment(notes)])
         await interaction.response.defer(thinking=True)
         attachments = [a for a in (image1, image2, image3, image4) if a is not None]
         refs = await self.bot.images.ingest(attachments) if attachments else []
-        reply = await self.articles.ask(request_for(interaction, ""), title, refs, paragraphs)
+        texts = await self.bot.images.read_text_files([notes]) if notes is not None else []
+        reply = await self.articles.ask(request_for(interaction, ""), title, refs, paragraphs, notes=texts)
         target = InteractionTarget(interaction)
         result = await stream_reply(self.bot, reply, target, lang=lang, renderer=ArticleRenderer(lang),
                                     owner=interaction.user.id)
+        await self.notes_cut(interaction, result.final, lang)
         final = result.final
         if final is None or final.kind != "done" or final.data.get("stopped") or not final.data.get("layout"):
             return  # errors and stops are already shown by the streamer
@@ -180,6 +189,20 @@ class Images(commands.Cog):
         except discord.HTTPException as exc:
             log.warning("posting article failed: %s", exc)
 
+    async def notes_cut(self, interaction: discord.Interaction, final: Update | None, lang: str) -> None:
+        """Tell the person, privately, how much of their notes the model read, where it was not all of it
+        (the text-file budget, then the model's context: models/jobs/article.py `fit_notes`)."""
+        read = final.data.get("notes") if final is not None else None
+        cut = [n for n in read or [] if isinstance(n, dict) and n.get("kept", 0) < n.get("total", 0)]
+        if not cut:
+            return
+        text = "\n".join(i18n.t("textfile_cut", lang, name=str(n.get("name")), kept=int(n["kept"]),
+                                total=int(n["total"])) for n in cut)
+        await self.bot.buckets.get(interaction.channel_id or 0).acquire()
+        try:
+            await interaction.followup.send(text[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as exc:
+            log.warning("could not send the notes note: %s", exc)
 
     async def post_article(self, target: InteractionTarget, streamed: list[Any], title: str, posts: list[Post],
                            lang: str) -> None:
