@@ -189,3 +189,14 @@ def test_control_tokens_are_inert_in_the_note() -> None:
     assert not any(token in note for token in CONTROL_TOKENS)
     off = files_note({"x.csv": b"a" * 500}, python=False, budget=100)
     assert "a" * 100 in off and "400 more characters" in off
+
+
+async def test_a_file_the_sandbox_cannot_hold_is_refused_before_the_model_runs(
+        agent: AgentHandler, server: FakeOpenAI, settings: Settings, worker: Worker) -> None:
+    settings.sandbox_disk_mb = 1  # half of it, 0.5 MiB, for the files; the file is within TEXT_FILE_MAX_BYTES
+    data = ("a,b\n" * 150_000).encode()
+    reply = await agent.ask("console:files-big", "Sum it.", files=await read(settings, "big.csv", data))
+    updates = [u async for u in agent.follow(reply)]
+    assert updates[-1].kind == "error"
+    assert "half of SANDBOX_DISK_MB" in updates[-1].data.get("message", "")
+    assert server.requests == []
