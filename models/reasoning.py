@@ -8,8 +8,9 @@ is shown apart from the answer and never enters the conversation history, so it 
 worker, before anything is emitted (`ReasoningSplitter`, streaming).
 
 Some chat templates open the thinking themselves: Qwen3-Thinking-2507's generation prompt is
-`<|im_start|>assistant\n<think>\n` (DeepSeek-R1's updated template and Intern-S1's in thinking mode end the
-same way), so the model's output starts *inside* the thinking, with no `<think>`, and later has `</think>`.
+`<|im_start|>assistant\n<think>\n` (DeepSeek-R1's updated template ends the same way), so the model's output
+starts *inside* the thinking, with no `<think>`, and later has `</think>`.  (Intern-S1's template instead asks
+for `<think>…</think>` in its default thinking system prompt, so the model writes both tags: the usual case.)
 An engine that renders the template knows (`Engine.opens_thinking`: llama.cpp renders the GGUF's template;
 `prompt_opens_thinking` for a raw prompt), and the splitter then starts in the thinking
 (`ReasoningSplitter(opened=True)`).  OpenAI-compatible
