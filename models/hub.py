@@ -36,6 +36,7 @@ from .hub_files import (  # re-exported: models.hub is where callers and tests f
     DEFAULT_QUANTS,
     PROBE_TIMEOUT,
     PROJECTOR_QUANTS,
+    BaseHub,
     HubError,
     HubReference,
     HubUnavailable,
@@ -49,11 +50,13 @@ from .hub_files import (  # re-exported: models.hub is where callers and tests f
     reachable,
     verify,
 )
+from .modelscope import DEFAULT_REPO as MODELSCOPE_DEFAULT_REPO
+from .modelscope import ModelScopeHub
 from .settings import Settings
 
 __all__ = ["BUNDLED", "DEFAULT_FILE", "DEFAULT_QUANTS", "DEFAULT_REFERENCE", "DEFAULT_REPO", "PROBE_TIMEOUT",
            "PROJECTOR_QUANTS", "Hub", "HubError", "HubReference", "HubUnavailable", "RemoteFile", "Transfer",
-           "locate_gguf", "locate_projector", "main", "parse_reference", "pick_files", "reachable", "verify"]
+           "hub_for", "locate_gguf", "locate_projector", "main", "parse_reference", "pick_files", "reachable", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ DEFAULT_FILE = "internlm2_5-1_8b-chat-q4_k_m.gguf"
 DEFAULT_SIZE = "about 1.1 GB"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REFERENCE = HubReference(DEFAULT_REPO, DEFAULT_FILE)
+MODELSCOPE_DEFAULT_REFERENCE = HubReference(MODELSCOPE_DEFAULT_REPO, DEFAULT_FILE)
 
 
 def locate_gguf(settings: Settings, *, default: HubReference = DEFAULT_REFERENCE) -> Path | None:
@@ -72,10 +76,12 @@ def locate_gguf(settings: Settings, *, default: HubReference = DEFAULT_REFERENCE
     if not text and settings.llamacpp_model_path:
         return Path(settings.llamacpp_model_path).expanduser()
     if not text:
-        return _default_model(Hub(settings), default)
+        if settings.model_hub == "modelscope" and default == DEFAULT_REFERENCE:
+            default = MODELSCOPE_DEFAULT_REFERENCE  # the same GGUF, as ModelScope names its repository
+        return _default_model(hub_for(settings), default)
     choice = parse_reference(text)
     if isinstance(choice, HubReference):
-        return Hub(settings).fetch(choice)
+        return hub_for(settings).fetch(choice)
     if choice is not None and not choice.is_file():
         raise HubError(f"LLAMACPP_MODEL={text!r} is neither a GGUF file nor a hub reference "
                        "(owner/repo, owner/repo:Q4_K_M or owner/repo:file.gguf)")
@@ -90,14 +96,19 @@ def locate_projector(settings: Settings) -> Path | None:
         return None
     choice = parse_reference(text)
     if isinstance(choice, HubReference):
-        return Hub(settings).fetch(choice, projector=True)
+        return hub_for(settings).fetch(choice, projector=True)
     if choice is None or not choice.is_file():
         raise HubError(f"LLAMACPP_CLIP_MODEL_PATH={text!r} is neither a file nor a hub reference (owner/repo, "
                        "owner/repo:Q8_0 or owner/repo:mmproj-file.gguf)")
     return choice
 
 
-def _default_model(hub: Hub, ref: HubReference) -> Path | None:
+def hub_for(settings: Settings) -> BaseHub:
+    """The hub `MODEL_HUB` names: the Hugging Face Hub (here), or ModelScope (models/modelscope.py)."""
+    return ModelScopeHub(settings) if settings.model_hub == "modelscope" else Hub(settings)
+
+
+def _default_model(hub: BaseHub, ref: HubReference) -> Path | None:
     """InternLM2.5-1.8B when it is cached or can be fetched; else the bundled model, after one line saying why."""
     reason = hub.offline_reason(ref)
     if reason is not None:
@@ -115,8 +126,8 @@ def _default_model(hub: Hub, ref: HubReference) -> Path | None:
         return None
 
 
-class Hub:
-    """One endpoint, token and cache, as the settings give them."""
+class Hub(BaseHub):
+    """The Hugging Face Hub: one endpoint, token and cache, as the settings give them."""
 
     def __init__(self, settings: Settings, *, probe_timeout: float = PROBE_TIMEOUT) -> None:
         self.endpoint = (settings.hf_endpoint.strip() or DEFAULT_ENDPOINT).rstrip("/")
@@ -158,31 +169,6 @@ class Hub:
         return snapshot / parts[0]
 
     # ------------------------------------------------------------------ fetching
-    def fetch(self, ref: HubReference, *, probed: bool = False, projector: bool = False) -> Path:
-        """The local path of the reference's GGUF (its mmproj GGUF with `projector`): from the cache, or downloaded
-        (with progress) and verified.  `probed`: the caller has just found the hub reachable."""
-        reason = None if probed else self.offline_reason(ref)
-        if reason is not None:
-            cached = self.cached(ref, projector=projector)
-            if cached is not None:
-                log.info("%s: using %s from the local cache", reason, ref)
-                return cached
-            setting, other = (("LLAMACPP_CLIP_MODEL_PATH", "a local projector file") if projector else
-                              ("LLAMACPP_MODEL", "a local GGUF or LLAMACPP_MODEL=bundled"))
-            raise HubError(f"{setting}={ref} is not in the local cache ({self.cache_root}) and {reason}; "
-                           f"connect once to fetch it, or choose {other}")
-        try:
-            files = {f.path: f for f in self.list_files(ref)}
-        except HubUnavailable as exc:
-            cached = self.cached(ref, projector=projector)
-            if cached is None:
-                raise
-            log.warning("%s: using %s from the local cache", exc, ref)
-            return cached
-        parts = pick_files(ref, list(files), projector=projector)
-        paths = [self._download(ref, files[name]) for name in parts]
-        return paths[0]
-
     def list_files(self, ref: HubReference) -> list[RemoteFile]:
         """The repository's files with their checksums (`GET /api/models/{repo}/tree/{revision}?recursive=1`)."""
         from huggingface_hub import HfApi

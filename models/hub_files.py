@@ -103,6 +103,51 @@ def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     return bool(answered and answered[0])
 
 
+class BaseHub:
+    """What a hub does with a reference, whichever hub it is: the cache first when the hub cannot be asked, else
+    list the repository, pick the files (`pick_files`) and download each (`_download`, verified).  A hub class
+    provides `cache_root`, `offline_reason`, `cached`, `list_files` and `_download`."""
+
+    cache_root: Path
+
+    def offline_reason(self, ref: HubReference) -> str | None:
+        raise NotImplementedError
+
+    def cached(self, ref: HubReference, *, projector: bool = False) -> Path | None:
+        raise NotImplementedError
+
+    def list_files(self, ref: HubReference) -> list[RemoteFile]:
+        raise NotImplementedError
+
+    def _download(self, ref: HubReference, remote: RemoteFile) -> Path:
+        raise NotImplementedError
+
+    def fetch(self, ref: HubReference, *, probed: bool = False, projector: bool = False) -> Path:
+        """The local path of the reference's GGUF (its mmproj GGUF with `projector`): from the cache, or downloaded
+        (with progress) and verified.  `probed`: the caller has just found the hub reachable."""
+        reason = None if probed else self.offline_reason(ref)
+        if reason is not None:
+            cached = self.cached(ref, projector=projector)
+            if cached is not None:
+                log.info("%s: using %s from the local cache", reason, ref)
+                return cached
+            setting, other = (("LLAMACPP_CLIP_MODEL_PATH", "a local projector file") if projector else
+                              ("LLAMACPP_MODEL", "a local GGUF or LLAMACPP_MODEL=bundled"))
+            raise HubError(f"{setting}={ref} is not in the local cache ({self.cache_root}) and {reason}; "
+                           f"connect once to fetch it, or choose {other}")
+        try:
+            files = {f.path: f for f in self.list_files(ref)}
+        except HubUnavailable as exc:
+            cached = self.cached(ref, projector=projector)
+            if cached is None:
+                raise
+            log.warning("%s: using %s from the local cache", exc, ref)
+            return cached
+        parts = pick_files(ref, list(files), projector=projector)
+        paths = [self._download(ref, files[name]) for name in parts]
+        return paths[0]
+
+
 def pick_files(ref: HubReference, names: list[str], *, projector: bool = False) -> list[str]:
     """The files a reference means among a repository's file names, the model first (llama.cpp's `-hf` rules);
     with `projector`, the one mmproj GGUF it means."""

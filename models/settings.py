@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     hf_token: SecretStr = SecretStr("")  # for gated or private repositories; never logged
     hf_home: str = ""  # empty = huggingface_hub's default (~/.cache/huggingface); models go under HF_HOME/hub
     hf_hub_offline: bool = False  # never ask the hub: use the cache, or the bundled model for the default
+    # Where LLAMACPP_MODEL / LLAMACPP_CLIP_MODEL_PATH references are fetched from: `modelscope` (mainland China)
+    # uses ModelScope's HTTP API (models/modelscope.py) with the modelscope SDK's own environment variables:
+    model_hub: Literal["huggingface", "modelscope"] = "huggingface"
+    modelscope_domain: str = ""  # empty = www.modelscope.cn (the SDK's default); a value with a scheme is used as is
+    modelscope_cache: str = ""  # empty = ~/.cache/modelscope/hub (the SDK's default); models go under .../models
 
     # --- llama.cpp vision (optional multimodal GGUF) --------------------------------------------
     # A projector GGUF (mmproj) for LLAMACPP_MODEL — InternVL3/3.5, LLaVA, ... (models/engines/llamacpp_vision.py);
