@@ -76,13 +76,32 @@ async def replies(harness: Any, posts: list[tuple[Any, Any, str]], limit_s: floa
         if time.monotonic() > deadline:
             raise TimeoutError(f"{sum(o is None for o in out)} replies did not finish")
         await asyncio.sleep(0.05)
-        for i, (started, message) in enumerate(sent):
-            if out[i] is None:
-                msgs = harness.replies_to(message)
-                if reply_finished(msgs) and msgs[-1].versions:
-                    final_at = max(version.at for m in msgs for version in m.versions)
-                    out[i] = (final_at - started, "".join(m.content for m in msgs))
+        waiting = [i for i, o in enumerate(out) if o is None]
+        newer = _bot_messages_since(harness, min(sent[i][1].id for i in waiting))
+        for i in waiting:
+            started, message = sent[i]
+            msgs = [m for m in newer.get(message.channel_id, []) if m.id > message.id]  # = harness.replies_to
+            if reply_finished(msgs) and msgs[-1].versions:
+                final_at = max(version.at for m in msgs for version in m.versions)
+                out[i] = (final_at - started, "".join(m.content for m in msgs))
     return [o for o in out if o is not None]
+
+
+def _bot_messages_since(harness: Any, floor: int) -> dict[int, list[Any]]:
+    """The bot's public messages newer than message id `floor`, by channel, oldest first — what
+    `harness.replies_to` gives, read once per poll from the newest end.  The poller shares the process and
+    its cores with the bot: scanning every stored message once per pending reply (thousands of messages
+    × 32 replies every 50 ms) took CPU from the replies it timed."""
+    by_channel: dict[int, list[Any]] = {}
+    bot_id = harness.bot.id
+    for m in reversed(harness.world.messages.values()):  # insertion order = creation order = id order
+        if m.id <= floor:
+            break
+        if m.author.id == bot_id and not m.deleted and not m.ephemeral:
+            by_channel.setdefault(m.channel_id, []).append(m)
+    for msgs in by_channel.values():
+        msgs.reverse()
+    return by_channel
 
 
 async def one_reply(harness: Any, channel: Any, author: Any, text: str, limit_s: float = 120) -> tuple[float, str]:
