@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from models.protocol import KEYS, Bus, Job
@@ -46,6 +46,32 @@ if redis.call('HLEN', KEYS[1]) == 0 then
 end
 return 0
 """
+
+# Write a record and index its conversation, atomically.  KEYS: the conversation's hash, the index.  ARGV: job
+# id, encoded record, hash TTL, conversation, index score, and "1" to write only while the record exists (an
+# update must not bring back a record that `end` or a restarted process's cleanup removed meanwhile).
+_SAVE = """
+if ARGV[6] == '1' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+return 1
+"""
+
+# Forget one record, and its conversation in the index once its hash is empty (as `_FORGET_IF_EMPTY`).
+# KEYS: the conversation's hash, the index.  ARGV: job id, conversation.
+_END = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+
+MINE_MAX = 4096  # records kept in memory for `update` (more than any process streams at once)
 
 
 @dataclass
@@ -66,7 +92,8 @@ class ActiveRecord:
     model: str = ""
 
     def encode(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # Field by field rather than `asdict`, which deep-copies `where` on every reply (the same JSON).
+        return json.dumps({name: getattr(self, name) for name in self.__dataclass_fields__}, separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: str) -> ActiveRecord | None:
@@ -90,6 +117,11 @@ class ActiveReplies:
         self.lost_after = 2 * settings.job_visibility_timeout + 10
         self.ttl = max(settings.reply_ttl, int(settings.job_timeout + settings.job_visibility_timeout) + 60)
         self._forget = self.redis.register_script(_FORGET_IF_EMPTY)
+        self._save = self.redis.register_script(_SAVE)
+        self._end = self.redis.register_script(_END)
+        # The records this process wrote and has not ended: `update` adds to the record it wrote instead of
+        # reading it back (only the process showing a reply writes its record).
+        self._mine: dict[str, ActiveRecord] = {}
 
     async def begin(self, reply: Reply, **where: Any) -> ActiveRecord:
         """Note that `reply` is being shown (where: e.g. channel_id, message_id, reference_id, lang)."""
@@ -98,25 +130,29 @@ class ActiveReplies:
                            guild=req.guild, channel=req.channel, where=dict(where), generation=reply.generation,
                            model=reply.job.model)
         await self._write(rec)
+        self._mine[rec.job_id] = rec
+        if len(self._mine) > MINE_MAX:  # replies cut short keep their record for the next process, not here
+            self._mine.pop(next(iter(self._mine)))
         return rec
 
     async def update(self, reply: Reply, **where: Any) -> None:
-        """Add to where the reply is shown (the first message's id once it was sent)."""
-        key = KEYS.active_reply(reply.request.conversation)
-        raw = await self.redis.hget(key, reply.job.id)
-        rec = ActiveRecord.decode(raw) if raw else None
-        if rec is None:
-            return
+        """Add to where the reply is shown (the first message's id once it was sent); a record that is gone
+        (ended, or cleaned up by another process) stays gone."""
+        rec = self._mine.get(reply.job.id)
+        if rec is None:  # not begun by this process: read the record
+            key = KEYS.active_reply(reply.request.conversation)
+            raw = await self.redis.hget(key, reply.job.id)
+            rec = ActiveRecord.decode(raw) if raw else None
+            if rec is None:
+                return
         rec.where.update(where)
-        await self._write(rec)
+        await self._write(rec, only_if_present=True)
 
-    async def _write(self, rec: ActiveRecord) -> None:
-        key = KEYS.active_reply(rec.conversation)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, rec.job_id, rec.encode())
-            pipe.expire(key, self.ttl)
-            pipe.zadd(KEYS.active_conversations, {rec.conversation: time.time()})
-            await pipe.execute()
+    async def _write(self, rec: ActiveRecord, *, only_if_present: bool = False) -> None:
+        """One atomic script in the bus's shared pipeline: the replies of a burst share the round trip."""
+        await self.bus.run_script(self._save, [KEYS.active_reply(rec.conversation), KEYS.active_conversations],
+                                  [rec.job_id, rec.encode(), self.ttl, rec.conversation, repr(time.time()),
+                                   "1" if only_if_present else ""])
 
     async def end(self, reply_or_record: Reply | ActiveRecord) -> None:
         """The final text is posted: forget the record."""
@@ -124,9 +160,9 @@ class ActiveReplies:
             conversation, job_id = reply_or_record.request.conversation, reply_or_record.job.id
         else:
             conversation, job_id = reply_or_record.conversation, reply_or_record.job_id
-        key = KEYS.active_reply(conversation)
-        await self.redis.hdel(key, job_id)
-        await self._forget(keys=[key, KEYS.active_conversations], args=[conversation])
+        self._mine.pop(job_id, None)
+        await self.bus.run_script(self._end, [KEYS.active_reply(conversation), KEYS.active_conversations],
+                                  [job_id, conversation])
 
     async def pending(self, owns: Callable[[ActiveRecord], bool] | None = None) -> list[ActiveRecord]:
         """Records left by a previous process (oldest first); `owns` filters them (e.g. by shard)."""

@@ -300,7 +300,7 @@ class ChatHandler:
             try:
                 outcome = await self.history.record_answer(
                     reply.request.conversation, turn, job_id=reply.job.id, generation=reply.generation,
-                    marker_ttl=self.record_marker_ttl)
+                    marker_ttl=self.record_marker_ttl, run_script=self.bus.run_script)
                 if outcome != "recorded":
                     log.info("answer of job %s not recorded: %s", reply.job.id,
                              "already recorded" if outcome == "duplicate" else "the conversation was reset")

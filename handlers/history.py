@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -61,6 +62,8 @@ return 'recorded'
 GENERATION_TTL = 7 * 24 * 3600
 
 RecordOutcome = Literal["recorded", "duplicate", "stale"]
+# (registered script, keys, args) → its result, e.g. `Bus.run_script`.
+ScriptRunner = Callable[[Any, list[str], list[Any]], Awaitable[Any]]
 
 
 def conversation_id(*, guild: int | None = None, channel: int | None = None, dm_user: int | None = None,
@@ -83,7 +86,9 @@ class Turn:
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. {"stopped": true, "tools": "python"}
 
     def encode(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        # Field by field rather than `asdict`, which deep-copies `images` and `meta` (the same JSON).
+        return json.dumps({name: getattr(self, name) for name in self.__dataclass_fields__}, ensure_ascii=False,
+                          separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: str) -> Turn | None:
@@ -148,13 +153,16 @@ class HistoryStore:
         return int(await self.redis.get(KEYS.history_generation(conversation)) or 0)
 
     async def record_answer(self, conversation: str, turn: Turn, *, job_id: str, generation: int | None,
-                            marker_ttl: int) -> RecordOutcome:
+                            marker_ttl: int, run_script: ScriptRunner | None = None) -> RecordOutcome:
         """Append a job's answer: once per job (`marker_ttl` must outlast every reader that can still see
         the job's final event), and only if the conversation was not reset since `generation` was read
-        (None: no check, for replies recorded by an older version).  Atomic (one script)."""
+        (None: no check, for replies recorded by an older version).  Atomic (one script); `run_script`
+        (the bus's `run_script`) runs it in a shared pipeline instead of a round trip of its own."""
         keys = [KEYS.history(conversation), KEYS.history_generation(conversation), KEYS.answer_recorded(job_id)]
         args = [turn.encode(), self.max_turns, self.ttl, max(1, int(marker_ttl)),
                 "" if generation is None else str(generation)]
+        if run_script is not None:
+            return await run_script(self._record_answer, keys, args)
         return await self._record_answer(keys=keys, args=args)
 
     async def answer_recorded(self, job_id: str) -> bool:

@@ -229,8 +229,22 @@ class Bus:
 
     async def claim_event(self, source: str, ttl: int = 900) -> bool:
         """True for the first bot process to claim an incoming event (`source`, e.g. a Discord message id),
-        False for any other (two processes that both receive it answer it once)."""
-        return bool(await self.redis.set(KEYS.event_claimed(source), "1", nx=True, ex=ttl))
+        False for any other (two processes that both receive it answer it once).  In the shared pipeline: a
+        burst of messages claims in one round trip."""
+
+        def add(pipe: Any) -> int:
+            pipe.set(KEYS.event_claimed(source), "1", nx=True, ex=ttl)
+            return 1
+
+        [claimed] = await self._batcher.run(add)
+        if isinstance(claimed, Exception):
+            raise claimed
+        return bool(claimed)
+
+    async def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua script registered on `self.redis` in the shared pipeline (with whatever else is written
+        meanwhile: one round trip for a burst), for the handlers' atomic steps (history, reply records)."""
+        return await self._batcher.script(script, keys, args)
 
     async def command_hash(self) -> str | None:
         """The hash of the slash commands last synced with Discord (bot/client.py)."""
