@@ -154,3 +154,20 @@ async def test_an_engine_of_unknown_vocabulary_runs_internlm2_without_a_note(set
     assert steps(updates, "note") == [] and len(engine.prompts) == 1
     assert updates[-1].kind == "done" and updates[-1].data["protocol"] == "internlm2"
     assert "no tool calling" in updates[-1].data["protocol_reason"]
+
+
+async def test_lmdeploy_in_process_with_internlm2_gets_internlm2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lmdeploy stand-in of tests/test_lmdeploy_engine.py (its tokenizer carries InternLM2's added tokens):
+    raw completions decode with skip_special_tokens=False, so `auto` keeps InternLM2's protocol."""
+    from test_lmdeploy_engine import CURRENT, install
+
+    from models.engines.lmdeploy import LMDeployEngine
+
+    install(monkeypatch, CURRENT)
+    engine = LMDeployEngine("internlm/internlm2_5-7b-chat")
+    await engine.start()
+    try:
+        choice = protocol.choose(engine, "auto", engine.special_tokens)
+    finally:
+        await engine.close()
+    assert choice.protocol == "internlm2" and "lmdeploy engine keeps them" in choice.reason

@@ -122,3 +122,36 @@ async def test_explicit_settings_win_over_the_models(smollm2: LlamaCppEngine, se
     got = await ask(smollm2, worker, bot, bus, "console:sampling-set", scope={"temperature": "0.9"})
     assert got["job"] == {"temperature": 0.9, "top_p": 0.5}
     assert (got["temperature"], got["top_p"], got["repeat_penalty"]) == (0.9, 0.5, 1.05)
+
+
+# Qwen/Qwen2.5-7B-Instruct's generation_config.json as published (a model that ships sampling values there).
+QWEN_GENERATION_CONFIG = {"bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True,
+                          "eos_token_id": [151645, 151643], "repetition_penalty": 1.05, "temperature": 0.7,
+                          "top_p": 0.8, "top_k": 20, "transformers_version": "4.37.0"}
+
+
+async def test_lmdeploy_takes_the_models_generation_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Through the lmdeploy stand-in (tests/test_lmdeploy_engine.py): a local model directory's generation config
+    wins over the family's; an InternLM hub id gets the InternLM demo's; greedy-by-design configs give nothing."""
+    import json
+
+    from test_lmdeploy_engine import CURRENT, install
+
+    from models.engines.lmdeploy import LMDeployEngine
+    from models.engines.sampling import generation_config_defaults
+
+    install(monkeypatch, CURRENT)
+    local = tmp_path / "qwen2.5-7b-instruct"
+    local.mkdir()
+    (local / "generation_config.json").write_text(json.dumps(QWEN_GENERATION_CONFIG))
+    engine = LMDeployEngine(str(local))
+    await engine.start()
+    assert engine.sampling_defaults == {"temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.05}
+    await engine.close()
+    internlm = LMDeployEngine("internlm/internlm2_5-7b-chat")
+    await internlm.start()
+    assert internlm.sampling_defaults == INTERNLM_DEMO
+    await internlm.close()
+    (local / "generation_config.json").write_text(json.dumps({**QWEN_GENERATION_CONFIG, "do_sample": False}))
+    assert generation_config_defaults(str(local)) == {}
+    assert generation_config_defaults(str(tmp_path / "missing")) == {}

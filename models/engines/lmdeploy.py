@@ -49,7 +49,8 @@ from typing import Any
 
 from ..settings import Settings
 from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
-from .families import INTERN_S1, INTERNVL, XCOMPOSER, model_family
+from .families import INTERN_S1, INTERNLM, INTERNVL, XCOMPOSER, model_family
+from .sampling import INTERNLM_DEMO, generation_config_defaults
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ class LMDeployEngine(Engine):
         self.pipe: Any = None
         self.vision_pipe: Any = None
         self._special: frozenset[str] | None = None
+        self.sampling_defaults: dict[str, float] = {}  # the chat model's (set by `_load`)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LMDeployEngine:
@@ -253,6 +255,9 @@ class LMDeployEngine(Engine):
                                       log_level=self.log_level, trust_remote_code=True) for m in models}
         self.pipe = pipes[self.model or self.vision_model]
         self.vision_pipe = pipes.get(self.vision_model) if self.vision_model else None
+        chat = self.model or self.vision_model  # its defaults: the family's, then its own generation_config.json
+        self.sampling_defaults = {**(INTERNLM_DEMO if families[chat] == INTERNLM else {}),
+                                  **generation_config_defaults(chat)}
 
     async def start(self) -> None:
         if self.pipe is None:

@@ -10,6 +10,7 @@ Where the defaults come from, first match wins:
 
 * the GGUF's own `general.sampling.*` metadata (llama.cpp's `LLAMA_MODEL_META_KEY_SAMPLING_*`: `temp`, `top_p`,
   `penalty_repeat`), which a converter writes from the model's generation config;
+* for lmdeploy, a local model directory's `generation_config.json` (what transformers and lmdeploy read);
 * the model's family: InternLM's own chat demo (InternLM/InternLM `chat/web_demo.py` `GenerationConfig`:
   temperature 0.8, top_p 0.8, repetition_penalty 1.005; InternLM2.5's generation_config.json sets no sampling);
   the bundled SmolLM2-135M loops and rambles with those, so it gets temperature 0.3 and repetition penalty 1.2
@@ -18,7 +19,9 @@ Where the defaults come from, first match wins:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
 INTERNLM_DEMO = {"temperature": 0.8, "top_p": 0.8, "repetition_penalty": 1.005}
@@ -26,6 +29,18 @@ BUNDLED_SMOLLM2 = {"temperature": 0.3, "repetition_penalty": 1.2}
 GGUF_KEYS = {"general.sampling.temp": "temperature", "general.sampling.top_p": "top_p",
              "general.sampling.penalty_repeat": "repetition_penalty"}
 _INTERNLM_ARCHITECTURES = ("internlm2", "internlm3")
+
+
+def generation_config_defaults(model: str) -> dict[str, float]:
+    """The sampling values in a local model directory's `generation_config.json`; {} for a hub id or no file."""
+    try:
+        config = json.loads((Path(model).expanduser() / "generation_config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict) or config.get("do_sample") is False:
+        return {}  # greedy by design: its temperature/top_p are not meant to apply
+    return {key: float(value) for key in ("temperature", "top_p", "repetition_penalty")
+            if isinstance(value := config.get(key), int | float) and not isinstance(value, bool)}
 
 
 def gguf_defaults(metadata: Mapping[str, str], *, bundled: bool = False) -> dict[str, float]:
