@@ -8,6 +8,9 @@ image really travelled (its format and size), not merely that a field was presen
 Scripting (attributes, set between requests):
 * `reply`: the text to stream (or a callable `(request_json) -> str`); split into small chunks;
 * `fail_status` / `fail_message`: answer with an OpenAI-style error body instead;
+* `refuse_tools`: answer a chat request that carries `tools` with HTTP 400 and this message, as a server started
+  without a tool parser does (vLLM: '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser
+  to be set', `VLLM_NO_TOOL_PARSER`);
 * `chunk_delay`: seconds between chunks; `hang_after`: stop sending after this many chunks and wait
   until the client disconnects (`disconnected` is set when it does); `drop_after`: cut the connection
   after this many chunks, as a crashing server would;
@@ -112,12 +115,16 @@ def decode_image_url(url: str) -> SeenImage:
         raise ImageRejected(f"cannot open image: {type(exc).__name__}") from exc
 
 
+VLLM_NO_TOOL_PARSER = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+
+
 class FakeOpenAI:
     def __init__(self, models: tuple[str, ...] = ("internlm2_5-7b-chat", "internlm-xcomposer2d5-7b")) -> None:
         self.models = list(models)
         self.reply: str | Callable[[dict[str, Any]], str] = "Hello from the fake server."
         self.fail_status: int | None = None
         self.fail_message = "something went wrong"
+        self.refuse_tools: str | None = None
         self.chunk_delay = 0.0
         self.hang_after: int | None = None
         self.drop_after: int | None = None
@@ -171,6 +178,8 @@ class FakeOpenAI:
             return self._error(404, f"The model `{body.get('model')}` does not exist.")
         if self.fail_status:
             return self._error(self.fail_status, self.fail_message)
+        if self.refuse_tools and body.get("tools"):
+            return self._error(400, self.refuse_tools)
         return rec
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:

@@ -27,7 +27,7 @@ from models.engines.openai import OpenAIEngine
 from models.protocol import Bus
 from models.settings import Settings
 from models.worker import Worker
-from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI, ReplayTurn
+from tests.fakeopenai import INTERNLM2_SPECIAL, VLLM_NO_TOOL_PARSER, FakeOpenAI, ReplayTurn
 
 pytestmark = pytest.mark.timeout(180)
 INTERNLM2_GGUF = Path(__file__).parent / "fixtures" / "internlm2-tiny" / "internlm2-tiny.gguf"
@@ -171,3 +171,45 @@ async def test_lmdeploy_in_process_with_internlm2_gets_internlm2(monkeypatch: py
     finally:
         await engine.close()
     assert choice.protocol == "internlm2" and "lmdeploy engine keeps them" in choice.reason
+
+
+async def test_a_server_refusing_tools_gets_internlm2_with_a_note_then_at_once(server: FakeOpenAI, settings: Settings,
+                                                                              bus: Bus) -> None:
+    """vLLM started without --enable-auto-tool-choice answers a request with `tools` with HTTP 400: under `auto` the
+    run goes on in InternLM2's protocol (raw completions, special tokens kept), says so, and the next run on the
+    same engine does not ask with `tools` again."""
+    server.skip_special = ()  # a server that keeps them when asked (vLLM does with skip_special_tokens: false)
+    server.refuse_tools = VLLM_NO_TOOL_PARSER
+    server.reply = "The answer is 4."
+    engine = OpenAIEngine(base_url=server.base_url, chat_model=MODEL)
+    worker = Worker(settings, bus, engine, worker_id="protocol-refused")  # one worker: it closes its engine
+    serving = asyncio.create_task(worker.run())
+    try:
+        first = await run(agent_for(settings, bus), "2+2?", conversation="console:protocol-refused")
+        paths = [r.path for r in server.requests]
+        second = await run(agent_for(settings, bus), "3+3?", conversation="console:protocol-refused-again")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(serving, 60)
+    assert paths == ["/v1/chat/completions", "/v1/completions"]  # refused once, then the raw protocol
+    note = steps(first, "note")[0]
+    assert note["protocol"] == "internlm2" and "HTTP 400" in note["text"] and "tool-call parser" in note["text"]
+    assert first[-1].kind == "done" and first[-1].text == "The answer is 4."
+    assert first[-1].data["protocol"] == "internlm2" and "refused `tools`" in first[-1].data["protocol_reason"]
+    assert [r.path for r in server.requests][2:] == ["/v1/completions"]  # no `tools` request the second time
+    assert steps(second, "note") == [] and second[-1].data["protocol"] == "internlm2"
+    assert "refused `tools`" in second[-1].data["protocol_reason"]
+
+
+async def test_explicit_tools_on_a_refusing_server_is_a_clear_error(server: FakeOpenAI, settings: Settings,
+                                                                    bus: Bus) -> None:
+    server.refuse_tools = VLLM_NO_TOOL_PARSER
+    settings.agent_protocol = "tools"
+    engine = OpenAIEngine(base_url=server.base_url, chat_model=MODEL)
+    try:
+        updates = await run_on(engine, settings, bus, "2+2?", "console:protocol-refused-explicit")
+    finally:
+        await engine.close()
+    message = updates[-1].data["message"]
+    assert updates[-1].kind == "error" and "HTTP 400" in message and "tool choice" in message
+    assert [r.path for r in server.requests] == ["/v1/chat/completions"]

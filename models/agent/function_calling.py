@@ -24,6 +24,7 @@ from typing import Any
 
 from lagent.schema import ActionStatusCode
 
+from ..engines.base import ToolsRefused
 from .parsing import extract_code
 from .steps import INTERPRETER_NOTE, MODEL_RESULT_CHARS, StepAgent, clip
 
@@ -51,7 +52,10 @@ def declare(info: dict[str, Any]) -> dict[str, Any]:
 
 
 class ToolAgent(StepAgent):
-    """`StepAgent`'s tools and steps, over OpenAI `tools` instead of InternLM2's special tokens."""
+    """`StepAgent`'s tools and steps, over OpenAI `tools` instead of InternLM2's special tokens.
+
+    With `fall_back` (AGENT_PROTOCOL=auto), a server that refuses `tools` on the first call gets the run in
+    InternLM2's protocol instead (`StepAgent.steps`), after a note; `fell_back` then says why."""
 
     def functions(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """The declarations sent with every request, and function name → Lagent API name for the plugins."""
@@ -74,7 +78,19 @@ class ToolAgent(StepAgent):
         for turn in range(1, self.max_turn + 1):
             if self.stop.is_set():
                 return
-            text, calls = self._llm.tool_chat(wire, tools)
+            try:
+                text, calls = self._llm.tool_chat(wire, tools)
+            except ToolsRefused as exc:
+                if not (self.fall_back and turn == 1):
+                    raise
+                self.fell_back = str(exc)
+                self._llm.engine.tools_refused = self.fell_back  # later runs choose internlm2 at once
+                yield {"type": "note", "turn": 0, "title": "Note", "protocol": "internlm2",
+                       "text": f"{self.fell_back.rstrip('.')}. The server does not take OpenAI tool calls, so the "
+                               "agent uses InternLM2's own protocol (start the server with a tool-call parser, or "
+                               "set AGENT_PROTOCOL=internlm2)."}
+                yield from StepAgent.steps(self, messages)
+                return
             thought = text.strip()
             if not calls:
                 if not thought:

@@ -10,7 +10,10 @@ Why `auto` decides as it does:
   → `internlm2`: it is what InternLM2 was trained on, and works on the 1.8B model as on the 7B.
 * Otherwise, an engine that accepts `tools` (`ENGINE=openai`) → `tools`: an OpenAI-compatible server may strip
   special tokens from what it sends, and whether it does is not visible from here; `AGENT_PROTOCOL=internlm2`
-  is how an operator says that theirs keeps them (lmdeploy and vLLM do when asked, as this bot asks).
+  is how an operator says that theirs keeps them (lmdeploy and vLLM do when asked, as this bot asks).  A server
+  started without a tool parser refuses the first request (`ToolsRefused`: vLLM's HTTP 400 '"auto" tool choice
+  requires --enable-auto-tool-choice …'); the run then goes on in InternLM2's protocol with a note
+  (`ToolAgent`), and the engine remembers it, so later runs choose `internlm2` at once.
 * Otherwise InternLM2's protocol is the only one the engine can run.  When the vocabulary is known and lacks the
   tokens (the bundled SmolLM2), the user is told in a note that the model will hardly follow it, and what to
   configure instead; when it is not known (a test engine, a server), it runs without a note.
@@ -50,7 +53,8 @@ def choose(engine: Any, setting: str, tokens: Collection[str] = ()) -> Choice:
     """The protocol for one agent run on `engine` under `AGENT_PROTOCOL=setting`; `tokens` are the engine's
     special tokens (read once by the caller)."""
     name = getattr(engine, "name", "engine")
-    tools = bool(getattr(engine, "supports_tools", False))
+    refused = str(getattr(engine, "tools_refused", "") or "")  # the server said no to `tools` in an earlier run
+    tools = bool(getattr(engine, "supports_tools", False)) and not (refused and setting == "auto")
     if setting == INTERNLM2:
         return Choice(INTERNLM2, "AGENT_PROTOCOL=internlm2")
     if setting == TOOLS:
@@ -66,6 +70,8 @@ def choose(engine: Any, setting: str, tokens: Collection[str] = ()) -> Choice:
     if tools:
         return Choice(TOOLS, f"auto: the {name} engine accepts OpenAI `tools` (a server may strip InternLM2's "
                              "special tokens; AGENT_PROTOCOL=internlm2 if yours keeps them)")
+    if refused:
+        return Choice(INTERNLM2, f"auto: the server refused `tools` ({refused[:160]})")
     if raw_keeps and tokens:
         return Choice(INTERNLM2, f"auto: the model has no InternLM2 tool tokens and the {name} engine no tool "
                                  "calling",

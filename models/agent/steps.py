@@ -55,6 +55,9 @@ class StepAgent(Internlm2Agent):
     template, so only they stay real tokens.
     """
 
+    fall_back = False  # the tools protocol's (`ToolAgent`): on a server refusing `tools`, run this protocol instead
+    fell_back = ""  # why it did ("" = it did not)
+
     def __init__(self, llm: EngineLLM, interpreter: ActionExecutor | None, plugins: ActionExecutor | None,
                  max_turn: int, stop: threading.Event, tokens: Collection[str] = (), python_off: str = "") -> None:
         protocol = Internlm2Protocol(meta_prompt=META_CN, interpreter_prompt=INTERPRETER_CN + INTERPRETER_NOTE,

@@ -22,6 +22,12 @@ class VisionUnsupported(EngineError):
     """The configured engine has no vision model."""
 
 
+class ToolsRefused(EngineError):
+    """The server refused a request for carrying `tools` (vLLM without --enable-auto-tool-choice answers HTTP 400
+    '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'; Ollama '… does not
+    support tools'): the agent under AGENT_PROTOCOL=auto falls back to InternLM2's protocol."""
+
+
 @dataclass
 class ImageInput:
     """An image handed to a vision engine: already validated, downsized and re-encoded."""

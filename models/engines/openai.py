@@ -31,7 +31,7 @@ import openai
 
 from ..reasoning import THINKING_SINK
 from ..settings import Settings
-from .base import ChatMessage, Engine, EngineError, GenParams, VisionUnsupported
+from .base import ChatMessage, Engine, EngineError, GenParams, ToolsRefused, VisionUnsupported
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class OpenAIEngine(Engine):
     name = "openai"
     supports_raw = True
     supports_tools = True  # `stream_tool_chat`: the agent's AGENT_PROTOCOL=tools
+    tools_refused = ""  # why the server refused `tools` once (models/agent/protocol.py then picks internlm2)
 
     def __init__(self, base_url: str, api_key: str = "", chat_model: str = "", vision_model: str = "",
                  vision_base_url: str = "", context_window: int = 32768, timeout: float = 120.0) -> None:
@@ -190,7 +191,7 @@ class OpenAIEngine(Engine):
         extra: dict[str, Any] = {"tools": tools} if tools else {}  # an empty list is an error on some servers
         create = self.client.chat.completions.create(model=self.chat_model, messages=messages, stream=True,
                                                      **extra, **self.sampling(params))
-        async for chunk in self._stream(create, cancel, self.base_url, self.chat_model):
+        async for chunk in self._stream(create, cancel, self.base_url, self.chat_model, tools=bool(tools)):
             delta = chunk.choices[0].delta if chunk.choices else None
             if delta is None:
                 continue
@@ -212,7 +213,8 @@ class OpenAIEngine(Engine):
             if chunk.choices and chunk.choices[0].text:
                 yield chunk.choices[0].text
 
-    async def _stream(self, create: Any, cancel: asyncio.Event, url: str, model: str) -> AsyncIterator[Any]:
+    async def _stream(self, create: Any, cancel: asyncio.Event, url: str, model: str,
+                      tools: bool = False) -> AsyncIterator[Any]:
         """Open the stream and yield its chunks; stop as soon as `cancel` is set, closing the connection
         (waiting for the next chunk is raced against the cancel event, so a stalled server cannot delay it)."""
         stream = None
@@ -237,6 +239,8 @@ class OpenAIEngine(Engine):
                                   "Please try again.") from None
             raise EngineError(self._user_message(exc, url, model)) from None
         except openai.APIError as exc:
+            if tools and isinstance(exc, openai.BadRequestError) and "tool" in _detail(exc).lower():
+                raise ToolsRefused(self._user_message(exc, url, model)) from None
             raise EngineError(self._user_message(exc, url, model)) from None
         finally:
             if stream is not None:

@@ -125,6 +125,7 @@ async def run_agent(ctx: JobContext) -> None:
     agent_class: type[StepAgent] = ToolAgent if choice.protocol == protocol.TOOLS else StepAgent
     agent = agent_class(llm, interpreter, plugins, max(1, settings.agent_max_turns), stop, tokens=tokens,
                         python_off=python_off)
+    agent.fall_back = setting == "auto"  # ToolAgent: a server refusing `tools` gets InternLM2's protocol
     if python_off:
         await ctx.step({"type": "note", "turn": 0, "title": "Note", "python_off": True,
                         "text": python_off_note(python_off, plugins)})
@@ -193,4 +194,6 @@ async def run_agent(ctx: JobContext) -> None:
     await ctx.done(answer, stopped=stopped, prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens,
                    extra={"history": history_line(answer or "(stopped before answering)", agent.tools_used),
                           "tools": dict(agent.tools_used), "turns": llm.calls,
-                          "protocol": choice.protocol, "protocol_reason": choice.reason})
+                          "protocol": "internlm2" if agent.fell_back else choice.protocol,
+                          "protocol_reason": f"auto: the server refused `tools` ({agent.fell_back[:160]})"
+                          if agent.fell_back else choice.reason})
