@@ -20,6 +20,9 @@ Why it looks the way it does:
 * `LLAMACPP_CLIP_MODEL_PATH` (a vision model's projector, mmproj) takes the same forms and is fetched the same way
   (`locate_projector`): `owner/repo:mmproj-….gguf` for one file, `owner/repo[:QUANT]` for the repository's
   mmproj GGUF of that quantisation, else its F16, BF16 or Q8_0 one (the order llama.cpp's model cards offer them).
+* `MODEL_HUB=modelscope` takes the same references from ModelScope instead (models/modelscope.py, its own HTTP
+  API and the modelscope SDK's cache layout); `hub_for` picks the hub, and what both share (file picking, the
+  checksum check, progress) is in models/hub_files.py.
 * All of this runs when the engine starts (`Worker.run` awaits `engine.start()` before it claims a job), never
   in the middle of a job.
 """
