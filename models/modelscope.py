@@ -54,8 +54,9 @@ TEMPORARY_FOLDER = "._____temp"  # the SDK's TEMPORARY_FOLDER_NAME
 CHUNK = 1 << 20
 ATTEMPTS = 3  # transfers per file and start; the partial file is kept between them and across starts
 TIMEOUT = 60.0  # seconds without a byte before a transfer counts as cut (the SDK's API_FILE_DOWNLOAD_TIMEOUT)
-# InternLM2.5-1.8B-Chat's GGUF as Shanghai AI Lab publishes InternLM on ModelScope (the 7B one is
-# Shanghai_AI_Laboratory/internlm2_5-7b-chat-gguf); the default reference when MODEL_HUB=modelscope.
+# InternLM2.5-1.8B-Chat's GGUF, named as Shanghai AI Lab names InternLM on ModelScope (the 7B one is
+# Shanghai_AI_Laboratory/internlm2_5-7b-chat-gguf; this one's existence was not checked from here: no network);
+# the default reference when MODEL_HUB=modelscope.  If it is missing, the default falls back to the bundled model.
 DEFAULT_REPO = "Shanghai_AI_Laboratory/internlm2_5-1_8b-chat-gguf"
 
 
