@@ -146,6 +146,24 @@ async def test_regenerate_rebuilds_the_old_layout_and_streams_a_new_one(discord_
     assert h.errors() == []
 
 
+async def test_a_stale_stop_on_a_layout_is_taken_off_without_the_text(discord_harness: Harness,
+                                                                       discord_bot: BotRunner) -> None:
+    """A Stop button left on a finished reply (as after a crash mid-stream): pressing it rebuilds the layout from
+    the message's own components without its action rows, keeping the text."""
+    h = discord_harness
+    await discord_bot.start(render_mode="components")
+    msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[say:All done here.]]")
+    [reply] = await discord_bot.reply(msg)
+    job = h.find_button(reply, REGEN_PREFIX).split(":")[3]
+    stop = f"{STOP_PREFIX}{job}:{h.alice.id}"
+    reply.components = [c for c in reply.components if c["type"] != 1] + [
+        {"type": 1, "components": [{"type": 2, "style": 2, "label": "Stop", "custom_id": stop}]}]
+    inter = await h.click(reply, stop, user=h.alice)
+    await h.wait_for(lambda: inter.response_type is not None and not reply.buttons(), message="the stale Stop gone")
+    assert inter.response_type == 7 and visible_text(reply) == "All done here." and is_v2(reply)
+    assert h.errors() == []
+
+
 async def test_article_with_three_images_is_one_message_with_galleries(discord_harness: Harness,
                                                                        discord_bot: BotRunner,
                                                                        fake: FakeOpenAI) -> None:
