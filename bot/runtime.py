@@ -34,7 +34,7 @@ class Runtime:
         bus = make_bus(settings, redis_url)
         await wait_ready(bus.redis, timeout=30)
         history = HistoryStore(bus.redis, max_turns=settings.history_max_turns, ttl=settings.history_ttl)
-        overrides = ConfStore(bus.redis, settings)
+        overrides = ConfStore(bus.redis, settings, bus=bus)  # reads share the bus's pipeline
         runtime = cls(settings, bus, history, overrides, ChatHandler(bus, history, overrides, settings))
         if settings.embedded_worker:
             await runtime.start_worker()

@@ -80,21 +80,15 @@ class ChatHandler:
 
     async def _submit(self, request: Request, *, user_turn: Turn | None = None,
                       extra_turns: list[Turn] | None = None) -> Reply:
-        # One round trip for the settings, the user's turn and the history the job is built from (a
-        # transaction: the turns and the generation read belong together, and include the new turn),
-        # then one for the job itself.
-        async with self.history.redis.pipeline(transaction=True) as pipe:
-            scopes = self.conf.queue_effective(pipe, guild=request.guild, channel=request.channel)
-            if user_turn is not None:
-                self.history.queue_append(pipe, request.conversation, user_turn)
-            if request.record:
-                self.history.queue_snapshot(pipe, request.conversation)
-            results = await pipe.execute()
-        eff = self.conf.effective_from(results[:scopes])
-        generation: int | None = None
-        if request.record:
-            turns, generation = self.history.snapshot_from(*results[-2:])
-        else:
+        # One script for the settings, the user's turn and the history the job is built from (atomic: the
+        # turns and the generation read belong together, and include the new turn), then one write for the
+        # job itself; both in the bus's shared pipeline, so a burst of requests shares the round trips.
+        overrides, turns, generation = await self.history.request_round_trip(
+            request.conversation, append=user_turn, snapshot=request.record,
+            hashes=self.conf.scope_keys(guild=request.guild, channel=request.channel),
+            run_script=self.bus.run_script)
+        eff = self.conf.effective_from(overrides)
+        if not request.record:
             turns = [Turn("user", request.content, name=request.user_name, images=request.images)]
         turns += extra_turns or []
         payload: dict[str, Any] = {

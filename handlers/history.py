@@ -57,6 +57,30 @@ end
 return 'recorded'
 """
 
+# A request's one round trip (`HistoryStore.request_round_trip`): append the user's turn, read the hashes
+# the request needs (its settings overrides) and the newest turns with their generation — atomically, as the
+# MULTI/EXEC it replaces (the turns read include the new one and belong to the generation read with them).
+# KEYS: history, generation, then the hashes to read.  ARGV: max turns, history TTL (0 = none), "1" to read
+# the turns, how many, then the encoded turns to append.  Returns {hash as flat list...,[turns, generation]}.
+_REQUEST = """
+if #ARGV > 4 then
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, 5, #ARGV))
+  redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+  end
+end
+local out = {}
+for i = 3, #KEYS do
+  table.insert(out, redis.call('HGETALL', KEYS[i]))
+end
+if ARGV[3] == '1' then
+  table.insert(out, redis.call('LRANGE', KEYS[1], -tonumber(ARGV[4]), -1))
+  table.insert(out, redis.call('GET', KEYS[2]))
+end
+return out
+"""
+
 # A generation outlives any answer still pending from before the reset that bumped it (answers live for
 # minutes, reply streams for about an hour); after that the key may go, and a missing key reads as 0.
 GENERATION_TTL = 7 * 24 * 3600
@@ -111,6 +135,7 @@ class HistoryStore:
         self.ttl = ttl
         self._pop_assistant = redis.register_script(_POP_ASSISTANT)
         self._record_answer = redis.register_script(_RECORD_ANSWER)
+        self._request = redis.register_script(_REQUEST)
 
     async def append(self, conversation: str, *turns: Turn) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -143,6 +168,27 @@ class HistoryStore:
             self.queue_snapshot(pipe, conversation, limit)
             raw_turns, raw_generation = await pipe.execute()
         return self.snapshot_from(raw_turns, raw_generation)
+
+    async def request_round_trip(self, conversation: str, *, append: Turn | None, snapshot: bool,
+                                 hashes: list[str], run_script: ScriptRunner | None = None,
+                                 ) -> tuple[list[dict[str, str]], list[Turn], int | None]:
+        """What a request needs, in one atomic script: append `append` (if any), read `hashes` (e.g. the
+        settings overrides that apply) and, with `snapshot`, the newest turns and their generation.  Returns
+        (the hashes in order, the turns, the generation; [] and None without `snapshot`).  `run_script`
+        (the bus's) runs it in the shared pipeline, so a burst of requests shares one round trip."""
+        keys = [KEYS.history(conversation), KEYS.history_generation(conversation), *hashes]
+        args: list[Any] = [self.max_turns, self.ttl, "1" if snapshot else "", self.max_turns]
+        if append is not None:
+            args.append(append.encode())
+        if run_script is not None:
+            out = await run_script(self._request, keys, args)
+        else:
+            out = await self._request(keys=keys, args=args)
+        read = [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in out[:len(hashes)]]
+        if not snapshot:
+            return read, [], None
+        turns, generation = self.snapshot_from(out[len(hashes)], out[len(hashes) + 1])
+        return read, turns, generation
 
     async def recent(self, conversation: str, limit: int | None = None) -> list[Turn]:
         raw = await self.redis.lrange(KEYS.history(conversation), -(limit or self.max_turns), -1)

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from models import routing
 from models.engines.base import GenParams
-from models.protocol import KEYS
+from models.protocol import KEYS, Bus
 from models.settings import Settings
 
 # name → (type, min, max).  Only these can be set; values are validated and clamped.
@@ -80,9 +80,10 @@ def validate(name: str, value: str) -> str:
 
 
 class ConfStore:
-    def __init__(self, redis: aioredis.Redis, defaults: Settings) -> None:
+    def __init__(self, redis: aioredis.Redis, defaults: Settings, *, bus: Bus | None = None) -> None:
         self.redis = redis
         self.defaults = defaults
+        self.bus = bus  # given: `effective` reads in the bus's shared pipeline (a burst of messages, one trip)
 
     @staticmethod
     def scope(*, guild: int | None = None, channel: int | None = None) -> str:
@@ -108,18 +109,27 @@ class ConfStore:
         return await self.redis.hgetall(KEYS.overrides(scope))
 
     async def effective(self, *, guild: int | None = None, channel: int | None = None) -> Effective:
+        if self.bus is not None:
+            return self.effective_from(await self.bus.pipelined(
+                lambda pipe: self.queue_effective(pipe, guild=guild, channel=channel)))
         async with self.redis.pipeline(transaction=False) as pipe:
             self.queue_effective(pipe, guild=guild, channel=channel)
             return self.effective_from(await pipe.execute())
 
     def queue_effective(self, pipe: Any, *, guild: int | None = None, channel: int | None = None) -> int:
-        """Queue the reads `effective` needs on `pipe` (a request shares one round trip with its history
-        write); returns how many results they add, to be passed to `effective_from` in order."""
+        """Queue the reads `effective` needs on `pipe`; returns how many results they add, to be passed to
+        `effective_from` in order."""
+        keys = self.scope_keys(guild=guild, channel=channel)
+        for key in keys:
+            pipe.hgetall(key)
+        return len(keys)
+
+    def scope_keys(self, *, guild: int | None = None, channel: int | None = None) -> list[str]:
+        """The override hashes that apply here, in `effective_from`'s order (a request reads them in the same
+        script as its history write: `HistoryStore.request_round_trip`)."""
         scopes = ([self.scope(guild=guild)] if guild is not None else []) + (
             [self.scope(channel=channel)] if channel is not None else [])
-        for scope in scopes:
-            pipe.hgetall(KEYS.overrides(scope))
-        return len(scopes)
+        return [KEYS.overrides(scope) for scope in scopes]
 
     def effective_from(self, scope_values: list[dict[str, str]]) -> Effective:
         """Defaults overridden by each scope's values in order (guild, then channel)."""

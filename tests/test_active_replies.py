@@ -13,6 +13,7 @@ import json
 
 from handlers.active_replies import ActiveRecord, ActiveReplies
 from handlers.history import HistoryStore, Turn
+from handlers.overrides import ConfStore
 from handlers.types import Reply, Request
 from models.protocol import KEYS, Bus, Job
 from models.settings import Settings
@@ -114,3 +115,32 @@ async def test_claims_and_answers_through_the_shared_pipeline(bus: Bus) -> None:
     assert await store.record_answer("h:shared", Turn("assistant", "c"), job_id="s3", generation=0,
                                      marker_ttl=60, run_script=bus.run_script) == "recorded"
     assert [t.content for t in await store.recent("h:shared")] == ["q", "a", "c"]
+
+
+async def test_a_request_is_one_script_as_the_transaction_was(settings: Settings, bus: Bus) -> None:
+    """`HistoryStore.request_round_trip` (what `ChatHandler.ask` sends): the appended turn is among the
+    turns read, the generation comes with them, the override hashes are read in order, the history keeps
+    its bound and TTL; and the settings read through the bus are the same as without it."""
+    store = HistoryStore(bus.redis, max_turns=3, ttl=600)
+    conf, batched = ConfStore(bus.redis, settings), ConfStore(bus.redis, settings, bus=bus)
+    await conf.set(ConfStore.scope(guild=7), "temperature", "0.3")
+    await conf.set(ConfStore.scope(channel=8), "system_prompt", "be brief")
+    await store.append("h:req", Turn("user", "one"), Turn("assistant", "two"), Turn("user", "three"))
+    await store.reset("h:req")
+    await store.append("h:req", Turn("user", "a"), Turn("assistant", "b"), Turn("user", "c"))
+    hashes = conf.scope_keys(guild=7, channel=8)
+    for run_script in (None, bus.run_script):
+        read, turns, generation = await store.request_round_trip(
+            "h:req", append=Turn("user", "new", name="ann"), snapshot=True, hashes=hashes, run_script=run_script)
+        assert read == [{"temperature": "0.3"}, {"system_prompt": "be brief"}]
+        assert [t.content for t in turns][-1] == "new" and turns[-1].name == "ann" and len(turns) == 3
+        assert generation == 1
+    assert [t.content for t in await store.recent("h:req")] == ["c", "new", "new"]  # bounded to 3
+    assert 500 < await bus.redis.ttl(KEYS.history("h:req")) <= 600
+    read, turns, generation = await store.request_round_trip("h:req", append=None, snapshot=False, hashes=[],
+                                                             run_script=bus.run_script)
+    assert (read, turns, generation) == ([], [], None)
+    assert len(await store.recent("h:req")) == 3  # nothing appended
+    assert await batched.effective(guild=7, channel=8) == await conf.effective(guild=7, channel=8)
+    eff = await batched.effective(guild=7, channel=8)
+    assert eff.temperature == 0.3 and eff.system_prompt == "be brief"

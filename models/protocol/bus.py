@@ -241,6 +241,15 @@ class Bus:
             raise claimed
         return bool(claimed)
 
+    async def pipelined(self, add: Any) -> list[Any]:
+        """Queue `add(pipe)`'s commands (it returns how many) in the shared pipeline; their replies, the first
+        error raised.  For reads and writes that need no atomicity (a request's settings overrides)."""
+        results = await self._batcher.run(add)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
     async def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a Lua script registered on `self.redis` in the shared pipeline (with whatever else is written
         meanwhile: one round trip for a burst), for the handlers' atomic steps (history, reply records)."""
