@@ -34,6 +34,7 @@ from models.protocol import Bus, Job
 from models.redis_server import connect
 from models.settings import Settings
 from models.worker import Worker
+from tests.fakediscord.harness import visible_text
 
 VISIBILITY = "1.5"  # fast takeovers for tests; production uses 30 s
 
@@ -340,7 +341,7 @@ async def test_bot_restart_through_fake_discord(settings: Settings, bus: Bus, tm
     await discord_bot.start(embedded_worker=False)  # the new process finds the reply on ready
     final = await h.reply_to(msg, until=reply_finished, quiet=0.3, timeout=30)
     assert [m.id for m in final] == [first_id]  # the same message, edited — not a second answer
-    assert final[0].content.strip() == repeat_text(60).strip()
+    assert visible_text(final[0]).strip() == repeat_text(60).strip()
     turns = await discord_bot.history(h.general)
     assert [t.role for t in turns] == ["user", "assistant"] and turns[1].content == repeat_text(60)
     assert await ActiveReplies(bus, HistoryStore(bus.redis), settings).pending() == []
@@ -363,7 +364,7 @@ async def test_load_through_fake_discord(settings: Settings, bus: Bus, tmp_path:
             msg = await h.send(channels[c], h.alice, f"{h.bot.mention} c{c} m{m}")
             replies = await h.reply_to(msg, until=reply_finished, quiet=0.0, timeout=50)
             assert len(replies) == 1 and replies[0].reference["message_id"] == str(msg.id)
-            assert replies[0].content.startswith(f"echo: Alice: c{c} m{m} (turns={m},"), replies[0].content
+            assert visible_text(replies[0]).startswith(f"echo: Alice: c{c} m{m} (turns={m},"), visible_text(replies[0])
 
     started = time.monotonic()
     async with asyncio.timeout(60):
@@ -371,6 +372,6 @@ async def test_load_through_fake_discord(settings: Settings, bus: Bus, tmp_path:
     await asyncio.sleep(0.5)  # nothing more may arrive: exactly one reply per message
     for c, channel in enumerate(channels):
         bot_msgs = h.bot_messages(channel)
-        assert len(bot_msgs) == 5, [m.content for m in bot_msgs]
-        assert [m.content.split(" (")[0] for m in bot_msgs] == [f"echo: Alice: c{c} m{m}" for m in range(1, 6)]
+        assert len(bot_msgs) == 5, [visible_text(m) for m in bot_msgs]
+        assert [visible_text(m).split(" (")[0] for m in bot_msgs] == [f"echo: Alice: c{c} m{m}" for m in range(1, 6)]
     print(f"load through Discord: 250 messages in {time.monotonic() - started:.1f}s")

@@ -17,6 +17,7 @@ from models.engines.openai import OpenAIEngine
 from models.sandbox import SandboxLimits
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import STOP_PREFIX, BotRunner
+from tests.fakediscord.harness import visible_text
 from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI
 from tests.sandbox_support import sandbox_or_skip
 
@@ -46,7 +47,7 @@ async def test_agent_steps_stream_into_the_reply(discord_harness: Harness, disco
     first = interaction.original
     assert first is not None
     # Live: an edit showed the first tool call and its result before the answer existed.
-    contents = [v.content for v in first.versions]
+    contents = [visible_text(v) for v in first.versions]
     early = [c for c in contents if "```python" in c and "3.5" in c and "Answer" not in c]
     assert early, contents
     final = h.text(messages)
@@ -55,7 +56,7 @@ async def test_agent_steps_stream_into_the_reply(discord_harness: Harness, disco
     pngs = [a for m in messages for a in m.attachments]
     assert len(pngs) == 1 and pngs[0].data.startswith(b"\x89PNG")
     for m in messages:
-        assert len(m.content) <= 2000
+        assert len(visible_text(m)) <= 2000
         assert not m.mention_everyone and m.mentions == [] and m.mention_roles == []
     assert not any(cid.startswith(STOP_PREFIX) for m in messages for cid in m.custom_ids)
     turns = await discord_bot.history(h.general)
@@ -71,7 +72,7 @@ async def test_stop_button_stops_the_agent(discord_harness: Harness, discord_bot
 
     def has_stop() -> object:
         msg = interaction.original
-        return msg is not None and "step one" in msg.content and any(
+        return msg is not None and "step one" in visible_text(msg) and any(
             c.startswith(STOP_PREFIX) for c in msg.custom_ids)
 
     await h.wait_for(has_stop, timeout=30)
@@ -86,11 +87,12 @@ async def test_stop_button_stops_the_agent(discord_harness: Harness, discord_bot
 
 async def test_long_runs_stay_within_discord_limits(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
-    engine = await start(discord_bot, agent_max_turns=5)
+    # Plain messages by design (2,000 characters); layouts of 4,000: tests/test_discord_render_mode.py.
+    engine = await start(discord_bot, agent_max_turns=5, render_mode="plain")
     engine.script = ["Printing a lot.<|action_start|><|interpreter|>\nprint('line\\n' * 400)\n<|action_end|>"]
     interaction = await h.slash("agent", {"task": "print a lot, five times"})
     messages = await discord_bot.answer(interaction, until=lambda ms: "AGENT_MAX_TURNS" in h.text(ms), timeout=60)
-    assert all(0 < len(m.content) <= 2000 for m in messages)
+    assert all(0 < len(visible_text(m)) <= 2000 for m in messages)
     text = h.text(messages)
     assert "earlier step(s), shortened" in text and "(output truncated)" in text
     assert len(messages) <= 3
@@ -105,7 +107,7 @@ async def test_empty_or_refused_task(discord_harness: Harness, discord_bot: BotR
     first = await h.slash("agent", {"task": "one"})
     await discord_bot.answer(first, until=lambda ms: "fine." in h.text(ms))
     second = await h.slash("agent", {"task": "two"})
-    done = await h.response(second, until=lambda i: i.original is not None and i.original.content)
+    done = await h.response(second, until=lambda i: i.original is not None and visible_text(i.original))
     assert second.ephemeral or done.original.ephemeral
     assert h.errors() == []
 
@@ -137,7 +139,7 @@ async def test_recorded_internlm_math_run(discord_harness: Harness, discord_bot:
     assert "factors_of_63 = divisors(63)\nfactors_of_63\n```" in text
     assert "```\n[1, 3, 7, 9, 21, 63]\n```" in text and "```\n-3969\n```" in text
     assert "**Answer:** " + MATH["turns"][-1]["model"] in text
-    assert all(len(m.content) <= 2000 for m in messages)
+    assert all(len(visible_text(m)) <= 2000 for m in messages)
     assert h.errors() == []
     gc.collect()
     logged = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

@@ -11,6 +11,7 @@ from test_agent import ScriptedEngine, last_environment
 from models.sandbox import SandboxLimits
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner
+from tests.fakediscord.harness import visible_text
 from tests.sandbox_support import sandbox_or_skip
 
 pytestmark = pytest.mark.timeout(90)
@@ -53,8 +54,8 @@ async def test_a_refused_file_gets_the_friendly_refusal_and_nothing_runs(
     engine = await start(discord_bot)
     engine.script = ["must not run"]
     interaction = await h.slash("agent", {"task": "Sum it.", "file": (name, data, "text/plain")})
-    done = await h.response(interaction, until=lambda i: i.original is not None and i.original.content)
-    assert name in done.original.content and words in done.original.content
+    done = await h.response(interaction, until=lambda i: i.original is not None and visible_text(i.original))
+    assert name in visible_text(done.original) and words in visible_text(done.original)
     assert engine.prompts == [] and engine.chats == []
     assert bool(h.server.cdn_requests) == downloaded
     assert await discord_bot.history(h.general) == []

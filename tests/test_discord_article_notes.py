@@ -12,6 +12,7 @@ import pytest
 
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner
+from tests.fakediscord.harness import visible_text
 from tests.fakeopenai import FakeOpenAI
 
 pytestmark = pytest.mark.timeout(90)
@@ -65,7 +66,7 @@ async def test_cut_notes_are_told_privately(discord_harness: Harness, discord_bo
     interaction = await h.slash("article", {"title": "Chengdu", "notes": ("notes.md", NOTES, "text/markdown")})
     done = await h.response(interaction, until=lambda i: any(m.ephemeral for m in i.followups), timeout=30)
     [note] = [m for m in done.followups if m.ephemeral]
-    assert "notes.md" in note.content and f"70 of its {len(NOTES)}" in note.content
+    assert "notes.md" in visible_text(note) and f"70 of its {len(NOTES)}" in visible_text(note)
     assert "Mapo tofu" not in h.text(done.followups)
     assert h.errors() == []
 
@@ -80,7 +81,7 @@ async def test_bad_notes_are_refused_and_nothing_is_written(discord_harness: Har
     h = discord_harness
     await start(discord_bot, fake)
     interaction = await h.slash("article", {"title": "Chengdu", "notes": (name, data, "text/plain")})
-    done = await h.response(interaction, until=lambda i: i.original is not None and i.original.content)
-    assert name in done.original.content and words in done.original.content
+    done = await h.response(interaction, until=lambda i: i.original is not None and visible_text(i.original))
+    assert name in visible_text(done.original) and words in visible_text(done.original)
     assert fake.requests == []
     assert h.errors() == []

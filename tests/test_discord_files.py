@@ -16,6 +16,7 @@ import pytest
 
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner
+from tests.fakediscord.harness import visible_text
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -55,7 +56,7 @@ async def test_huge_log_refused_before_anything_is_downloaded(discord_harness: H
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} what failed?",
                        attachments=[("server.log", b"GET /health 200\n" * 1_250_000, "text/plain")])  # 20 MB
     [reply] = await h.reply_to(msg)
-    assert "server.log" in reply.content and "KB" in reply.content
+    assert "server.log" in visible_text(reply) and "KB" in visible_text(reply)
     assert h.server.cdn_requests == [] and engine_saw(discord_bot) == []
     assert await discord_bot.history(h.general) == []  # nothing recorded: the person can simply resend
 
@@ -78,11 +79,11 @@ async def test_binary_disguised_as_txt_and_unknown_types_refused(discord_harness
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} read this",
                        attachments=[("notes.txt", png, "text/plain")])
     [reply] = await h.reply_to(msg)
-    assert "notes.txt" in reply.content and "binary" in reply.content
+    assert "notes.txt" in visible_text(reply) and "binary" in visible_text(reply)
     exe = await h.send(h.general, h.bob, f"{h.bot.mention} and this",
                        attachments=[("setup.exe", b"MZ\x90\x00", "application/octet-stream")])
     [reply] = await h.reply_to(exe)
-    assert "setup.exe" in reply.content and ".py" in reply.content and ".log" in reply.content
+    assert "setup.exe" in visible_text(reply) and ".py" in visible_text(reply) and ".log" in visible_text(reply)
     assert len(h.server.cdn_requests) == 1  # the .txt was read to find it binary; the .exe never was
     assert engine_saw(discord_bot) == [] and h.errors() == []
 
@@ -108,8 +109,8 @@ async def test_long_file_is_cut_with_a_note_the_user_sees(discord_harness: Harne
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} look",
                        attachments=[("big.txt", body.encode(), "text/plain")])
     replies = await answered(h, msg)
-    note = next(m for m in replies if "✂️" in m.content)
-    assert "big.txt" in note.content and "300" in note.content and "2,000" in note.content
+    note = next(m for m in replies if "✂️" in visible_text(m))
+    assert "big.txt" in visible_text(note) and "300" in visible_text(note) and "2,000" in visible_text(note)
     content = engine_saw(discord_bot)[-1][-1].content
     assert body[:300] in content and body[300:320] not in content
     assert "1,700 more characters not shown" in content  # the model is told too
@@ -134,7 +135,7 @@ async def test_a_wrong_declared_size_still_stops_the_download(discord_harness: H
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} read",
                        attachments=[("liar.txt", b"a" * 5_000_000, "text/plain")])
     [reply] = await h.reply_to(msg)
-    assert "liar.txt" in reply.content and "200 KB" in reply.content
+    assert "liar.txt" in visible_text(reply) and "200 KB" in visible_text(reply)
     assert len(h.server.cdn_requests) == 1 and engine_saw(discord_bot) == []
 
 
@@ -177,8 +178,8 @@ async def test_refusals_and_the_cut_note_in_chinese(discord_harness: Harness, di
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} 看看",
                        attachments=[("data.bin.txt", bytes(300), "text/plain")])
     [reply] = await h.reply_to(msg)
-    assert "二进制" in reply.content and "data.bin.txt" in reply.content
+    assert "二进制" in visible_text(reply) and "data.bin.txt" in visible_text(reply)
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} 看看",
                        attachments=[("long.md", b"z" * 400, "text/markdown")])
     replies = await answered(h, msg)
-    assert any("太长" in m.content and "long.md" in m.content for m in replies)
+    assert any("太长" in visible_text(m) and "long.md" in visible_text(m) for m in replies)

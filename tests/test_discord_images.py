@@ -15,6 +15,7 @@ from handlers.history import conversation_id
 from models.jobs.chat import CAPTION_PROMPT
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner
+from tests.fakediscord.harness import visible_text
 from tests.fakeopenai import FakeOpenAI
 
 pytestmark = pytest.mark.timeout(90)
@@ -67,11 +68,11 @@ async def test_bad_attachment_gets_a_friendly_refusal(discord_harness: Harness, 
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} what is this?",
                        attachments=[("logo.svg", svg, "image/svg+xml")])
     [reply] = await h.reply_to(msg)
-    assert "SVG" in reply.content and reply.reference["message_id"] == str(msg.id)
+    assert "SVG" in visible_text(reply) and reply.reference["message_id"] == str(msg.id)
     big = await h.send(h.general, h.bob, f"{h.bot.mention} and this?",
                        attachments=[("noise.png", Image.effect_noise((400, 400), 90).tobytes() * 2, "image/png")])
     [reply] = await h.reply_to(big)
-    assert "MB" in reply.content and "noise.png" in reply.content
+    assert "MB" in visible_text(reply) and "noise.png" in visible_text(reply)
     assert fake.requests == [] and h.errors() == []
 
 
@@ -95,20 +96,23 @@ async def test_caption_command(discord_harness: Harness, discord_bot: BotRunner,
     fake.reply = "Two squares, one green."
     interaction = await h.slash("caption", {"image": ("shot.webp", image("green", fmt="WEBP"), "image/webp"),
                                             "question": "how many squares?"})
-    done = await h.response(interaction, until=lambda i: i.original is not None and "green." in i.original.content)
+    done = await h.response(interaction,
+                            until=lambda i: i.original is not None and "green." in visible_text(i.original))
     assert interaction.response_type == 5  # deferred: the answer streams into it
-    assert "Two squares, one green." in done.original.content
+    assert "Two squares, one green." in visible_text(done.original)
     rec = fake.requests[-1]
     assert rec.images[0].size == (320, 200) and "how many squares?" in rec.body["messages"][-1]["content"][0]["text"]
     bad = await h.slash("caption", {"image": ("empty.png", b"", "image/png")})
-    done = await h.response(bad, until=lambda i: i.original is not None and i.original.content)
-    assert "empty" in done.original.content
+    done = await h.response(bad, until=lambda i: i.original is not None and visible_text(i.original))
+    assert "empty" in visible_text(done.original)
     assert h.errors() == []
 
 
 async def test_article_with_two_images(discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI) -> None:
     h = discord_harness
-    await start(discord_bot, fake)
+    # Plain by design: the article as several 2,000-character messages (one message with galleries in
+    # components mode: tests/test_discord_layout.py).
+    await start(discord_bot, fake, render_mode="plain")
 
     def script(body: dict[str, Any]) -> str:
         prompt = str(body["messages"][-1]["content"])
@@ -124,14 +128,14 @@ async def test_article_with_two_images(discord_harness: Harness, discord_bot: Bo
         return sum(1 for m in i.followups if m.attachments) == 2 and "Paragraph 4" in h.text(i.followups)
 
     done = await h.response(interaction, until=posted, timeout=30)
-    assert "Night river" in done.original.content  # the streamed draft became the header
+    assert "Night river" in visible_text(done.original)  # the streamed draft became the header
     posts = done.followups
-    assert all(len(m.content) <= 2000 for m in [done.original, *posts])
+    assert all(len(visible_text(m)) <= 2000 for m in [done.original, *posts])
     with_images = [m for m in posts if m.attachments]
     assert [m.attachments[0].filename for m in with_images] == ["image1.png", "image2.jpg"]
-    assert with_images[0].content.rstrip().endswith(ARTICLE.split("\n")[1].strip())  # image 1 after <Seg1>
-    assert with_images[1].content.rstrip().endswith(ARTICLE.split("\n")[3].strip())  # image 2 after <Seg3>
-    assert "Paragraph 4" in posts[-1].content and not posts[-1].attachments
+    assert visible_text(with_images[0]).rstrip().endswith(ARTICLE.split("\n")[1].strip())  # image 1 after <Seg1>
+    assert visible_text(with_images[1]).rstrip().endswith(ARTICLE.split("\n")[3].strip())  # image 2 after <Seg3>
+    assert "Paragraph 4" in visible_text(posts[-1]) and not posts[-1].attachments
     with Image.open(io.BytesIO(with_images[1].attachments[0].data)) as img:
         assert img.size == (320, 200)
     write_call = fake.requests[0]
@@ -145,7 +149,7 @@ async def test_article_with_two_images_and_one_paragraph_shows_both(discord_harn
     """The model writes a single paragraph and names a line that does not exist (the recorded XComposer answer
     shape `<Seg0>, <Seg1>`): both images are still posted, in the order given, after that paragraph."""
     h = discord_harness
-    await start(discord_bot, fake)
+    await start(discord_bot, fake, render_mode="plain")  # components: tests/test_discord_render_mode.py
     paragraph = "The river city at night, lanterns on the water and music from the boats."
 
     def script(body: dict[str, Any]) -> str:
@@ -162,7 +166,7 @@ async def test_article_with_two_images_and_one_paragraph_shows_both(discord_harn
     done = await h.response(interaction, until=posted, timeout=30)
     with_images = [m for m in done.followups if m.attachments]
     assert [m.attachments[0].filename for m in with_images] == ["image1.png", "image2.jpg"]
-    assert with_images[0].content.rstrip().endswith(paragraph) and with_images[1].content == ""
+    assert visible_text(with_images[0]).rstrip().endswith(paragraph) and visible_text(with_images[1]) == ""
     assert h.text(done.followups).count(paragraph) == 1
     place_call = fake.requests[1]
     assert "选择适合插入图像的1行" in str(place_call.body["messages"][-1]["content"])  # one line to choose

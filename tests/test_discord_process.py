@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import ROOT, subprocess_env
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner, reply_finished
+from tests.fakediscord.harness import visible_text
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -54,16 +55,16 @@ async def test_killed_mid_reply_the_next_process_finishes_it(discord_harness: Ha
     try:
         msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:100]]")
         first = await h.wait_for(lambda: next((m for m in h.bot_messages(h.general, after=msg)
-                                               if "w5" in m.content), None), timeout=20,
+                                               if "w5" in visible_text(m)), None), timeout=20,
                                  message="a partial reply")
         proc.kill()  # no clean-up of any kind, like a crash or an OOM kill
         await proc.wait()
-        partial = first.content
+        partial = visible_text(first)
         assert "w99" not in partial
         proc = await spawn(h, discord_bot, log, TEST_ENGINE_TOKEN_DELAY="0.01", JOB_VISIBILITY_TIMEOUT="2")
-        replies = await h.reply_to(msg, until=lambda ms: reply_finished(ms) and "w99" in ms[-1].content,
+        replies = await h.reply_to(msg, until=lambda ms: reply_finished(ms) and "w99" in visible_text(ms[-1]),
                                    quiet=0.3, timeout=40)
-        text = " ".join(m.content for m in replies)
+        text = " ".join(visible_text(m) for m in replies)
         assert [w for w in text.split() if w.startswith("w")] == [f"w{i}" for i in range(100)]
         assert replies[0] is first  # the same message was finished, not a second answer posted
         history = await _history(discord_bot, h)

@@ -16,6 +16,7 @@ from bot import i18n
 from models.protocol import KEYS
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner
+from tests.fakediscord.harness import visible_text
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,7 +25,7 @@ async def _refused(h: Harness, command: str, options: dict | None = None, **kwar
     inter = await h.slash(command, options, **kwargs)
     await h.response(inter)
     assert inter.original is not None and inter.original.ephemeral, f"/{command} must answer privately"
-    return inter.original.content
+    return visible_text(inter.original)
 
 
 async def test_every_cog_is_behind_the_one_gate(discord_harness: Harness, discord_bot: BotRunner) -> None:
@@ -42,7 +43,7 @@ async def test_every_cog_is_behind_the_one_gate(discord_harness: Harness, discor
     # next one (another cog's command) is refused with when to try again.
     inter = await h.slash("chat", {"prompt": "first"}, user=h.alice)
     [answer] = await discord_bot.answer(inter)
-    assert "first" in answer.content
+    assert "first" in visible_text(answer)
     refusal = await _refused(h, "agent", {"task": "second"}, user=h.alice)
     assert refusal.startswith("Slow down a little")
     assert len(await discord_bot.history(h.general)) == 2  # the refused request left no turn behind
@@ -73,4 +74,4 @@ async def test_a_bug_in_a_command_is_logged_not_shown_as_a_refusal(discord_harne
         await h.wait_for(lambda: any("Ignoring exception in command" in r.getMessage() for r in caplog.records),
                          timeout=10, message="discord.py's log line for the failed command")
     assert inter.response_type == 5  # deferred, and left so: no made-up refusal text
-    assert inter.original is None or "a bug" not in (inter.original.content or "")
+    assert inter.original is None or "a bug" not in (visible_text(inter.original) or "")

@@ -20,6 +20,7 @@ from models.settings import Settings
 from models.worker import make_bus
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import BotRunner
+from tests.fakediscord.harness import visible_text
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,13 +81,13 @@ async def test_one_shard_of_two_identifies_answers_and_resumes_only_its_own(
         assert [i.get("shard") for i in h.server.identifies] == [[mine, 2]]
         msg = await h.send(h.general, h.alice, f"{h.bot.mention} hello shard")
         [answer] = await discord_bot.reply(msg)
-        assert "hello shard" in answer.content
+        assert "hello shard" in visible_text(answer)
         # On ready the bot resumed what its shard owns (the guild's reply, if the guild is on shard 1: its
         # answer is lost, so a notice), and left the DM's reply (shard 0) to the process running shard 0.
         await h.wait_for(lambda: bot.resumed_replies, timeout=15)
         pending = {r.job_id for r in await active.pending()}
         if guild_shard == mine:
-            notice = await h.wait_for(lambda: [m for m in h.bot_messages(h.general) if "⚠️" in m.content],
+            notice = await h.wait_for(lambda: [m for m in h.bot_messages(h.general) if "⚠️" in visible_text(m)],
                                       timeout=15)
             # The notice and the removal of the resumed record are two writes; read the records once both are done.
             for _ in range(50):
@@ -97,7 +98,7 @@ async def test_one_shard_of_two_identifies_answers_and_resumes_only_its_own(
             assert notice and pending == {"b" * 32}
         else:
             assert pending == {"a" * 32, "b" * 32}
-            assert not [m for m in h.bot_messages(h.general) if "⚠️" in m.content]
+            assert not [m for m in h.bot_messages(h.general) if "⚠️" in visible_text(m)]
         assert h.bot_messages(h.dm(h.alice)) == []
     finally:
         await bus.close()

@@ -10,6 +10,7 @@ import pytest
 
 from tests.fakediscord import Harness, Message
 from tests.fakediscord.fixtures import REGEN_PREFIX, STOP_PREFIX, BotRunner, interaction_messages
+from tests.fakediscord.harness import visible_text
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,19 +50,21 @@ def reassemble(parts: list[str], answer: str) -> str:
 
 def complete(messages: list[Message], answer: str) -> bool:
     """Every part of the answer has been written (then `reassemble` checks how)."""
-    text = "".join(m.content for m in messages)
+    text = "".join(visible_text(m) for m in messages)
     return len(text) >= len(answer) and text.rstrip().endswith(answer.rstrip()[-40:])
 
 
 async def test_long_answer_is_split_with_code_fences_kept(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
-    await discord_bot.start(max_input_chars=6000, max_new_tokens=2000)  # TestEngine: 4 characters a token
+    # Plain messages by design (2,000 characters each); layouts: tests/test_discord_layout.py (9,000 characters).
+    await discord_bot.start(max_input_chars=6000, max_new_tokens=2000,  # TestEngine: 4 characters a token
+                            render_mode="plain")
     answer = long_answer()
     assert len(answer) >= 4500 and "]]" not in answer
     # Discord's client lets a slash-command string option hold 6000 characters.
     inter = await h.slash("chat", {"prompt": f"[[say:{answer}]]"}, user=h.alice)
     messages = await discord_bot.answer(inter, until=lambda ms: complete(ms, answer))
-    parts = [m.content for m in messages]
+    parts = [visible_text(m) for m in messages]
     assert len(parts) >= 3
     assert all(len(p) <= 2000 for p in parts)
     cut_in_code = [i for i in range(len(parts) - 1) if parts[i].rstrip().endswith("```")
@@ -76,12 +79,12 @@ async def test_long_answer_is_split_with_code_fences_kept(discord_harness: Harne
 async def test_long_mention_answer_overflows_into_more_messages(discord_harness: Harness,
                                                                 discord_bot: BotRunner) -> None:
     h = discord_harness
-    await discord_bot.start()
+    await discord_bot.start(render_mode="plain")  # a layout holds 3,800 (test_discord_layout.py: 3,500 in one)
     answer = long_answer(3500)[:3800]
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[say:{answer}]]")
     replies = await discord_bot.reply(msg, until=lambda ms: complete(ms, answer))
-    assert len(replies) >= 2 and all(len(m.content) <= 2000 for m in replies)
-    assert reassemble([m.content for m in replies], answer) == answer
+    assert len(replies) >= 2 and all(len(visible_text(m)) <= 2000 for m in replies)
+    assert reassemble([visible_text(m) for m in replies], answer) == answer
     assert replies[0].reference is not None  # the first part answers the message
     assert not h.errors()
 
@@ -92,7 +95,7 @@ async def test_model_output_pings_nobody(discord_harness: Harness, discord_bot: 
     nasty = f"@everyone @here look <@{h.bob.id}> and <@&{h.admin_role.id}> and <@!{h.carol.id}>"
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[say:{nasty}]]")
     [reply] = await discord_bot.reply(msg)
-    assert "@everyone" in reply.content and f"<@{h.bob.id}>" in reply.content
+    assert "@everyone" in visible_text(reply) and f"<@{h.bob.id}>" in visible_text(reply)
     inter = await h.slash("chat", {"prompt": f"[[say:{nasty}]]"}, user=h.alice)
     await discord_bot.answer(inter)
     writes = h.message_writes()
@@ -117,7 +120,7 @@ async def test_429_mid_stream_loses_no_text(discord_harness: Harness, discord_bo
     await h.wait_for(lambda: h.bot_messages(h.general, after=msg), message="the first part")
     h.server.force_429(3, retry_after=0.4, method="PATCH", route="/messages/")
     [reply] = await discord_bot.reply(msg)
-    assert reply.content.split() == [f"w{i}" for i in range(70)]
+    assert visible_text(reply).split() == [f"w{i}" for i in range(70)]
     statuses = [c.status for c in h.channel_calls(h.general, method="PATCH")]
     assert statuses.count(429) == 3 and statuses[-1] == 200
     assert not [c for c in h.errors()]
@@ -130,15 +133,15 @@ async def test_stop_keeps_the_partial_answer(discord_harness: Harness, discord_b
 
     def partial() -> Message | None:
         msgs = h.bot_messages(h.general, after=msg)
-        return msgs[0] if msgs and "w3" in msgs[0].content and msgs[0].custom_ids else None
+        return msgs[0] if msgs and "w3" in visible_text(msgs[0]) and msgs[0].custom_ids else None
 
     first = await h.wait_for(partial, message="a partial answer with a Stop button")
     stop_id = h.find_button(first, STOP_PREFIX)
     await h.click(first, stop_id, user=h.alice)
     [reply] = await discord_bot.reply(msg)
-    words = reply.content.split()
+    words = visible_text(reply).split()
     assert "w3" in words and "w199" not in words
-    assert "stopped" in reply.content.lower()
+    assert "stopped" in visible_text(reply).lower()
     assert not any(c.startswith(STOP_PREFIX) for c in reply.custom_ids)
     turns = await discord_bot.history(h.general)
     assert [t.role for t in turns] == ["user", "assistant"]
@@ -155,7 +158,7 @@ async def test_stop_by_someone_else_is_refused(discord_harness: Harness, discord
     await h.response(inter, until=lambda i: i.original is not None)
     assert inter.original.ephemeral
     [reply] = await discord_bot.reply(msg)
-    assert "w39" in reply.content  # not stopped
+    assert "w39" in visible_text(reply)  # not stopped
 
 
 async def test_regenerate_replaces_the_last_answer(discord_harness: Harness, discord_bot: BotRunner) -> None:
@@ -166,12 +169,12 @@ async def test_regenerate_replaces_the_last_answer(discord_harness: Harness, dis
     before = await discord_bot.history(h.general)
     inter = await h.click(answer, h.find_button(answer, REGEN_PREFIX), user=h.alice)
     [again] = await discord_bot.answer(inter)
-    assert "tell me something" in again.content and "turns=1" in again.content
+    assert "tell me something" in visible_text(again) and "turns=1" in visible_text(again)
     assert not any(c.startswith(REGEN_PREFIX) for c in answer.custom_ids)  # the old answer lost its button
     assert any(c.startswith(REGEN_PREFIX) for c in again.custom_ids)
     after = await discord_bot.history(h.general)
     assert [t.role for t in after] == ["user", "assistant"]
-    assert after[1].meta["job"] != before[1].meta["job"] and after[1].content.strip() == again.content.strip()
+    assert after[1].meta["job"] != before[1].meta["job"] and after[1].content.strip() == visible_text(again).strip()
 
 
 async def test_slash_chat_is_deferred_in_time_then_streamed(discord_harness: Harness, discord_bot: BotRunner) -> None:
@@ -182,9 +185,9 @@ async def test_slash_chat_is_deferred_in_time_then_streamed(discord_harness: Har
     assert inter.response_type == 5  # deferred ("thinking…")
     assert inter.responded_at is not None and inter.responded_at - inter.created < 3.0
     [original] = messages
-    assert original is inter.original and original.content.split() == [f"w{i}" for i in range(80)]
+    assert original is inter.original and visible_text(original).split() == [f"w{i}" for i in range(80)]
     assert len(original.versions) >= 3  # the loading message, then edits as the answer grew
-    assert "turns=1" not in original.content
+    assert "turns=1" not in visible_text(original)
     turns = await discord_bot.history(h.general)
     assert [t.role for t in turns] == ["user", "assistant"] and turns[0].name == "Bob"
 
@@ -196,11 +199,11 @@ async def test_reset_clears_the_conversation(discord_harness: Harness, discord_b
     await discord_bot.reply(msg)
     inter = await h.slash("reset", user=h.alice)
     await h.response(inter)
-    assert inter.original.ephemeral and "2" in inter.original.content
+    assert inter.original.ephemeral and "2" in visible_text(inter.original)
     assert await discord_bot.history(h.general) == []
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} two")
     [reply] = await discord_bot.reply(msg)
-    assert "turns=1" in reply.content
+    assert "turns=1" in visible_text(reply)
 
 
 async def test_reset_mid_stream_finishes_the_answer_without_recording_it(discord_harness: Harness,
@@ -214,11 +217,11 @@ async def test_reset_mid_stream_finishes_the_answer_without_recording_it(discord
     inter = await h.slash("reset", user=h.alice)
     await h.response(inter)
     [reply] = await discord_bot.reply(msg)
-    assert reply.content.split() == [f"w{i}" for i in range(40)]
+    assert visible_text(reply).split() == [f"w{i}" for i in range(40)]
     assert await discord_bot.history(h.general) == []
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} again")
     [reply] = await discord_bot.reply(msg)
-    assert "turns=1" in reply.content
+    assert "turns=1" in visible_text(reply)
 
 
 async def test_twenty_channels_at_once_without_cross_talk(discord_harness: Harness, discord_bot: BotRunner) -> None:
@@ -232,7 +235,7 @@ async def test_twenty_channels_at_once_without_cross_talk(discord_harness: Harne
     results = await asyncio.gather(*(discord_bot.reply(m, timeout=40) for m in sent))
     for i, (channel, replies) in enumerate(zip(channels, results, strict=True)):
         [reply] = replies
-        assert reply.content.split() == [f"w{k}" for k in range(30)]
+        assert visible_text(reply).split() == [f"w{k}" for k in range(30)]
         turns = await discord_bot.history(channel)
         assert len(turns) == 2 and f"token-{i}-end" in turns[0].content
         assert all(f"token-{j}-end" not in t.content for t in turns for j in range(20) if j != i)
@@ -247,8 +250,8 @@ async def test_interaction_messages_helper(discord_harness: Harness, discord_bot
     inter = await h.slash("help", user=h.alice, locale="zh-CN")
     await h.response(inter)
     [message] = interaction_messages(inter)
-    assert inter.response_type == 4 and message.ephemeral and "/chat" in message.content
-    assert re.search(r"[\u4e00-\u9fff]", message.content)  # answered in the user's language
+    assert inter.response_type == 4 and message.ephemeral and "/chat" in visible_text(message)
+    assert re.search(r"[\u4e00-\u9fff]", visible_text(message))  # answered in the user's language
 
 
 async def test_empty_or_blank_answers_and_prompts_never_send_empty_messages(discord_harness: Harness,
@@ -258,10 +261,10 @@ async def test_empty_or_blank_answers_and_prompts_never_send_empty_messages(disc
     for prompt in ("[[say:]]", "[[say:   \n  ]]"):
         msg = await h.send(h.general, h.alice, f"{h.bot.mention} {prompt}")
         [reply] = await discord_bot.reply(msg)
-        assert reply.content.strip()  # a visible "(no answer)" instead of an empty message
+        assert visible_text(reply).strip()  # a visible "(no answer)" instead of an empty message
     msg = await h.send(h.general, h.alice, f"{h.bot.mention}")  # just the mention
     [hint] = await discord_bot.reply(msg)
-    assert "/help" in hint.content
+    assert "/help" in visible_text(hint)
     assert not h.errors()
 
 
@@ -271,7 +274,7 @@ async def test_slash_chat_in_a_dm(discord_harness: Harness, discord_bot: BotRunn
     dm = h.dm(h.bob)
     inter = await h.slash("chat", {"prompt": "private question"}, user=h.bob, channel=dm)
     [answer] = await discord_bot.answer(inter)
-    assert "private question" in answer.content
+    assert "private question" in visible_text(answer)
     assert [t.role for t in await discord_bot.history(dm, h.bob)] == ["user", "assistant"]
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import REGEN_PREFIX, BotRunner, reply_finished
+from tests.fakediscord.harness import visible_text
 from tests.fakediscord.server import HAS_THREAD
 from tests.fakediscord.state import CREATE_PUBLIC_THREADS, EPHEMERAL, PUBLIC_THREAD, Channel, Overwrite
 
@@ -43,7 +44,7 @@ async def answer_in(h: Harness, thread: Channel, after: int | None = None) -> li
 
 
 def public_answers(h: Harness, channel: Channel) -> list:
-    return [m for m in h.bot_messages(channel, include_ephemeral=False) if "echo:" in m.content]
+    return [m for m in h.bot_messages(channel, include_ephemeral=False) if "echo:" in visible_text(m)]
 
 
 async def test_chat_thread_opens_a_thread_named_after_the_question(discord_harness: Harness,
@@ -56,23 +57,23 @@ async def test_chat_thread_opens_a_thread_named_after_the_question(discord_harne
     # Started from the command's response, which shows the question; named after it; public; 24 h archive.
     assert thread.name == question and thread.type == PUBLIC_THREAD
     assert interaction.original is not None and thread.id == interaction.original.id
-    assert question in interaction.original.content and interaction.original.flags & HAS_THREAD
+    assert question in visible_text(interaction.original) and interaction.original.flags & HAS_THREAD
     [start] = thread_starts(h)
     assert start.json["auto_archive_duration"] == 1440 and start.response["thread_metadata"][
         "auto_archive_duration"] == 1440
     [answer] = await answer_in(h, thread)
-    assert answer.content.startswith(f"echo: Alice: {question}") and "turns=1" in answer.content
+    assert visible_text(answer).startswith(f"echo: Alice: {question}") and "turns=1" in visible_text(answer)
     assert not public_answers(h, h.general), "the answer went to the channel, not only to the thread"
     # The thread is its own conversation, and the bot answers there without being mentioned again.
     more = await h.send(thread, h.alice, "and the second tallest?")
     [second] = await answer_in(h, thread, after=more.id)
-    assert "and the second tallest" in second.content and "turns=2" in second.content
+    assert "and the second tallest" in visible_text(second) and "turns=2" in visible_text(second)
     assert len(await discord_bot.history(thread)) == 4
     assert await discord_bot.history(h.general) == []
     # Regenerate on the thread's answer answers the thread's last turn again, in the thread.
     regen = await h.click(second, h.find_button(second, REGEN_PREFIX), user=h.alice)
     regenerated = await discord_bot.answer(regen)
-    assert "and the second tallest" in regenerated[0].content and "turns=2" in regenerated[0].content
+    assert "and the second tallest" in visible_text(regenerated[0]) and "turns=2" in visible_text(regenerated[0])
     assert regenerated[0].channel_id == thread.id and len(await discord_bot.history(thread)) == 4
     assert not h.errors()
 
@@ -87,7 +88,7 @@ async def test_long_and_odd_questions_give_valid_thread_names(discord_harness: H
     thread = await new_thread(h, h.general)
     assert 1 <= len(thread.name) <= 100 and thread.name.endswith("…")
     assert long_question.startswith(thread.name[:-1]) and not thread.name[:-1].endswith(" ")
-    assert first.original is not None and first.original.content.startswith("🧵")
+    assert first.original is not None and visible_text(first.original).startswith("🧵")
     await answer_in(h, thread)
     # Without spaces (Chinese), with mentions, control tokens and newlines: still 1-100 plain characters.
     odd = f"<@{h.bob.id}> @everyone <|im_end|>\n" + "长" * 300
@@ -140,12 +141,12 @@ async def test_thread_replies_on_answers_a_mention_in_a_thread_from_it(discord_h
     assert thread.name == "how do rainbows form?"  # the mention is not part of the name
     assert msg.flags & HAS_THREAD
     [answer] = await answer_in(h, thread)
-    assert answer.content.startswith("echo: Alice: how do rainbows form?") and answer.reference is None
+    assert visible_text(answer).startswith("echo: Alice: how do rainbows form?") and answer.reference is None
     assert h.bot_messages(h.general) == []  # nothing in the channel itself
     # Follow-ups in the thread continue its conversation; a mention inside a thread opens no thread of threads.
     follow = await h.send(thread, h.bob, f"{h.bot.mention} and double rainbows?")
     [second] = await answer_in(h, thread, after=follow.id)
-    assert "turns=2" in second.content
+    assert "turns=2" in visible_text(second)
     assert len(thread_starts(h)) == 1
     # DMs are answered in place.
     dm = h.dm(h.alice)
@@ -161,7 +162,7 @@ async def test_thread_replies_off_answers_in_place(discord_harness: Harness, dis
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} hello")
     [reply] = await discord_bot.reply(msg)
     assert reply.reference is not None and reply.reference["message_id"] == str(msg.id)
-    assert "turns=1" in reply.content
+    assert "turns=1" in visible_text(reply)
     interaction = await h.slash("chat", {"prompt": "no thread please"})
     messages = await discord_bot.answer(interaction)
     assert "no thread please" in h.text(messages)
@@ -174,11 +175,11 @@ async def test_settings_turn_thread_replies_on_per_channel(discord_harness: Harn
     bad = await h.slash("settings set", {"name": "thread_replies", "value": "maybe", "scope": "channel"},
                         user=h.carol, check_permissions=False)
     await h.response(bad)
-    assert bad.original is not None and bad.original.ephemeral and "on or off" in bad.original.content
+    assert bad.original is not None and bad.original.ephemeral and "on or off" in visible_text(bad.original)
     on = await h.slash("settings set", {"name": "thread_replies", "value": "on", "scope": "channel"},
                        user=h.carol, check_permissions=False)
     await h.response(on)
-    assert on.original is not None and "thread_replies" in on.original.content
+    assert on.original is not None and "thread_replies" in visible_text(on.original)
     here = await h.send(h.general, h.alice, f"{h.bot.mention} in a thread please")
     await h.wait_for(lambda: here.id in h.world.channels, message="a thread from the message")
     await answer_in(h, h.world.channels[here.id])
@@ -205,12 +206,12 @@ async def test_without_create_public_threads_the_bot_says_so_and_answers_in_plac
     assert "echo: Alice: threads?" in h.text(messages)
     note = await h.wait_for(lambda: [m for m in interaction.followups if m.flags & EPHEMERAL],
                             message="the ephemeral note")
-    assert "Create Public Threads" in note[0].content
+    assert "Create Public Threads" in visible_text(note[0])
     # A message with THREAD_REPLIES on: a one-line note, then the answer, both in the channel.
     msg = await h.send(closed, h.alice, f"{h.bot.mention} what about now?")
-    replies = await discord_bot.reply(msg, until=lambda ms: any("echo:" in m.content for m in ms))
-    assert "Create Public Threads" in replies[0].content and "\n" not in replies[0].content
-    assert any(m.content.startswith("echo: Alice: what about now?") for m in replies)
+    replies = await discord_bot.reply(msg, until=lambda ms: any("echo:" in visible_text(m) for m in ms))
+    assert "Create Public Threads" in visible_text(replies[0]) and "\n" not in visible_text(replies[0])
+    assert any(visible_text(m).startswith("echo: Alice: what about now?") for m in replies)
     # The bot checked before trying: Discord never had to refuse it.
     assert thread_starts(h) == [] and not h.errors()
 
@@ -221,9 +222,9 @@ async def test_a_refusal_from_discord_is_survived(discord_harness: Harness, disc
     await discord_bot.start(thread_replies=True)
     h.general.overwrites.append(Overwrite(h.bot.id, 1, deny=CREATE_PUBLIC_THREADS))  # silently, server side
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} still there?")
-    replies = await discord_bot.reply(msg, until=lambda ms: any("echo:" in m.content for m in ms))
-    assert "missing permissions" in replies[0].content
-    assert any(m.content.startswith("echo: Alice: still there?") for m in replies)
+    replies = await discord_bot.reply(msg, until=lambda ms: any("echo:" in visible_text(m) for m in ms))
+    assert "missing permissions" in visible_text(replies[0])
+    assert any(visible_text(m).startswith("echo: Alice: still there?") for m in replies)
     [refused] = thread_starts(h)
     assert refused.status == 403 and refused.response["code"] == 50013
     # /chat thread:true: the interaction said the bot may (its app_permissions), the permission goes before the
@@ -234,7 +235,7 @@ async def test_a_refusal_from_discord_is_survived(discord_harness: Harness, disc
     assert h.text(messages).startswith("echo: Alice: refused later")
     note = await h.wait_for(lambda: [m for m in interaction.followups if m.flags & EPHEMERAL],
                             message="the ephemeral note")
-    assert "missing permissions" in note[0].content
+    assert "missing permissions" in visible_text(note[0])
     assert [c.status for c in thread_starts(h)] == [403, 403]
     assert not bot_threads(h, h.random) and not bot_threads(h, h.general)
 

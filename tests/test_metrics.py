@@ -20,6 +20,7 @@ from models.redis_server import connect
 from models.settings import Settings
 from models.worker import Worker
 from tests.conftest import RedisServer, free_port
+from tests.fakediscord.harness import visible_text
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -197,7 +198,7 @@ async def test_bot_metrics_through_fake_discord(discord_harness, discord_bot) ->
         for i in range(3):
             msg = await h.send(h.general, h.alice, f"{h.bot.mention} metric {i}")
             [reply] = await discord_bot.reply(msg)
-            assert f"metric {i}" in reply.content
+            assert f"metric {i}" in visible_text(reply)
         await h.send(h.general, h.bob, "just chatting, not to the bot")
         after = await scrape(session, port)
     assert value(after, "ilm_bot_messages_total", where="guild") - value(before, "ilm_bot_messages_total",

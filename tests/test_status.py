@@ -13,6 +13,7 @@ from models.protocol import KEYS, Bus, Job
 from models.settings import Settings
 from models.worker import Worker
 from tests.conftest import ROOT, free_port, subprocess_env
+from tests.fakediscord.harness import visible_text
 
 
 async def status(env: dict[str, str], *args: str) -> tuple[int, str]:
@@ -79,11 +80,11 @@ async def test_stats_command_in_discord(discord_harness, discord_bot) -> None:  
     await discord_bot.runtime.bus.redis.xadd(KEYS.dead, {"id": "feedface", "kind": "chat", "reason": "poison"})
     interaction = await h.slash("stats", user=h.alice)
     [refusal] = await discord_bot.answer(interaction)
-    assert refusal.ephemeral and "admin" in refusal.content.lower() and "Workers" not in refusal.content
+    assert refusal.ephemeral and "admin" in visible_text(refusal).lower() and "Workers" not in visible_text(refusal)
     interaction = await h.slash("stats", user=h.carol)  # carol has the Admins role (Manage Server)
     [report] = await discord_bot.answer(interaction)
     assert report.ephemeral
-    assert "Workers alive: 1" in report.content and "Queue: 0 waiting" in report.content
-    assert "Dead letters: 1" in report.content and "poison" in report.content
-    assert "1 guilds" in report.content and "Discord 429s" in report.content
-    assert len(report.content) <= 2000
+    assert "Workers alive: 1" in visible_text(report) and "Queue: 0 waiting" in visible_text(report)
+    assert "Dead letters: 1" in visible_text(report) and "poison" in visible_text(report)
+    assert "1 guilds" in visible_text(report) and "Discord 429s" in visible_text(report)
+    assert len(visible_text(report)) <= 2000

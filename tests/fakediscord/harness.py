@@ -451,8 +451,16 @@ class Harness:
         return "".join(visible_text(m) for m in messages)
 
 
-def text_displays(message: Message) -> list[str]:
-    """The contents of a Components V2 message's text displays, in order (nested ones included)."""
+def _shape(message: Message | Version) -> tuple[int, list[dict[str, Any]], str]:
+    """(flags, components, content) of a message, or of one stored version of it (its payload as sent)."""
+    if isinstance(message, Version):
+        payload = message.payload
+        return int(payload.get("flags") or 0), list(payload.get("components") or []), message.content
+    return message.flags, message.components, message.content
+
+
+def text_displays(message: Message | Version) -> list[str]:
+    """The contents of a Components V2 message's (or version's) text displays, in order (nested ones included)."""
     found: list[str] = []
 
     def walk(items: list[dict[str, Any]]) -> None:
@@ -461,16 +469,18 @@ def text_displays(message: Message) -> list[str]:
                 found.append(str(item.get("content") or ""))
             walk(item.get("components") or [])
 
-    walk(message.components)
+    walk(_shape(message)[1])
     return found
 
 
-def visible_text(message: Message) -> str:
+def visible_text(message: Message | Version) -> str:
     """The text a person sees: a plain message's content, or a Components V2 message's text displays joined
-    by blank lines (Discord refuses content on such a message, so there is nothing else)."""
-    if message.flags & rules.IS_COMPONENTS_V2:
+    by blank lines (Discord refuses content on such a message, so there is nothing else).  A `Version` (one
+    entry of `message.versions`) reads the same way, from the payload of that edit."""
+    flags, _, content = _shape(message)
+    if flags & rules.IS_COMPONENTS_V2:
         return "\n\n".join(text_displays(message))
-    return message.content
+    return content
 
 
 def _attachment_spec(spec: Any) -> tuple[str, bytes, str]:
