@@ -8,9 +8,10 @@ channels: p99 236 → 158 ms with this alone, docs/performance.md).  `gc.freeze(
 now into a permanent generation the collector never scans; objects made later (replies, messages, jobs) are
 collected as before, and a full collection only walks those.
 
-Called once per process after startup (`InternLMBot.setup_hook`); a `gc.collect()` first, so garbage made
-while starting is freed rather than frozen.  Later calls are no-ops: freezing again would also pin whatever
-the running process holds then (in a test process, earlier tests' objects).
+Called once per process after startup (`InternLMBot.setup_hook`; `models.worker.serve` for a worker process,
+not measured separately); a `gc.collect()` first, so garbage made while starting is freed rather than frozen.
+Later calls are no-ops: freezing again would also pin whatever the running process holds then (in a test
+process, earlier tests' objects).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from .engines.base import Engine, EngineError
 from .jobs import Runner, runners
 from .logs import bind as bind_log_context
 from .logs import setup_logging
+from .memory import freeze_startup_objects
 from .metrics import MeteredContext, WorkerMetrics, start_worker_metrics
 from .protocol import Bus, Claimed, ProtocolError, WorkerInfo
 from .protocol import reraise_if_cancelling as _reraise_if_cancelling
@@ -477,6 +478,7 @@ async def serve(settings: Settings) -> None:
     bus = make_bus(settings)
     await wait_ready(bus.redis, timeout=30)
     worker = build_worker(settings, bus)
+    freeze_startup_objects()  # what the process loaded lives as long as it: keep full GCs off it (models/memory.py)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
