@@ -2,11 +2,12 @@
 and the workers touch the job stream, the reply streams, blobs, cancellation and worker heartbeats.
 
 Producer side (bot, handlers): `submit`, `events` (reply streams, shared XREAD from `SHARED_READ_FROM` replies
-on), `cancel`, queue position and worker liveness, blobs.  Consumer side (workers): claim, take over stale
-jobs, heartbeat, start/finish attempts (Lua, see scripts.py), emit events through the write batcher
-(batch.py), dead letters.  Key names come from keys.py.
+on), `cancel`, queue position and worker liveness, blobs, and `pipelined`/`run_script`, which put the
+handlers' own reads and atomic writes (history, reply records, settings) in the shared pipeline.  Consumer side
+(workers): claim, take over stale jobs, heartbeat, start/finish attempts (Lua, see scripts.py), emit events
+through the write batcher (batch.py), dead letters.  Key names come from keys.py.
 
-Why one class of about 400 lines: it is the protocol's whole surface, one short method per operation, and
+Why one class of about 550 lines: it is the protocol's whole surface, one short method per operation, and
 the producer and the consumer side share its pool, batcher and reader; the parts with their own logic
 (batching, the shared reader, the scripts) live in their own modules.
 """
