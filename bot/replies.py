@@ -6,7 +6,8 @@
 It wires the parts together: the channel's write budget (`bot.buckets`), the reply's buttons
 (`bot.reply_view`), the resume record (bot/tracking.py), the bot's metrics, and the streamer
 (bot/streamer.py) that renders the updates (bot/renderer.py) into the target (bot/targets.py), as plain
-messages of 2,000 characters or, with RENDER_MODE=components, Components V2 layouts of 4,000 (bot/layouts.py).
+messages of 2,000 characters or Components V2 layouts of 4,000 (bot/layouts.py): `RENDER_MODE`, or the
+server's/channel's `/settings` choice, which the request read with its other settings (`Reply.render_mode`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from .targets import Target
 from .tracking import tracked
 
 
+def components_for(bot: BotHost, reply: Reply) -> bool:
+    """Whether `reply` is shown as a Components V2 layout: its own mode, else the process default."""
+    return (reply.render_mode or bot.settings.render_mode) == "components"
+
+
 async def stream_reply(bot: BotHost, reply: Reply, target: Target, *, lang: str = i18n.EN,
                        renderer: Renderer | None = None, buttons: bool = True, owner: int | None = None,
                        updates: AsyncIterator[Update] | None = None) -> StreamResult:
@@ -40,7 +46,7 @@ async def stream_reply(bot: BotHost, reply: Reply, target: Target, *, lang: str 
     try:
         bot.metrics.reply_started(reply)
         async with tracked(bot, reply, target, lang=lang, owner=owner) as target:  # survives a bot restart
-            components = bot.settings.render_mode == "components"
+            components = components_for(bot, reply)
             streamer = ReplyStreamer(
                 target, bot.buckets.get(target.channel_id), lang=lang, renderer=renderer,
                 views=(lambda r, state: bot.reply_view(r, state, lang, owner)) if buttons else None,

@@ -5,6 +5,9 @@ the mechanism is `handlers.active_replies`).
 process (only those of this process's shards), edits the message it had posted (or posts a new one in
 reply to the person's message) until the answer is complete; an answer that cannot be had any more is
 replaced by a short notice asking the person to ask again.
+
+A resumed reply keeps the shape its message was created in (plain, or a Components V2 layout: the message's
+IS_COMPONENTS_V2 flag, which Discord lets no edit add or remove), whatever RENDER_MODE or `/settings` say now.
 """
 
 from __future__ import annotations
@@ -69,6 +72,22 @@ async def _channel(bot: BotHost, channel_id: int) -> Any:
     return channel
 
 
+async def resumed_mode(bot: BotHost, channel: Any, record: ActiveRecord) -> str:
+    """The render mode to finish `record` in: its message's, read from the message's flags (an edit in the
+    other shape would be refused: content on a V2 message, or the flag dropped); with no message yet (or
+    none readable), what the request's server/channel would choose now."""
+    message_id = record.where.get("message_id")
+    if message_id:
+        with contextlib.suppress(discord.HTTPException, ValueError):
+            message = await channel.fetch_message(int(message_id))
+            return "components" if message.flags.components_v2 else "plain"  # IS_COMPONENTS_V2, 1 << 15
+    try:
+        return (await bot.runtime.overrides.effective(guild=record.guild, channel=record.channel)).render_mode
+    except Exception as exc:  # Redis hiccup: the process default is as good a guess as any
+        log.info("could not read the render mode for a resumed reply (%s)", type(exc).__name__)
+        return bot.settings.render_mode
+
+
 async def resume_one(bot: BotHost, tracker: ActiveReplies, record: ActiveRecord) -> str:
     """Finish (or give up on) one reply; returns "finished", "lost" or "gone" (channel unreachable)."""
     where = record.where
@@ -79,12 +98,13 @@ async def resume_one(bot: BotHost, tracker: ActiveReplies, record: ActiveRecord)
         await tracker.end(record)
         return "gone"
     target = ResumedTarget(channel, message_id=where.get("message_id"), reference_id=where.get("reference_id"))
+    mode = await resumed_mode(bot, channel, record)
     reply = await tracker.reopen(record)
     if reply is None:
         notice = i18n.t("resume_lost", lang)
         with contextlib.suppress(discord.HTTPException):
             handles = target.initial_handles()
-            layout = reply_layout(notice) if bot.settings.render_mode == "components" else None
+            layout = reply_layout(notice) if mode == "components" else None
             if handles and layout is not None:  # a V2 message takes no content: the notice is its layout
                 await handles[0].edit(view=layout, allowed_mentions=NO_MENTIONS)
             elif handles:
@@ -93,6 +113,7 @@ async def resume_one(bot: BotHost, tracker: ActiveReplies, record: ActiveRecord)
                 await target.send(notice, view=layout, first=True)
         await tracker.end(record)
         return "lost"
+    reply.render_mode = mode
     owner = where.get("owner")
     try:
         await stream_reply(bot, reply, target, lang=lang, owner=int(owner) if owner else None)

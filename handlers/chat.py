@@ -102,7 +102,7 @@ class ChatHandler:
             await self.bus.submit(job)
         except PayloadTooLarge as exc:
             raise InputError(f"Sorry, {exc}.") from exc
-        return Reply(job, request, generation=generation)
+        return Reply(job, request, generation=generation, render_mode=eff.render_mode)
 
     async def regenerate(self, request: Request) -> Reply | None:
         """Drop the last answer and answer the last user turn again; None if there is nothing to redo."""

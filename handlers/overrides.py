@@ -25,7 +25,10 @@ FIELDS: dict[str, tuple[type, float, float]] = {
     "top_p": (float, 0.01, 1.0),
     "max_new_tokens": (int, 1, 8192),
     "thread_replies": (bool, 0, 1),  # answer messages in a new thread (THREAD_REPLIES); on/off, true/false
+    "render_mode": (str, 0, 10),  # how replies look (RENDER_MODE): one of CHOICES
 }
+# Settings whose value is one of a few words (checked before the type's own rule).
+CHOICES: dict[str, tuple[str, ...]] = {"render_mode": ("components", "plain")}
 TRUE_WORDS, FALSE_WORDS = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
 
 
@@ -49,6 +52,9 @@ class Effective:
     # defaults, and the worker fills in the loaded model's own instead (models/engines/sampling.py).
     explicit: frozenset[str] = frozenset()
     thread_replies: bool = False  # answer messages in server channels in a new thread (bot/threads.py)
+    # How the reply looks in Discord (RENDER_MODE): read with the request's other settings, so a per-channel
+    # choice costs no extra round trip; the front end takes it from `Reply.render_mode`.
+    render_mode: str = "components"
 
     def params(self) -> dict[str, float]:
         """What the job carries: only the explicitly set values, so the model's own defaults apply to the rest."""
@@ -61,6 +67,11 @@ def validate(name: str, value: str) -> str:
     if name not in FIELDS:
         raise ConfError(f"unknown setting {name!r}")
     kind, lo, hi = FIELDS[name]
+    if name in CHOICES:
+        word = value.strip().lower()
+        if word not in CHOICES[name]:
+            raise ConfError(f"{name} must be one of: {', '.join(CHOICES[name])}")
+        return word
     if kind is str:
         if len(value) > hi:
             raise ConfError(f"{name} can be at most {int(hi)} characters")
@@ -149,4 +160,5 @@ class ConfStore:
             chosen_model=values.get(MODEL_FIELD, ""),
             explicit=frozenset(d.explicit_sampling()) | {name for name in FIELDS if name in values},
             thread_replies=values["thread_replies"] == "true" if "thread_replies" in values else d.thread_replies,
+            render_mode=values.get("render_mode", d.render_mode),
         )

@@ -63,6 +63,9 @@ class Reply:
     # The history generation the job was built from (see handlers/history.py): the answer is recorded only
     # if the conversation was not reset since.  None: no check (nothing to record, or an older record).
     generation: int | None = None
+    # How the front end shows it (RENDER_MODE, or the server's/channel's `/settings` choice), read with the
+    # request's settings; "" = the process default (a reply reopened after a restart: bot/resume.py decides).
+    render_mode: str = ""
 
 
 class InputError(ValueError):

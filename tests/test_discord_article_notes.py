@@ -43,14 +43,21 @@ async def start(bot: BotRunner, fake: FakeOpenAI, **overrides: Any) -> None:
     await bot.start(engine="openai", openai_base_url=fake.base_url, chat_model="internlm2_5-7b-chat", **overrides)
 
 
+def article(h: Harness, interaction: Any) -> str:
+    """The article as shown, in either RENDER_MODE: one layout (the command's response) in components mode,
+    the follow-ups after the response's header in plain mode; private notes left out."""
+    shown = [interaction.original, *interaction.followups]
+    return h.text([m for m in shown if m is not None and not m.ephemeral])
+
+
 async def test_the_article_is_written_from_the_notes(discord_harness: Harness, discord_bot: BotRunner,
                                                      fake: FakeOpenAI) -> None:
     h = discord_harness
     await start(discord_bot, fake)
     interaction = await h.slash("article", {"title": "A weekend in Chengdu",
                                             "notes": ("notes.md", NOTES, "text/markdown")})
-    done = await h.response(interaction, until=lambda i: "Mapo tofu" in h.text(i.followups), timeout=30)
-    text = h.text(done.followups)
+    done = await h.response(interaction, until=lambda i: "Mapo tofu" in article(h, i), timeout=30)
+    text = article(h, done)
     assert "Paragraph 0: Giant pandas live at the Chengdu Research Base." in text
     assert "Paragraph 1: Mapo tofu was first made here." in text
     write = str(fake.requests[0].body["messages"][-1]["content"])
@@ -64,10 +71,11 @@ async def test_cut_notes_are_told_privately(discord_harness: Harness, discord_bo
     h = discord_harness
     await start(discord_bot, fake, text_file_max_chars=70)  # the first fact fits, the second does not
     interaction = await h.slash("article", {"title": "Chengdu", "notes": ("notes.md", NOTES, "text/markdown")})
-    done = await h.response(interaction, until=lambda i: any(m.ephemeral for m in i.followups), timeout=30)
+    done = await h.response(interaction, until=lambda i: any(m.ephemeral for m in i.followups)
+                            and "Paragraph 0" in article(h, i), timeout=30)
     [note] = [m for m in done.followups if m.ephemeral]
     assert "notes.md" in visible_text(note) and f"70 of its {len(NOTES)}" in visible_text(note)
-    assert "Mapo tofu" not in h.text(done.followups)
+    assert "Mapo tofu" not in article(h, done)  # the article was there (waited for), without the cut fact
     assert h.errors() == []
 
 

@@ -1,7 +1,8 @@
 """`/settings`: admins tune the model per server or per channel (system prompt, temperature, top_p,
-max new tokens).  Values are validated by `handlers.overrides` and stored in Redis, so they survive
-restarts and apply to every bot process.  Who is an admin: anyone with Manage Server, or the
-`ADMIN_ROLE` role (name or id).  Replies are ephemeral: settings are not channel chatter.
+max new tokens), and how replies look there (`thread_replies`, `render_mode`: components or plain).
+Values are validated by `handlers.overrides` and stored in Redis, so they survive restarts and apply to every
+bot process.  Who is an admin: anyone with Manage Server, or the `ADMIN_ROLE` role (name or id).
+Replies are ephemeral: settings are not channel chatter.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 EMBED_DESCRIPTION_MAX = 4096
 EMBED_FIELD_MAX = 1024
 NAMES = [Choice(name=name, value=name) for name in FIELDS]
-NUMERIC = [name for name in FIELDS if FIELDS[name][0] is not str]
+SHOWN = [name for name in FIELDS if name != "system_prompt"]  # one field each; the prompt is the description
 
 
 def _clip(text: str, limit: int) -> str:
@@ -81,7 +82,7 @@ class Admin(commands.Cog):
             title=_clip(i18n.t("settings_title", lang, scope=scope_name), 256),
             description=prompt_head + _clip(prompt, EMBED_DESCRIPTION_MAX - len(prompt_head) - 200),
             colour=discord.Colour.blurple())
-        for name in NUMERIC:
+        for name in SHOWN:
             value = getattr(effective, name)
             embed.add_field(name=name, value=_clip(f"`{value}` ({source(name)})", EMBED_FIELD_MAX), inline=True)
         return embed

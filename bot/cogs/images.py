@@ -34,7 +34,7 @@ from ..article_pages import page_view, plan_pages
 from ..attachments import as_attachment
 from ..conversations import request_for
 from ..renderer import Renderer
-from ..replies import stream_reply
+from ..replies import components_for, stream_reply
 from ..targets import NO_MENTIONS, InteractionTarget
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class Images(commands.Cog):
         final = result.final
         if final is None or final.kind != "done" or final.data.get("stopped") or not final.data.get("layout"):
             return  # errors and stops are already shown by the streamer
-        if self.bot.settings.render_mode == "components":
+        if components_for(self.bot, reply):  # the mode the draft was streamed in
             await self.post_article_layout(target, result.messages, str(final.data.get("title") or title),
                                            final.data["layout"], refs, lang)
             return
