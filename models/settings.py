@@ -146,10 +146,10 @@ class Settings(BaseSettings):
     # `spoiler` (a short subtext line under a spoiler above the answer), `file` (attached to the final message
     # as thinking.txt) or `hidden`.
     reasoning_display: Literal["spoiler", "hidden", "file"] = "spoiler"
-    # How Discord replies look: `plain` messages (2,000 characters each, as always) or `components`
-    # (Components V2 layouts: 4,000 characters a message, the article as one message with a media gallery,
-    # agent steps apart; bot/layouts.py).
-    render_mode: Literal["plain", "components"] = "plain"
+    # How Discord replies look: `components` (Components V2 layouts: 4,000 characters a message, the article as
+    # one message with a media gallery, agent steps apart; bot/layouts.py) or `plain` messages (2,000 characters
+    # each, for servers that prefer them). Per server/channel: `/settings set render_mode`.
+    render_mode: Literal["plain", "components"] = "components"
     article_max_new_tokens: int = 2048  # length budget of the article text (/article)
     article_repetition_penalty: float = 1.005  # XComposer's composition demo default
     # The /article prompts: `auto` = XComposer's demo prompts for an XComposer model, chat prompts for any other
