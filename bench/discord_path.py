@@ -63,6 +63,7 @@ async def replies(harness: Any, posts: list[tuple[Any, Any, str]], limit_s: floa
     (event → final edit in seconds, final text).  The final-edit time is the fake server's own timestamp
     of the stored message version; one coarse poller waits for all replies, so the waiting costs little."""
     from tests.fakediscord.fixtures import reply_finished
+    from tests.fakediscord.harness import visible_text  # plain content or a V2 layout's text (RENDER_MODE)
 
     async def post(channel: Any, author: Any, text: str) -> tuple[float, Any]:
         content = text if channel.guild_id is None else f"{harness.bot.mention} {text}"
@@ -83,7 +84,7 @@ async def replies(harness: Any, posts: list[tuple[Any, Any, str]], limit_s: floa
             msgs = [m for m in newer.get(message.channel_id, []) if m.id > message.id]  # = harness.replies_to
             if reply_finished(msgs) and msgs[-1].versions:
                 final_at = max(version.at for m in msgs for version in m.versions)
-                out[i] = (final_at - started, "".join(m.content for m in msgs))
+                out[i] = (final_at - started, "".join(visible_text(m) for m in msgs))
     return [o for o in out if o is not None]
 
 
