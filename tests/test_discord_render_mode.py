@@ -10,14 +10,17 @@ which refuses content on an IS_COMPONENTS_V2 message and a flag dropped or added
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from test_discord_agent import start as start_agent
 from test_discord_reasoning import thinking_of
 
+from handlers.active_replies import ActiveRecord, ActiveReplies
 from handlers.overrides import ConfError, ConfStore, validate
 from models.settings import Settings
+from models.worker import make_bus
 from tests.fakediscord import Harness, Message
 from tests.fakediscord.fixtures import BotRunner, reply_finished
 from tests.fakediscord.harness import text_displays, visible_text
@@ -154,3 +157,30 @@ async def test_long_agent_runs_stay_within_the_layout_limits(discord_harness: Ha
     assert "earlier step(s), shortened" in text and "(output truncated)" in text
     assert len(messages) <= 3
     assert h.errors() == []
+
+
+async def test_a_lost_reply_with_no_message_yet_follows_its_channel_setting(discord_harness: Harness,
+                                                                            discord_bot: BotRunner) -> None:
+    """A reply left before its first message was posted has no flags to read: the notice a restarted bot
+    posts for it takes the request's server/channel choice (plain here in #general, the default elsewhere)."""
+    h = discord_harness
+    settings = discord_bot.make_settings()
+    bus = make_bus(settings)
+    try:
+        await ConfStore(bus.redis, settings).set(ConfStore.scope(channel=h.general.id), "render_mode", "plain")
+        active = ActiveReplies(bus, None, settings)  # type: ignore[arg-type]
+        old = time.time() - 120  # long enough ago that the answers count as lost
+        for job, channel in (("a" * 32, h.general), ("b" * 32, h.random)):
+            await active._write(ActiveRecord(job_id=job, kind="chat", conversation=f"c{channel.id}", record=False,
+                                             guild=h.guild.id, channel=channel.id, started=old,
+                                             where={"channel_id": channel.id, "instance": "earlier"}))
+        await discord_bot.start()
+        [plain] = await h.wait_for(lambda: [m for m in h.bot_messages(h.general) if "⚠️" in visible_text(m)],
+                                   timeout=15, message="the lost-answer notice in #general")
+        [layout] = await h.wait_for(lambda: [m for m in h.bot_messages(h.random) if "⚠️" in visible_text(m)],
+                                    timeout=15, message="the lost-answer notice in #random")
+        assert not v2(plain) and "⚠️" in plain.content
+        assert v2(layout) and every_version_v2(layout)
+        assert not h.errors()
+    finally:
+        await bus.close()
