@@ -30,6 +30,14 @@ EMBED_DESCRIPTION_MAX = 4096
 EMBED_FIELD_MAX = 1024
 NAMES = [Choice(name=name, value=name) for name in FIELDS]
 SHOWN = [name for name in FIELDS if name != "system_prompt"]  # one field each; the prompt is the description
+# Unset, these are the loaded model's to choose (the worker's models/engines/sampling.py), so the view names no
+# number for them: the generic value `Effective` holds is not what the model samples with.
+SAMPLING = ("temperature", "top_p", "max_new_tokens")
+
+i18n.register({
+    "source_env": {i18n.EN: "bot setting", i18n.ZH: "机器人配置"},
+    "model_default": {i18n.EN: "model default", i18n.ZH: "模型默认"},
+})
 
 
 def _clip(text: str, limit: int) -> str:
@@ -84,7 +92,13 @@ class Admin(commands.Cog):
             colour=discord.Colour.blurple())
         for name in SHOWN:
             value = getattr(effective, name)
-            embed.add_field(name=name, value=_clip(f"`{value}` ({source(name)})", EMBED_FIELD_MAX), inline=True)
+            if name in SAMPLING and name not in channel_values and name not in guild_values:
+                # Set in the bot's environment, or left to the model (which the bot cannot know the value of).
+                shown = (f"`{value}` ({i18n.t('source_env', lang)})" if name in effective.explicit
+                         else f"*{i18n.t('model_default', lang)}*")
+            else:
+                shown = f"`{value}` ({source(name)})"
+            embed.add_field(name=name, value=_clip(shown, EMBED_FIELD_MAX), inline=True)
         return embed
 
     # ---------------------------------------------------------------- commands
