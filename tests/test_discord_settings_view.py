@@ -6,6 +6,8 @@ Redis, the embedded worker with ENGINE=test; the agent case with the real bubble
   the bot's environment, the server or the channel is shown with where it comes from.
 * Regenerate on a chat answer to a message with a text file answers with the file again: the file's text is part
   of the user's turn in history (handlers/types.py `Request.content`), which the regenerated job is built from.
+* An `/article` written from notes offers no Regenerate either; its notes stay in the user's turn in history, so a
+  later chat message still has them.
 * An `/agent` answer (whose file travels as a blob reference in the job, not in history) offers no Regenerate, so
   no rebuilt job can lose the file; a resumed reply follows the same job, whose payload keeps the reference.
 """
@@ -16,11 +18,14 @@ from typing import Any
 
 import pytest
 from test_agent import ScriptedEngine, last_environment
+from test_discord_article_notes import NOTES, article, fake  # noqa: F401 (fake: the OpenAI server fixture)
+from test_discord_article_notes import start as start_article
 
 from models.sandbox import SandboxLimits
 from tests.fakediscord import Harness
 from tests.fakediscord.fixtures import REGEN_PREFIX, BotRunner
 from tests.fakediscord.harness import visible_text
+from tests.fakeopenai import FakeOpenAI
 from tests.sandbox_support import sandbox_or_skip
 
 pytestmark = pytest.mark.timeout(90)
@@ -102,4 +107,17 @@ async def test_an_agent_answer_with_a_file_offers_no_regenerate(discord_harness:
     assert "There are 7 items." in h.text(messages)  # the file was really in the sandbox
     assert not any(c.startswith(REGEN_PREFIX) for m in messages for c in m.custom_ids)
     assert [t.role for t in await discord_bot.history(h.general)] == ["user", "assistant"]
+    assert h.errors() == []
+
+
+async def test_an_article_from_notes_offers_no_regenerate_and_keeps_them_in_history(
+        discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI) -> None:  # noqa: F811
+    h = discord_harness
+    await start_article(discord_bot, fake)
+    interaction = await h.slash("article", {"title": "Chengdu", "notes": ("notes.md", NOTES, "text/markdown")})
+    done = await h.response(interaction, until=lambda i: "Mapo tofu" in article(h, i), timeout=30)
+    shown = [m for m in (done.original, *done.followups) if m is not None]
+    assert not any(c.startswith(REGEN_PREFIX) for m in shown for c in m.custom_ids)
+    [user, _answer] = await discord_bot.history(h.general)
+    assert user.role == "user" and "File: notes.md" in user.content and "Mapo tofu" in user.content
     assert h.errors() == []
