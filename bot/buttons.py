@@ -122,7 +122,9 @@ class RegenerateButton(_OwnedButton, discord.ui.DynamicItem[discord.ui.Button],
                 await interaction.edit_original_response(content=i18n.t("nothing_to_regenerate", lang),
                                                       allowed_mentions=NO_MENTIONS)
                 return
-            await stream_reply(bot, reply, InteractionTarget(interaction), lang=lang, owner=owner or None)
+            make = bot.regen_renderers.get(self.kind)
+            await stream_reply(bot, reply, InteractionTarget(interaction), lang=lang, owner=owner or None,
+                               renderer=make(reply.request, lang) if make else None)
         finally:
             bot.regenerating.discard(conversation)
 

@@ -26,6 +26,7 @@ import json
 import logging
 import signal
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import discord
@@ -33,7 +34,7 @@ import yarl
 from discord.ext import commands
 
 from handlers.active_replies import ActiveReplies
-from handlers.types import Reply
+from handlers.types import Reply, Request
 from handlers.user_quota import UserQuota
 from models.logs import make_handler
 from models.memory import freeze_startup_objects
@@ -45,6 +46,7 @@ from .buttons import BUTTONS, reply_buttons
 from .metrics import BotMetrics
 from .pacing import BucketRegistry
 from .refusals import CommandTree
+from .renderer import Renderer
 from .resume import resume_replies
 from .runtime import Runtime
 from .streamer import LiveReplies
@@ -100,7 +102,8 @@ class InternLMBot(commands.AutoShardedBot):
         self.sync_mode = sync  # "auto" (when changed), "force", or "never"
         self.synced: bool | None = None  # whether setup_hook synced the commands
         self.instance_id = uuid.uuid4().hex[:12]
-        self.regenerable_kinds: set[str] = {"chat", "vision"}
+        self.regenerable_kinds: set[str] = {"chat", "vision"}  # cogs add theirs (/agent)
+        self.regen_renderers: dict[str, Callable[[Request, str], Renderer]] = {}
         self.regenerating: set[str] = set()
         self.resumed_replies = False
         self.buckets = BucketRegistry(capacity=5, per=5.0, reserve=1)

@@ -7,19 +7,21 @@ so nothing in `bot/` imports `bot.client` back (no import cycles, checked by imp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 
 if TYPE_CHECKING:
     from handlers.active_replies import ActiveReplies
-    from handlers.types import Reply
+    from handlers.types import Reply, Request
     from handlers.user_quota import UserQuota
     from models.settings import Settings
 
     from .attachments import DiscordImages
     from .metrics import BotMetrics
     from .pacing import BucketRegistry
+    from .renderer import Renderer
     from .runtime import Runtime
     from .streamer import LiveReplies
 
@@ -37,6 +39,8 @@ class BotHost(Protocol):
     images: DiscordImages  # attachment intake and the vision handler (bot/attachments.py)
     instance_id: str  # which process recorded a reply (a bot resumes only those of earlier processes)
     regenerable_kinds: set[str]  # replies of these kinds get a Regenerate button
+    # kind → (the regenerated request, lang) → its renderer, for kinds whose steps need their own (a cog adds it)
+    regen_renderers: dict[str, Callable[[Request, str], Renderer]]
     regenerating: set[str]  # conversations whose last answer is being regenerated now
     resumed_replies: bool  # whether this process already picked up the replies its predecessor left
 

@@ -42,7 +42,7 @@ class AgentHandler:
                     for name, f in zip(names, files, strict=True)]
         payload: dict[str, Any] = {"task": task, **({"files": attached} if attached else {})}
         request = Request(conversation=conversation, text=task, user_name=user_name, guild=guild,
-                          channel=channel, kind="agent", payload=payload)
+                          channel=channel, kind="agent", payload=payload, meta={"payload": payload})
         return await self.chat.ask(request)
 
     def follow(self, reply: Reply) -> Any:

@@ -21,6 +21,7 @@ from models.settings import Settings
 
 from .history import HistoryStore, Turn
 from .overrides import ConfStore
+from .replay import expired_note, still_stored
 from .types import InputError, Reply, Request, Update, UpdateKind
 
 # The shared types live in handlers/types.py; they are re-exported here for the modules that import them
@@ -70,7 +71,8 @@ class ChatHandler:
     async def ask(self, request: Request) -> Reply:
         """Record the user's turn and submit a job that answers it from the conversation's history."""
         self.check_text(request.text)
-        user_turn = Turn("user", request.content, name=request.user_name, images=request.images)
+        user_turn = Turn("user", request.content, name=request.user_name, images=request.images,
+                         meta=dict(request.meta))
         return await self._submit(request, user_turn=user_turn if request.record else None)
 
     async def submit(self, request: Request, *, extra_turns: list[Turn] | None = None) -> Reply:
@@ -114,7 +116,12 @@ class ChatHandler:
         turns = await self.history.recent(request.conversation, limit=1)
         if not turns or turns[-1].role != "user":
             return None
-        return await self.submit(request)
+        # What the job was asked with beyond the turn's text (/agent's task and files), its expired files left out.
+        payload, gone = await still_stored(self.bus, turns[-1].meta.get("payload"))
+        request.payload = {**payload, **request.payload}
+        reply = await self.submit(request)
+        reply.notice = expired_note(gone)
+        return reply
 
     async def stop(self, reply: Reply) -> None:
         await self.bus.cancel(reply.job.id)
@@ -153,6 +160,8 @@ class ChatHandler:
         position: int | None = None
         position_at = -QUEUE_CHECK_EVERY
         deadline = self.settings.job_timeout + self.settings.job_visibility_timeout + 10
+        if reply.notice:
+            yield Update("step", data={"type": "note", "turn": 0, "title": "Note", "text": reply.notice})
         async for event in self.bus.events(job_id, block_ms=250):
             now = time.monotonic()
             if event is None:

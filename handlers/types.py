@@ -31,6 +31,9 @@ class Request:
     # Text files read into the message (handlers/text_files.py), already within TEXT_FILE_MAX_CHARS: not
     # counted against MAX_INPUT_CHARS, which limits what the person typed.
     files: str = ""
+    # Kept in the user's turn in history (`Turn.meta`): e.g. /agent's task and file blob refs under "payload",
+    # which Regenerate re-sends (`ChatHandler.regenerate`) because they are not part of the turn's text.
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def content(self) -> str:
@@ -66,6 +69,9 @@ class Reply:
     # How the front end shows it (RENDER_MODE, or the server's/channel's `/settings` choice), read with the
     # request's settings; "" = the process default (a reply reopened after a restart: bot/resume.py decides).
     render_mode: str = ""
+    # A line to show before the answer (e.g. a regenerated /agent task whose file has expired): `follow` yields
+    # it first as a note step.
+    notice: str = ""
 
 
 class InputError(ValueError):

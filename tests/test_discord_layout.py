@@ -218,7 +218,8 @@ async def test_agent_steps_are_parts_of_one_container(discord_harness: Harness, 
     assert [c["type"] for c in figures.components] == [12]
     assert [i["media"]["url"] for i in figures.components[0]["items"]] == [f"attachment://{png.filename}"]
     [container, *rest] = message.components
-    assert container["type"] == 17 and rest == []  # done: no Stop (agent answers are not regenerated)
+    assert container["type"] == 17 and [r["type"] for r in rest] == [1]  # done: no Stop, a Regenerate row
+    assert [c["custom_id"].startswith(REGEN_PREFIX) for c in rest[0]["components"]] == [True]
     parts = [c for c in container["components"] if c["type"] == 10]
     separators = [c for c in container["components"] if c["type"] == 14]
     assert len(separators) == len(parts) - 1 >= 3

@@ -116,6 +116,10 @@ class Agent(commands.Cog):
     def __init__(self, bot: InternLMBot) -> None:
         self.bot = bot
         self.handler = AgentHandler(bot.runtime.chat)
+        # Regenerate runs the task again with its files (the user's turn keeps them: handlers/replay.py).
+        bot.regenerable_kinds.add("agent")
+        bot.regen_renderers["agent"] = lambda request, lang: AgentRenderer(str(request.payload.get("task") or ""),
+                                                                           lang)
 
     @app_commands.command(name=locale_str("agent"),
                           description=locale_str("Let the InternLM agent solve a task with Python and arXiv search"))
