@@ -28,6 +28,7 @@ worker: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .   # one layout for every file: `ruff format .` writes it
 	$(VENV)/bin/lint-imports --no-logo   # the architecture contracts in .importlinter
 	$(PY) -m pytest -q
 
@@ -36,6 +37,7 @@ test-fast: $(STAMP)   # the unit tests only (no real bot, worker processes, mode
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports --no-logo
 
 bench: $(STAMP)

@@ -83,9 +83,15 @@ def private_redis() -> Iterator[str]:
 
 
 def bench_settings(url: str, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {"redis_url": url, "engine": "test", "data_dir": Path(tempfile.gettempdir()),
-                            "job_visibility_timeout": 30.0, "worker_concurrency": 4, "embedded_worker": False,
-                            "log_level": "WARNING"}
+    base: dict[str, Any] = {
+        "redis_url": url,
+        "engine": "test",
+        "data_dir": Path(tempfile.gettempdir()),
+        "job_visibility_timeout": 30.0,
+        "worker_concurrency": 4,
+        "embedded_worker": False,
+        "log_level": "WARNING",
+    }
     base.update(overrides)
     return Settings(_env_file=None, **base)
 
@@ -94,8 +100,7 @@ def bench_settings(url: str, **overrides: Any) -> Settings:
 async def bus_for(settings: Settings) -> AsyncIterator[Bus]:
     client = connect(settings.redis_url)
     await wait_ready(client)
-    bus = Bus(client, reply_ttl=settings.reply_ttl, blob_ttl=settings.blob_ttl,
-              max_job_bytes=settings.max_job_bytes)
+    bus = Bus(client, reply_ttl=settings.reply_ttl, blob_ttl=settings.blob_ttl, max_job_bytes=settings.max_job_bytes)
     await bus.ensure_group()
     try:
         yield bus
@@ -118,14 +123,22 @@ async def in_process_worker(settings: Settings, bus: Bus, engine: Engine) -> Asy
 
 
 @contextlib.asynccontextmanager
-async def worker_processes(settings: Settings, bus: Bus, count: int = 1,
-                           **env: str) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+async def worker_processes(
+    settings: Settings, bus: Bus, count: int = 1, **env: str
+) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
     """`python -m models.worker` processes — the separate-worker topology (and P3's scale-out)."""
     child_env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "OPENAI_API_KEY")}
-    child_env.update({"REDIS_URL": settings.redis_url, "ENGINE": settings.engine, "PYTHONPATH": str(ROOT),
-                      "WORKER_CONCURRENCY": str(settings.worker_concurrency), "LOG_LEVEL": "WARNING",
-                      "TEST_ENGINE_TOKEN_DELAY": str(settings.test_engine_token_delay),
-                      "JOB_VISIBILITY_TIMEOUT": str(settings.job_visibility_timeout)})
+    child_env.update(
+        {
+            "REDIS_URL": settings.redis_url,
+            "ENGINE": settings.engine,
+            "PYTHONPATH": str(ROOT),
+            "WORKER_CONCURRENCY": str(settings.worker_concurrency),
+            "LOG_LEVEL": "WARNING",
+            "TEST_ENGINE_TOKEN_DELAY": str(settings.test_engine_token_delay),
+            "JOB_VISIBILITY_TIMEOUT": str(settings.job_visibility_timeout),
+        }
+    )
     child_env.update(env)
     procs = _spawn_workers(count, child_env)
     try:
@@ -142,8 +155,10 @@ async def worker_processes(settings: Settings, bus: Bus, count: int = 1,
 
 
 def _spawn_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    return [subprocess.Popen([sys.executable, "-m", "models.worker"], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL) for _ in range(count)]
+    return [
+        subprocess.Popen([sys.executable, "-m", "models.worker"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
 
 
 async def wait_for_workers(bus: Bus, count: int, limit_s: float = 60.0) -> None:
@@ -156,8 +171,11 @@ async def wait_for_workers(bus: Bus, count: int, limit_s: float = 60.0) -> None:
 
 # ------------------------------------------------------------------------------------------------ jobs
 def chat_job(user: str, *, system: str = "", params: dict[str, Any] | None = None) -> Job:
-    return Job(kind="chat", conversation="bench", payload={
-        "system": system, "messages": [{"role": "user", "content": user}], "params": params or {}})
+    return Job(
+        kind="chat",
+        conversation="bench",
+        payload={"system": system, "messages": [{"role": "user", "content": user}], "params": params or {}},
+    )
 
 
 async def run_job(bus: Bus, job: Job, on_delta: Callable[[Event, float], None] | None = None) -> tuple[Event, float]:
@@ -200,19 +218,24 @@ def table(results: list[Result], markdown: bool = False) -> str:
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
-def parse_options(argv: list[str] | None = None, *,
-                  names: list[str] | None = None) -> tuple[Options, argparse.Namespace]:
+def parse_options(
+    argv: list[str] | None = None, *, names: list[str] | None = None
+) -> tuple[Options, argparse.Namespace]:
     parser = argparse.ArgumentParser(description="Benchmarks (ratios measured side by side in one run)")
     if names is not None:
-        parser.add_argument("benches", nargs="*", metavar="BENCH",
-                            help=f"which to run (default: all of {', '.join(names)})")
+        parser.add_argument(
+            "benches", nargs="*", metavar="BENCH", help=f"which to run (default: all of {', '.join(names)})"
+        )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--p1-levels", metavar="N,N", default=os.environ.get("BENCH_P1_LEVELS", ""),
-                        help="P1: how many channels are answered at once, comma-separated (default 1,16,32,64; "
-                             "env BENCH_P1_LEVELS)")
+    parser.add_argument(
+        "--p1-levels",
+        metavar="N,N",
+        default=os.environ.get("BENCH_P1_LEVELS", ""),
+        help="P1: how many channels are answered at once, comma-separated (default 1,16,32,64; env BENCH_P1_LEVELS)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -228,8 +251,12 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} — {machine()}")
     print(table(results, markdown=args.markdown))
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"),
-                                               "results": [asdict(r) for r in results]}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "results": [asdict(r) for r in results]},
+                indent=2,
+            )
+        )
 
 
 def main_for(run: Callable[[Options], Awaitable[list[Result]]], argv: list[str] | None = None) -> int:

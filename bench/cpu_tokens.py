@@ -46,8 +46,13 @@ def raw_chat(llm, prompt: str, system: str = SYSTEM, max_tokens: int = MAX_TOKEN
     started = time.perf_counter()
     parts: list[str] = []
     for chunk in llm.create_chat_completion(
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
-            stream=True, temperature=0.0, top_p=1.0, max_tokens=max_tokens, repeat_penalty=1.0):
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+        stream=True,
+        temperature=0.0,
+        top_p=1.0,
+        max_tokens=max_tokens,
+        repeat_penalty=1.0,
+    ):
         piece = chunk["choices"][0]["delta"].get("content")
         if piece:
             parts.append(piece)
@@ -70,7 +75,7 @@ async def run(opts: Options) -> list[Result]:
             for pair in range(pairs):
                 prompt = PROMPTS[pair % len(PROMPTS)]
                 rates: dict[str, float] = {}
-                for side in (("raw", "worker") if pair % 2 == 0 else ("worker", "raw")):  # alternate the order
+                for side in ("raw", "worker") if pair % 2 == 0 else ("worker", "raw"):  # alternate the order
                     if side == "raw":
                         text, seconds = await asyncio.to_thread(raw_chat, raw_engine.llm, prompt)
                         tokens = raw_engine.count_tokens(text)
@@ -88,9 +93,16 @@ async def run(opts: Options) -> list[Result]:
     return [
         Result("cpu_tokens", "raw llama.cpp", raw_rate, "tok/s", note=f"{raw_tokens:.0f} tokens"),
         Result("cpu_tokens", "delivered by worker", got_rate, "tok/s", note=f"{got_tokens:.0f} tokens"),
-        Result("cpu_tokens", "delivered / raw (median of pairs)", ratio, "×", f"≥ {TARGET:g}", ratio >= TARGET,
-               f"{len(pair_ratios)} pairs, {min(pair_ratios):.2f}–{max(pair_ratios):.2f}; all runs "
-               f"{got_rate / raw_rate:.2f}"),
+        Result(
+            "cpu_tokens",
+            "delivered / raw (median of pairs)",
+            ratio,
+            "×",
+            f"≥ {TARGET:g}",
+            ratio >= TARGET,
+            f"{len(pair_ratios)} pairs, {min(pair_ratios):.2f}–{max(pair_ratios):.2f}; all runs "
+            f"{got_rate / raw_rate:.2f}",
+        ),
     ]
 
 

@@ -33,8 +33,11 @@ P1_TARGET_P50_MS, P1_TARGET_P99_MS = 10.0, 50.0
 P1_ISSUE12 = {1: ("p50", 20.0), 32: ("p99", 150.0)}  # the reply-path targets of issue 12, by level
 P2_JOBS, P2_TOKENS, P2_TOKEN_DELAY, P2_TARGET = 64, 25, 0.02, 1.25
 P4_SYSTEM = "You are a helpful assistant."
-P4_PROMPTS = ["Explain in a few sentences why the sky is blue.", "Write a short poem about the sea.",
-              "List five tips for learning a new language."]
+P4_PROMPTS = [
+    "Explain in a few sentences why the sky is blue.",
+    "Write a short poem about the sea.",
+    "List five tips for learning a new language.",
+]
 P4_MAX_TOKENS, P4_TARGET = 96, 0.9
 
 
@@ -140,17 +143,42 @@ async def p1_overhead(opts: Options, url: str) -> list[Result]:
             load = sum(loads) / len(loads)
             goal = P1_ISSUE12.get(level)
             goal_note = f"; issue 12: {goal[0]} ≤ {goal[1]:g} ms" if goal else ""
-            results.append(Result("P1", f"event→final edit p50 @{level}", p50, "ms", f"≤ {P1_TARGET_P50_MS:g} ms",
-                                  p50 <= P1_TARGET_P50_MS, f"{len(ms)} replies, load {load:.2f}"
-                                  + (goal_note if goal and goal[0] == "p50" else ""),
-                                  extra={"level": level, "ms": ms, "load1": load}))
-            results.append(Result("P1", f"event→final edit p99 @{level}", p99, "ms", f"≤ {P1_TARGET_P99_MS:g} ms",
-                                  p99 <= P1_TARGET_P99_MS, f"max {max(ms):.1f} ms"
-                                  + (goal_note if goal and goal[0] == "p99" else ""), extra={"level": level}))
+            results.append(
+                Result(
+                    "P1",
+                    f"event→final edit p50 @{level}",
+                    p50,
+                    "ms",
+                    f"≤ {P1_TARGET_P50_MS:g} ms",
+                    p50 <= P1_TARGET_P50_MS,
+                    f"{len(ms)} replies, load {load:.2f}" + (goal_note if goal and goal[0] == "p50" else ""),
+                    extra={"level": level, "ms": ms, "load1": load},
+                )
+            )
+            results.append(
+                Result(
+                    "P1",
+                    f"event→final edit p99 @{level}",
+                    p99,
+                    "ms",
+                    f"≤ {P1_TARGET_P99_MS:g} ms",
+                    p99 <= P1_TARGET_P99_MS,
+                    f"max {max(ms):.1f} ms" + (goal_note if goal and goal[0] == "p99" else ""),
+                    extra={"level": level},
+                )
+            )
             if level > 1:  # what the 2 cores sustain: replies per second of wall time
                 rate = level * len(walls) / sum(walls)
-                results.append(Result("P1", f"replies/s @{level}", rate, "/s", note="bot + fake Discord + worker "
-                                      "+ Redis on 2 cores", extra={"level": level}))
+                results.append(
+                    Result(
+                        "P1",
+                        f"replies/s @{level}",
+                        rate,
+                        "/s",
+                        note="bot + fake Discord + worker + Redis on 2 cores",
+                        extra={"level": level},
+                    )
+                )
     return results
 
 
@@ -162,10 +190,18 @@ async def p2_overlap(opts: Options, url: str) -> list[Result]:
     for label, embedded in (("embedded worker", True), ("worker process", False)):
         one, many = await _p2_once(opts, url, embedded)
         ratio = many / one
-        results.append(Result("P2", f"{P2_JOBS} at once / 1 (through Discord, {label})", ratio, "×",
-                              f"≤ {P2_TARGET:g}×", ratio <= P2_TARGET,
-                              f"one {one * 1000:.0f} ms, {P2_JOBS} in {many * 1000:.0f} ms",
-                              extra={"one_s": one, "many_s": many}))
+        results.append(
+            Result(
+                "P2",
+                f"{P2_JOBS} at once / 1 (through Discord, {label})",
+                ratio,
+                "×",
+                f"≤ {P2_TARGET:g}×",
+                ratio <= P2_TARGET,
+                f"one {one * 1000:.0f} ms, {P2_JOBS} in {many * 1000:.0f} ms",
+                extra={"one_s": one, "many_s": many},
+            )
+        )
     return results
 
 
@@ -178,9 +214,15 @@ async def _p2_once(opts: Options, url: str, embedded: bool) -> tuple[float, floa
             settings = bench_settings(url, test_engine_token_delay=P2_TOKEN_DELAY, worker_concurrency=P2_JOBS)
             bus = await stack.enter_async_context(bus_for(settings))
             await stack.enter_async_context(worker_processes(settings, bus, 1))
-        h = await stack.enter_async_context(discord_bot(
-            url, channels=P2_JOBS + singles + 1, test_engine_token_delay=P2_TOKEN_DELAY,
-            worker_concurrency=P2_JOBS, embedded_worker=embedded))
+        h = await stack.enter_async_context(
+            discord_bot(
+                url,
+                channels=P2_JOBS + singles + 1,
+                test_engine_token_delay=P2_TOKEN_DELAY,
+                worker_concurrency=P2_JOBS,
+                embedded_worker=embedded,
+            )
+        )
         channels = h.bench_channels
         prompt = f"[[repeat:{P2_TOKENS}]]"
         await one_reply(h, channels[-1], h.alice, prompt)  # warm-up
@@ -204,9 +246,19 @@ async def p4_cpu_tokens(opts: Options, url: str) -> list[Result]:
     raw_tokens = raw_seconds = got_tokens = got_seconds = 0.0
     users = rounds * len(prompts) + 1
     try:
-        async with discord_bot(url, channels=0, users=users, engine="llamacpp", llamacpp_n_ctx=2048,
-                               worker_concurrency=1, system_prompt=P4_SYSTEM, temperature=0.0, top_p=1.0,
-                               repetition_penalty=1.0, max_new_tokens=P4_MAX_TOKENS) as h:
+        async with discord_bot(
+            url,
+            channels=0,
+            users=users,
+            engine="llamacpp",
+            llamacpp_n_ctx=2048,
+            worker_concurrency=1,
+            system_prompt=P4_SYSTEM,
+            temperature=0.0,
+            top_p=1.0,
+            repetition_penalty=1.0,
+            max_new_tokens=P4_MAX_TOKENS,
+        ) as h:
             people = iter(h.bench_users)
             await one_reply(h, h.dm(next(people)), h.alice, "Hi")  # warm-up (DMs: no speaker-name prefix)
             await asyncio.to_thread(raw_chat, raw_engine.llm, "Hi", P4_SYSTEM, P4_MAX_TOKENS)
@@ -223,10 +275,20 @@ async def p4_cpu_tokens(opts: Options, url: str) -> list[Result]:
         await raw_engine.close()
     raw_rate, got_rate = raw_tokens / raw_seconds, got_tokens / got_seconds
     ratio = got_rate / raw_rate
-    return [Result("P4", "raw llama.cpp", raw_rate, "tok/s", note=f"{raw_tokens:.0f} tokens"),
-            Result("P4", "delivered to Discord", got_rate, "tok/s", note=f"{got_tokens:.0f} tokens, event→final edit"),
-            Result("P4", "Discord / raw", ratio, "×", f"≥ {P4_TARGET:g}", ratio >= P4_TARGET,
-                   "SmolLM2-135M, greedy, same prompts", extra={"raw": raw_rate, "discord": got_rate})]
+    return [
+        Result("P4", "raw llama.cpp", raw_rate, "tok/s", note=f"{raw_tokens:.0f} tokens"),
+        Result("P4", "delivered to Discord", got_rate, "tok/s", note=f"{got_tokens:.0f} tokens, event→final edit"),
+        Result(
+            "P4",
+            "Discord / raw",
+            ratio,
+            "×",
+            f"≥ {P4_TARGET:g}",
+            ratio >= P4_TARGET,
+            "SmolLM2-135M, greedy, same prompts",
+            extra={"raw": raw_rate, "discord": got_rate},
+        ),
+    ]
 
 
 async def run(opts: Options) -> list[Result]:
@@ -236,8 +298,15 @@ async def run(opts: Options) -> list[Result]:
             try:
                 results += await bench(opts, url)
             except Exception as exc:  # one failing bench must not hide the others
-                results.append(Result(bench.__name__.split("_")[0].upper(), "error", float("nan"), ok=False,
-                                      note=f"{type(exc).__name__}: {exc}"[:160]))
+                results.append(
+                    Result(
+                        bench.__name__.split("_")[0].upper(),
+                        "error",
+                        float("nan"),
+                        ok=False,
+                        note=f"{type(exc).__name__}: {exc}"[:160],
+                    )
+                )
     return results
 
 

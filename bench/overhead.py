@@ -50,10 +50,18 @@ async def run(opts: Options) -> list[Result]:
                     await _latencies(bus, warmup)
                     ms = await _latencies(bus, count)
             p50, p99 = percentile(ms, 50), percentile(ms, 99)
-            results.append(Result("overhead", f"p50 per job ({label})", p50, "ms", f"≤ {TARGET_P50_MS:g} ms",
-                                  p50 <= TARGET_P50_MS, f"{count} sequential jobs"))
-            results.append(Result("overhead", f"p99 per job ({label})", p99, "ms", "", None,
-                                  f"max {max(ms):.1f} ms"))
+            results.append(
+                Result(
+                    "overhead",
+                    f"p50 per job ({label})",
+                    p50,
+                    "ms",
+                    f"≤ {TARGET_P50_MS:g} ms",
+                    p50 <= TARGET_P50_MS,
+                    f"{count} sequential jobs",
+                )
+            )
+            results.append(Result("overhead", f"p99 per job ({label})", p99, "ms", "", None, f"max {max(ms):.1f} ms"))
     return results
 
 

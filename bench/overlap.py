@@ -60,8 +60,17 @@ async def run(opts: Options) -> list[Result]:
                     one = median([await _one(bus) for _ in range(singles)])
                     many = await _many(bus, JOBS)
             ratio = many / one
-            results.append(Result("overlap", f"{JOBS} jobs / 1 job ({label})", ratio, "×", f"≤ {TARGET:g}×",
-                                  ratio <= TARGET, f"one {one * 1000:.0f} ms, {JOBS} in {many * 1000:.0f} ms"))
+            results.append(
+                Result(
+                    "overlap",
+                    f"{JOBS} jobs / 1 job ({label})",
+                    ratio,
+                    "×",
+                    f"≤ {TARGET:g}×",
+                    ratio <= TARGET,
+                    f"one {one * 1000:.0f} ms, {JOBS} in {many * 1000:.0f} ms",
+                )
+            )
     return results
 
 

@@ -60,8 +60,15 @@ def plot(results: list[Result], path: Path) -> None:
     panels = [(0, 0), (1, 0), (0, 1), (1, 1)]
     pw, ph = width // 2, height // 2
 
-    def bars(panel: int, title: str, labels: list[str], values: list[float], colors: list[str],
-             target: float | None, unit: str) -> None:
+    def bars(
+        panel: int,
+        title: str,
+        labels: list[str],
+        values: list[float],
+        colors: list[str],
+        target: float | None,
+        unit: str,
+    ) -> None:
         ox, oy = panels[panel][0] * pw, panels[panel][1] * ph
         draw.text((ox + pad, oy + 15), title, fill="black", font=font)
         x0, y0, x1, y1 = ox + pad, oy + 55, ox + pw - 30, oy + ph - 50
@@ -95,15 +102,35 @@ def plot(results: list[Result], path: Path) -> None:
         colors += ["#4e79a7", "#a0cbe8"]
     bars(0, "P1 event -> final reply edit (ms), instant engine", labels, values, colors, 10.0, "")
     p2 = [pick("P2", "embedded"), pick("P2", "worker process")]
-    bars(1, "P2 64 at once / one, fixed-latency engine (x)", ["embedded worker", "worker process"],
-         [r.value if r else float("nan") for r in p2], ["#f28e2b", "#ffbe7d"], 1.25, "x")
+    bars(
+        1,
+        "P2 64 at once / one, fixed-latency engine (x)",
+        ["embedded worker", "worker process"],
+        [r.value if r else float("nan") for r in p2],
+        ["#f28e2b", "#ffbe7d"],
+        1.25,
+        "x",
+    )
     p3 = [r for r in results if r.bench == "P3" and "workers:" in r.metric]
-    bars(2, "P3 scale-out: rate / (W x one worker's)", [f"W={r.extra.get('workers')}" for r in p3],
-         [r.value for r in p3], ["#59a14f"] * len(p3), 0.9, "")
+    bars(
+        2,
+        "P3 scale-out: rate / (W x one worker's)",
+        [f"W={r.extra.get('workers')}" for r in p3],
+        [r.value for r in p3],
+        ["#59a14f"] * len(p3),
+        0.9,
+        "",
+    )
     raw, got = pick("P4", "raw"), pick("P4", "delivered")
-    bars(3, "P4 tokens/s: raw llama.cpp vs delivered to Discord", ["raw", "Discord"],
-         [raw.value if raw else float("nan"), got.value if got else float("nan")], ["#b07aa1", "#e15759"],
-         None, "")
+    bars(
+        3,
+        "P4 tokens/s: raw llama.cpp vs delivered to Discord",
+        ["raw", "Discord"],
+        [raw.value if raw else float("nan"), got.value if got else float("nan")],
+        ["#b07aa1", "#e15759"],
+        None,
+        "",
+    )
     draw.text((pad, height - 25), f"{time.strftime('%Y-%m-%d')} - {machine()}", fill="gray", font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
@@ -159,20 +186,22 @@ Reading the figures honestly:
 
 def write_section(results: list[Result], doc: Path, png: Path) -> None:
     """Replace (or append) the issue-6 section of docs/performance.md; the rest of the file is kept."""
-    body = "\n".join([
-        START,
-        "## Production (issue 6): the Discord path, overlap, scale-out, CPU tokens",
-        "",
-        f"Last run: {time.strftime('%Y-%m-%d %H:%M')} on {machine()} — `make bench` (or "
-        "`python -m bench production`) rewrites this section.",
-        "",
-        table([r for r in results if r.bench in ("P1", "P2", "P3", "P4", "report")], markdown=True),
-        "",
-        f"![P1–P4]({png.name})",
-        "",
-        EXPLANATION,
-        END,
-    ])
+    body = "\n".join(
+        [
+            START,
+            "## Production (issue 6): the Discord path, overlap, scale-out, CPU tokens",
+            "",
+            f"Last run: {time.strftime('%Y-%m-%d %H:%M')} on {machine()} — `make bench` (or "
+            "`python -m bench production`) rewrites this section.",
+            "",
+            table([r for r in results if r.bench in ("P1", "P2", "P3", "P4", "report")], markdown=True),
+            "",
+            f"![P1–P4]({png.name})",
+            "",
+            EXPLANATION,
+            END,
+        ]
+    )
     text = doc.read_text() if doc.exists() else "# Performance\n"
     if START in text and END in text:
         before, rest = text.split(START, 1)

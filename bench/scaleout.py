@@ -41,20 +41,38 @@ async def run(opts: Options) -> list[Result]:
     waves = 4 if opts.quick else 8
     rates: dict[int, float] = {}
     with private_redis() as url:
-        settings = bench_settings(url, test_engine_token_delay=TOKEN_DELAY, worker_concurrency=SLOTS,
-                                  job_visibility_timeout=30.0)
+        settings = bench_settings(
+            url, test_engine_token_delay=TOKEN_DELAY, worker_concurrency=SLOTS, job_visibility_timeout=30.0
+        )
         for count in WORKERS:
             async with bus_for(settings) as bus, worker_processes(settings, bus, count):
                 await _throughput(bus, count * SLOTS)  # warm-up wave
                 rates[count] = await _throughput(bus, count * SLOTS * waves)
     one = rates[1]
-    results = [Result("P3", "1 worker", one, "jobs/s", note=f"{SLOTS} slots × {TOKENS * TOKEN_DELAY:.1f} s jobs, "
-                      f"ideal {SLOTS / (TOKENS * TOKEN_DELAY):.1f}", extra={"workers": 1, "rate": one})]
+    results = [
+        Result(
+            "P3",
+            "1 worker",
+            one,
+            "jobs/s",
+            note=f"{SLOTS} slots × {TOKENS * TOKEN_DELAY:.1f} s jobs, ideal {SLOTS / (TOKENS * TOKEN_DELAY):.1f}",
+            extra={"workers": 1, "rate": one},
+        )
+    ]
     for count in WORKERS[1:]:
         efficiency = rates[count] / (count * one)
-        results.append(Result("P3", f"{count} workers: rate / ({count} × one)", efficiency, "×", f"≥ {TARGET:g}",
-                              efficiency >= TARGET, f"{rates[count]:.1f} jobs/s",
-                              extra={"workers": count, "rate": rates[count]}))
+        results.append(
+            Result(
+                "P3",
+                f"{count} workers: rate / ({count} × one)",
+                efficiency,
+                "×",
+                f"≥ {TARGET:g}",
+                efficiency >= TARGET,
+                f"{rates[count]:.1f} jobs/s",
+                extra={"workers": count, "rate": rates[count]},
+            )
+        )
     return results
 
 

@@ -1,9 +1,9 @@
 """`python -m bot` — the Discord bot, or the console when no DISCORD_TOKEN is set.
 
-    python -m bot            Discord bot (console mode if DISCORD_TOKEN is empty)
-    python -m bot console    chat in the terminal (reads stdin; pipe lines in to script it)
-    python -m bot sync       register the slash commands with Discord now, then exit
-    python -m bot status     workers, queue, dead letters, Redis memory (--json for scripts)
+python -m bot            Discord bot (console mode if DISCORD_TOKEN is empty)
+python -m bot console    chat in the terminal (reads stdin; pipe lines in to script it)
+python -m bot sync       register the slash commands with Discord now, then exit
+python -m bot status     workers, queue, dead letters, Redis memory (--json for scripts)
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ NO_TOKEN = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", nargs="?", default="run", choices=["run", "console", "sync", "status"])
     parser.add_argument("--session", default="default", help="console conversation name")
     parser.add_argument("--json", action="store_true", help="status: print JSON")

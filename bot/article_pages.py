@@ -47,9 +47,15 @@ class Page:
         return [(ref, name) for name, ref in seen.items()]
 
 
-def plan_pages(layout: Sequence[Mapping[str, Any]], header: str, names: Mapping[str, str], *,
-               text_limit: int = V2_TEXT_LIMIT, max_components: int = V2_MAX_COMPONENTS,
-               max_files: int = MAX_FILES) -> list[Page]:
+def plan_pages(
+    layout: Sequence[Mapping[str, Any]],
+    header: str,
+    names: Mapping[str, str],
+    *,
+    text_limit: int = V2_TEXT_LIMIT,
+    max_components: int = V2_MAX_COMPONENTS,
+    max_files: int = MAX_FILES,
+) -> list[Page]:
     """The article's pages: `layout` is the job's blocks ({"type": "text"|"caption"|"image", ...}), `header`
     the first text (title and notes), `names` the file name of each image ref that could be loaded (others
     are left out).  Consecutive images share a gallery; a new page starts only when one more item would
@@ -104,8 +110,9 @@ def page_view(page: Page) -> discord.ui.LayoutView:
         if isinstance(item, str):
             container.add_item(discord.ui.TextDisplay(item))
         else:
-            container.add_item(discord.ui.MediaGallery(
-                *(discord.MediaGalleryItem(f"attachment://{name}") for _, name in item)))
+            container.add_item(
+                discord.ui.MediaGallery(*(discord.MediaGalleryItem(f"attachment://{name}") for _, name in item))
+            )
     view = discord.ui.LayoutView(timeout=None)
     view.add_item(container)
     return view

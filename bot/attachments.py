@@ -25,17 +25,24 @@ from .runtime import Runtime
 _ZH_TEXT_FILE = {
     "unknown_type": "我无法读取 “{name}”：我接受图片（PNG、JPEG、WebP、GIF）和文本文件（{accepted}）。",
     "too_large": "“{name}” 有 {size_kb:.0f} KB，文本文件的上限是 {limit_kb:.0f} KB。"
-                 "请发送更小的文件，或只粘贴相关部分。",
+    "请发送更小的文件，或只粘贴相关部分。",
     "too_many": "一共 {count} 个文本文件 — 我一次最多读 {limit} 个。请少发几个。",
     "empty": "“{name}” 是空文件，没有可读的内容。",
     "binary": "“{name}” 看起来是二进制文件而不是文本，我无法读取。",
     "encoding": "无法读取 “{name}”：它不是 UTF-8 或 UTF-16 文本。请另存为 UTF-8 后再试。",
     "download": "无法下载 “{name}”。请重试。",
 }
-i18n.register({f"textfile_{code}": {i18n.EN: text, i18n.ZH: _ZH_TEXT_FILE.get(code, text)}
-               for code, text in MESSAGES.items()})
-i18n.register({"textfile_cut": {i18n.EN: "✂️ " + CUT_NOTE,
-                                i18n.ZH: "✂️ “{name}” 太长：我只读了它 {total:,} 个字符中的前 {kept:,} 个。"}})
+i18n.register(
+    {f"textfile_{code}": {i18n.EN: text, i18n.ZH: _ZH_TEXT_FILE.get(code, text)} for code, text in MESSAGES.items()}
+)
+i18n.register(
+    {
+        "textfile_cut": {
+            i18n.EN: "✂️ " + CUT_NOTE,
+            i18n.ZH: "✂️ “{name}” 太长：我只读了它 {total:,} 个字符中的前 {kept:,} 个。",
+        }
+    }
+)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".svg", ".svgz")
@@ -46,8 +53,9 @@ def looks_like_image(a: discord.Attachment) -> bool:
     return (a.content_type or "").lower().startswith("image/") or a.filename.lower().endswith(IMAGE_SUFFIXES)
 
 
-def split_attachments(attachments: Sequence[discord.Attachment]) -> tuple[list[discord.Attachment],
-                                                                          list[discord.Attachment]]:
+def split_attachments(
+    attachments: Sequence[discord.Attachment],
+) -> tuple[list[discord.Attachment], list[discord.Attachment]]:
     """`(text files, images)`; any other file is refused here, naming what is accepted, before anything
     is downloaded."""
     texts: list[discord.Attachment] = []
@@ -78,8 +86,9 @@ def capped_attachment(a: discord.Attachment, limit: int) -> Attachment:
                 async for chunk in resp.content.iter_chunked(64 * 1024):
                     data += chunk
                     if len(data) > limit:
-                        raise TextFileRefused("too_large", name=a.filename, size_kb=len(data) / 1000,
-                                              limit_kb=limit / 1000)
+                        raise TextFileRefused(
+                            "too_large", name=a.filename, size_kb=len(data) / 1000, limit_kb=limit / 1000
+                        )
         return bytes(data)
 
     return Attachment(a.filename, a.size, a.content_type, fetch)
@@ -87,8 +96,7 @@ def capped_attachment(a: discord.Attachment, limit: int) -> Attachment:
 
 def cut_notes(files: Sequence[TextFile], lang: str) -> list[str]:
     """What the person is told about files that did not fit the budget."""
-    return [i18n.t("textfile_cut", lang, name=f.name, kept=len(f.text), total=f.total_chars)
-            for f in files if f.cut]
+    return [i18n.t("textfile_cut", lang, name=f.name, kept=len(f.text), total=f.total_chars) for f in files if f.cut]
 
 
 class DiscordImages:
@@ -105,9 +113,11 @@ class DiscordImages:
         stored = await self.intake.ingest([as_attachment(a) for a in attachments])
         return [s.ref for s in stored]
 
-    async def read_text_files(self, attachments: Sequence[discord.Attachment], *,
-                              whole: bool = False) -> list[TextFile]:
+    async def read_text_files(
+        self, attachments: Sequence[discord.Attachment], *, whole: bool = False
+    ) -> list[TextFile]:
         """Check (declared type, count and size first), download and decode text files (or `InputError`);
         `whole` keeps them uncut (for `/agent`'s sandbox)."""
-        return await self.text_files.read([capped_attachment(a, self.text_files.max_bytes) for a in attachments],
-                                          whole=whole)
+        return await self.text_files.read(
+            [capped_attachment(a, self.text_files.max_bytes) for a in attachments], whole=whole
+        )

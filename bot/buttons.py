@@ -22,11 +22,15 @@ from .layouts import without_buttons
 from .replies import stream_reply
 from .targets import NO_MENTIONS, InteractionTarget, ephemeral
 
-i18n.register({
-    "not_yours": {i18n.EN: "Only the person who asked (or a moderator) can use this button.",
-                  i18n.ZH: "只有提问者（或管理员）可以使用此按钮。"},
-    "busy_regenerating": {i18n.EN: "This answer is already being regenerated.", i18n.ZH: "该回答正在重新生成。"},
-})
+i18n.register(
+    {
+        "not_yours": {
+            i18n.EN: "Only the person who asked (or a moderator) can use this button.",
+            i18n.ZH: "只有提问者（或管理员）可以使用此按钮。",
+        },
+        "busy_regenerating": {i18n.EN: "This answer is already being regenerated.", i18n.ZH: "该回答正在重新生成。"},
+    }
+)
 
 
 def _host(interaction: discord.Interaction) -> BotHost:
@@ -45,19 +49,26 @@ class _OwnedButton:
         return False
 
 
-class StopButton(_OwnedButton, discord.ui.DynamicItem[discord.ui.Button],
-                 template=r"ilm:stop:(?P<job>[0-9a-f]{32}):(?P<owner>\d+)"):
+class StopButton(
+    _OwnedButton, discord.ui.DynamicItem[discord.ui.Button], template=r"ilm:stop:(?P<job>[0-9a-f]{32}):(?P<owner>\d+)"
+):
     """Cancels the job; the partial answer stays (marked stopped) and goes into history."""
 
     def __init__(self, job: str, owner: int, lang: str = i18n.EN) -> None:
-        super().__init__(discord.ui.Button(label=i18n.t("button_stop", lang), emoji="⏹️",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=f"ilm:stop:{job}:{owner}"))
+        super().__init__(
+            discord.ui.Button(
+                label=i18n.t("button_stop", lang),
+                emoji="⏹️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"ilm:stop:{job}:{owner}",
+            )
+        )
         self.job, self.owner = job, owner
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str], /) -> StopButton:
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+    ) -> StopButton:
         return cls(match["job"], int(match["owner"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -77,19 +88,28 @@ class StopButton(_OwnedButton, discord.ui.DynamicItem[discord.ui.Button],
             streamer.abandon()
 
 
-class RegenerateButton(_OwnedButton, discord.ui.DynamicItem[discord.ui.Button],
-                       template=r"ilm:regen:(?P<kind>[a-z]{1,16}):(?P<job>[0-9a-f]{32}):(?P<owner>\d+)"):
+class RegenerateButton(
+    _OwnedButton,
+    discord.ui.DynamicItem[discord.ui.Button],
+    template=r"ilm:regen:(?P<kind>[a-z]{1,16}):(?P<job>[0-9a-f]{32}):(?P<owner>\d+)",
+):
     """Answers the conversation's last message again, replacing the last answer in history."""
 
     def __init__(self, kind: str, job: str, owner: int, lang: str = i18n.EN) -> None:
-        super().__init__(discord.ui.Button(label=i18n.t("button_regenerate", lang), emoji="🔄",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=f"ilm:regen:{kind}:{job}:{owner}"))
+        super().__init__(
+            discord.ui.Button(
+                label=i18n.t("button_regenerate", lang),
+                emoji="🔄",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"ilm:regen:{kind}:{job}:{owner}",
+            )
+        )
         self.kind, self.job, self.owner = kind, job, owner
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str], /) -> RegenerateButton:
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+    ) -> RegenerateButton:
         return cls(match["kind"], match["job"], int(match["owner"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -111,20 +131,33 @@ class RegenerateButton(_OwnedButton, discord.ui.DynamicItem[discord.ui.Button],
             if interaction.message is not None:  # the old answer loses its button (a layout keeps its text)
                 await bot.buckets.get(interaction.channel_id or 0).acquire()
                 try:
-                    await interaction.message.edit(view=without_buttons(interaction.message),
-                                                   allowed_mentions=NO_MENTIONS)
+                    await interaction.message.edit(
+                        view=without_buttons(interaction.message), allowed_mentions=NO_MENTIONS
+                    )
                 except discord.HTTPException:
                     pass
-            request = Request(conversation=conversation, text="", guild=interaction.guild_id,
-                              channel=settings_channel(interaction.channel), kind=self.kind)
+            request = Request(
+                conversation=conversation,
+                text="",
+                guild=interaction.guild_id,
+                channel=settings_channel(interaction.channel),
+                kind=self.kind,
+            )
             reply = await bot.runtime.chat.regenerate(request)
             if reply is None:
-                await interaction.edit_original_response(content=i18n.t("nothing_to_regenerate", lang),
-                                                      allowed_mentions=NO_MENTIONS)
+                await interaction.edit_original_response(
+                    content=i18n.t("nothing_to_regenerate", lang), allowed_mentions=NO_MENTIONS
+                )
                 return
             make = bot.regen_renderers.get(self.kind)
-            await stream_reply(bot, reply, InteractionTarget(interaction), lang=lang, owner=owner or None,
-                               renderer=make(reply.request, lang) if make else None)
+            await stream_reply(
+                bot,
+                reply,
+                InteractionTarget(interaction),
+                lang=lang,
+                owner=owner or None,
+                renderer=make(reply.request, lang) if make else None,
+            )
         finally:
             bot.regenerating.discard(conversation)
 
@@ -132,8 +165,9 @@ class RegenerateButton(_OwnedButton, discord.ui.DynamicItem[discord.ui.Button],
 BUTTONS = (StopButton, RegenerateButton)
 
 
-def reply_buttons(reply: Reply, state: str, lang: str, owner: int | None, regenerable_kinds: set[str]
-                  ) -> discord.ui.View | None:
+def reply_buttons(
+    reply: Reply, state: str, lang: str, owner: int | None, regenerable_kinds: set[str]
+) -> discord.ui.View | None:
     """Stop while streaming; Regenerate once done (for kinds that can be regenerated)."""
     view = discord.ui.View(timeout=None)
     if state == "streaming":

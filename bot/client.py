@@ -57,9 +57,15 @@ CORE_EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin", "bot.cogs.stats", "bot.cog
 OPTIONAL_EXTENSIONS = ("bot.cogs.agent", "bot.cogs.images")
 # Permissions the invite link asks for: View Channels, Send Messages, Create Public Threads (bot/threads.py),
 # Send Messages in Threads, Embed Links, Attach Files, Read Message History (see docs/discord.md).
-INVITE_PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, create_public_threads=True,
-                                         send_messages_in_threads=True, embed_links=True, attach_files=True,
-                                         read_message_history=True)
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    create_public_threads=True,
+    send_messages_in_threads=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+)
 
 
 class ShardingError(ValueError):
@@ -94,9 +100,14 @@ class InternLMBot(commands.AutoShardedBot):
     def __init__(self, runtime: Runtime, *, sync: str = "auto") -> None:
         intents = discord.Intents.default()
         intents.message_content = True  # a privileged intent: enable it in the developer portal
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
-                         allowed_mentions=discord.AllowedMentions.none(), tree_cls=CommandTree,
-                         **shard_options(runtime.settings))
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=CommandTree,
+            **shard_options(runtime.settings),
+        )
         self.runtime = runtime
         self.settings: Settings = runtime.settings
         self.sync_mode = sync  # "auto" (when changed), "force", or "never"
@@ -109,14 +120,19 @@ class InternLMBot(commands.AutoShardedBot):
         self.buckets = BucketRegistry(capacity=5, per=5.0, reserve=1)
         self.live = LiveReplies()
         self.metrics = BotMetrics()
-        self.metrics.watch(bus=runtime.bus, latency=lambda: self.latency, guilds=lambda: len(self.guilds),
-                           ready=lambda: self.is_ready() and not self.is_closed())
+        self.metrics.watch(
+            bus=runtime.bus,
+            latency=lambda: self.latency,
+            guilds=lambda: len(self.guilds),
+            ready=lambda: self.is_ready() and not self.is_closed(),
+        )
 
     async def setup_hook(self) -> None:
         runtime = self.runtime
         self.limiter = UserQuota.from_settings(runtime.bus.redis, self.settings)
-        self.active_replies = (ActiveReplies(runtime.bus, runtime.history, self.settings)
-                               if self.settings.resume_replies else None)
+        self.active_replies = (
+            ActiveReplies(runtime.bus, runtime.history, self.settings) if self.settings.resume_replies else None
+        )
         self.images = DiscordImages(runtime)
         self.metrics.install()
         await self.metrics.start_server(self.settings.metrics_host, self.settings.bot_metrics_port)
@@ -171,8 +187,14 @@ class InternLMBot(commands.AutoShardedBot):
         return True
 
     async def on_ready(self) -> None:
-        log.info("logged in as %s (id %s) in %d guilds; shards %s of %s", self.user, getattr(self.user, "id", "?"),
-                 len(self.guilds), self.shard_ids or "all", self.shard_count)
+        log.info(
+            "logged in as %s (id %s) in %d guilds; shards %s of %s",
+            self.user,
+            getattr(self.user, "id", "?"),
+            len(self.guilds),
+            self.shard_ids or "all",
+            self.shard_count,
+        )
         if self.application_id:
             log.info("invite link: %s", invite_url(self.application_id))
         await resume_replies(self)  # once per process: the replies a previous process left streaming
@@ -183,8 +205,9 @@ class InternLMBot(commands.AutoShardedBot):
 
 
 def invite_url(application_id: int) -> str:
-    return discord.utils.oauth_url(application_id, permissions=INVITE_PERMISSIONS,
-                                   scopes=("bot", "applications.commands"))
+    return discord.utils.oauth_url(
+        application_id, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands")
+    )
 
 
 def build_bot(runtime: Runtime, *, sync: str = "auto") -> InternLMBot:
@@ -205,8 +228,12 @@ def configure_discord(settings: Settings) -> None:
         root.removeHandler(old)
     handler = make_handler(settings)
     handler._ilm = True  # type: ignore[attr-defined]  # models.logs.setup_logging replaces it, if called
-    discord.utils.setup_logging(handler=handler, formatter=handler.formatter or logging.Formatter(),
-                                level=getattr(logging, settings.log_level.upper(), logging.INFO), root=True)
+    discord.utils.setup_logging(
+        handler=handler,
+        formatter=handler.formatter or logging.Formatter(),
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        root=True,
+    )
 
 
 async def _serve(settings: Settings, sync: str) -> int:
@@ -229,8 +256,10 @@ async def _serve(settings: Settings, sync: str) -> int:
         log.error("Discord refused the token (DISCORD_TOKEN): check it in the developer portal")
         return 1
     except discord.PrivilegedIntentsRequired:
-        log.error("Enable the Message Content intent for this bot in the developer portal (Bot → "
-                  "Privileged Gateway Intents), then start again")
+        log.error(
+            "Enable the Message Content intent for this bot in the developer portal (Bot → "
+            "Privileged Gateway Intents), then start again"
+        )
         return 1
     finally:
         await runtime.close()

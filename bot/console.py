@@ -48,8 +48,9 @@ class Console:
 
     commands: dict[str, Command] = {}
 
-    def __init__(self, runtime: Runtime, session: str = "default", out: TextIO = sys.stdout,
-                 err: TextIO = sys.stderr) -> None:
+    def __init__(
+        self, runtime: Runtime, session: str = "default", out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    ) -> None:
         self.runtime = runtime
         self.conversation = conversation_id(console=session)
         self.out = out
@@ -91,8 +92,7 @@ class Console:
                 await command(self, rest.strip())
             return True
         try:
-            reply = await self.runtime.chat.ask(Request(conversation=self.conversation, text=line,
-                                                        guild=CONSOLE_GUILD))
+            reply = await self.runtime.chat.ask(Request(conversation=self.conversation, text=line, guild=CONSOLE_GUILD))
         except InputError as exc:
             self.print(str(exc))
             return True
@@ -108,8 +108,13 @@ class Console:
         async for update in self.runtime.chat.follow(reply):
             if update.kind in ("queued", "no_worker"):
                 tick += 1
-                note = (f"queued — position {update.position}" if update.kind == "queued" and update.position
-                        else "thinking" if update.kind == "queued" else update.data.get("message", ""))
+                note = (
+                    f"queued — position {update.position}"
+                    if update.kind == "queued" and update.position
+                    else "thinking"
+                    if update.kind == "queued"
+                    else update.data.get("message", "")
+                )
                 self.status(f"{SPINNER[tick % len(SPINNER)]} {note}")
             elif update.kind == "restart":
                 self.clear_status()
@@ -210,8 +215,9 @@ async def _agent(console: Console, rest: str) -> None:
             except OSError:
                 raise InputError(f"I can't open {path!r}: no such file.") from None
             files = await TextFileIntake(console.runtime.settings).read([attachment], whole=True)
-        reply = await AgentHandler(console.runtime.chat).ask(console.conversation, rest, files=files,
-                                                             guild=CONSOLE_GUILD)
+        reply = await AgentHandler(console.runtime.chat).ask(
+            console.conversation, rest, files=files, guild=CONSOLE_GUILD
+        )
     except InputError as exc:
         console.print(str(exc))
         return
@@ -238,8 +244,9 @@ async def _file(console: Console, rest: str) -> None:
         for f in files:
             if f.cut:
                 console.print("✂️ " + CUT_NOTE.format(name=f.name, kept=len(f.text), total=f.total_chars))
-        reply = await console.runtime.chat.ask(Request(conversation=console.conversation, text=question,
-                                                       files=render(files), guild=CONSOLE_GUILD))
+        reply = await console.runtime.chat.ask(
+            Request(conversation=console.conversation, text=question, files=render(files), guild=CONSOLE_GUILD)
+        )
     except InputError as exc:
         console.print(str(exc))
         return

@@ -32,6 +32,7 @@ class Console(Protocol):
 
     async def render(self, reply: Reply) -> Update | None: ...
 
+
 IMAGE_USAGE = "Usage: /image <path> [question]   (quote the path if it has spaces)"
 ARTICLE_USAGE = "Usage: /article <title> [--image PATH]... [--paragraphs N] [--notes PATH]"
 
@@ -42,7 +43,7 @@ def split_path(rest: str) -> tuple[str, str]:
     if rest[:1] in ("'", '"'):
         end = rest.find(rest[0], 1)
         if end > 0:
-            return rest[1:end], rest[end + 1:].strip()
+            return rest[1:end], rest[end + 1 :].strip()
     path, _, tail = rest.partition(" ")
     return path, tail.strip()
 
@@ -67,7 +68,8 @@ async def image_command(console: Console, rest: str) -> None:
     try:
         stored = await intake.ingest(await _attachments([path]))
         reply = await VisionHandler(runtime.chat, intake).ask(
-            Request(conversation=console.conversation, text=question, guild=CONSOLE_GUILD), [s.ref for s in stored])
+            Request(conversation=console.conversation, text=question, guild=CONSOLE_GUILD), [s.ref for s in stored]
+        )
     except InputError as exc:
         console.print(str(exc))
         return
@@ -111,11 +113,14 @@ async def article_command(console: Console, rest: str) -> None:
             return
         stored = await ImageIntake(runtime.bus, runtime.settings).ingest(await _attachments(paths)) if paths else []
         refs = [s.ref for s in stored]
-        notes = (await TextFileIntake(runtime.settings).read(await _attachments([notes_path]))
-                 if notes_path else [])
-        reply = await ArticleHandler(runtime.chat).ask(Request(conversation=console.conversation, text="",
-                                                               guild=CONSOLE_GUILD), title, refs, paragraphs,
-                                                       notes=notes)
+        notes = await TextFileIntake(runtime.settings).read(await _attachments([notes_path])) if notes_path else []
+        reply = await ArticleHandler(runtime.chat).ask(
+            Request(conversation=console.conversation, text="", guild=CONSOLE_GUILD),
+            title,
+            refs,
+            paragraphs,
+            notes=notes,
+        )
     except InputError as exc:
         console.print(str(exc))
         return

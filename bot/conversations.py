@@ -39,6 +39,10 @@ def channel_ids(channel: Any) -> set[int]:
 
 def request_for(interaction: discord.Interaction, text: str) -> Request:
     """The request a slash command makes: this channel's (or DM's) conversation, the speaker's name in guilds."""
-    return Request(conversation=conversation_for(interaction.channel, interaction.user), text=text,
-                   user_name=interaction.user.display_name if interaction.guild_id else None,
-                   guild=interaction.guild_id, channel=settings_channel(interaction.channel))
+    return Request(
+        conversation=conversation_for(interaction.channel, interaction.user),
+        text=text,
+        user_name=interaction.user.display_name if interaction.guild_id else None,
+        guild=interaction.guild_id,
+        channel=settings_channel(interaction.channel),
+    )

@@ -20,18 +20,22 @@ STRINGS: dict[str, dict[str, str]] = {
     "queued_soon": {EN: "⏳ queued — starting soon", ZH: "⏳ 排队中 — 即将开始"},
     "no_worker": {
         EN: "⚠️ No inference worker is running right now, so I can't answer yet. "
-            "Your message stays queued and will be answered when a worker starts.",
+        "Your message stays queued and will be answered when a worker starts.",
         ZH: "⚠️ 当前没有正在运行的推理服务，暂时无法回答。你的消息已排队，推理服务启动后会回复。",
     },
     "no_worker_gave_up": {
         EN: "⚠️ No inference worker is running, so I gave up on this message. Please try again later.",
         ZH: "⚠️ 没有正在运行的推理服务，已放弃这条消息。请稍后再试。",
     },
-    "timeout": {EN: "⚠️ No answer arrived in time, so I stopped waiting. Please try again.",
-                ZH: "⚠️ 等待超时，未收到回答。请重试。"},
+    "timeout": {
+        EN: "⚠️ No answer arrived in time, so I stopped waiting. Please try again.",
+        ZH: "⚠️ 等待超时，未收到回答。请重试。",
+    },
     "error": {EN: "⚠️ {message}", ZH: "⚠️ {message}"},
-    "lost_track": {EN: "I lost track of this answer because of an internal error. Please try again.",
-                   ZH: "由于内部错误，这个回答中断了。请重试。"},
+    "lost_track": {
+        EN: "I lost track of this answer because of an internal error. Please try again.",
+        ZH: "由于内部错误，这个回答中断了。请重试。",
+    },
     "thinking": {EN: "💭 thinking…", ZH: "💭 思考中…"},
     "restarted": {EN: "↻ the worker restarted — answering again…", ZH: "↻ 推理服务已重启 — 正在重新回答…"},
     "stopped": {EN: "⏹️ *stopped*", ZH: "⏹️ *已停止*"},
@@ -39,24 +43,35 @@ STRINGS: dict[str, dict[str, str]] = {
     "empty_answer": {EN: "*(no answer)*", ZH: "*（无回答）*"},
     "no_answer_thinking": {  # a reasoning model that thought but gave no answer (bot/renderer.py)
         EN: "⚠️ The model was still thinking when it stopped, and gave no answer. Try again, or ask for less.",
-        ZH: "⚠️ 模型还在思考就停止了，没有给出回答。请重试，或把问题问得简单些。"},
-    "too_long": {EN: "That message is too long ({n} characters). Please keep it under {limit} characters.",
-                 ZH: "消息太长了（{n} 个字符）。请控制在 {limit} 个字符以内。"},
-    "rate_limited": {EN: "Slow down a little — you can send another request in {n} s.",
-                     ZH: "请慢一点 — {n} 秒后可以再次提问。"},
-    "empty_prompt": {EN: "Say something after mentioning me, or try `/help`.",
-                     ZH: "请在提及我之后输入内容，或使用 `/help`。"},
+        ZH: "⚠️ 模型还在思考就停止了，没有给出回答。请重试，或把问题问得简单些。",
+    },
+    "too_long": {
+        EN: "That message is too long ({n} characters). Please keep it under {limit} characters.",
+        ZH: "消息太长了（{n} 个字符）。请控制在 {limit} 个字符以内。",
+    },
+    "rate_limited": {
+        EN: "Slow down a little — you can send another request in {n} s.",
+        ZH: "请慢一点 — {n} 秒后可以再次提问。",
+    },
+    "empty_prompt": {
+        EN: "Say something after mentioning me, or try `/help`.",
+        ZH: "请在提及我之后输入内容，或使用 `/help`。",
+    },
     "not_allowed": {EN: "I'm not enabled here.", ZH: "我在这里没有启用。"},
     "reset_done": {EN: "Conversation cleared ({n} turns forgotten).", ZH: "对话已清空（删除了 {n} 条记录）。"},
     "button_stop": {EN: "Stop", ZH: "停止"},
     "button_regenerate": {EN: "Regenerate", ZH: "重新生成"},
-    "not_latest": {EN: "Only the latest answer in a conversation can be regenerated.",
-                   ZH: "只能重新生成对话中最新的回答。"},
+    "not_latest": {
+        EN: "Only the latest answer in a conversation can be regenerated.",
+        ZH: "只能重新生成对话中最新的回答。",
+    },
     "nothing_to_regenerate": {EN: "There is nothing to regenerate here.", ZH: "这里没有可以重新生成的内容。"},
     "stopping": {EN: "Stopping…", ZH: "正在停止…"},
     "already_done": {EN: "That answer has already finished.", ZH: "该回答已经结束。"},
-    "not_admin": {EN: "Only server admins (Manage Server permission{role}) can change my settings.",
-                  ZH: "只有服务器管理员（“管理服务器”权限{role}）可以修改我的设置。"},
+    "not_admin": {
+        EN: "Only server admins (Manage Server permission{role}) can change my settings.",
+        ZH: "只有服务器管理员（“管理服务器”权限{role}）可以修改我的设置。",
+    },
     "admin_role_hint": {EN: " or the {role} role", ZH: "或 {role} 身份组"},
     "guild_only": {EN: "This command only works in a server.", ZH: "此命令只能在服务器中使用。"},
     "settings_title": {EN: "Settings for {scope}", ZH: "{scope}的设置"},
@@ -156,8 +171,9 @@ def register_commands(text: dict[str, str]) -> None:
 class Translator(app_commands.Translator):
     """Gives Discord the Chinese names and descriptions of the slash commands."""
 
-    async def translate(self, string: app_commands.locale_str, locale: discord.Locale,
-                        context: app_commands.TranslationContextTypes) -> str | None:
+    async def translate(
+        self, string: app_commands.locale_str, locale: discord.Locale, context: app_commands.TranslationContextTypes
+    ) -> str | None:
         if locale not in CHINESE_LOCALES:
             return None
         return COMMAND_TEXT.get(string.message)

@@ -46,7 +46,7 @@ def _fit(blocks: list[str], room: int) -> list[str]:
         return blocks
     keep = max(room - 1, 0)
     head = blocks[: len(blocks) - keep]
-    return ["\n\n".join(head), *blocks[len(blocks) - keep:]]
+    return ["\n\n".join(head), *blocks[len(blocks) - keep :]]
 
 
 def attachment_items(names: Sequence[str]) -> list[discord.ui.Item[discord.ui.LayoutView]]:
@@ -55,14 +55,13 @@ def attachment_items(names: Sequence[str]) -> list[discord.ui.Item[discord.ui.La
     images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
     items: list[discord.ui.Item[discord.ui.LayoutView]] = []
     for start in range(0, len(images), MAX_GALLERY_ITEMS):
-        chunk = images[start:start + MAX_GALLERY_ITEMS]
+        chunk = images[start : start + MAX_GALLERY_ITEMS]
         items.append(discord.ui.MediaGallery(*(discord.MediaGalleryItem(f"attachment://{n}") for n in chunk)))
     items += [discord.ui.File(f"attachment://{n}") for n in names if n not in images]
     return items
 
 
-def reply_layout(text: str, buttons: discord.ui.View | None = None, files: Sequence[str] = ()
-                 ) -> discord.ui.LayoutView:
+def reply_layout(text: str, buttons: discord.ui.View | None = None, files: Sequence[str] = ()) -> discord.ui.LayoutView:
     """One reply message as a layout: its text (see the module docstring), the uploaded `files` shown, and
     the reply's buttons (Stop / Regenerate) in an action row at the bottom."""
     view = discord.ui.LayoutView(timeout=None)

@@ -61,30 +61,52 @@ class BotMetrics:
         self._guilds: Callable[[], int] = lambda: 0
         self._ready: Callable[[], bool] = lambda: False
         r = self.registry
-        self.messages = Counter("ilm_bot_messages", "Messages from people the bot received over the gateway",
-                                ["where"], registry=r)
-        self.requests = Counter("ilm_bot_requests", "Requests whose answer the bot started streaming", ["kind"],
-                                registry=r)
-        self.replies = Counter("ilm_bot_replies", "Replies finished in Discord, by outcome (done, stopped, error)",
-                               ["kind", "outcome"], registry=r)
-        self.reply_seconds = Histogram("ilm_bot_reply_seconds",
-                                       "Request submitted → final reply edit written to Discord", ["kind"],
-                                       buckets=REPLY_BUCKETS, registry=r)
-        self.discord_writes = Counter("ilm_bot_discord_writes", "Message sends/edits/deletes made for replies",
-                                      registry=r)
-        self.rate_limits = Counter("ilm_bot_discord_429", "429 answers from Discord, by source (rest, webhook, "
-                                   "global); discord.py waits and retries them", ["source"], registry=r)
-        self.resumed = Counter("ilm_bot_resumed_replies", "Replies picked up after a bot restart, by outcome",
-                               ["outcome"], registry=r)
-        self.latency = Gauge("ilm_bot_gateway_latency_seconds", "Heartbeat latency of the gateway connection",
-                             registry=r)
+        self.messages = Counter(
+            "ilm_bot_messages", "Messages from people the bot received over the gateway", ["where"], registry=r
+        )
+        self.requests = Counter(
+            "ilm_bot_requests", "Requests whose answer the bot started streaming", ["kind"], registry=r
+        )
+        self.replies = Counter(
+            "ilm_bot_replies",
+            "Replies finished in Discord, by outcome (done, stopped, error)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.reply_seconds = Histogram(
+            "ilm_bot_reply_seconds",
+            "Request submitted → final reply edit written to Discord",
+            ["kind"],
+            buckets=REPLY_BUCKETS,
+            registry=r,
+        )
+        self.discord_writes = Counter(
+            "ilm_bot_discord_writes", "Message sends/edits/deletes made for replies", registry=r
+        )
+        self.rate_limits = Counter(
+            "ilm_bot_discord_429",
+            "429 answers from Discord, by source (rest, webhook, global); discord.py waits and retries them",
+            ["source"],
+            registry=r,
+        )
+        self.resumed = Counter(
+            "ilm_bot_resumed_replies", "Replies picked up after a bot restart, by outcome", ["outcome"], registry=r
+        )
+        self.latency = Gauge(
+            "ilm_bot_gateway_latency_seconds", "Heartbeat latency of the gateway connection", registry=r
+        )
         self.guilds = Gauge("ilm_bot_guilds", "Guilds the bot is in", registry=r)
-        self.queue_depth = Gauge("ilm_queue_depth", "Jobs waiting for any worker (read from Redis at scrape)",
-                                 registry=r)
-        self.workers = Gauge("ilm_workers_alive", "Workers with a recent heartbeat (read from Redis at scrape)",
-                             registry=r)
-        self.active = Gauge("ilm_bot_active_reply_conversations",
-                            "Conversations with a reply being streamed (resume index, at scrape)", registry=r)
+        self.queue_depth = Gauge(
+            "ilm_queue_depth", "Jobs waiting for any worker (read from Redis at scrape)", registry=r
+        )
+        self.workers = Gauge(
+            "ilm_workers_alive", "Workers with a recent heartbeat (read from Redis at scrape)", registry=r
+        )
+        self.active = Gauge(
+            "ilm_bot_active_reply_conversations",
+            "Conversations with a reply being streamed (resume index, at scrape)",
+            registry=r,
+        )
         self.latency.set_function(self._gateway_latency)
         self.guilds.set_function(lambda: self._guilds())
         self._handler: RateLimitCounter | None = None
@@ -95,12 +117,14 @@ class BotMetrics:
         return value if isinstance(value, float) and value == value and value != float("inf") else 0.0
 
     # ---------------------------------------------------------------- wiring
-    def watch(self, *, bus: Bus, latency: Callable[[], float], guilds: Callable[[], int],
-              ready: Callable[[], bool]) -> None:
+    def watch(
+        self, *, bus: Bus, latency: Callable[[], float], guilds: Callable[[], int], ready: Callable[[], bool]
+    ) -> None:
         """What to read at scrape time: the bus (queue, workers, active replies, Redis health), the gateway
         latency, the number of guilds, and whether the bot is logged in and not closed."""
         self.bus = bus
         self._latency, self._guilds, self._ready = latency, guilds, ready
+
     def install(self) -> None:
         """Start counting 429s (idempotent)."""
         if self._handler is not None:

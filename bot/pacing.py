@@ -25,8 +25,9 @@ class TokenBucket:
     window).
     """
 
-    def __init__(self, capacity: int = 5, per: float = 5.0, *, reserve: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, capacity: int = 5, per: float = 5.0, *, reserve: int = 1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if capacity <= 0 or per <= 0:
             raise ValueError("capacity and per must be positive")
         self.capacity = int(capacity)
@@ -87,8 +88,9 @@ class TokenBucket:
 class BucketRegistry:
     """One bucket per channel id, created on demand; idle full buckets are dropped now and then."""
 
-    def __init__(self, capacity: int = 5, per: float = 5.0, *, reserve: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, capacity: int = 5, per: float = 5.0, *, reserve: int = 1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.capacity, self.per, self.reserve, self.clock = capacity, per, reserve, clock
         self._buckets: dict[int, TokenBucket] = {}
 
@@ -97,8 +99,7 @@ class BucketRegistry:
         if bucket is None:
             if len(self._buckets) > 1000:
                 self._prune()
-            bucket = self._buckets[key] = TokenBucket(self.capacity, self.per, reserve=self.reserve,
-                                                      clock=self.clock)
+            bucket = self._buckets[key] = TokenBucket(self.capacity, self.per, reserve=self.reserve, clock=self.clock)
         return bucket
 
     def _prune(self) -> None:

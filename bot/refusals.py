@@ -32,11 +32,12 @@ _ZH_REFUSALS = {
     "bomb": "“{name}” 声明了 {mpix} 百万像素，超过了我接受的上限（{limit} 百万像素）。请发送更小的图片。",
     "download": "无法下载 “{name}”。请重试。",
     "no_vision": "当前配置的模型无法看图。要使用图片功能，请设置 ENGINE=openai 并将 VISION_MODEL 设为视觉模型"
-                 "（例如用 `lmdeploy serve api_server` 部署的 InternLM-XComposer），或设置 ENGINE=lmdeploy 与 "
-                 "LMDEPLOY_VISION_MODEL。",
+    "（例如用 `lmdeploy serve api_server` 部署的 InternLM-XComposer），或设置 ENGINE=lmdeploy 与 "
+    "LMDEPLOY_VISION_MODEL。",
 }
-i18n.register({f"image_{code}": {i18n.EN: text, i18n.ZH: _ZH_REFUSALS.get(code, text)}
-               for code, text in MESSAGES.items()})
+i18n.register(
+    {f"image_{code}": {i18n.EN: text, i18n.ZH: _ZH_REFUSALS.get(code, text)} for code, text in MESSAGES.items()}
+)
 
 
 class Refused(app_commands.CheckFailure):

@@ -73,8 +73,9 @@ class Renderer:
                     kept = update.data.get("thinking")
                     self.thinking = kept if isinstance(kept, str) else self.thinking
                 # thought but said nothing (never closed `<think>`, or closed it and stopped): say so
-                self.unclosed = bool(update.data.get("unclosed_thinking")
-                                     or (update.data.get("thinking") and not update.text.strip()))
+                self.unclosed = bool(
+                    update.data.get("unclosed_thinking") or (update.data.get("thinking") and not update.text.strip())
+                )
         elif update.kind == "restart":
             self.answer = self.thinking = ""
             self.unclosed = False

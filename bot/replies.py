@@ -31,9 +31,17 @@ def components_for(bot: BotHost, reply: Reply) -> bool:
     return (reply.render_mode or bot.settings.render_mode) == "components"
 
 
-async def stream_reply(bot: BotHost, reply: Reply, target: Target, *, lang: str = i18n.EN,
-                       renderer: Renderer | None = None, buttons: bool = True, owner: int | None = None,
-                       updates: AsyncIterator[Update] | None = None) -> StreamResult:
+async def stream_reply(
+    bot: BotHost,
+    reply: Reply,
+    target: Target,
+    *,
+    lang: str = i18n.EN,
+    renderer: Renderer | None = None,
+    buttons: bool = True,
+    owner: int | None = None,
+    updates: AsyncIterator[Update] | None = None,
+) -> StreamResult:
     """Stream `reply` into `target` with the bot's shared per-channel buckets and reply buttons.
 
     `owner` (the asker's user id) may press Stop/Regenerate (moderators always may); None = anyone.
@@ -48,10 +56,15 @@ async def stream_reply(bot: BotHost, reply: Reply, target: Target, *, lang: str 
         async with tracked(bot, reply, target, lang=lang, owner=owner) as target:  # survives a bot restart
             components = components_for(bot, reply)
             streamer = ReplyStreamer(
-                target, bot.buckets.get(target.channel_id), lang=lang, renderer=renderer,
+                target,
+                bot.buckets.get(target.channel_id),
+                lang=lang,
+                renderer=renderer,
                 views=(lambda r, state: bot.reply_view(r, state, lang, owner)) if buttons else None,
-                blobs=bot.runtime.bus.get_blob, components=components,
-                limit=V2_TEXT_LIMIT if components else DISCORD_LIMIT)
+                blobs=bot.runtime.bus.get_blob,
+                components=components,
+                limit=V2_TEXT_LIMIT if components else DISCORD_LIMIT,
+            )
             bot.live.streamers[reply.job.id] = streamer  # for Stop (bot/buttons.py → abandon)
             result = await streamer.run(reply, updates if updates is not None else bot.runtime.chat.follow(reply))
     finally:

@@ -30,17 +30,20 @@ from .targets import NO_MENTIONS, ChannelTarget
 
 log = logging.getLogger(__name__)
 
-i18n.register({
-    "resume_lost": {i18n.EN: "⚠️ I was restarted while writing this answer and it was lost. Please ask again.",
-                    i18n.ZH: "⚠️ 机器人在生成回答时重启，回答已丢失。请重新提问。"},
-})
+i18n.register(
+    {
+        "resume_lost": {
+            i18n.EN: "⚠️ I was restarted while writing this answer and it was lost. Please ask again.",
+            i18n.ZH: "⚠️ 机器人在生成回答时重启，回答已丢失。请重新提问。",
+        },
+    }
+)
 
 
 class ResumedTarget(ChannelTarget):
     """A channel target whose first message already exists (posted by the previous process)."""
 
-    def __init__(self, channel: discord.abc.Messageable, *, message_id: int | None,
-                 reference_id: int | None) -> None:
+    def __init__(self, channel: discord.abc.Messageable, *, message_id: int | None, reference_id: int | None) -> None:
         reference = channel.get_partial_message(reference_id) if reference_id else None  # type: ignore[attr-defined]
         super().__init__(channel, reference=reference)
         self.message_id = message_id
@@ -51,8 +54,7 @@ class ResumedTarget(ChannelTarget):
         return []
 
 
-def owns(record: ActiveRecord, *, instance_id: str, shard_count: int | None,
-         shard_ids: Sequence[int] | None) -> bool:
+def owns(record: ActiveRecord, *, instance_id: str, shard_count: int | None, shard_ids: Sequence[int] | None) -> bool:
     """Whether this process should resume the record: left by an earlier process (`instance_id` is this
     one's: on_ready can fire seconds after this bot started answering messages), on a shard this process
     runs (DMs arrive on shard 0; `shard_ids` None = all shards)."""
@@ -132,8 +134,9 @@ async def resume_replies(bot: BotHost) -> list[asyncio.Task[str]]:
     bot.resumed_replies = True
     shard_ids = bot.shard_ids
     try:
-        records = await tracker.pending(owns=lambda r: owns(r, instance_id=bot.instance_id,
-                                                            shard_count=bot.shard_count, shard_ids=shard_ids))
+        records = await tracker.pending(
+            owns=lambda r: owns(r, instance_id=bot.instance_id, shard_count=bot.shard_count, shard_ids=shard_ids)
+        )
     except Exception as exc:
         log.warning("could not read the replies to resume (%s)", type(exc).__name__)
         return []
@@ -144,6 +147,7 @@ async def resume_replies(bot: BotHost) -> list[asyncio.Task[str]]:
     for record in records:
         task = asyncio.create_task(resume_one(bot, tracker, record), name=f"resume-{record.job_id[:8]}")
         task.add_done_callback(
-            lambda t: resumed.labels(t.result() if not t.cancelled() and not t.exception() else "error").inc())
+            lambda t: resumed.labels(t.result() if not t.cancelled() and not t.exception() else "error").inc()
+        )
         tasks.append(task)
     return tasks

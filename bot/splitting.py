@@ -52,7 +52,7 @@ def _advance(state: Fence | None, line: str) -> Fence | None:
     marker, lang = match.group(1), match.group(2)
     if state is None:
         return Fence(marker, lang[:_MAX_LANG])
-    if marker[0] == state.marker[0] and len(marker) >= len(state.marker) and not line.strip()[len(marker):]:
+    if marker[0] == state.marker[0] and len(marker) >= len(state.marker) and not line.strip()[len(marker) :]:
         return None
     return state
 
@@ -107,8 +107,9 @@ def split_parts(text: str, limit: int = DISCORD_LIMIT) -> list[Part]:
         start = cut
 
 
-def _choose_cut(text: str, start: int, end: int, starts: list[int], states: list[Fence | None],
-                blank: list[bool]) -> int:
+def _choose_cut(
+    text: str, start: int, end: int, starts: list[int], states: list[Fence | None], blank: list[bool]
+) -> int:
     """The best cut offset in (start, end]."""
     half = start + (end - start) // 2
     best: dict[int, int] = {}  # category → offset; lower category is better

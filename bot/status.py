@@ -73,19 +73,33 @@ async def collect(bus: Bus, redis_url: str = "") -> Status:
     status = Status(redis_url=_redact_url(redis_url))
     now = time.time()
     for info in await bus.alive_workers(within=STALE_AFTER):
-        status.workers.append({"id": info.worker_id, "host": info.host, "engine": info.engine,
-                               "in_flight": info.in_flight, "concurrency": info.concurrency,
-                               "vision": info.vision, "seen_s_ago": round(max(0.0, now - info.last_seen), 1),
-                               "models": list(info.models)})
+        status.workers.append(
+            {
+                "id": info.worker_id,
+                "host": info.host,
+                "engine": info.engine,
+                "in_flight": info.in_flight,
+                "concurrency": info.concurrency,
+                "vision": info.vision,
+                "seen_s_ago": round(max(0.0, now - info.last_seen), 1),
+                "models": list(info.models),
+            }
+        )
     for model in bus.models:
-        status.models.append({"name": model, "workers": sum(model in w["models"] for w in status.workers),
-                              "waiting": await bus.queue_depth(model)})
+        status.models.append(
+            {
+                "name": model,
+                "workers": sum(model in w["models"] for w in status.workers),
+                "waiting": await bus.queue_depth(model),
+            }
+        )
     status.queue_depth = await bus.queue_depth()
     status.running = await bus.running_count()
     status.dead_letters = await bus.dead_letter_count()
     for entry in await bus.dead_letters(count=3):
-        status.recent_dead.append({"id": entry.get("id", ""), "kind": entry.get("kind", ""),
-                                   "reason": entry.get("reason", "")[:120]})
+        status.recent_dead.append(
+            {"id": entry.get("id", ""), "kind": entry.get("kind", ""), "reason": entry.get("reason", "")[:120]}
+        )
     status.active_replies = await bus.active_reply_count()
     memory = await redis.info("memory")
     server = await redis.info("server")
@@ -102,23 +116,32 @@ async def collect(bus: Bus, redis_url: str = "") -> Status:
 
 def render(status: Status) -> str:
     """The human-readable report (also what `/stats` shows, inside a code block)."""
-    lines = [f"Redis {status.redis_version} at {status.redis_url}: {status.redis_memory} used "
-             f"(peak {status.redis_memory_peak}, max {status.redis_maxmemory or 'none'}), "
-             f"{status.redis_clients} clients, AOF {'on' if status.redis_aof else 'off'}"]
+    lines = [
+        f"Redis {status.redis_version} at {status.redis_url}: {status.redis_memory} used "
+        f"(peak {status.redis_memory_peak}, max {status.redis_maxmemory or 'none'}), "
+        f"{status.redis_clients} clients, AOF {'on' if status.redis_aof else 'off'}"
+    ]
     if status.workers:
         busy = sum(int(w["in_flight"]) for w in status.workers)
         lines.append(f"Workers alive: {len(status.workers)} ({busy}/{status.capacity} slots busy)")
         for w in status.workers:
-            lines.append(f"  {w['id']}  {w['engine']}  {w['in_flight']}/{w['concurrency']} in flight"
-                         f"{'  vision' if w['vision'] else ''}  seen {w['seen_s_ago']}s ago"
-                         f"{'  models ' + ','.join(w['models']) if w.get('models') else ''}")
+            lines.append(
+                f"  {w['id']}  {w['engine']}  {w['in_flight']}/{w['concurrency']} in flight"
+                f"{'  vision' if w['vision'] else ''}  seen {w['seen_s_ago']}s ago"
+                f"{'  models ' + ','.join(w['models']) if w.get('models') else ''}"
+            )
     else:
         lines.append("Workers alive: 0 — no worker is running; requests wait in the queue")
     if status.models:
-        lines.append("Models: " + ", ".join(
-            f"{m['name']} ({m['workers']} worker{'s' if m['workers'] != 1 else ''}, {m['waiting']} waiting)"
-            if m["workers"] else f"{m['name']} (NOT SERVED: no live worker; {m['waiting']} waiting)"
-            for m in status.models))
+        lines.append(
+            "Models: "
+            + ", ".join(
+                f"{m['name']} ({m['workers']} worker{'s' if m['workers'] != 1 else ''}, {m['waiting']} waiting)"
+                if m["workers"]
+                else f"{m['name']} (NOT SERVED: no live worker; {m['waiting']} waiting)"
+                for m in status.models
+            )
+        )
     lines.append(f"Queue: {status.queue_depth} waiting, {status.running} running")
     lines.append(f"Replies streaming to Discord: {status.active_replies}")
     lines.append(f"Dead letters: {status.dead_letters}")
@@ -141,12 +164,13 @@ async def run_status(settings: Settings, *, as_json: bool = False, timeout: floa
     """Print the status; exit code 0 = Redis reachable and a worker alive, 1 = no worker, 2 = no Redis."""
     url = resolve_url(settings)
     if url is None:
-        print(f"No Redis: REDIS_URL is empty and no embedded Redis answers under {settings.data_dir} "
-              "(is the bot running?)")
+        print(
+            f"No Redis: REDIS_URL is empty and no embedded Redis answers under {settings.data_dir} "
+            "(is the bot running?)"
+        )
         return 2
     # No retries: an admin wants a quick "cannot reach Redis", not a client that keeps backing off.
-    client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=timeout,
-                                     socket_timeout=timeout)
+    client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=timeout, socket_timeout=timeout)
     bus = Bus(client, models=routing.names(settings) if routing.routed(settings) else ())
     try:
         status = await asyncio.wait_for(collect(bus, url), timeout)

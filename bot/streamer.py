@@ -18,6 +18,10 @@ from the newest text, so the final messages always hold the whole answer.
 register of the replies it renders now (a job is rendered once per process; Stop finds its streamer).
 `components=True` writes each message as a Components V2 layout (bot/layouts.py), rebuilt on every write.
 REASONING_DISPLAY=file: the thinking goes with the final write of the last message, as `thinking.txt`.
+
+Why one module past 400 lines: the states (waiting, queued, streaming, final, stopped) share one reply's
+messages, its writer task and its bucket; the pieces that stand alone already live apart (targets, renderer,
+layouts, splitting, pacing), and what is left is the one transition table a reader has to see whole.
 """
 
 from __future__ import annotations
@@ -63,10 +67,21 @@ class StreamResult:
 class ReplyStreamer:
     """Follows one reply and keeps its Discord messages in step with it (see the module docstring)."""
 
-    def __init__(self, target: Target, bucket: TokenBucket, *, lang: str = i18n.EN,
-                 renderer: Renderer | None = None, views: ViewFactory | None = None,
-                 blobs: BlobLoader | None = None, limit: int = DISCORD_LIMIT, min_interval: float = 1.0,
-                 first_grace: float = 0.05, typing_after: float = 0.2, components: bool = False) -> None:
+    def __init__(
+        self,
+        target: Target,
+        bucket: TokenBucket,
+        *,
+        lang: str = i18n.EN,
+        renderer: Renderer | None = None,
+        views: ViewFactory | None = None,
+        blobs: BlobLoader | None = None,
+        limit: int = DISCORD_LIMIT,
+        min_interval: float = 1.0,
+        first_grace: float = 0.05,
+        typing_after: float = 0.2,
+        components: bool = False,
+    ) -> None:
         self.target = target
         self.bucket = bucket
         self.lang = lang
@@ -108,8 +123,11 @@ class ReplyStreamer:
         kind = update.kind
         if kind == "queued":
             if not self.body:
-                self.notice = (i18n.t("queued", self.lang, n=update.position) if update.position
-                               else i18n.t("queued_soon", self.lang))
+                self.notice = (
+                    i18n.t("queued", self.lang, n=update.position)
+                    if update.position
+                    else i18n.t("queued_soon", self.lang)
+                )
         elif kind == "no_worker":
             if not self.body:
                 self.notice = i18n.t("no_worker", self.lang)
@@ -248,8 +266,7 @@ class ReplyStreamer:
             except discord.NotFound:
                 # Our message was deleted (by a moderator?): write the text anew (new File objects: sent once).
                 files, view = self._body(content, state, last=index == len(want) - 1)
-                self.handles[index] = await self.target.send(text, view=view, files=files or None,
-                                                             first=index == 0)
+                self.handles[index] = await self.target.send(text, view=view, files=files or None, first=index == 0)
             else:
                 if isinstance(result, discord.Message) and handle is not InteractionTarget.ORIGINAL:
                     self.handles[index] = result
@@ -261,13 +278,17 @@ class ReplyStreamer:
             self.thinking_attached = True
         self._visible.set()
 
-    def _body(self, content: str, state: str | None, *, last: bool
-              ) -> tuple[list[discord.File], discord.ui.View | discord.ui.LayoutView | None]:
+    def _body(
+        self, content: str, state: str | None, *, last: bool
+    ) -> tuple[list[discord.File], discord.ui.View | discord.ui.LayoutView | None]:
         """A write's files (thinking.txt on the last message's final write) and `view=`: the buttons, or in
         components mode the whole message as a layout, never None (a V2 message cannot drop its flag)."""
         thinking = self.renderer.thinking_file() if last and self.final is not None else None
-        files = [] if thinking is None or self.thinking_attached else [
-            discord.File(io.BytesIO(thinking.encode("utf-8")), filename="thinking.txt")]
+        files = (
+            []
+            if thinking is None or self.thinking_attached
+            else [discord.File(io.BytesIO(thinking.encode("utf-8")), filename="thinking.txt")]
+        )
         buttons = self._view(state)
         return files, reply_layout(content, buttons, [f.filename for f in files]) if self.components else buttons
 
@@ -346,8 +367,9 @@ class ReplyStreamer:
         except Exception:  # e.g. Redis went away: say so in the message instead of leaving it hanging
             log.exception("following reply %s failed", reply.job.id)
             if self.final is None:
-                self.apply(Update("error", text=self.renderer.answer,
-                                  data={"message": i18n.t("lost_track", self.lang)}))
+                self.apply(
+                    Update("error", text=self.renderer.answer, data={"message": i18n.t("lost_track", self.lang)})
+                )
 
     async def run(self, reply: Reply, updates: AsyncIterator[Update]) -> StreamResult:
         """Consume `updates` and keep the messages in step; returns when the final text is written."""

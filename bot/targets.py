@@ -22,8 +22,9 @@ async def ephemeral(interaction: discord.Interaction, text: str) -> None:
     await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
-def _body(content: str, view: discord.ui.View | discord.ui.LayoutView | None, files: list[discord.File] | None
-          ) -> dict[str, Any]:
+def _body(
+    content: str, view: discord.ui.View | discord.ui.LayoutView | None, files: list[discord.File] | None
+) -> dict[str, Any]:
     """The keyword arguments of an edit: no `content` next to a layout; `files` become its attachments."""
     kwargs: dict[str, Any] = {"view": view, "allowed_mentions": NO_MENTIONS}
     if not isinstance(view, discord.ui.LayoutView):
@@ -39,12 +40,24 @@ class Target(ABC):
     channel_id: int = 0
 
     @abstractmethod
-    async def send(self, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None = None,
-                   files: list[discord.File] | None = None, first: bool = False) -> Any: ...
+    async def send(
+        self,
+        content: str,
+        *,
+        view: discord.ui.View | discord.ui.LayoutView | None = None,
+        files: list[discord.File] | None = None,
+        first: bool = False,
+    ) -> Any: ...
 
     @abstractmethod
-    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None,
-                   files: list[discord.File] | None = None) -> Any: ...
+    async def edit(
+        self,
+        handle: Any,
+        content: str,
+        *,
+        view: discord.ui.View | discord.ui.LayoutView | None,
+        files: list[discord.File] | None = None,
+    ) -> Any: ...
 
     async def delete(self, handle: Any) -> None:
         with contextlib.suppress(discord.HTTPException):
@@ -67,8 +80,14 @@ class ChannelTarget(Target):
         self.reference = reference
         self.channel_id = getattr(channel, "id", 0)
 
-    async def send(self, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None = None,
-                   files: list[discord.File] | None = None, first: bool = False) -> discord.Message:
+    async def send(
+        self,
+        content: str,
+        *,
+        view: discord.ui.View | discord.ui.LayoutView | None = None,
+        files: list[discord.File] | None = None,
+        first: bool = False,
+    ) -> discord.Message:
         kwargs: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
         if isinstance(view, discord.ui.LayoutView):
             content = ""
@@ -79,15 +98,23 @@ class ChannelTarget(Target):
         if first and self.reference is not None:
             try:
                 return await self.channel.send(
-                    content or None, reference=self.reference.to_reference(fail_if_not_exists=False),
-                    mention_author=False, **kwargs)
+                    content or None,
+                    reference=self.reference.to_reference(fail_if_not_exists=False),
+                    mention_author=False,
+                    **kwargs,
+                )
             except discord.Forbidden:
                 pass  # replying needs Read Message History; without it, answer as a plain message
         return await self.channel.send(content or None, **kwargs)
 
-    async def edit(self, handle: discord.Message, content: str, *,
-                   view: discord.ui.View | discord.ui.LayoutView | None, files: list[discord.File] | None = None
-                   ) -> Any:
+    async def edit(
+        self,
+        handle: discord.Message,
+        content: str,
+        *,
+        view: discord.ui.View | discord.ui.LayoutView | None,
+        files: list[discord.File] | None = None,
+    ) -> Any:
         return await handle.edit(**_body(content, view, files))
 
     def typing(self) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -110,8 +137,14 @@ class InteractionTarget(Target):
     def initial_handles(self) -> list[Any]:
         return [self.ORIGINAL] if self.interaction.response.is_done() else []
 
-    async def send(self, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None = None,
-                   files: list[discord.File] | None = None, first: bool = False) -> Any:
+    async def send(
+        self,
+        content: str,
+        *,
+        view: discord.ui.View | discord.ui.LayoutView | None = None,
+        files: list[discord.File] | None = None,
+        first: bool = False,
+    ) -> Any:
         kwargs: dict[str, Any] = {"allowed_mentions": NO_MENTIONS, "wait": True}
         if view is not None:
             kwargs["view"] = view
@@ -121,8 +154,14 @@ class InteractionTarget(Target):
             return await self.interaction.followup.send(**kwargs)
         return await self.interaction.followup.send(content or "", **kwargs)
 
-    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None,
-                   files: list[discord.File] | None = None) -> Any:
+    async def edit(
+        self,
+        handle: Any,
+        content: str,
+        *,
+        view: discord.ui.View | discord.ui.LayoutView | None,
+        files: list[discord.File] | None = None,
+    ) -> Any:
         if handle is self.ORIGINAL:
             return await self.interaction.edit_original_response(**_body(content, view, files))
         return await handle.edit(**_body(content, view, files))

@@ -33,28 +33,39 @@ ARCHIVE_DURATIONS = (60, 1440, 4320, 10080)
 DEFAULT_ARCHIVE_MINUTES = 1440
 NAME_LIMIT = 100  # Discord's thread names are 1–100 characters
 
-i18n.register({
-    "thread_no_permission": {
-        i18n.EN: "🧵 I couldn't open a thread here: I need the **Create Public Threads** and **Send Messages in "
-                 "Threads** permissions in this channel. Answering here instead.",
-        i18n.ZH: "🧵 无法在这里创建子区：我需要本频道的“创建公开子区”和“在子区中发送消息”权限。改为在这里回答。"},
-    "thread_refused": {
-        i18n.EN: "🧵 Discord didn't let me open a thread here ({reason}). Answering here instead.",
-        i18n.ZH: "🧵 Discord 不允许我在这里创建子区（{reason}）。改为在这里回答。"},
-    "thread_wrong_channel": {
-        i18n.EN: "🧵 Threads can't be opened in this kind of channel, so I'm answering here.",
-        i18n.ZH: "🧵 这类频道不能创建子区，所以我在这里回答。"},
-    "thread_default_name": {i18n.EN: "Chat with {name}", i18n.ZH: "与 {name} 的对话"},
-})
-i18n.register_commands({
-    "thread": "子区",
-    "Answer in a new thread named after the question": "在以问题命名的新子区中回答",
-})
+i18n.register(
+    {
+        "thread_no_permission": {
+            i18n.EN: "🧵 I couldn't open a thread here: I need the **Create Public Threads** and **Send Messages in "
+            "Threads** permissions in this channel. Answering here instead.",
+            i18n.ZH: "🧵 无法在这里创建子区：我需要本频道的“创建公开子区”和“在子区中发送消息”权限。改为在这里回答。",
+        },
+        "thread_refused": {
+            i18n.EN: "🧵 Discord didn't let me open a thread here ({reason}). Answering here instead.",
+            i18n.ZH: "🧵 Discord 不允许我在这里创建子区（{reason}）。改为在这里回答。",
+        },
+        "thread_wrong_channel": {
+            i18n.EN: "🧵 Threads can't be opened in this kind of channel, so I'm answering here.",
+            i18n.ZH: "🧵 这类频道不能创建子区，所以我在这里回答。",
+        },
+        "thread_default_name": {i18n.EN: "Chat with {name}", i18n.ZH: "与 {name} 的对话"},
+    }
+)
+i18n.register_commands(
+    {
+        "thread": "子区",
+        "Answer in a new thread named after the question": "在以问题命名的新子区中回答",
+    }
+)
 
 # Discord's own words for the refusals a thread start can meet (https://discord.com/developers/docs/topics/
 # opcodes-and-status-codes#json); anything else is shown by its message.
-_REFUSALS = {50013: "missing permissions", 160004: "a thread already exists for this message",
-             50083: "the channel is archived", 50024: "not possible in this channel"}
+_REFUSALS = {
+    50013: "missing permissions",
+    160004: "a thread already exists for this message",
+    50083: "the channel is archived",
+    50024: "not possible in this channel",
+}
 
 _MENTION = re.compile(r"<(?:@[!&]?|#)(\d+)>")
 _EMOJI = re.compile(r"<a?:(\w{1,32}):\d+>")
@@ -116,9 +127,12 @@ class Placement:
 async def open_thread(channel: discord.TextChannel, name: str, *, message_id: int, lang: str) -> Placement:
     """Start a public thread from `message_id` in `channel`; every refusal becomes a note, never an error."""
     try:
-        thread = await channel.create_thread(name=name, message=discord.Object(id=message_id),
-                                             auto_archive_duration=archive_minutes(channel),  # type: ignore[arg-type]
-                                             reason="InternLM answers in a thread")
+        thread = await channel.create_thread(
+            name=name,
+            message=discord.Object(id=message_id),
+            auto_archive_duration=archive_minutes(channel),  # type: ignore[arg-type]
+            reason="InternLM answers in a thread",
+        )
     except discord.HTTPException as exc:
         log.info("could not open a thread in channel %s: %s %s", channel.id, exc.status, exc.code)
         reason = _REFUSALS.get(exc.code) or (exc.text or f"HTTP {exc.status}")[:200]
@@ -147,8 +161,12 @@ async def thread_for_message(message: discord.Message, text: str, lang: str) -> 
     if early is not None:
         return early
     fallback = i18n.t("thread_default_name", lang, name=message.author.display_name)
-    return await open_thread(channel, thread_name(text, fallback), message_id=message.id,  # type: ignore[arg-type]
-                             lang=lang)
+    return await open_thread(
+        channel,
+        thread_name(text, fallback),
+        message_id=message.id,  # type: ignore[arg-type]
+        lang=lang,
+    )
 
 
 def owned_thread(channel: Any, me: discord.abc.User | None) -> bool:
@@ -156,5 +174,15 @@ def owned_thread(channel: Any, me: discord.abc.User | None) -> bool:
     return isinstance(channel, discord.Thread) and me is not None and channel.owner_id == me.id
 
 
-__all__ = ["ARCHIVE_DURATIONS", "DEFAULT_ARCHIVE_MINUTES", "NAME_LIMIT", "Placement", "archive_minutes",
-           "open_thread", "owned_thread", "precheck", "thread_for_message", "thread_name"]
+__all__ = [
+    "ARCHIVE_DURATIONS",
+    "DEFAULT_ARCHIVE_MINUTES",
+    "NAME_LIMIT",
+    "Placement",
+    "archive_minutes",
+    "open_thread",
+    "owned_thread",
+    "precheck",
+    "thread_for_message",
+    "thread_name",
+]

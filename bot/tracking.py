@@ -36,8 +36,14 @@ class TrackingTarget(Target):
         self.channel_id = inner.channel_id
         self._noted = False
 
-    async def send(self, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None = None,
-                   files: list[discord.File] | None = None, first: bool = False) -> Any:
+    async def send(
+        self,
+        content: str,
+        *,
+        view: discord.ui.View | discord.ui.LayoutView | None = None,
+        files: list[discord.File] | None = None,
+        first: bool = False,
+    ) -> Any:
         handle = await self.inner.send(content, view=view, files=files, first=first)
         if first and not self._noted and isinstance(handle, discord.Message):
             self._noted = True
@@ -45,8 +51,14 @@ class TrackingTarget(Target):
                 await self.tracker.update(self.reply, message_id=handle.id)
         return handle
 
-    async def edit(self, handle: Any, content: str, *, view: discord.ui.View | discord.ui.LayoutView | None,
-                   files: list[discord.File] | None = None) -> Any:
+    async def edit(
+        self,
+        handle: Any,
+        content: str,
+        *,
+        view: discord.ui.View | discord.ui.LayoutView | None,
+        files: list[discord.File] | None = None,
+    ) -> Any:
         return await self.inner.edit(handle, content, view=view, files=files)
 
     async def delete(self, handle: Any) -> None:
@@ -60,8 +72,9 @@ class TrackingTarget(Target):
 
 
 @contextlib.asynccontextmanager
-async def tracked(bot: BotHost, reply: Reply, target: Target, *, lang: str = i18n.EN,
-                  owner: int | None = None) -> AsyncIterator[Target]:
+async def tracked(
+    bot: BotHost, reply: Reply, target: Target, *, lang: str = i18n.EN, owner: int | None = None
+) -> AsyncIterator[Target]:
     """Record the reply while it streams (no-op when RESUME_REPLIES is off or Redis hiccups).  Also tags
     this task's later log lines with the job id, which the worker's lines carry too."""
     bind_log_context(job=reply.job.id, conversation=reply.request.conversation)
@@ -70,8 +83,7 @@ async def tracked(bot: BotHost, reply: Reply, target: Target, *, lang: str = i18
         yield target
         return
     reference = getattr(target, "reference", None)
-    where: dict[str, Any] = {"channel_id": target.channel_id, "lang": lang, "owner": owner,
-                             "instance": bot.instance_id}
+    where: dict[str, Any] = {"channel_id": target.channel_id, "lang": lang, "owner": owner, "instance": bot.instance_id}
     if reference is not None:
         where["reference_id"] = reference.id
     for handle in target.initial_handles():  # a resumed reply's existing message

@@ -1,7 +1,7 @@
 """Container health check: GET a URL, exit 0 on a 2xx answer, 1 otherwise (no curl in the images).
 
-    python healthcheck.py --port-env WORKER_METRICS_PORT    # http://127.0.0.1:$PORT/healthz; port 0 = healthy
-    python healthcheck.py --url http://127.0.0.1:23333/v1/models
+python healthcheck.py --port-env WORKER_METRICS_PORT    # http://127.0.0.1:$PORT/healthz; port 0 = healthy
+python healthcheck.py --url http://127.0.0.1:23333/v1/models
 """
 
 from __future__ import annotations

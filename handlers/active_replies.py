@@ -126,9 +126,17 @@ class ActiveReplies:
     async def begin(self, reply: Reply, **where: Any) -> ActiveRecord:
         """Note that `reply` is being shown (where: e.g. channel_id, message_id, reference_id, lang)."""
         req = reply.request
-        rec = ActiveRecord(job_id=reply.job.id, kind=req.kind, conversation=req.conversation, record=req.record,
-                           guild=req.guild, channel=req.channel, where=dict(where), generation=reply.generation,
-                           model=reply.job.model)
+        rec = ActiveRecord(
+            job_id=reply.job.id,
+            kind=req.kind,
+            conversation=req.conversation,
+            record=req.record,
+            guild=req.guild,
+            channel=req.channel,
+            where=dict(where),
+            generation=reply.generation,
+            model=reply.job.model,
+        )
         await self._write(rec)
         self._mine[rec.job_id] = rec
         if len(self._mine) > MINE_MAX:  # replies cut short keep their record for the next process, not here
@@ -150,9 +158,11 @@ class ActiveReplies:
 
     async def _write(self, rec: ActiveRecord, *, only_if_present: bool = False) -> None:
         """One atomic script in the bus's shared pipeline: the replies of a burst share the round trip."""
-        await self.bus.run_script(self._save, [KEYS.active_reply(rec.conversation), KEYS.active_conversations],
-                                  [rec.job_id, rec.encode(), self.ttl, rec.conversation, repr(time.time()),
-                                   "1" if only_if_present else ""])
+        await self.bus.run_script(
+            self._save,
+            [KEYS.active_reply(rec.conversation), KEYS.active_conversations],
+            [rec.job_id, rec.encode(), self.ttl, rec.conversation, repr(time.time()), "1" if only_if_present else ""],
+        )
 
     async def end(self, reply_or_record: Reply | ActiveRecord) -> None:
         """The final text is posted: forget the record."""
@@ -161,8 +171,9 @@ class ActiveReplies:
         else:
             conversation, job_id = reply_or_record.conversation, reply_or_record.job_id
         self._mine.pop(job_id, None)
-        await self.bus.run_script(self._end, [KEYS.active_reply(conversation), KEYS.active_conversations],
-                                  [job_id, conversation])
+        await self.bus.run_script(
+            self._end, [KEYS.active_reply(conversation), KEYS.active_conversations], [job_id, conversation]
+        )
 
     async def pending(self, owns: Callable[[ActiveRecord], bool] | None = None) -> list[ActiveRecord]:
         """Records left by a previous process (oldest first); `owns` filters them (e.g. by shard)."""
@@ -205,10 +216,22 @@ class ActiveReplies:
                 return None
         if rec.record:
             await self.answer_recorded(rec)  # marks an answer an older version recorded without the marker
-        job = Job(kind=rec.kind, payload={}, conversation=rec.conversation, id=rec.job_id, created=rec.started,
-                  model=rec.model)
+        job = Job(
+            kind=rec.kind,
+            payload={},
+            conversation=rec.conversation,
+            id=rec.job_id,
+            created=rec.started,
+            model=rec.model,
+        )
         # `record` stays as it was: recording is once per job and generation-checked, so the answer goes in
         # only if it is not there yet and the conversation was not reset (and Regenerate stays offered).
-        request = Request(conversation=rec.conversation, text="", guild=rec.guild, channel=rec.channel,
-                          kind=rec.kind, record=rec.record)
+        request = Request(
+            conversation=rec.conversation,
+            text="",
+            guild=rec.guild,
+            channel=rec.channel,
+            kind=rec.kind,
+            record=rec.record,
+        )
         return Reply(job, request, generation=rec.generation)

@@ -15,8 +15,9 @@ from models.sandbox import unique_names
 from .chat import ChatHandler, InputError, Reply, Request
 from .text_files import TextFile
 
-USAGE = ("Tell the agent what to do, for example: `/agent Solve 2x + 3 = 10` or "
-         "`/agent find recent arXiv papers on RLHF`.")
+USAGE = (
+    "Tell the agent what to do, for example: `/agent Solve 2x + 3 = 10` or `/agent find recent arXiv papers on RLHF`."
+)
 AGENT_STEPS = frozenset({"thought", "tool_call", "tool_result", "note", "answer"})
 CODE_LINES = 30  # a code block longer than this is shown cut (the full code still ran)
 TEXT_MIME = "text/plain; charset=utf-8"
@@ -28,8 +29,16 @@ class AgentHandler:
     def __init__(self, chat: ChatHandler) -> None:
         self.chat = chat
 
-    async def ask(self, conversation: str, task: str, *, user_name: str | None = None, guild: int | None = None,
-                  channel: int | None = None, files: Sequence[TextFile] = ()) -> Reply:
+    async def ask(
+        self,
+        conversation: str,
+        task: str,
+        *,
+        user_name: str | None = None,
+        guild: int | None = None,
+        channel: int | None = None,
+        files: Sequence[TextFile] = (),
+    ) -> Reply:
         """Record the task as the user's turn and queue the agent job; `InputError` for an empty one.
 
         `files` (read whole by `TextFileIntake.read(..., whole=True)`, so already refused where text_files.py
@@ -38,11 +47,21 @@ class AgentHandler:
         if not task:
             raise InputError(USAGE)
         names = unique_names([f.name for f in files])
-        attached = [{"name": name, "blob": await self.chat.bus.put_blob(f.text.encode("utf-8"), TEXT_MIME)}
-                    for name, f in zip(names, files, strict=True)]
+        attached = [
+            {"name": name, "blob": await self.chat.bus.put_blob(f.text.encode("utf-8"), TEXT_MIME)}
+            for name, f in zip(names, files, strict=True)
+        ]
         payload: dict[str, Any] = {"task": task, **({"files": attached} if attached else {})}
-        request = Request(conversation=conversation, text=task, user_name=user_name, guild=guild,
-                          channel=channel, kind="agent", payload=payload, meta={"payload": payload})
+        request = Request(
+            conversation=conversation,
+            text=task,
+            user_name=user_name,
+            guild=guild,
+            channel=channel,
+            kind="agent",
+            payload=payload,
+            meta={"payload": payload},
+        )
         return await self.chat.ask(request)
 
     def follow(self, reply: Reply) -> Any:
@@ -80,8 +99,9 @@ def format_step(step: dict[str, Any]) -> str:
     if kind == "tool_call":
         if step.get("code") is not None:
             lines = str(step["code"]).rstrip().splitlines()
-            code = "\n".join(lines[:CODE_LINES]) + (f"\n# … {len(lines) - CODE_LINES} more lines" if len(lines) >
-                                                   CODE_LINES else "")
+            code = "\n".join(lines[:CODE_LINES]) + (
+                f"\n# … {len(lines) - CODE_LINES} more lines" if len(lines) > CODE_LINES else ""
+            )
             return "🐍 **Python**\n" + _fence(code, "python")
         args = step.get("args") or {}
         shown = ", ".join(f"{k}={v!r}" for k, v in args.items()) if isinstance(args, dict) else str(args)

@@ -44,8 +44,14 @@ class ArticleHandler:
     def __init__(self, chat: ChatHandler) -> None:
         self.chat = chat
 
-    async def ask(self, request: Request, title: str, refs: Sequence[str] = (),
-                  paragraphs: int | None = None, notes: Sequence[TextFile] = ()) -> Reply:
+    async def ask(
+        self,
+        request: Request,
+        title: str,
+        refs: Sequence[str] = (),
+        paragraphs: int | None = None,
+        notes: Sequence[TextFile] = (),
+    ) -> Reply:
         """Validate, record the request in the conversation, and submit an `article` job.
 
         `notes` (text files read by `TextFileIntake`, already within TEXT_FILE_MAX_CHARS) are the article's
@@ -66,9 +72,12 @@ class ArticleHandler:
             if workers and not any(w.vision for w in workers):
                 raise ImageRefused("no_vision")
         request.kind = "article"
-        request.text = f"Write an illustrated article titled “{title}”" + (
-            f" in {paragraphs} paragraphs" if paragraphs else "") + (
-            f", from the attached notes ({', '.join(f.name for f in notes)})" if notes else "") + "."
+        request.text = (
+            f"Write an illustrated article titled “{title}”"
+            + (f" in {paragraphs} paragraphs" if paragraphs else "")
+            + (f", from the attached notes ({', '.join(f.name for f in notes)})" if notes else "")
+            + "."
+        )
         request.images = list(refs)
         request.files = render(notes) if notes else request.files
         request.payload = {**request.payload, "title": title, "paragraphs": paragraphs, "images": list(refs)}
@@ -92,8 +101,12 @@ def split_text(text: str, limit: int) -> list[str]:
     return pieces
 
 
-def plan_posts(layout: Sequence[dict[str, Any]], title: str = "", image_refs: Sequence[str] = (),
-               limit: int = DISCORD_MESSAGE_LIMIT) -> list[Post]:
+def plan_posts(
+    layout: Sequence[dict[str, Any]],
+    title: str = "",
+    image_refs: Sequence[str] = (),
+    limit: int = DISCORD_MESSAGE_LIMIT,
+) -> list[Post]:
     """The article as messages: paragraphs joined up to `limit` characters, each image attached to the
     message that ends with the paragraph it follows, caption suggestions in italics."""
     numbers = {ref: i + 1 for i, ref in enumerate(image_refs)}

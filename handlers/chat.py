@@ -33,10 +33,14 @@ log = logging.getLogger(__name__)
 QUEUE_CHECK_EVERY = 1.0  # seconds between queue-position / worker-liveness checks of a waiting reply
 TOO_LONG = "That message is too long ({n} characters). Please keep it under {limit} characters."
 GAVE_UP = "Sorry — no answer arrived in time, so I stopped waiting. Please try again."
-NO_WORKER = ("No inference worker is running right now, so I can't answer yet. "
-             "Your message is queued and will be answered when a worker starts.")
-UNSERVED = ("The model {model} is not served by any worker right now, so I can't answer with it. "
-            "An admin can choose another with /model.")
+NO_WORKER = (
+    "No inference worker is running right now, so I can't answer yet. "
+    "Your message is queued and will be answered when a worker starts."
+)
+UNSERVED = (
+    "The model {model} is not served by any worker right now, so I can't answer with it. "
+    "An admin can choose another with /model."
+)
 
 
 class ChatHandler:
@@ -53,8 +57,9 @@ class ChatHandler:
         self._alive_cached: list[WorkerInfo] | None = None  # None: not known (Redis unreachable)
         # Per-job "answer recorded" markers must outlive every reader that can still see the job's final
         # event: its reply stream (REPLY_TTL after the last event) and its resume record.
-        self.record_marker_ttl = 2 * max(settings.reply_ttl,
-                                         int(settings.job_timeout + settings.job_visibility_timeout) + 60)
+        self.record_marker_ttl = 2 * max(
+            settings.reply_ttl, int(settings.job_timeout + settings.job_visibility_timeout) + 60
+        )
         self._recording: set[asyncio.Task[None]] = set()  # answers being written into history
 
     # ------------------------------------------------------------------ requests
@@ -71,8 +76,9 @@ class ChatHandler:
     async def ask(self, request: Request) -> Reply:
         """Record the user's turn and submit a job that answers it from the conversation's history."""
         self.check_text(request.text)
-        user_turn = Turn("user", request.content, name=request.user_name, images=request.images,
-                         meta=dict(request.meta))
+        user_turn = Turn(
+            "user", request.content, name=request.user_name, images=request.images, meta=dict(request.meta)
+        )
         return await self._submit(request, user_turn=user_turn if request.record else None)
 
     async def submit(self, request: Request, *, extra_turns: list[Turn] | None = None) -> Reply:
@@ -80,15 +86,19 @@ class ChatHandler:
         the request's text alone)."""
         return await self._submit(request, extra_turns=extra_turns)
 
-    async def _submit(self, request: Request, *, user_turn: Turn | None = None,
-                      extra_turns: list[Turn] | None = None) -> Reply:
+    async def _submit(
+        self, request: Request, *, user_turn: Turn | None = None, extra_turns: list[Turn] | None = None
+    ) -> Reply:
         # One script for the settings, the user's turn and the history the job is built from (atomic: the
         # turns and the generation read belong together, and include the new turn), then one write for the
         # job itself; both in the bus's shared pipeline, so a burst of requests shares the round trips.
         overrides, turns, generation = await self.history.request_round_trip(
-            request.conversation, append=user_turn, snapshot=request.record,
+            request.conversation,
+            append=user_turn,
+            snapshot=request.record,
             hashes=self.conf.scope_keys(guild=request.guild, channel=request.channel),
-            run_script=self.bus.run_script)
+            run_script=self.bus.run_script,
+        )
         eff = self.conf.effective_from(overrides)
         if not request.record:
             turns = [Turn("user", request.content, name=request.user_name, images=request.images)]
@@ -171,23 +181,31 @@ class ChatHandler:
                         yield Update("no_worker", data={"message": NO_WORKER})
                         if now - no_worker_since > self.no_worker_timeout:
                             await self.bus.cancel(job_id)
-                            yield Update("error", data={"message": NO_WORKER.split(".")[0] + ".",
-                                                        "code": "no_worker"})
+                            yield Update("error", data={"message": NO_WORKER.split(".")[0] + ".", "code": "no_worker"})
                             return
                     elif not await self._served(reply.job.model):
                         # Workers run, but none serves the model this channel asks for: waiting would hang.
                         await self.bus.cancel(job_id)
-                        yield Update("error", data={"message": UNSERVED.format(model=reply.job.model),
-                                                    "code": "model_unserved", "model": reply.job.model})
+                        yield Update(
+                            "error",
+                            data={
+                                "message": UNSERVED.format(model=reply.job.model),
+                                "code": "model_unserved",
+                                "model": reply.job.model,
+                            },
+                        )
                         return
                     else:
                         no_worker_since = None
                         if now - position_at >= QUEUE_CHECK_EVERY:  # the notice ticks; the count is costlier
                             position, position_at = await self._position(job_id, reply.job.model), now
                         yield Update("queued", position=position)
-                elif (started and not orphan_noted
-                      and now - last_news > self.settings.job_visibility_timeout + 5
-                      and not await self._served(reply.job.model)):
+                elif (
+                    started
+                    and not orphan_noted
+                    and now - last_news > self.settings.job_visibility_timeout + 5
+                    and not await self._served(reply.job.model)
+                ):
                     # The worker running it died and no other is alive to take it over: say so once.
                     orphan_noted = True
                     yield Update("no_worker", attempt=attempt, data={"message": NO_WORKER})
@@ -218,8 +236,12 @@ class ChatHandler:
                 started = True
                 thinking.append(str(event.data.get("text", "")))
                 if self.settings.reasoning_display != "hidden":
-                    yield Update("thinking", text="".join(parts), attempt=attempt,
-                                 data={"thinking": "".join(thinking), "display": self.settings.reasoning_display})
+                    yield Update(
+                        "thinking",
+                        text="".join(parts),
+                        attempt=attempt,
+                        data={"thinking": "".join(thinking), "display": self.settings.reasoning_display},
+                    )
             elif event.type == "step":
                 started = True
                 yield Update("step", text="".join(parts), attempt=attempt, data=event.data)
@@ -302,11 +324,19 @@ class ChatHandler:
         for delay in (0.2, 1.0, 3.0, 0.0):  # survive a Redis restart: the answer belongs in history
             try:
                 outcome = await self.history.record_answer(
-                    reply.request.conversation, turn, job_id=reply.job.id, generation=reply.generation,
-                    marker_ttl=self.record_marker_ttl, run_script=self.bus.run_script)
+                    reply.request.conversation,
+                    turn,
+                    job_id=reply.job.id,
+                    generation=reply.generation,
+                    marker_ttl=self.record_marker_ttl,
+                    run_script=self.bus.run_script,
+                )
                 if outcome != "recorded":
-                    log.info("answer of job %s not recorded: %s", reply.job.id,
-                             "already recorded" if outcome == "duplicate" else "the conversation was reset")
+                    log.info(
+                        "answer of job %s not recorded: %s",
+                        reply.job.id,
+                        "already recorded" if outcome == "duplicate" else "the conversation was reset",
+                    )
                 return
             except (RedisError, OSError):
                 reraise_if_cancelling()

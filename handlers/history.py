@@ -90,8 +90,9 @@ RecordOutcome = Literal["recorded", "duplicate", "stale"]
 ScriptRunner = Callable[[Any, list[str], list[Any]], Awaitable[Any]]
 
 
-def conversation_id(*, guild: int | None = None, channel: int | None = None, dm_user: int | None = None,
-                    console: str | None = None) -> str:
+def conversation_id(
+    *, guild: int | None = None, channel: int | None = None, dm_user: int | None = None, console: str | None = None
+) -> str:
     """The history key suffix for a place people talk in.  Threads are channels to Discord."""
     if console is not None:
         return f"console:{console}"
@@ -111,8 +112,9 @@ class Turn:
 
     def encode(self) -> str:
         # Field by field rather than `asdict`, which deep-copies `images` and `meta` (the same JSON).
-        return json.dumps({name: getattr(self, name) for name in self.__dataclass_fields__}, ensure_ascii=False,
-                          separators=(",", ":"))
+        return json.dumps(
+            {name: getattr(self, name) for name in self.__dataclass_fields__}, ensure_ascii=False, separators=(",", ":")
+        )
 
     @classmethod
     def decode(cls, raw: str) -> Turn | None:
@@ -169,9 +171,15 @@ class HistoryStore:
             raw_turns, raw_generation = await pipe.execute()
         return self.snapshot_from(raw_turns, raw_generation)
 
-    async def request_round_trip(self, conversation: str, *, append: Turn | None, snapshot: bool,
-                                 hashes: list[str], run_script: ScriptRunner | None = None,
-                                 ) -> tuple[list[dict[str, str]], list[Turn], int | None]:
+    async def request_round_trip(
+        self,
+        conversation: str,
+        *,
+        append: Turn | None,
+        snapshot: bool,
+        hashes: list[str],
+        run_script: ScriptRunner | None = None,
+    ) -> tuple[list[dict[str, str]], list[Turn], int | None]:
         """What a request needs, in one atomic script: append `append` (if any), read `hashes` (e.g. the
         settings overrides that apply) and, with `snapshot`, the newest turns and their generation.  Returns
         (the hashes in order, the turns, the generation; [] and None without `snapshot`).  `run_script`
@@ -184,7 +192,7 @@ class HistoryStore:
             out = await run_script(self._request, keys, args)
         else:
             out = await self._request(keys=keys, args=args)
-        read = [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in out[:len(hashes)]]
+        read = [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in out[: len(hashes)]]
         if not snapshot:
             return read, [], None
         turns, generation = self.snapshot_from(out[len(hashes)], out[len(hashes) + 1])
@@ -198,15 +206,28 @@ class HistoryStore:
         """How often the conversation was reset (recently: see `GENERATION_TTL`)."""
         return int(await self.redis.get(KEYS.history_generation(conversation)) or 0)
 
-    async def record_answer(self, conversation: str, turn: Turn, *, job_id: str, generation: int | None,
-                            marker_ttl: int, run_script: ScriptRunner | None = None) -> RecordOutcome:
+    async def record_answer(
+        self,
+        conversation: str,
+        turn: Turn,
+        *,
+        job_id: str,
+        generation: int | None,
+        marker_ttl: int,
+        run_script: ScriptRunner | None = None,
+    ) -> RecordOutcome:
         """Append a job's answer: once per job (`marker_ttl` must outlast every reader that can still see
         the job's final event), and only if the conversation was not reset since `generation` was read
         (None: no check, for replies recorded by an older version).  Atomic (one script); `run_script`
         (the bus's `run_script`) runs it in a shared pipeline instead of a round trip of its own."""
         keys = [KEYS.history(conversation), KEYS.history_generation(conversation), KEYS.answer_recorded(job_id)]
-        args = [turn.encode(), self.max_turns, self.ttl, max(1, int(marker_ttl)),
-                "" if generation is None else str(generation)]
+        args = [
+            turn.encode(),
+            self.max_turns,
+            self.ttl,
+            max(1, int(marker_ttl)),
+            "" if generation is None else str(generation),
+        ]
         if run_script is not None:
             return await run_script(self._record_answer, keys, args)
         return await self._record_answer(keys=keys, args=args)

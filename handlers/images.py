@@ -43,11 +43,10 @@ MESSAGES: dict[str, str] = {
     "not_image": "“{name}” isn't an image I can read — please send a PNG, JPEG, WebP or GIF.",
     "corrupt": "“{name}” looks damaged or incomplete, so I can't open it. Please re-save it and try again.",
     "bomb": "“{name}” declares {mpix} megapixels, more than I accept ({limit} megapixels). "
-            "Please send a smaller image.",
+    "Please send a smaller image.",
     "download": "I couldn't download “{name}”. Please try again.",
     "no_vision": NO_VISION,
 }
-
 
 
 class ImageRefused(CodedRefusal):
@@ -99,7 +98,8 @@ class Prepared:
 
 def is_svg(name: str, content_type: str | None) -> bool:
     return (content_type or "").split(";")[0].strip().lower() == "image/svg+xml" or name.lower().endswith(
-        (".svg", ".svgz"))
+        (".svg", ".svgz")
+    )
 
 
 def prepare_image(data: bytes, name: str, *, max_side: int, max_pixels: int) -> Prepared:
@@ -136,8 +136,9 @@ def prepare_image(data: bytes, name: str, *, max_side: int, max_pixels: int) -> 
             upright = ImageOps.exif_transpose(img) or img
             rgb = _flatten(upright)
         except Image.DecompressionBombError:
-            raise ImageRefused("bomb", name=name, mpix=width * height // 1_000_000,
-                               limit=max_pixels // 1_000_000) from None
+            raise ImageRefused(
+                "bomb", name=name, mpix=width * height // 1_000_000, limit=max_pixels // 1_000_000
+            ) from None
         except (OSError, ValueError, SyntaxError, EOFError):  # truncated or corrupt pixel data
             raise ImageRefused("corrupt", name=name) from None
     rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -196,12 +197,22 @@ class ImageIntake:
             except Exception:
                 raise ImageRefused("download", name=a.filename) from None
             if len(data) > self.settings.max_image_bytes:  # the declared size was wrong
-                raise ImageRefused("too_large", name=a.filename, size_mb=len(data) / 1e6,
-                                   limit_mb=self.settings.max_image_bytes / 1e6)
+                raise ImageRefused(
+                    "too_large", name=a.filename, size_mb=len(data) / 1e6, limit_mb=self.settings.max_image_bytes / 1e6
+                )
             try:
-                prepared.append((a, await asyncio.to_thread(
-                    prepare_image, data, a.filename, max_side=self.settings.image_max_side,
-                    max_pixels=self.settings.image_max_pixels)))
+                prepared.append(
+                    (
+                        a,
+                        await asyncio.to_thread(
+                            prepare_image,
+                            data,
+                            a.filename,
+                            max_side=self.settings.image_max_side,
+                            max_pixels=self.settings.image_max_pixels,
+                        ),
+                    )
+                )
             except ImageRefused:
                 raise
             except Exception:  # any other decoder failure is still the file's fault, and still gets a reply

@@ -58,8 +58,12 @@ class Effective:
 
     def params(self) -> dict[str, float]:
         """What the job carries: only the explicitly set values, so the model's own defaults apply to the rest."""
-        values = {"temperature": self.temperature, "top_p": self.top_p,
-                  "max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        values = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "repetition_penalty": self.repetition_penalty,
+        }
         return {name: value for name, value in values.items() if name in self.explicit}
 
 
@@ -121,8 +125,9 @@ class ConfStore:
 
     async def effective(self, *, guild: int | None = None, channel: int | None = None) -> Effective:
         if self.bus is not None:
-            return self.effective_from(await self.bus.pipelined(
-                lambda pipe: self.queue_effective(pipe, guild=guild, channel=channel)))
+            return self.effective_from(
+                await self.bus.pipelined(lambda pipe: self.queue_effective(pipe, guild=guild, channel=channel))
+            )
         async with self.redis.pipeline(transaction=False) as pipe:
             self.queue_effective(pipe, guild=guild, channel=channel)
             return self.effective_from(await pipe.execute())
@@ -139,7 +144,8 @@ class ConfStore:
         """The override hashes that apply here, in `effective_from`'s order (a request reads them in the same
         script as its history write: `HistoryStore.request_round_trip`)."""
         scopes = ([self.scope(guild=guild)] if guild is not None else []) + (
-            [self.scope(channel=channel)] if channel is not None else [])
+            [self.scope(channel=channel)] if channel is not None else []
+        )
         return [KEYS.overrides(scope) for scope in scopes]
 
     def effective_from(self, scope_values: list[dict[str, str]]) -> Effective:

@@ -12,8 +12,10 @@ from typing import Any
 
 from models.protocol import Bus
 
-EXPIRED = ("{what} no longer stored (files are kept for a limited time), so this run is without it; attach it "
-           "again with a new /agent to use it.")
+EXPIRED = (
+    "{what} no longer stored (files are kept for a limited time), so this run is without it; attach it "
+    "again with a new /agent to use it."
+)
 
 
 def expired_note(names: list[str]) -> str:

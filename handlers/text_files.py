@@ -24,17 +24,35 @@ from .types import CodedRefusal, InputError
 
 # Extension → the language tag of the fenced block (what Discord and models recognise).
 TEXT_EXTENSIONS: dict[str, str] = {
-    ".txt": "", ".md": "markdown", ".log": "", ".csv": "csv", ".json": "json",
-    ".py": "python", ".js": "javascript", ".ts": "typescript", ".c": "c", ".h": "c", ".cpp": "cpp",
-    ".java": "java", ".go": "go", ".rs": "rust", ".sh": "bash", ".toml": "toml", ".yaml": "yaml",
-    ".yml": "yaml", ".ini": "ini", ".html": "html", ".css": "css", ".sql": "sql",
+    ".txt": "",
+    ".md": "markdown",
+    ".log": "",
+    ".csv": "csv",
+    ".json": "json",
+    ".py": "python",
+    ".js": "javascript",
+    ".ts": "typescript",
+    ".c": "c",
+    ".h": "c",
+    ".cpp": "cpp",
+    ".java": "java",
+    ".go": "go",
+    ".rs": "rust",
+    ".sh": "bash",
+    ".toml": "toml",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".ini": "ini",
+    ".html": "html",
+    ".css": "css",
+    ".sql": "sql",
 }
 ACCEPTED = ", ".join(sorted(TEXT_EXTENSIONS))
 
 MESSAGES: dict[str, str] = {
     "unknown_type": "I can't read “{name}”: I take images (PNG, JPEG, WebP, GIF) and text files ({accepted}).",
     "too_large": "“{name}” is {size_kb:.0f} KB; the limit for a text file is {limit_kb:.0f} KB. "
-                 "Please send a smaller file or paste the part that matters.",
+    "Please send a smaller file or paste the part that matters.",
     "too_many": "That's {count} text files — I read up to {limit} at a time. Please send fewer.",
     "empty": "“{name}” is an empty file, so there is nothing to read.",
     "binary": "“{name}” looks like a binary file, not text, so I can't read it.",
@@ -78,11 +96,14 @@ def decode(data: bytes, name: str) -> tuple[str, str]:
     control characters means binary, and anything that is not valid UTF-8 is refused rather than guessed."""
     if not data:
         raise TextFileRefused("empty", name=name)
-    for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le"),
-                          (codecs.BOM_UTF16_BE, "utf-16-be")):
+    for bom, encoding in (
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+    ):
         if data.startswith(bom):
             try:
-                text = data[len(bom):].decode(encoding.removesuffix("-sig"))
+                text = data[len(bom) :].decode(encoding.removesuffix("-sig"))
             except UnicodeDecodeError:
                 raise TextFileRefused("encoding", name=name) from None
             break
@@ -133,8 +154,9 @@ class TextFileIntake:
             if not is_text_file(a.filename):
                 raise TextFileRefused("unknown_type", name=a.filename, accepted=ACCEPTED)
             if a.size > self.max_bytes:
-                raise TextFileRefused("too_large", name=a.filename, size_kb=a.size / 1000,
-                                      limit_kb=self.max_bytes / 1000)
+                raise TextFileRefused(
+                    "too_large", name=a.filename, size_kb=a.size / 1000, limit_kb=self.max_bytes / 1000
+                )
             if a.size == 0:
                 raise TextFileRefused("empty", name=a.filename)
 
@@ -154,11 +176,12 @@ class TextFileIntake:
             except Exception:
                 raise TextFileRefused("download", name=a.filename) from None
             if len(data) > self.max_bytes:  # the declared size was wrong: the real length decides
-                raise TextFileRefused("too_large", name=a.filename, size_kb=len(data) / 1000,
-                                      limit_kb=self.max_bytes / 1000)
+                raise TextFileRefused(
+                    "too_large", name=a.filename, size_kb=len(data) / 1000, limit_kb=self.max_bytes / 1000
+                )
             text, encoding = decode(data, a.filename)
             text = text.replace("\r\n", "\n")
-            kept = text[:max(0, left)]
+            kept = text[: max(0, left)]
             left -= len(kept)
             files.append(TextFile(a.filename, kept, len(text), encoding))
         return files

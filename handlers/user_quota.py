@@ -68,7 +68,8 @@ class UserQuota:
         now = time.time() if now is None else now
         allowed, retry_ms = await self._script(
             keys=[KEYS.user_quota(str(user))],
-            args=[repr(now), repr(float(self.window)), self.limit, f"{now!r}:{uuid.uuid4().hex[:8]}"])
+            args=[repr(now), repr(float(self.window)), self.limit, f"{now!r}:{uuid.uuid4().hex[:8]}"],
+        )
         return Decision(bool(int(allowed)), int(retry_ms) / 1000.0)
 
     async def reset(self, user: str | int) -> None:

@@ -158,8 +158,15 @@ class JobContext:
         data, mime = blob
         return ImageInput(data=data, mime=mime)
 
-    async def done(self, text: str, *, prompt_tokens: int = 0, completion_tokens: int = 0,
-                   stopped: bool = False, extra: dict[str, Any] | None = None) -> None:
+    async def done(
+        self,
+        text: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        stopped: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """The final event: the full text, token counts and timings.  Emitted once."""
         if self.finished:
             return
@@ -172,8 +179,12 @@ class JobContext:
             "total_ms": round(total * 1000, 2),
             "tokens_per_s": round(completion_tokens / gen_time, 2) if gen_time > 0 else 0.0,
         }
-        data = {"text": text, "stopped": stopped, "timings": timings,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}
+        data = {
+            "text": text,
+            "stopped": stopped,
+            "timings": timings,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+        }
         if extra:
             data.update(extra)
         await self.emit("done", data)

@@ -57,9 +57,29 @@ from .modelscope import DEFAULT_REPO as MODELSCOPE_DEFAULT_REPO
 from .modelscope import ModelScopeHub
 from .settings import Settings
 
-__all__ = ["BUNDLED", "DEFAULT_FILE", "DEFAULT_QUANTS", "DEFAULT_REFERENCE", "DEFAULT_REPO", "PROBE_TIMEOUT",
-           "PROJECTOR_QUANTS", "Hub", "HubError", "HubReference", "HubUnavailable", "RemoteFile", "Transfer",
-           "hub_for", "locate_gguf", "locate_projector", "main", "parse_reference", "pick_files", "reachable", "verify"]
+__all__ = [
+    "BUNDLED",
+    "DEFAULT_FILE",
+    "DEFAULT_QUANTS",
+    "DEFAULT_REFERENCE",
+    "DEFAULT_REPO",
+    "PROBE_TIMEOUT",
+    "PROJECTOR_QUANTS",
+    "Hub",
+    "HubError",
+    "HubReference",
+    "HubUnavailable",
+    "RemoteFile",
+    "Transfer",
+    "hub_for",
+    "locate_gguf",
+    "locate_projector",
+    "main",
+    "parse_reference",
+    "pick_files",
+    "reachable",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +106,10 @@ def locate_gguf(settings: Settings, *, default: HubReference = DEFAULT_REFERENCE
     if isinstance(choice, HubReference):
         return hub_for(settings).fetch(choice)
     if choice is not None and not choice.is_file():
-        raise HubError(f"LLAMACPP_MODEL={text!r} is neither a GGUF file nor a hub reference "
-                       "(owner/repo, owner/repo:Q4_K_M or owner/repo:file.gguf)")
+        raise HubError(
+            f"LLAMACPP_MODEL={text!r} is neither a GGUF file nor a hub reference "
+            "(owner/repo, owner/repo:Q4_K_M or owner/repo:file.gguf)"
+        )
     return choice
 
 
@@ -101,8 +123,10 @@ def locate_projector(settings: Settings) -> Path | None:
     if isinstance(choice, HubReference):
         return hub_for(settings).fetch(choice, projector=True)
     if choice is None or not choice.is_file():
-        raise HubError(f"LLAMACPP_CLIP_MODEL_PATH={text!r} is neither a file nor a hub reference (owner/repo, "
-                       "owner/repo:Q8_0 or owner/repo:mmproj-file.gguf)")
+        raise HubError(
+            f"LLAMACPP_CLIP_MODEL_PATH={text!r} is neither a file nor a hub reference (owner/repo, "
+            "owner/repo:Q8_0 or owner/repo:mmproj-file.gguf)"
+        )
     return choice
 
 
@@ -119,8 +143,13 @@ def _default_model(hub: BaseHub, ref: HubReference) -> Path | None:
         if cached is not None:
             log.info("%s: using %s from the local cache", reason, ref)
             return cached
-        log.warning("%s: using the bundled SmolLM2-135M; %s (%s) is fetched on a start with the hub reachable "
-                    "(LLAMACPP_MODEL=bundled keeps the small model and skips this check)", reason, ref, DEFAULT_SIZE)
+        log.warning(
+            "%s: using the bundled SmolLM2-135M; %s (%s) is fetched on a start with the hub reachable "
+            "(LLAMACPP_MODEL=bundled keeps the small model and skips this check)",
+            reason,
+            ref,
+            DEFAULT_SIZE,
+        )
         return None
     try:
         return hub.fetch(ref, probed=True)  # a cached copy stands in when the hub fails mid-way
@@ -183,8 +212,10 @@ class Hub(BaseHub):
         except GatedRepoError:
             raise HubError(f"{ref.repo_id} is gated: accept its terms on the hub, then set HF_TOKEN") from None
         except RepositoryNotFoundError:
-            raise HubError(f"the hub ({self.endpoint}) has no model repository {ref.repo_id!r} "
-                           "(if it is private or gated, set HF_TOKEN)") from None
+            raise HubError(
+                f"the hub ({self.endpoint}) has no model repository {ref.repo_id!r} "
+                "(if it is private or gated, set HF_TOKEN)"
+            ) from None
         except RevisionNotFoundError:
             raise HubError(f"{ref.repo_id} has no revision {ref.revision!r}") from None
         except Exception as exc:
@@ -213,16 +244,26 @@ class Hub(BaseHub):
                 local = self._resumable_get(ref, remote, meta, transfer)
                 verified = True  # before it became a blob
             else:
-                local = Path(hf_hub_download(ref.repo_id, remote.path, revision=ref.revision,
-                                             endpoint=self.endpoint, token=self._token, cache_dir=self.cache_dir,
-                                             tqdm_class=transfer.progress_class()))
+                local = Path(
+                    hf_hub_download(
+                        ref.repo_id,
+                        remote.path,
+                        revision=ref.revision,
+                        endpoint=self.endpoint,
+                        token=self._token,
+                        cache_dir=self.cache_dir,
+                        tqdm_class=transfer.progress_class(),
+                    )
+                )
         except HubError:
             raise
         except GatedRepoError:
             raise HubError(f"{ref.repo_id} is gated: accept its terms on the hub, then set HF_TOKEN") from None
         except RepositoryNotFoundError:
-            raise HubError(f"the hub ({self.endpoint}) has no model repository {ref.repo_id!r} "
-                           "(if it is private or gated, set HF_TOKEN)") from None
+            raise HubError(
+                f"the hub ({self.endpoint}) has no model repository {ref.repo_id!r} "
+                "(if it is private or gated, set HF_TOKEN)"
+            ) from None
         except EntryNotFoundError:
             raise HubError(f"{ref.repo_id} has no file {remote.path!r}") from None
         except Exception as exc:
@@ -232,8 +273,10 @@ class Hub(BaseHub):
                 verify(local, remote)  # huggingface_hub checked only the size
             log.info("fetched %s (%s), checksum verified, into %s", label, _size(remote.size), local.parent)
         elif local.stat().st_size != remote.size:
-            raise HubError(f"the cached {local} has {local.stat().st_size} bytes, the hub lists {remote.size}: "
-                           "delete it to fetch it again")
+            raise HubError(
+                f"the cached {local} has {local.stat().st_size} bytes, the hub lists {remote.size}: "
+                "delete it to fetch it again"
+            )
         return local
 
     def _resumable_get(self, ref: HubReference, remote: RemoteFile, meta: Any, transfer: Transfer) -> Path:
@@ -265,8 +308,15 @@ class Hub(BaseHub):
                 if _origin(meta.location) != _origin(self.endpoint):
                     headers.pop("authorization", None)  # a CDN gets no token (as huggingface_hub does)
                 with partial.open("ab") as f:
-                    http_get(meta.location, f, resume_size=have, headers=headers, expected_size=remote.size,
-                             displayed_filename=remote.path.rsplit("/", 1)[-1], tqdm_class=transfer.progress_class())
+                    http_get(
+                        meta.location,
+                        f,
+                        resume_size=have,
+                        headers=headers,
+                        expected_size=remote.size,
+                        displayed_filename=remote.path.rsplit("/", 1)[-1],
+                        tqdm_class=transfer.progress_class(),
+                    )
                 verify(partial, remote)
                 partial.replace(blob)
             if not pointer.exists():

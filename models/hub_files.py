@@ -131,10 +131,15 @@ class BaseHub:
             if cached is not None:
                 log.info("%s: using %s from the local cache", reason, ref)
                 return cached
-            setting, other = (("LLAMACPP_CLIP_MODEL_PATH", "a local projector file") if projector else
-                              ("LLAMACPP_MODEL", "a local GGUF or LLAMACPP_MODEL=bundled"))
-            raise HubError(f"{setting}={ref} is not in the local cache ({self.cache_root}) and {reason}; "
-                           f"connect once to fetch it, or choose {other}")
+            setting, other = (
+                ("LLAMACPP_CLIP_MODEL_PATH", "a local projector file")
+                if projector
+                else ("LLAMACPP_MODEL", "a local GGUF or LLAMACPP_MODEL=bundled")
+            )
+            raise HubError(
+                f"{setting}={ref} is not in the local cache ({self.cache_root}) and {reason}; "
+                f"connect once to fetch it, or choose {other}"
+            )
         try:
             files = {f.path: f for f in self.list_files(ref)}
         except HubUnavailable as exc:
@@ -209,9 +214,11 @@ def verify(path: Path, remote: RemoteFile) -> None:
     blob = path.resolve()
     for leftover in {blob, path}:
         leftover.unlink(missing_ok=True)
-    raise HubError(f"{path.name}: the downloaded file does not match the hub's checksum ({kind} {got[:12]}… "
-                   f"instead of {want[:12]}…, {size} of {remote.size} bytes); it was deleted — start again "
-                   "to fetch it anew, or check the mirror (HF_ENDPOINT)")
+    raise HubError(
+        f"{path.name}: the downloaded file does not match the hub's checksum ({kind} {got[:12]}… "
+        f"instead of {want[:12]}…, {size} of {remote.size} bytes); it was deleted — start again "
+        "to fetch it anew, or check the mirror (HF_ENDPOINT)"
+    )
 
 
 class Transfer:
@@ -244,8 +251,7 @@ class Transfer:
             percent = done * 100 // self.total if self.total else 0
             if percent >= self._next_percent:
                 self._next_percent = percent // 10 * 10 + 10
-                log.info("fetching %s: %d%% (%s of %s)", self.label, min(percent, 100), _size(done),
-                         _size(self.total))
+                log.info("fetching %s: %d%% (%s of %s)", self.label, min(percent, 100), _size(done), _size(self.total))
 
     def progress_class(self) -> type:
         """A tqdm subclass for `hf_hub_download(tqdm_class=...)`, feeding this transfer."""

@@ -49,41 +49,70 @@ class WorkerMetrics:
         self._in_flight: Callable[[], int] = lambda: 0
         self._stopping: Callable[[], bool] = lambda: False
         r = self.registry
-        self.jobs_started = Counter("ilm_worker_jobs_started", "Jobs (attempts) a worker started", ["kind"],
-                                    registry=r)
-        self.jobs_finished = Counter("ilm_worker_jobs_finished", "Jobs finished, by outcome (done, stopped, error)",
-                                     ["kind", "outcome"], registry=r)
-        self.errors = Counter("ilm_worker_errors", "Error events sent to users, by job kind and error code",
-                              ["kind", "code"], registry=r)
-        self.retries = Counter("ilm_worker_retries", "Jobs taken over after a worker died or handed them back",
-                               ["kind"], registry=r)
-        self.dead_letters = Counter("ilm_worker_dead_letters", "Jobs this worker dead-lettered, by reason",
-                                    ["reason"], registry=r)
-        self.redis_errors = Counter("ilm_worker_redis_errors", "Failed Redis calls in the claim loop (reconnects)",
-                                    registry=r)
-        self.job_seconds = Histogram("ilm_worker_job_seconds", "Run time of a job attempt, start to final event",
-                                     ["kind"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft_seconds = Histogram("ilm_worker_ttft_seconds", "Time from job start to the first token",
-                                      ["kind"], buckets=TTFT_BUCKETS, registry=r)
-        self.queue_seconds = Histogram("ilm_worker_queue_wait_seconds", "Time a job waited before a worker ran it",
-                                       ["kind"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens_per_s = Histogram("ilm_worker_tokens_per_second", "Generation speed of finished jobs",
-                                      ["kind"], buckets=TPS_BUCKETS, registry=r)
-        self.completion_tokens = Counter("ilm_worker_completion_tokens", "Tokens generated (rate() = tokens/s)",
-                                         ["kind"], registry=r)
+        self.jobs_started = Counter("ilm_worker_jobs_started", "Jobs (attempts) a worker started", ["kind"], registry=r)
+        self.jobs_finished = Counter(
+            "ilm_worker_jobs_finished",
+            "Jobs finished, by outcome (done, stopped, error)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "ilm_worker_errors", "Error events sent to users, by job kind and error code", ["kind", "code"], registry=r
+        )
+        self.retries = Counter(
+            "ilm_worker_retries", "Jobs taken over after a worker died or handed them back", ["kind"], registry=r
+        )
+        self.dead_letters = Counter(
+            "ilm_worker_dead_letters", "Jobs this worker dead-lettered, by reason", ["reason"], registry=r
+        )
+        self.redis_errors = Counter(
+            "ilm_worker_redis_errors", "Failed Redis calls in the claim loop (reconnects)", registry=r
+        )
+        self.job_seconds = Histogram(
+            "ilm_worker_job_seconds",
+            "Run time of a job attempt, start to final event",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft_seconds = Histogram(
+            "ilm_worker_ttft_seconds",
+            "Time from job start to the first token",
+            ["kind"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "ilm_worker_queue_wait_seconds",
+            "Time a job waited before a worker ran it",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_per_s = Histogram(
+            "ilm_worker_tokens_per_second",
+            "Generation speed of finished jobs",
+            ["kind"],
+            buckets=TPS_BUCKETS,
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "ilm_worker_completion_tokens", "Tokens generated (rate() = tokens/s)", ["kind"], registry=r
+        )
         self.prompt_tokens = Counter("ilm_worker_prompt_tokens", "Prompt tokens processed", ["kind"], registry=r)
         self.in_flight = Gauge("ilm_worker_jobs_in_flight", "Jobs this worker is running now", registry=r)
         self.concurrency = Gauge("ilm_worker_concurrency", "Jobs this worker may run at once", registry=r)
         self.up = Gauge("ilm_worker_engine_loaded", "1 when the engine is loaded and the worker serves", registry=r)
-        self.queue_depth = Gauge("ilm_queue_depth", "Jobs waiting for any worker (read from Redis at scrape)",
-                                 registry=r)
-        self.dead_backlog = Gauge("ilm_dead_letter_backlog", "Entries in the dead-letter stream (all workers)",
-                                  registry=r)
+        self.queue_depth = Gauge(
+            "ilm_queue_depth", "Jobs waiting for any worker (read from Redis at scrape)", registry=r
+        )
+        self.dead_backlog = Gauge(
+            "ilm_dead_letter_backlog", "Entries in the dead-letter stream (all workers)", registry=r
+        )
         self.in_flight.set_function(lambda: self._in_flight())
         self.up.set_function(lambda: 1.0 if self.engine_loaded else 0.0)
 
-    def watch(self, *, bus: Bus, concurrency: int, in_flight: Callable[[], int],
-              stopping: Callable[[], bool]) -> None:
+    def watch(self, *, bus: Bus, concurrency: int, in_flight: Callable[[], int], stopping: Callable[[], bool]) -> None:
         """What to read at scrape time: the worker's bus, and callables for its jobs in flight and whether it
         is shutting down."""
         self.bus = bus
@@ -113,8 +142,13 @@ class WorkerMetrics:
             self.jobs_finished.labels(job.kind, outcome).inc()
             timings = data.get("timings") or {}
             usage = data.get("usage") or {}
-            log.info("job %s: %s ms total, %s ms to first token, %s tokens", outcome, timings.get("total_ms"),
-                     timings.get("ttft_ms"), usage.get("completion_tokens"))
+            log.info(
+                "job %s: %s ms total, %s ms to first token, %s tokens",
+                outcome,
+                timings.get("total_ms"),
+                timings.get("ttft_ms"),
+                usage.get("completion_tokens"),
+            )
             with contextlib.suppress(TypeError, ValueError):
                 self.job_seconds.labels(job.kind).observe(float(timings.get("total_ms", 0)) / 1000)
                 self.queue_seconds.labels(job.kind).observe(float(timings.get("queue_ms", 0)) / 1000)
@@ -151,8 +185,13 @@ class WorkerMetrics:
             except Exception:
                 redis_ok = False
         stopping = bool(self._stopping())
-        body = {"engine_loaded": self.engine_loaded, "redis": redis_ok, "stopping": stopping,
-                "worker": self.worker_id, "in_flight": self._in_flight()}
+        body = {
+            "engine_loaded": self.engine_loaded,
+            "redis": redis_ok,
+            "stopping": stopping,
+            "worker": self.worker_id,
+            "in_flight": self._in_flight(),
+        }
         return self.engine_loaded and redis_ok and not stopping, body
 
 
@@ -174,9 +213,13 @@ class MeteredContext(JobContext):
 class MetricsServer:
     """`/metrics` (Prometheus text format) and `/healthz` on one port, served from the event loop."""
 
-    def __init__(self, registry: CollectorRegistry, *,
-                 refresh: Callable[[], Awaitable[None]] | None = None,
-                 health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]] | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+        health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]] | None = None,
+    ) -> None:
         self.registry = registry
         self.refresh = refresh
         self.health = health

@@ -72,8 +72,11 @@ class ModelScopeHub(BaseHub):
 
     def __init__(self, settings: Settings, *, probe_timeout: float = PROBE_TIMEOUT) -> None:
         self.endpoint = endpoint_of(settings.modelscope_domain)
-        root = Path(settings.modelscope_cache).expanduser() if settings.modelscope_cache.strip() else \
-            Path.home() / ".cache" / "modelscope" / "hub"
+        root = (
+            Path(settings.modelscope_cache).expanduser()
+            if settings.modelscope_cache.strip()
+            else Path.home() / ".cache" / "modelscope" / "hub"
+        )
         self.cache_root = root / "models"
         self.offline = settings.hf_hub_offline
         self.probe_timeout = probe_timeout
@@ -115,14 +118,18 @@ class ModelScopeHub(BaseHub):
 
         url = f"{self.endpoint}/api/v1/models/{ref.repo_id}/repo/files"
         try:
-            response = httpx.get(url, params={"Revision": self._revision(ref), "Recursive": "True"},
-                                 timeout=30, follow_redirects=True)
+            response = httpx.get(
+                url, params={"Revision": self._revision(ref), "Recursive": "True"}, timeout=30, follow_redirects=True
+            )
         except httpx.HTTPError as exc:
-            raise HubUnavailable(f"could not list {ref.repo_id} on ModelScope ({self.endpoint}): "
-                                 f"{_describe(exc)}") from None
+            raise HubUnavailable(
+                f"could not list {ref.repo_id} on ModelScope ({self.endpoint}): {_describe(exc)}"
+            ) from None
         if response.status_code == 404:
-            raise HubError(f"ModelScope ({self.endpoint}) has no model {ref.repo_id!r} (revision "
-                           f"{self._revision(ref)}); ModelScope names InternLM's as Shanghai_AI_Laboratory/…")
+            raise HubError(
+                f"ModelScope ({self.endpoint}) has no model {ref.repo_id!r} (revision "
+                f"{self._revision(ref)}); ModelScope names InternLM's as Shanghai_AI_Laboratory/…"
+            )
         if response.status_code >= 500:
             raise HubUnavailable(f"ModelScope ({self.endpoint}) answered HTTP {response.status_code}")
         try:
@@ -131,11 +138,16 @@ class ModelScopeHub(BaseHub):
             body = None
         if response.status_code >= 400 or not isinstance(body, dict) or body.get("Code") != 200:
             message = body.get("Message") if isinstance(body, dict) else ""
-            raise HubError(f"ModelScope refused to list {ref.repo_id} (HTTP {response.status_code}"
-                           f"{': ' + str(message)[:200] if message else ''})")
+            raise HubError(
+                f"ModelScope refused to list {ref.repo_id} (HTTP {response.status_code}"
+                f"{': ' + str(message)[:200] if message else ''})"
+            )
         files = ((body.get("Data") or {}).get("Files")) or []
-        return [RemoteFile(str(f["Path"]), int(f.get("Size") or 0), f.get("Sha256") or None, "")
-                for f in files if isinstance(f, dict) and f.get("Type") != "tree" and f.get("Path")]
+        return [
+            RemoteFile(str(f["Path"]), int(f.get("Size") or 0), f.get("Sha256") or None, "")
+            for f in files
+            if isinstance(f, dict) and f.get("Type") != "tree" and f.get("Path")
+        ]
 
     def _download(self, ref: HubReference, remote: RemoteFile) -> Path:
         """`GET /api/v1/models/{model}/repo?Revision=…&FilePath=…` into the cache, continuing a partial file."""
@@ -143,8 +155,10 @@ class ModelScopeHub(BaseHub):
         if target.is_file():
             if target.stat().st_size == remote.size:
                 return target
-            raise HubError(f"the cached {target} has {target.stat().st_size} bytes, ModelScope lists {remote.size}: "
-                           "delete it to fetch it again")
+            raise HubError(
+                f"the cached {target} has {target.stat().st_size} bytes, ModelScope lists {remote.size}: "
+                "delete it to fetch it again"
+            )
         partial = self._partial(ref, remote.path)
         partial.parent.mkdir(parents=True, exist_ok=True)
         label = f"{ref.repo_id}/{remote.path}"
@@ -159,12 +173,14 @@ class ModelScopeHub(BaseHub):
                 raise
             except httpx.TransportError as exc:
                 if attempt == ATTEMPTS:
-                    raise HubError(f"could not download {label} from ModelScope: {_describe(exc)} (start again "
-                                   "to resume)") from None
+                    raise HubError(
+                        f"could not download {label} from ModelScope: {_describe(exc)} (start again to resume)"
+                    ) from None
                 log.warning("the download of %s broke off (%s): resuming", label, _describe(exc))
             except Exception as exc:
-                raise HubError(f"could not download {label} from ModelScope: {_describe(exc)} (start again to "
-                               "resume)") from None
+                raise HubError(
+                    f"could not download {label} from ModelScope: {_describe(exc)} (start again to resume)"
+                ) from None
         if remote.sha256:
             verify(partial, remote)
             checked = "checksum verified"
@@ -185,16 +201,18 @@ class ModelScopeHub(BaseHub):
         if have > remote.size:
             partial.unlink()
             have = 0
-        bar: Any = transfer.progress_class()(total=remote.size, initial=have, unit="B", unit_scale=True,
-                                            desc=remote.path.rsplit("/", 1)[-1])
+        bar: Any = transfer.progress_class()(
+            total=remote.size, initial=have, unit="B", unit_scale=True, desc=remote.path.rsplit("/", 1)[-1]
+        )
         try:
             if have == remote.size:
                 return
             headers = {"Range": f"bytes={have}-{remote.size - 1}"} if have else {}
             url = f"{self.endpoint}/api/v1/models/{ref.repo_id}/repo"
             params = {"Revision": self._revision(ref), "FilePath": remote.path}
-            with httpx.stream("GET", url, params=params, headers=headers, timeout=TIMEOUT,
-                              follow_redirects=True) as response:
+            with httpx.stream(
+                "GET", url, params=params, headers=headers, timeout=TIMEOUT, follow_redirects=True
+            ) as response:
                 if response.status_code == 404:
                     raise HubError(f"ModelScope has no file {remote.path!r} in {ref.repo_id}")
                 response.raise_for_status()

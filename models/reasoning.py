@@ -98,7 +98,7 @@ class ReasoningSplitter:
             if self.mode == "start":
                 stripped = self._buf.lstrip()
                 if stripped.startswith(OPEN):
-                    self.mode, self._buf = "think", stripped[len(OPEN):]
+                    self.mode, self._buf = "think", stripped[len(OPEN) :]
                 elif OPEN.startswith(stripped):
                     break  # blank space or part of `<think>`: wait for more
                 else:
@@ -106,7 +106,7 @@ class ReasoningSplitter:
             elif self.mode == "opened":  # inside the template's `<think>`: only a repeated tag is decided here
                 stripped = self._buf.lstrip()
                 if stripped.startswith(OPEN):
-                    self.mode, self._buf = "think", stripped[len(OPEN):]
+                    self.mode, self._buf = "think", stripped[len(OPEN) :]
                 elif stripped and OPEN.startswith(stripped):
                     break
                 else:
@@ -115,11 +115,11 @@ class ReasoningSplitter:
                 end = self._buf.find(CLOSE)
                 if end >= 0:
                     self._put("thinking", self._buf[:end])
-                    self.mode, self._buf, self._trim = "answer", self._buf[end + len(CLOSE):], True
+                    self.mode, self._buf, self._trim = "answer", self._buf[end + len(CLOSE) :], True
                 else:
                     keep = _held(self._buf, CLOSE)
-                    self._put("thinking", self._buf[:len(self._buf) - keep])
-                    self._buf = self._buf[len(self._buf) - keep:]
+                    self._put("thinking", self._buf[: len(self._buf) - keep])
+                    self._buf = self._buf[len(self._buf) - keep :]
                     break
             else:
                 self._put("answer", self._buf)

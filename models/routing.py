@@ -38,6 +38,7 @@ class Settings(Protocol):
     llamacpp_model: str
     llamacpp_model_path: str
 
+
 ENGINES = ("openai", "lmdeploy", "llamacpp", "test")
 # Names become part of a Redis key and are shown in Discord: hub-style ids (internlm/internlm3-8b-instruct)
 # and served names (qwen2.5:7b) must fit, separators of the list (`,` `=`) and whitespace must not.
@@ -90,15 +91,18 @@ def _parse(text: str) -> tuple[ModelSpec, ...]:  # read on every request: parse 
         name, has_spec, spec = entry.partition("=")
         name = name.strip()
         if not valid_name(name):
-            raise ModelListError(f"{name!r} is not a model name (letters, digits and . _ : / + - only, "
-                                 "at most 100 characters)")
+            raise ModelListError(
+                f"{name!r} is not a model name (letters, digits and . _ : / + - only, at most 100 characters)"
+            )
         engine, target = "", ""
         if has_spec:
             engine, _, target = spec.strip().partition(":")
             engine, target = engine.strip().lower(), target.strip()
             if engine not in ENGINES:
-                raise ModelListError(f"{entry!r}: what serves a model is one of {', '.join(ENGINES)} "
-                                     "(for example internlm3=openai:http://host:23333/v1)")
+                raise ModelListError(
+                    f"{entry!r}: what serves a model is one of {', '.join(ENGINES)} "
+                    "(for example internlm3=openai:http://host:23333/v1)"
+                )
             if engine == "llamacpp" and not target:
                 raise ModelListError(f"{entry!r}: llamacpp needs the GGUF, e.g. {name}=llamacpp:/models/x.gguf")
         if any(s.name == name for s in specs):
@@ -168,8 +172,9 @@ def worker_models(settings: Settings) -> list[ModelSpec]:
         return chosen
     unknown = [name for name in wanted if name not in by_name]
     if unknown:
-        raise ModelListError(f"WORKER_MODELS names {', '.join(unknown)}, which CHAT_MODELS does not list "
-                             f"({', '.join(by_name)})")
+        raise ModelListError(
+            f"WORKER_MODELS names {', '.join(unknown)}, which CHAT_MODELS does not list ({', '.join(by_name)})"
+        )
     return [by_name[name] for name in dict.fromkeys(wanted)]
 
 

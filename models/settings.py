@@ -179,8 +179,9 @@ class Settings(BaseSettings):
     sandbox_disk_mb: int = 64  # the run's whole working directory (a tmpfs: counts as memory)
     sandbox_max_files: int = 4096  # files and directories in the working directory (tmpfs inodes)
     sandbox_max_output_chars: int = 4000  # stdout/stderr kept (the rest is cut with a note)
-    sandbox_allowed_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [
-        "numpy", "sympy", "mpmath", "matplotlib", "pandas", "scipy", "PIL"])  # besides the standard library
+    sandbox_allowed_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["numpy", "sympy", "mpmath", "matplotlib", "pandas", "scipy", "PIL"]
+    )  # besides the standard library
     sandbox_isolation: Literal["bubblewrap", "off"] = "bubblewrap"  # off = no Python tool; see docs/agent.md
     sandbox_bwrap: str = "bwrap"  # the bubblewrap executable
     sandbox_hide_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)  # must never be visible
@@ -192,9 +193,11 @@ class Settings(BaseSettings):
         if value in ("auto", "namespace"):
             return "bubblewrap"
         if value == "audit":
-            raise ValueError("SANDBOX_ISOLATION=audit was removed: an audit hook cannot stop determined code. "
-                             "Install bubblewrap and use SANDBOX_ISOLATION=bubblewrap, or 'off' to turn the "
-                             "Python tool off (docs/agent.md)")
+            raise ValueError(
+                "SANDBOX_ISOLATION=audit was removed: an audit hook cannot stop determined code. "
+                "Install bubblewrap and use SANDBOX_ISOLATION=bubblewrap, or 'off' to turn the "
+                "Python tool off (docs/agent.md)"
+            )
         return value
 
     @field_validator("chat_models")
@@ -270,7 +273,8 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc'])).upper() or 'settings'}: "
-                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        problems = "\n".join(
+            f"  {'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
         raise SystemExit(f"Invalid settings (from the environment or .env):\n{problems}") from None
-

@@ -23,10 +23,27 @@ JOINER = "\u2060"
 # InternLM2 / InternLM2.5 / InternLM3 (ChatML + the tool protocol), XComposer's InternLM-XComposer tokens,
 # and the common ChatML / Llama / reasoning markers other supported models use.
 CONTROL_TOKENS: tuple[str, ...] = (
-    "<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|plugin|>", "<|interpreter|>",
-    "[UNUSED_TOKEN_145]", "[UNUSED_TOKEN_146]", "[UNUSED_TOKEN_141]", "[UNUSED_TOKEN_142]",
-    "[UNUSED_TOKEN_143]", "[UNUSED_TOKEN_144]", "<s>", "</s>", "<|endoftext|>", "<|eot_id|>",
-    "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<think>", "</think>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|action_start|>",
+    "<|action_end|>",
+    "<|plugin|>",
+    "<|interpreter|>",
+    "[UNUSED_TOKEN_145]",
+    "[UNUSED_TOKEN_146]",
+    "[UNUSED_TOKEN_141]",
+    "[UNUSED_TOKEN_142]",
+    "[UNUSED_TOKEN_143]",
+    "[UNUSED_TOKEN_144]",
+    "<s>",
+    "</s>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<think>",
+    "</think>",
 )
 
 # Shapes no model uses for ordinary text: `<|anything|>` and `[UNUSED_TOKEN_n]`.

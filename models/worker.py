@@ -66,8 +66,15 @@ RETRY_DELAY = 0.5  # seconds between retries while Redis is unreachable
 
 
 class Worker:
-    def __init__(self, settings: Settings, bus: Bus, engine: Engine, worker_id: str | None = None, *,
-                 engines: dict[str, Engine] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        engine: Engine,
+        worker_id: str | None = None,
+        *,
+        engines: dict[str, Engine] | None = None,
+    ) -> None:
         self.settings = settings
         self.bus = bus
         self.engine = engine
@@ -87,8 +94,12 @@ class Worker:
         self.jobs_done = 0
         self._slot_free = asyncio.Event()
         self.metrics = WorkerMetrics(self.worker_id)  # Prometheus; served when WORKER_METRICS_PORT is set
-        self.metrics.watch(bus=bus, concurrency=settings.worker_concurrency,
-                           in_flight=lambda: len(self.in_flight), stopping=self.stopping.is_set)
+        self.metrics.watch(
+            bus=bus,
+            concurrency=settings.worker_concurrency,
+            in_flight=lambda: len(self.in_flight),
+            stopping=self.stopping.is_set,
+        )
 
     @property
     def visibility_ms(self) -> int:
@@ -101,16 +112,21 @@ class Worker:
         for engine in self._distinct_engines():
             await engine.start()
         self.metrics.engine_loaded = True
-        metrics_server = await start_worker_metrics(self.metrics, self.settings.metrics_host,
-                                                    self.settings.worker_metrics_port)
+        metrics_server = await start_worker_metrics(
+            self.metrics, self.settings.metrics_host, self.settings.worker_metrics_port
+        )
         with contextlib.suppress(Exception):  # visible before it claims anything (no false "no worker")
             await self._register(self._heartbeat_interval)
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
             asyncio.create_task(self._cancel_loop(), name="worker-cancels"),
         ]
-        log.info("worker %s serving with engine %s, concurrency %d", self.worker_id,
-                 self._describe(), self.settings.worker_concurrency)
+        log.info(
+            "worker %s serving with engine %s, concurrency %d",
+            self.worker_id,
+            self._describe(),
+            self.settings.worker_concurrency,
+        )
         claims = asyncio.create_task(self._claim_loop(), name="worker-claims")
         try:
             await self._until_stopped(claims)
@@ -243,7 +259,8 @@ class Worker:
         assert item.job is not None
         job = item.job
         attempt, cancelled, announced = await self.bus.start_attempt(
-            job.id, {"state": "started", "worker": self.worker_id})
+            job.id, {"state": "started", "worker": self.worker_id}
+        )
         if attempt > 1:
             if await self.bus.final_event(job.id) is not None:
                 # The previous attempt wrote its final event but died before the XACK: nothing to redo.
@@ -277,8 +294,7 @@ class Worker:
         self.metrics.dead_lettered("bad_job")
         await self.bus.ack(item.entry_id)
 
-    async def _run_job(self, item: Claimed, attempt: int, *, cancelled: bool = False,
-                       announced: bool = False) -> None:
+    async def _run_job(self, item: Claimed, attempt: int, *, cancelled: bool = False, announced: bool = False) -> None:
         assert item.job is not None
         job = item.job
         cancel = asyncio.Event()
@@ -289,9 +305,18 @@ class Worker:
         # A job only reaches a worker from the stream of a model it serves (`Bus._claimed` checks the job agrees).
         # A single-model job (no model named) runs on `self.engine`, which callers may swap after construction.
         engine = self.engines.get(job.model, self.engine) if job.model else self.engine
-        ctx = MeteredContext(job=job, attempt=attempt, engine=engine, bus=self.bus, settings=self.settings,
-                             cancel=cancel, worker_id=self.worker_id, metrics=self.metrics,
-                             ack_entry=item.entry_id, delta_window=max(0.0, self.settings.delta_window_ms / 1000))
+        ctx = MeteredContext(
+            job=job,
+            attempt=attempt,
+            engine=engine,
+            bus=self.bus,
+            settings=self.settings,
+            cancel=cancel,
+            worker_id=self.worker_id,
+            metrics=self.metrics,
+            ack_entry=item.entry_id,
+            delta_window=max(0.0, self.settings.delta_window_ms / 1000),
+        )
         ctx.on_final = lambda: self.answered.add(item.entry_id)
         try:
             try:
@@ -342,8 +367,9 @@ class Worker:
         task = asyncio.create_task(runner(ctx))
         cancelled = asyncio.create_task(ctx.cancel.wait())
         try:
-            done, _ = await asyncio.wait({task, cancelled}, timeout=self.settings.job_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {task, cancelled}, timeout=self.settings.job_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if task not in done and cancelled in done:
                 done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
                 if task not in done:
@@ -369,10 +395,8 @@ class Worker:
         """Let running jobs finish for the grace period, then hand the rest back."""
         if not self.in_flight:
             return
-        log.info("waiting up to %.0fs for %d running jobs", self.settings.worker_shutdown_grace,
-                 len(self.in_flight))
-        _done, pending = await asyncio.wait(list(self.in_flight.values()),
-                                            timeout=self.settings.worker_shutdown_grace)
+        log.info("waiting up to %.0fs for %d running jobs", self.settings.worker_shutdown_grace, len(self.in_flight))
+        _done, pending = await asyncio.wait(list(self.in_flight.values()), timeout=self.settings.worker_shutdown_grace)
         if pending:
             entries = [entry for entry, task in self.in_flight.items() if task in pending]
             jobs = [self.in_flight_jobs[entry] for entry in entries if entry in self.in_flight_jobs]
@@ -419,11 +443,19 @@ class Worker:
         return max(0.2, min(5.0, self.settings.job_visibility_timeout / 4))
 
     async def _register(self, interval: float) -> None:
-        await self.bus.register_worker(WorkerInfo(
-            worker_id=self.worker_id, host=socket.gethostname(), engine=self._describe(),
-            concurrency=self.settings.worker_concurrency, in_flight=len(self.in_flight),
-            vision=any(engine.supports_vision for engine in self.engines.values()), last_seen=time.time(),
-            models=[model for model in self.models if model]), ttl=max(15.0, interval * 3))
+        await self.bus.register_worker(
+            WorkerInfo(
+                worker_id=self.worker_id,
+                host=socket.gethostname(),
+                engine=self._describe(),
+                concurrency=self.settings.worker_concurrency,
+                in_flight=len(self.in_flight),
+                vision=any(engine.supports_vision for engine in self.engines.values()),
+                last_seen=time.time(),
+                models=[model for model in self.models if model],
+            ),
+            ttl=max(15.0, interval * 3),
+        )
 
     async def _stop_background(self, tasks: list[asyncio.Task[None]]) -> None:
         """Cancel the background loops and wait for them, bounded: a cancellation can be absorbed inside
@@ -468,9 +500,13 @@ def build_worker(settings: Settings, bus: Bus) -> Worker:
 
 def make_bus(settings: Settings, url: str | None = None) -> Bus:
     client = connect(url or resolve_redis_url(settings.redis_url, settings.data_dir))
-    return Bus(client, reply_ttl=settings.reply_ttl, blob_ttl=settings.blob_ttl,
-               max_job_bytes=settings.max_job_bytes,
-               models=routing.names(settings) if routing.routed(settings) else ())
+    return Bus(
+        client,
+        reply_ttl=settings.reply_ttl,
+        blob_ttl=settings.blob_ttl,
+        max_job_bytes=settings.max_job_bytes,
+        models=routing.names(settings) if routing.routed(settings) else (),
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Rewrite the README's settings section from `.env.example`, so the two never disagree.
 
-    python scripts/settings_table.py          # rewrite README.md between the SETTINGS markers
-    python scripts/settings_table.py --check  # exit 1 if README.md is out of date (tests run this)
+python scripts/settings_table.py          # rewrite README.md between the SETTINGS markers
+python scripts/settings_table.py --check  # exit 1 if README.md is out of date (tests run this)
 """
 
 from __future__ import annotations

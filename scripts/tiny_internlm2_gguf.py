@@ -79,8 +79,13 @@ CORPUS = [
     "书生·浦语 是上海人工智能实验室开发的大语言模型。请用中文回答问题。",
     "Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation , . ! ? : ; ( ) [ ] { } \" ' = + - * / < > |",
 ]
-DIMS = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2}
+DIMS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def train_tokenizer(out_dir: Path, vocab_size: int) -> int:
@@ -90,10 +95,22 @@ def train_tokenizer(out_dir: Path, vocab_size: int) -> int:
 
     prefix = out_dir / "sp"
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 50), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
-        character_coverage=1.0, normalization_rule_name="identity", allow_whitespace_only_pieces=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+        sentence_iterator=iter(CORPUS * 50),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
     )
     proto = model_pb2.ModelProto()
     proto.ParseFromString((prefix.with_suffix(".model")).read_bytes())
@@ -105,8 +122,14 @@ def train_tokenizer(out_dir: Path, vocab_size: int) -> int:
 
 
 def token_entry(content: str) -> dict[str, object]:
-    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-            "special": True}
+    return {
+        "content": content,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": True,
+    }
 
 
 def write_configs(out_dir: Path, n_vocab: int) -> None:
@@ -115,22 +138,51 @@ def write_configs(out_dir: Path, n_vocab: int) -> None:
     decoder = {"0": token_entry("<unk>"), "1": token_entry("<s>"), "2": token_entry("</s>")}
     decoder |= {str(first + i): token_entry(content) for i, (_p, content) in enumerate(SPECIALS)}
     tokenizer_config = {
-        "add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": decoder,
-        "additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>",
-                                      "<|interpreter|>", "<|plugin|>"],
-        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer",
-                                       "tokenization_internlm2_fast.InternLM2TokenizerFast"]},
-        "bos_token": "<s>", "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
-        "decode_with_prefix_space": False, "eos_token": "</s>", "pad_token": "</s>",
-        "tokenizer_class": "InternLM2Tokenizer", "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": decoder,
+        "additional_special_tokens": [
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|action_start|>",
+            "<|action_end|>",
+            "<|interpreter|>",
+            "<|plugin|>",
+        ],
+        "auto_map": {
+            "AutoTokenizer": [
+                "tokenization_internlm2.InternLM2Tokenizer",
+                "tokenization_internlm2_fast.InternLM2TokenizerFast",
+            ]
+        },
+        "bos_token": "<s>",
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "decode_with_prefix_space": False,
+        "eos_token": "</s>",
+        "pad_token": "</s>",
+        "tokenizer_class": "InternLM2Tokenizer",
+        "unk_token": "<unk>",
     }
     config = {
-        "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
-        "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
-                     "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
-        **DIMS, "vocab_size": n_vocab, "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
-        "rope_theta": 1000000.0, "rope_scaling": None, "bias": False, "hidden_act": "silu",
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "tie_word_embeddings": False,
+        "architectures": ["InternLM2ForCausalLM"],
+        "model_type": "internlm2",
+        "auto_map": {
+            "AutoConfig": "configuration_internlm2.InternLM2Config",
+            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+        },
+        **DIMS,
+        "vocab_size": n_vocab,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 1000000.0,
+        "rope_scaling": None,
+        "bias": False,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+        "tie_word_embeddings": False,
         "torch_dtype": "float16",
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
@@ -150,8 +202,11 @@ def write_weights(out_dir: Path, n_vocab: int, seed: int) -> None:
     def rand(*shape: int) -> torch.Tensor:
         return (torch.randn(*shape, generator=gen) * 0.02).to(torch.float16)
 
-    tensors = {"model.tok_embeddings.weight": rand(n_vocab, hidden), "output.weight": rand(n_vocab, hidden),
-               "model.norm.weight": torch.ones(hidden, dtype=torch.float16)}
+    tensors = {
+        "model.tok_embeddings.weight": rand(n_vocab, hidden),
+        "output.weight": rand(n_vocab, hidden),
+        "model.norm.weight": torch.ones(hidden, dtype=torch.float16),
+    }
     for i in range(DIMS["num_hidden_layers"]):
         p = f"model.layers.{i}."
         tensors |= {
@@ -177,8 +232,20 @@ def build(llama_cpp: Path, out: Path, *, vocab_size: int = 600, seed: int = 0) -
         write_configs(hf, n_vocab)
         write_weights(hf, n_vocab, seed)
         out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(converter), str(hf), "--outfile", str(out), "--outtype", "f16",
-                        "--model-name", "InternLM2 tiny (random weights, test fixture)"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(converter),
+                str(hf),
+                "--outfile",
+                str(out),
+                "--outtype",
+                "f16",
+                "--model-name",
+                "InternLM2 tiny (random weights, test fixture)",
+            ],
+            check=True,
+        )
     return out
 
 

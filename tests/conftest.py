@@ -59,10 +59,26 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.workdir),
-             "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                find_redis_server(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--dir",
+                str(self.workdir),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         client = sync_redis.Redis(port=self.port)
         for _ in range(200):
             with contextlib.suppress(Exception):
@@ -100,15 +116,21 @@ def redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> Settings:
-    return Settings(_env_file=None, redis_url=redis_url, engine="test", data_dir=tmp_path / "data",
-                    job_visibility_timeout=2.0, worker_concurrency=4, embedded_worker=True)
+    return Settings(
+        _env_file=None,
+        redis_url=redis_url,
+        engine="test",
+        data_dir=tmp_path / "data",
+        job_visibility_timeout=2.0,
+        worker_concurrency=4,
+        embedded_worker=True,
+    )
 
 
 @pytest.fixture
 async def bus(settings: Settings) -> AsyncIterator[Bus]:
     client = connect(settings.redis_url)
-    bus = Bus(client, reply_ttl=settings.reply_ttl, blob_ttl=settings.blob_ttl,
-              max_job_bytes=settings.max_job_bytes)
+    bus = Bus(client, reply_ttl=settings.reply_ttl, blob_ttl=settings.blob_ttl, max_job_bytes=settings.max_job_bytes)
     await bus.ensure_group()
     yield bus
     await bus.close()
@@ -132,9 +154,16 @@ async def worker(settings: Settings, bus: Bus, engine: TestEngine) -> AsyncItera
 def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for a child process (a worker, the console) that uses the test Redis."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "OPENAI_API_KEY")}
-    env.update({"REDIS_URL": settings.redis_url, "ENGINE": settings.engine, "PYTHONUNBUFFERED": "1",
-                "JOB_VISIBILITY_TIMEOUT": str(settings.job_visibility_timeout),
-                "DATA_DIR": str(settings.data_dir), "PYTHONPATH": str(ROOT)})
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url,
+            "ENGINE": settings.engine,
+            "PYTHONUNBUFFERED": "1",
+            "JOB_VISIBILITY_TIMEOUT": str(settings.job_visibility_timeout),
+            "DATA_DIR": str(settings.data_dir),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     env.update(extra)
     return env
 

@@ -98,8 +98,9 @@ class FakeHub:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------------ content
-    def add(self, repo_id: str, path: str, *, source: Path | None = None, data: bytes = b"",
-            lfs: bool = True) -> HostedFile:
+    def add(
+        self, repo_id: str, path: str, *, source: Path | None = None, data: bytes = b"", lfs: bool = True
+    ) -> HostedFile:
         hosted = HostedFile(path, source=source, data=data, lfs=lfs)
         self.repos.setdefault(repo_id, {})[path] = hosted
         return hosted
@@ -192,8 +193,12 @@ def _handler(hub: FakeHub, origin: str) -> type[BaseHTTPRequestHandler]:
                 return self._error(404, "RevisionNotFound", "Invalid rev id: " + revision)
             entries = []
             for hosted in hub.repos[repo].values():
-                entry: dict[str, object] = {"type": "file", "oid": hosted.git_oid, "size": hosted.size,
-                                            "path": hosted.path}
+                entry: dict[str, object] = {
+                    "type": "file",
+                    "oid": hosted.git_oid,
+                    "size": hosted.size,
+                    "path": hosted.path,
+                }
                 if hosted.lfs:
                     pointer = lfs_pointer(hosted.sha256, hosted.size)
                     entry["lfs"] = {"oid": hosted.sha256, "size": hosted.size, "pointerSize": len(pointer)}

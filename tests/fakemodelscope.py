@@ -127,29 +127,47 @@ def _handler(ms: FakeModelScope) -> type[BaseHTTPRequestHandler]:
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
             ms.requests.append(Seen(self.command, parts.path, query, {k.lower(): v for k, v in self.headers.items()}))
             if ms.api_status is not None:
-                return self._json({"Code": ms.api_status, "Message": "Service Unavailable", "Success": False},
-                                  ms.api_status)
+                return self._json(
+                    {"Code": ms.api_status, "Message": "Service Unavailable", "Success": False}, ms.api_status
+                )
             if match := _FILES.match(parts.path):
                 return self._files(match["repo"], query)
             if match := _FILE.match(parts.path):
                 return self._file(match["repo"], query)
             if match := _MODEL.match(parts.path):
                 found = match["repo"] in ms.repos
-                return self._json({"Code": 200 if found else 404, "Data": {"Path": match["repo"]} if found else None,
-                                   "Success": found}, 200 if found else 404)
+                return self._json(
+                    {
+                        "Code": 200 if found else 404,
+                        "Data": {"Path": match["repo"]} if found else None,
+                        "Success": found,
+                    },
+                    200 if found else 404,
+                )
             return self._json({"Code": 404, "Message": "Not Found", "Success": False}, 404)
 
         def _files(self, repo: str, query: dict[str, str]) -> None:
             if repo not in ms.repos or query.get("Revision", "master") != "master":
-                return self._json({"Code": 404, "Message": f"The request model: {repo} does not exist!",
-                                   "Success": False}, 404)
+                return self._json(
+                    {"Code": 404, "Message": f"The request model: {repo} does not exist!", "Success": False}, 404
+                )
             files: list[dict[str, object]] = []
             folders = sorted({h.path.rsplit("/", 1)[0] for h in ms.repos[repo].values() if "/" in h.path})
-            files += [{"Name": f.rsplit("/", 1)[-1], "Path": f, "Type": "tree", "Size": 0, "Sha256": ""}
-                      for f in folders]
-            files += [{"Name": h.path.rsplit("/", 1)[-1], "Path": h.path, "Type": "blob", "Size": h.size,
-                       "Sha256": h.sha256, "Revision": "c0ffee", "IsLFS": h.size > 1000}
-                      for h in ms.repos[repo].values()]
+            files += [
+                {"Name": f.rsplit("/", 1)[-1], "Path": f, "Type": "tree", "Size": 0, "Sha256": ""} for f in folders
+            ]
+            files += [
+                {
+                    "Name": h.path.rsplit("/", 1)[-1],
+                    "Path": h.path,
+                    "Type": "blob",
+                    "Size": h.size,
+                    "Sha256": h.sha256,
+                    "Revision": "c0ffee",
+                    "IsLFS": h.size > 1000,
+                }
+                for h in ms.repos[repo].values()
+            ]
             self._json({"Code": 200, "Data": {"Files": files}, "Message": "success", "Success": True})
 
         def _file(self, repo: str, query: dict[str, str]) -> None:

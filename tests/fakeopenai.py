@@ -71,8 +71,14 @@ class ImageRejected(ValueError):
 
 
 # InternLM2's special tokens (chat/chat_format.md); lmdeploy drops them from output by default.
-INTERNLM2_SPECIAL = ("<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|interpreter|>",
-                     "<|plugin|>")
+INTERNLM2_SPECIAL = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|action_start|>",
+    "<|action_end|>",
+    "<|interpreter|>",
+    "<|plugin|>",
+)
 
 
 @dataclass
@@ -109,8 +115,7 @@ def decode_image_url(url: str) -> SeenImage:
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
-            return SeenImage(format=img.format or "", size=img.size, mode=img.mode, mime=header[5:],
-                             nbytes=len(raw))
+            return SeenImage(format=img.format or "", size=img.size, mode=img.mode, mime=header[5:], nbytes=len(raw))
     except Exception as exc:
         raise ImageRejected(f"cannot open image: {type(exc).__name__}") from exc
 
@@ -160,12 +165,17 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------------ handlers
     async def _models(self, _request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models],
+            }
+        )
 
     def _error(self, status: int, message: str) -> web.Response:
-        return web.json_response({"error": {"message": message, "type": "invalid_request_error",
-                                            "code": status}}, status=status)
+        return web.json_response(
+            {"error": {"message": message, "type": "invalid_request_error", "code": status}}, status=status
+        )
 
     async def _record(self, request: web.Request) -> Recorded | web.Response:
         try:
@@ -219,9 +229,16 @@ class FakeOpenAI:
     def _check_tools(body: dict[str, Any]) -> str:
         """What a tool-calling server would reject in the request ('' if nothing)."""
         tools = body.get("tools")
-        if tools is not None and not (isinstance(tools, list) and all(
-                isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
-                and isinstance(t["function"].get("name"), str) for t in tools)):
+        if tools is not None and not (
+            isinstance(tools, list)
+            and all(
+                isinstance(t, dict)
+                and t.get("type") == "function"
+                and isinstance(t.get("function"), dict)
+                and isinstance(t["function"].get("name"), str)
+                for t in tools
+            )
+        ):
             return "tools must be a list of {type: function, function: {name, ...}}"
         called: set[str] = set()
         for message in body.get("messages") or []:
@@ -274,7 +291,7 @@ class FakeOpenAI:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         created = int(time.time())
-        pieces = [text[i:i + 5] for i in range(0, len(text), 5)]
+        pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
         try:
             for count, piece in enumerate(pieces):
                 if self.drop_after is not None and count >= self.drop_after:
@@ -290,8 +307,13 @@ class FakeOpenAI:
                 else:
                     choice = {"index": 0, "text": piece, "finish_reason": None}
                     obj = "text_completion"
-                chunk = {"id": "fake-1", "object": obj, "created": created, "model": rec.body["model"],
-                         "choices": [choice]}
+                chunk = {
+                    "id": "fake-1",
+                    "object": obj,
+                    "created": created,
+                    "model": rec.body["model"],
+                    "choices": [choice],
+                }
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
@@ -313,15 +335,34 @@ class FakeOpenAI:
         chunks = []
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"id": "fake-1", "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return {
+                "id": "fake-1",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
 
         for index, (name, arguments) in enumerate(calls):
-            chunks.append(chunk({"role": "assistant", "tool_calls": [
-                {"index": index, "id": f"chatcmpl-tool-{uuid.uuid4().hex[:12]}", "type": "function",
-                 "function": {"name": name}}]}))
+            chunks.append(
+                chunk(
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": f"chatcmpl-tool-{uuid.uuid4().hex[:12]}",
+                                "type": "function",
+                                "function": {"name": name},
+                            }
+                        ],
+                    }
+                )
+            )
             for i in range(0, len(arguments), 7):
-                chunks.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[i:i + 7]}}]}))
+                chunks.append(
+                    chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[i : i + 7]}}]})
+                )
         chunks.append(chunk({}, "tool_calls"))
         return chunks
 

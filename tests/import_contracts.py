@@ -29,8 +29,12 @@ class IsolatedContract(Contract):
                 warnings.append(f"{name} does not exist (yet): nothing to check")
                 continue
             inside |= {name} | graph.find_descendants(name)
-        bad = sorted((module, imported) for module in inside
-                     for imported in graph.find_modules_directly_imported_by(module) if imported not in inside)
+        bad = sorted(
+            (module, imported)
+            for module in inside
+            for imported in graph.find_modules_directly_imported_by(module)
+            if imported not in inside
+        )
         return ContractCheck(kept=not bad, warnings=warnings, metadata={"imports": bad})
 
     def render_broken_contract(self, check: ContractCheck) -> None:

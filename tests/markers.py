@@ -14,17 +14,32 @@ from pathlib import Path
 import pytest
 
 SLOW_FIXTURES = frozenset({"discord_harness", "discord_bot", "procs"})
-SLOW_FILES = frozenset({
-    "test_agent.py", "test_agent_replay.py", "test_bench.py", "test_chaos.py", "test_console.py",
-    "test_console_agent.py", "test_discord_process.py", "test_discord_worker.py", "test_llamacpp.py",
-    "test_lmdeploy_engine.py", "test_sandbox.py", "test_sandbox_redteam.py", "test_worker_faults.py",
-})
+SLOW_FILES = frozenset(
+    {
+        "test_agent.py",
+        "test_agent_replay.py",
+        "test_bench.py",
+        "test_chaos.py",
+        "test_console.py",
+        "test_console_agent.py",
+        "test_discord_process.py",
+        "test_discord_worker.py",
+        "test_llamacpp.py",
+        "test_lmdeploy_engine.py",
+        "test_sandbox.py",
+        "test_sandbox_redteam.py",
+        "test_worker_faults.py",
+    }
+)
 SLOW_NAMES = ("llamacpp", "sandbox")  # a test elsewhere that loads the model or starts a sandbox says so
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         name = Path(str(item.fspath)).name
-        if (name in SLOW_FILES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
-                or any(word in item.name.lower() for word in SLOW_NAMES)):
+        if (
+            name in SLOW_FILES
+            or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or any(word in item.name.lower() for word in SLOW_NAMES)
+        ):
             item.add_marker(pytest.mark.slow)

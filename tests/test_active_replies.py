@@ -85,8 +85,16 @@ async def test_a_burst_of_replies_and_their_ends(settings: Settings, bus: Bus) -
 def test_encodings_match_the_dataclass_fields() -> None:
     """`encode` writes the fields without `asdict`; the JSON is the same (history's assistant-turn check
     reads the first key)."""
-    rec = ActiveRecord(job_id="j" * 32, kind="chat", conversation="c", record=True, guild=1, channel=2,
-                       where={"channel_id": 2, "nested": {"a": [1, 2]}}, generation=4)
+    rec = ActiveRecord(
+        job_id="j" * 32,
+        kind="chat",
+        conversation="c",
+        record=True,
+        guild=1,
+        channel=2,
+        where={"channel_id": 2, "nested": {"a": [1, 2]}},
+        generation=4,
+    )
     assert rec.encode() == json.dumps(dataclasses.asdict(rec), separators=(",", ":"))
     assert ActiveRecord.decode(rec.encode()) == rec
     turn = Turn("assistant", "答え", images=["b" * 64], meta={"job": "x", "stopped": True})
@@ -105,15 +113,26 @@ async def test_claims_and_answers_through_the_shared_pipeline(bus: Bus) -> None:
     store = HistoryStore(bus.redis)
     await store.append("h:shared", Turn("user", "q"))
     answer = Turn("assistant", "a", meta={"job": "s1"})
-    outcomes = await asyncio.gather(*(store.record_answer("h:shared", answer, job_id="s1", generation=0,
-                                                          marker_ttl=60, run_script=bus.run_script)
-                                      for _ in range(5)))
+    outcomes = await asyncio.gather(
+        *(
+            store.record_answer("h:shared", answer, job_id="s1", generation=0, marker_ttl=60, run_script=bus.run_script)
+            for _ in range(5)
+        )
+    )
     assert sorted(outcomes) == ["duplicate"] * 4 + ["recorded"]
     await bus.redis.script_flush()
-    assert await store.record_answer("h:shared", Turn("assistant", "b"), job_id="s2", generation=1,
-                                     marker_ttl=60, run_script=bus.run_script) == "stale"
-    assert await store.record_answer("h:shared", Turn("assistant", "c"), job_id="s3", generation=0,
-                                     marker_ttl=60, run_script=bus.run_script) == "recorded"
+    assert (
+        await store.record_answer(
+            "h:shared", Turn("assistant", "b"), job_id="s2", generation=1, marker_ttl=60, run_script=bus.run_script
+        )
+        == "stale"
+    )
+    assert (
+        await store.record_answer(
+            "h:shared", Turn("assistant", "c"), job_id="s3", generation=0, marker_ttl=60, run_script=bus.run_script
+        )
+        == "recorded"
+    )
     assert [t.content for t in await store.recent("h:shared")] == ["q", "a", "c"]
 
 
@@ -131,14 +150,16 @@ async def test_a_request_is_one_script_as_the_transaction_was(settings: Settings
     hashes = conf.scope_keys(guild=7, channel=8)
     for run_script in (None, bus.run_script):
         read, turns, generation = await store.request_round_trip(
-            "h:req", append=Turn("user", "new", name="ann"), snapshot=True, hashes=hashes, run_script=run_script)
+            "h:req", append=Turn("user", "new", name="ann"), snapshot=True, hashes=hashes, run_script=run_script
+        )
         assert read == [{"temperature": "0.3"}, {"system_prompt": "be brief"}]
         assert [t.content for t in turns][-1] == "new" and turns[-1].name == "ann" and len(turns) == 3
         assert generation == 1
     assert [t.content for t in await store.recent("h:req")] == ["c", "new", "new"]  # bounded to 3
     assert 500 < await bus.redis.ttl(KEYS.history("h:req")) <= 600
-    read, turns, generation = await store.request_round_trip("h:req", append=None, snapshot=False, hashes=[],
-                                                             run_script=bus.run_script)
+    read, turns, generation = await store.request_round_trip(
+        "h:req", append=None, snapshot=False, hashes=[], run_script=bus.run_script
+    )
     assert (read, turns, generation) == ([], [], None)
     assert len(await store.recent("h:req")) == 3  # nothing appended
     assert await batched.effective(guild=7, channel=8) == await conf.effective(guild=7, channel=8)

@@ -56,7 +56,7 @@ class ScriptedEngine(Engine):
             if cancel.is_set():
                 return
             await asyncio.sleep(0)
-            yield text[i:i + 5]
+            yield text[i : i + 5]
 
     async def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         assert "<|action_end|>" in params.stop and "<|im_end|>" in params.stop
@@ -65,8 +65,9 @@ class ScriptedEngine(Engine):
         async for piece in self._pieces(self._next(prompt), cancel):
             yield piece
 
-    async def stream_chat(self, messages: list[ChatMessage], params: GenParams,
-                          cancel: asyncio.Event) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, messages: list[ChatMessage], params: GenParams, cancel: asyncio.Event
+    ) -> AsyncIterator[str]:
         self.chats.append(messages)
         prompt = "\n".join(f"{m.role}: {m.content}" for m in messages)
         async for piece in self._pieces(self._next(prompt), cancel):
@@ -105,13 +106,16 @@ def steps(updates: list[Update], kind: str | None = None) -> list[dict]:
     return [u.data for u in updates if u.kind == "step" and (kind is None or u.data.get("type") == kind)]
 
 
-SOLVE = ("I'll solve it with Python.<|action_start|><|interpreter|>\n"
-         "import sympy as sp\nx = sp.symbols('x')\nprint(float(sp.solve(sp.Eq(2*x + 3, 10), x)[0]))\n"
-         "<|action_end|>\n")
+SOLVE = (
+    "I'll solve it with Python.<|action_start|><|interpreter|>\n"
+    "import sympy as sp\nx = sp.symbols('x')\nprint(float(sp.solve(sp.Eq(2*x + 3, 10), x)[0]))\n"
+    "<|action_end|>\n"
+)
 
 
-async def test_solves_an_equation_with_real_code(agent: AgentHandler, engine: ScriptedEngine, chat: ChatHandler,
-                                                 worker: Worker) -> None:
+async def test_solves_an_equation_with_real_code(
+    agent: AgentHandler, engine: ScriptedEngine, chat: ChatHandler, worker: Worker
+) -> None:
     pytest.importorskip("sympy")
     engine.script = [SOLVE, lambda prompt: f"The solution is x = {last_environment(prompt)}."]
     updates = await run(agent, "已知 2x+3=10，求x")
@@ -135,11 +139,15 @@ async def test_solves_an_equation_with_real_code(agent: AgentHandler, engine: Sc
     assert "Python" in format_step(call) and "```python" in format_step(call)
 
 
-async def test_figure_comes_back_as_a_file(agent: AgentHandler, engine: ScriptedEngine, bus: Bus,
-                                           worker: Worker) -> None:
+async def test_figure_comes_back_as_a_file(
+    agent: AgentHandler, engine: ScriptedEngine, bus: Bus, worker: Worker
+) -> None:
     pytest.importorskip("matplotlib")
-    engine.script = ["<|action_start|><|interpreter|>\nimport matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\n"
-                     "plt.savefig('squares.png')\n<|action_end|>", "Here is the plot."]
+    engine.script = [
+        "<|action_start|><|interpreter|>\nimport matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\n"
+        "plt.savefig('squares.png')\n<|action_end|>",
+        "Here is the plot.",
+    ]
     updates = await run(agent, "plot squares")
     files = [u.data for u in updates if u.kind == "file"]
     assert len(files) == 1 and files[0]["mime"] == "image/png" and files[0]["name"] == "squares.png"
@@ -148,8 +156,9 @@ async def test_figure_comes_back_as_a_file(agent: AgentHandler, engine: Scripted
     assert updates[-1].kind == "done" and updates[-1].text == "Here is the plot."
 
 
-async def test_plugin_call_with_json_arguments(agent: AgentHandler, engine: ScriptedEngine, settings: Settings,
-                                               worker: Worker) -> None:
+async def test_plugin_call_with_json_arguments(
+    agent: AgentHandler, engine: ScriptedEngine, settings: Settings, worker: Worker
+) -> None:
     from test_arxiv import AtomServer
 
     async with AtomServer() as server:
@@ -173,11 +182,15 @@ async def test_plugin_call_with_json_arguments(agent: AgentHandler, engine: Scri
     assert "ArxivSearch.get_arxiv_article_information" in engine.prompts[0]
 
 
-async def test_malformed_action_gets_a_note_and_a_second_chance(agent: AgentHandler, engine: ScriptedEngine,
-                                                                settings: Settings, worker: Worker) -> None:
+async def test_malformed_action_gets_a_note_and_a_second_chance(
+    agent: AgentHandler, engine: ScriptedEngine, settings: Settings, worker: Worker
+) -> None:
     settings.agent_arxiv = True
-    engine.script = ['<|action_start|><|plugin|>\n{"name": "ArxivSearch.get_arxiv_article_information", '
-                     '"parameters": {query: oops}<|action_end|>', "Sorry, here is my answer without tools."]
+    engine.script = [
+        '<|action_start|><|plugin|>\n{"name": "ArxivSearch.get_arxiv_article_information", '
+        '"parameters": {query: oops}<|action_end|>',
+        "Sorry, here is my answer without tools.",
+    ]
     updates = await run(agent, "find something")
     notes = steps(updates, "note")
     assert len(notes) == 1 and "malformed" in notes[0]["text"] and "JSON" in notes[0]["text"]
@@ -186,8 +199,11 @@ async def test_malformed_action_gets_a_note_and_a_second_chance(agent: AgentHand
 
 
 async def test_unknown_tool_and_stray_marker(agent: AgentHandler, engine: ScriptedEngine, worker: Worker) -> None:
-    engine.script = ['<|action_start|><|plugin|>\n{"name": "rm_rf", "parameters": {}}<|action_end|>',
-                     "text <|plugin|> more <|plugin|> text", "Done."]
+    engine.script = [
+        '<|action_start|><|plugin|>\n{"name": "rm_rf", "parameters": {}}<|action_end|>',
+        "text <|plugin|> more <|plugin|> text",
+        "Done.",
+    ]
     updates = await run(agent, "do it")
     notes = [n["text"] for n in steps(updates, "note")]
     assert len(notes) == 2
@@ -195,8 +211,9 @@ async def test_unknown_tool_and_stray_marker(agent: AgentHandler, engine: Script
     assert updates[-1].text == "Done."
 
 
-async def test_max_turns_reached(agent: AgentHandler, engine: ScriptedEngine, settings: Settings,
-                                 chat: ChatHandler, worker: Worker) -> None:
+async def test_max_turns_reached(
+    agent: AgentHandler, engine: ScriptedEngine, settings: Settings, chat: ChatHandler, worker: Worker
+) -> None:
     settings.agent_max_turns = 2
     engine.script = ["<|action_start|><|interpreter|>\nprint(1)\n<|action_end|>"]
     updates = await run(agent, "loop forever")
@@ -209,8 +226,9 @@ async def test_max_turns_reached(agent: AgentHandler, engine: ScriptedEngine, se
     assert turns[-1].content.endswith("(tools used: python ×2)")
 
 
-async def test_model_ignoring_the_protocol_answers_plainly(agent: AgentHandler, engine: ScriptedEngine,
-                                                           worker: Worker) -> None:
+async def test_model_ignoring_the_protocol_answers_plainly(
+    agent: AgentHandler, engine: ScriptedEngine, worker: Worker
+) -> None:
     engine.script = ["x is probably 3.5"]
     updates = await run(agent, "solve 2x+3=10")
     assert updates[-1].kind == "done" and updates[-1].text == "x is probably 3.5"
@@ -223,11 +241,14 @@ async def test_empty_model_output_ends_clearly(agent: AgentHandler, engine: Scri
     assert updates[-1].kind == "done" and "empty answer" in updates[-1].text
 
 
-async def test_chat_fallback_without_raw_completion(agent: AgentHandler, engine: ScriptedEngine,
-                                                    worker: Worker) -> None:
+async def test_chat_fallback_without_raw_completion(
+    agent: AgentHandler, engine: ScriptedEngine, worker: Worker
+) -> None:
     engine.supports_raw = False
-    engine.script = ["<|action_start|><|interpreter|>\nprint(6 * 7)\n<|action_end|>",
-                     lambda prompt: "It is " + prompt.rsplit("environment: ", 1)[-1].strip()]
+    engine.script = [
+        "<|action_start|><|interpreter|>\nprint(6 * 7)\n<|action_end|>",
+        lambda prompt: "It is " + prompt.rsplit("environment: ", 1)[-1].strip(),
+    ]
     updates = await run(agent, "six times seven")
     assert updates[-1].text == "It is 42"
     second = engine.chats[1]
@@ -235,8 +256,9 @@ async def test_chat_fallback_without_raw_completion(agent: AgentHandler, engine:
     assert sum(m.role == "system" for m in second) == 1
 
 
-async def test_deadline_ends_a_hanging_model(agent: AgentHandler, engine: ScriptedEngine, settings: Settings,
-                                             worker: Worker) -> None:
+async def test_deadline_ends_a_hanging_model(
+    agent: AgentHandler, engine: ScriptedEngine, settings: Settings, worker: Worker
+) -> None:
     settings.agent_timeout = 1.0
     engine.script = [HANG]
     updates = await asyncio.wait_for(run(agent, "hang"), 30)
@@ -261,13 +283,15 @@ async def test_empty_task_is_refused(agent: AgentHandler) -> None:
         await agent.ask("console:agent", "   ")
 
 
-async def test_escape_through_the_agent_leaves_the_worker_serving(agent: AgentHandler, engine: ScriptedEngine,
-                                                                  chat: ChatHandler, worker: Worker,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_escape_through_the_agent_leaves_the_worker_serving(
+    agent: AgentHandler, engine: ScriptedEngine, chat: ChatHandler, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", "secret-token-for-the-test")
-    engine.script = ["<|action_start|><|interpreter|>\nimport os, signal\n"
-                     "print(os.environ.get('DISCORD_TOKEN'))\nos.kill(os.getppid(), signal.SIGKILL)\n<|action_end|>",
-                     lambda prompt: last_environment(prompt)[:200]]
+    engine.script = [
+        "<|action_start|><|interpreter|>\nimport os, signal\n"
+        "print(os.environ.get('DISCORD_TOKEN'))\nos.kill(os.getppid(), signal.SIGKILL)\n<|action_end|>",
+        lambda prompt: last_environment(prompt)[:200],
+    ]
     updates = await run(agent, "escape")
     assert updates[-1].kind == "done"
     assert "secret-token-for-the-test" not in updates[-1].text
@@ -280,12 +304,16 @@ def protocol_server_reply(body: dict) -> str:
     """What an InternLM2 model behind lmdeploy/vLLM would write for the agent's raw prompt (the server then
     drops the special tokens unless the request asks it not to: `FakeOpenAI.skip_special`)."""
     env = last_environment(body["prompt"])
-    return (f"x = {env}" if env else
-            "Let me compute.<|action_start|><|interpreter|>\n```python\nprint((10 - 3) / 2)\n```<|action_end|>\n")
+    return (
+        f"x = {env}"
+        if env
+        else "Let me compute.<|action_start|><|interpreter|>\n```python\nprint((10 - 3) / 2)\n```<|action_end|>\n"
+    )
 
 
-async def agent_via_openai(settings: Settings, bus: Bus, chat: ChatHandler,
-                           honour_skip: bool = True) -> tuple[list[Update], list]:
+async def agent_via_openai(
+    settings: Settings, bus: Bus, chat: ChatHandler, honour_skip: bool = True
+) -> tuple[list[Update], list]:
     from models.engines.openai import OpenAIEngine
     from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI
 
@@ -306,8 +334,7 @@ async def agent_via_openai(settings: Settings, bus: Bus, chat: ChatHandler,
     return updates, fake.requests
 
 
-async def test_openai_engine_uses_the_completions_endpoint(settings: Settings, bus: Bus,
-                                                           chat: ChatHandler) -> None:
+async def test_openai_engine_uses_the_completions_endpoint(settings: Settings, bus: Bus, chat: ChatHandler) -> None:
     """A server that keeps special tokens in completions output (what the agent needs)."""
     updates, requests = await agent_via_openai(settings, bus, chat, honour_skip=False)
     assert [r.path for r in requests] == ["/v1/completions", "/v1/completions"]
@@ -336,16 +363,25 @@ async def test_bundled_smollm2_answers_plainly(settings: Settings, bus: Bus, cap
     from models.engines import build_engine
 
     caplog.set_level(logging.WARNING)
-    cpu = settings.model_copy(update={"engine": "llamacpp", "llamacpp_n_ctx": 2048, "max_new_tokens": 24,
-                                      "temperature": 0.0, "agent_arxiv": False, "agent_max_turns": 2,
-                                      "agent_timeout": 120})
+    cpu = settings.model_copy(
+        update={
+            "engine": "llamacpp",
+            "llamacpp_n_ctx": 2048,
+            "max_new_tokens": 24,
+            "temperature": 0.0,
+            "agent_arxiv": False,
+            "agent_max_turns": 2,
+            "agent_timeout": 120,
+        }
+    )
     engine = build_engine(cpu)
     w = Worker(cpu, bus, engine, worker_id="llama-agent")
     task = asyncio.create_task(w.run())
     try:
         chat = ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, cpu), cpu)
-        updates = await asyncio.wait_for(run(AgentHandler(chat), "What is the capital of France?",
-                                             conversation="console:smol"), 150)
+        updates = await asyncio.wait_for(
+            run(AgentHandler(chat), "What is the capital of France?", conversation="console:smol"), 150
+        )
     finally:
         w.stop()
         await asyncio.wait_for(task, 30)

@@ -78,7 +78,8 @@ def test_internlm2_gguf_on_llamacpp_gets_internlm2(internlm2: LlamaCppEngine) ->
 
 @pytest.mark.slow
 async def test_smollm2_gets_internlm2_with_a_note_saying_what_to_use(
-        smollm2: LlamaCppEngine, settings: Settings, bus: Bus, caplog: pytest.LogCaptureFixture) -> None:
+    smollm2: LlamaCppEngine, settings: Settings, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
     """SmolLM2's vocabulary is known (ChatML control tokens) and lacks InternLM2's tool tokens; llama.cpp has no
     tool calling: the run goes on with InternLM2's protocol, and the user reads why it will hardly use tools."""
     tokens = smollm2.special_tokens
@@ -97,8 +98,9 @@ async def test_smollm2_gets_internlm2_with_a_note_saying_what_to_use(
 
 
 @pytest.mark.slow
-async def test_internlm2_gguf_agent_job_reports_internlm2_without_a_note(internlm2: LlamaCppEngine,
-                                                                         settings: Settings, bus: Bus) -> None:
+async def test_internlm2_gguf_agent_job_reports_internlm2_without_a_note(
+    internlm2: LlamaCppEngine, settings: Settings, bus: Bus
+) -> None:
     settings.max_new_tokens, settings.agent_max_turns, settings.temperature = 4, 1, 0.0
     updates = await run_on(internlm2, settings, bus, "hi", "console:protocol-internlm2")
     assert not [s for s in steps(updates, "note") if "protocol" in s]
@@ -130,8 +132,7 @@ async def test_openai_server_with_tools_gets_tools(server: FakeOpenAI, settings:
     assert "accepts OpenAI `tools`" in done.data["protocol_reason"]
 
 
-async def test_openai_with_internlm2_set_uses_raw_completions(server: FakeOpenAI, settings: Settings,
-                                                              bus: Bus) -> None:
+async def test_openai_with_internlm2_set_uses_raw_completions(server: FakeOpenAI, settings: Settings, bus: Bus) -> None:
     """`AGENT_PROTOCOL=internlm2` is how an operator says the server keeps special tokens: no `tools` sent."""
     server.skip_special = ()
     server.reply = "The answer is 4."
@@ -173,8 +174,9 @@ async def test_lmdeploy_in_process_with_internlm2_gets_internlm2(monkeypatch: py
     assert choice.protocol == "internlm2" and "lmdeploy engine keeps them" in choice.reason
 
 
-async def test_a_server_refusing_tools_gets_internlm2_with_a_note_then_at_once(server: FakeOpenAI, settings: Settings,
-                                                                              bus: Bus) -> None:
+async def test_a_server_refusing_tools_gets_internlm2_with_a_note_then_at_once(
+    server: FakeOpenAI, settings: Settings, bus: Bus
+) -> None:
     """vLLM started without --enable-auto-tool-choice answers a request with `tools` with HTTP 400: under `auto` the
     run goes on in InternLM2's protocol (raw completions, special tokens kept), says so, and the next run on the
     same engine does not ask with `tools` again."""
@@ -201,8 +203,9 @@ async def test_a_server_refusing_tools_gets_internlm2_with_a_note_then_at_once(s
     assert "refused `tools`" in second[-1].data["protocol_reason"]
 
 
-async def test_explicit_tools_on_a_refusing_server_is_a_clear_error(server: FakeOpenAI, settings: Settings,
-                                                                    bus: Bus) -> None:
+async def test_explicit_tools_on_a_refusing_server_is_a_clear_error(
+    server: FakeOpenAI, settings: Settings, bus: Bus
+) -> None:
     server.refuse_tools = VLLM_NO_TOOL_PARSER
     settings.agent_protocol = "tools"
     engine = OpenAIEngine(base_url=server.base_url, chat_model=MODEL)

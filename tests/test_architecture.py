@@ -48,8 +48,10 @@ def _key_literals(tree: ast.AST) -> list[tuple[int, str]]:
             parts = [v for v in node.values if isinstance(v, ast.Constant)]
             if parts and isinstance(parts[0].value, str) and parts[0].value.startswith("ilm:"):
                 found.append((node.lineno, parts[0].value))
-            elif any(isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Attribute)
-                     and v.value.attr == "prefix" for v in node.values):
+            elif any(
+                isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Attribute) and v.value.attr == "prefix"
+                for v in node.values
+            ):
                 found.append((node.lineno, "{...prefix}"))
     return found
 
@@ -70,7 +72,7 @@ def test_the_key_check_catches_a_raw_key() -> None:
     assert _key_literals(ast.parse('redis.get("ilm:hist:x")'))
     assert _key_literals(ast.parse('redis.get(f"ilm:rate:{user}")'))
     assert _key_literals(ast.parse('redis.get(f"{KEYS.prefix}:conf:{scope}")'))
-    assert not _key_literals(ast.parse('redis.get(KEYS.history(c))'))
+    assert not _key_literals(ast.parse("redis.get(KEYS.history(c))"))
 
 
 def test_no_module_is_long_without_a_reason() -> None:

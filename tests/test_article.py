@@ -91,14 +91,15 @@ class ScriptedEngine(Engine):
             return f'标题是"A picture for paragraph {at}"'
         return self.article
 
-    async def stream_chat(self, messages: list[ChatMessage], params: GenParams,
-                          cancel: asyncio.Event) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, messages: list[ChatMessage], params: GenParams, cancel: asyncio.Event
+    ) -> AsyncIterator[str]:
         self.calls.append((messages, params))
         text = self.answer(messages[-1].content)
         for i in range(0, len(text), 7):
             if cancel.is_set():
                 return
-            yield text[i:i + 7]
+            yield text[i : i + 7]
 
 
 class ChatPromptEngine(ScriptedEngine):
@@ -135,22 +136,25 @@ def test_sections_and_numbering() -> None:
     assert "5 paragraphs" in write_prompt("Chengdu", 5, 0)
 
 
-@pytest.mark.parametrize(("answer", "sections", "count", "expected"), [
-    ("适合插入图像的行是<Seg2>, <Seg5>", 8, 2, [2, 5]),
-    ("<Seg5> <Seg2>", 8, 2, [2, 5]),  # sorted: images keep the user's order
-    ("<seg 3>、<SEG7>", 8, 2, [3, 7]),  # sloppy markers
-    ("paragraphs 1 and 4", 8, 2, [1, 4]),  # no markers: bare numbers
-    ("I am not sure what you mean.", 6, 2, [1, 4]),  # garbage: evenly spread
-    ("", 6, 2, [1, 4]),
-    ("<Seg99>, <Seg-1>, <Seg3>", 6, 2, [2, 3]),  # out of range dropped, gap filled
-    ("<Seg3><Seg3><Seg3>", 6, 2, [2, 3]),  # duplicates
-    ("<Seg0><Seg1><Seg2><Seg3>", 6, 2, [0, 1]),  # too many: the first ones
-    ("<Seg1>", 2, 4, [0, 0, 1, 1]),  # more images than paragraphs: every paragraph, then they share
-    ("适合插入图像的行是<Seg0>, <Seg1>.", 1, 2, [0, 0]),  # one paragraph, two images: both after it
-    ("适合插入图像的行是", 12, 2, [3, 9]),  # only the demo's pre-fill, no <SegN>: spread
-    ("<Seg3>, <Seg3>, <Seg42>, <Seg3>", 12, 3, [2, 3, 9]),  # repeats and out of range: each image once
-    ("<Seg1>", 0, 2, []),
-])
+@pytest.mark.parametrize(
+    ("answer", "sections", "count", "expected"),
+    [
+        ("适合插入图像的行是<Seg2>, <Seg5>", 8, 2, [2, 5]),
+        ("<Seg5> <Seg2>", 8, 2, [2, 5]),  # sorted: images keep the user's order
+        ("<seg 3>、<SEG7>", 8, 2, [3, 7]),  # sloppy markers
+        ("paragraphs 1 and 4", 8, 2, [1, 4]),  # no markers: bare numbers
+        ("I am not sure what you mean.", 6, 2, [1, 4]),  # garbage: evenly spread
+        ("", 6, 2, [1, 4]),
+        ("<Seg99>, <Seg-1>, <Seg3>", 6, 2, [2, 3]),  # out of range dropped, gap filled
+        ("<Seg3><Seg3><Seg3>", 6, 2, [2, 3]),  # duplicates
+        ("<Seg0><Seg1><Seg2><Seg3>", 6, 2, [0, 1]),  # too many: the first ones
+        ("<Seg1>", 2, 4, [0, 0, 1, 1]),  # more images than paragraphs: every paragraph, then they share
+        ("适合插入图像的行是<Seg0>, <Seg1>.", 1, 2, [0, 0]),  # one paragraph, two images: both after it
+        ("适合插入图像的行是", 12, 2, [3, 9]),  # only the demo's pre-fill, no <SegN>: spread
+        ("<Seg3>, <Seg3>, <Seg42>, <Seg3>", 12, 3, [2, 3, 9]),  # repeats and out of range: each image once
+        ("<Seg1>", 0, 2, []),
+    ],
+)
 def test_parse_locations(answer: str, sections: int, count: int, expected: list[int]) -> None:
     assert parse_locations(answer, sections, count) == expected
 
@@ -158,8 +162,13 @@ def test_parse_locations(answer: str, sections: int, count: int, expected: list[
 def test_build_layout_never_drops_an_image() -> None:
     layout = build_layout(["One.", "Two."], [(0, "r1"), (0, "r1"), (7, "r3")], {0: "unused", 1: "A caption"})
     assert [(b["type"], b.get("ref"), b.get("number")) for b in layout] == [
-        ("text", None, None), ("image", "r1", 1), ("image", "r1", 2),  # the same picture twice: both shown
-        ("text", None, None), ("caption", None, None), ("image", "r3", 3)]  # past the end: appended
+        ("text", None, None),
+        ("image", "r1", 1),
+        ("image", "r1", 2),  # the same picture twice: both shown
+        ("text", None, None),
+        ("caption", None, None),
+        ("image", "r3", 3),
+    ]  # past the end: appended
     assert build_layout([], [(0, "r1")], {}) == [{"type": "image", "ref": "r1", "after": -1, "number": 1}]
     posts = plan_posts(layout, "", ["r1", "r1", "r3"])
     assert [(p.image, p.image_number) for p in posts if p.image] == [("r1", 1), ("r1", 2), ("r3", 3)]
@@ -172,12 +181,15 @@ def test_spread() -> None:
     assert spread(2, 2) == [0, 1]
 
 
-@pytest.mark.parametrize(("answer", "expected"), [
-    ('标题是"成都的春熙路夜景"', "成都的春熙路夜景"),
-    ('Caption: "A red bridge at dusk"', "A red bridge at dusk"),
-    ("A quiet street\nand more text", "A quiet street"),
-    ("“熊猫基地”", "熊猫基地"),
-])
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ('标题是"成都的春熙路夜景"', "成都的春熙路夜景"),
+        ('Caption: "A red bridge at dusk"', "A red bridge at dusk"),
+        ("A quiet street\nand more text", "A quiet street"),
+        ("“熊猫基地”", "熊猫基地"),
+    ],
+)
 def test_parse_caption(answer: str, expected: str) -> None:
     assert parse_caption(answer) == expected
 
@@ -193,10 +205,15 @@ def test_split_text_respects_limit() -> None:
 
 def test_plan_posts_places_images_within_limits() -> None:
     long_paragraph = "Word " * 900  # 4,500 characters: must be split
-    layout = [{"type": "text", "text": "Intro."}, {"type": "image", "ref": "r1"},
-              {"type": "text", "text": long_paragraph.strip()}, {"type": "text", "text": "Middle."},
-              {"type": "image", "ref": "r2"}, {"type": "text", "text": "End."},
-              {"type": "caption", "text": "A suggested picture"}]
+    layout = [
+        {"type": "text", "text": "Intro."},
+        {"type": "image", "ref": "r1"},
+        {"type": "text", "text": long_paragraph.strip()},
+        {"type": "text", "text": "Middle."},
+        {"type": "image", "ref": "r2"},
+        {"type": "text", "text": "End."},
+        {"type": "caption", "text": "A suggested picture"},
+    ]
     posts = plan_posts(layout, "My title", ["r1", "r2"])
     assert all(len(p.text) <= DISCORD_MESSAGE_LIMIT for p in posts)
     assert posts[0].text.startswith("## My title") and posts[0].image == "r1" and posts[0].image_number == 1
@@ -210,13 +227,11 @@ def test_plan_posts_places_images_within_limits() -> None:
 
 # ------------------------------------------------------------------------------------------- the job
 async def run(chat: ChatHandler, title: str, refs: list[str] | None = None, paragraphs: int | None = None):
-    reply = await ArticleHandler(chat).ask(Request(conversation="console:art", text=""), title, refs or [],
-                                           paragraphs)
+    reply = await ArticleHandler(chat).ask(Request(conversation="console:art", text=""), title, refs or [], paragraphs)
     return [u async for u in chat.follow(reply)]
 
 
-async def test_article_with_two_images(chat: ChatHandler, bus: Bus, worker: Worker,
-                                       engine: ScriptedEngine) -> None:
+async def test_article_with_two_images(chat: ChatHandler, bus: Bus, worker: Worker, engine: ScriptedEngine) -> None:
     refs = [await bus.put_blob(png("red"), "image/png"), await bus.put_blob(png("blue"), "image/png")]
     updates = await run(chat, "A weekend in Chengdu", refs, paragraphs=6)
     final = updates[-1]
@@ -247,8 +262,9 @@ async def test_article_with_two_images(chat: ChatHandler, bus: Bus, worker: Work
     assert history[0].images == refs and "[image 1]" in history[1].content
 
 
-async def test_garbage_placement_falls_back(chat: ChatHandler, bus: Bus, worker: Worker,
-                                            engine: ScriptedEngine) -> None:
+async def test_garbage_placement_falls_back(
+    chat: ChatHandler, bus: Bus, worker: Worker, engine: ScriptedEngine
+) -> None:
     engine.placement = "Sorry, as an AI I cannot decide. <Seg42>"
     refs = [await bus.put_blob(png("green"), "image/png")]
     final = (await run(chat, "Gardens", refs))[-1]
@@ -270,8 +286,7 @@ async def test_without_images_suggests_captions(chat: ChatHandler, worker: Worke
     assert "根据给定标题写一个图文并茂，不重复的文章：成都三日游" in engine.calls[0][0][-1].content
 
 
-async def test_images_need_a_vision_engine(chat: ChatHandler, bus: Bus, worker: Worker,
-                                           engine: ScriptedEngine) -> None:
+async def test_images_need_a_vision_engine(chat: ChatHandler, bus: Bus, worker: Worker, engine: ScriptedEngine) -> None:
     engine.supports_vision = False
     ref = await bus.put_blob(png("red"), "image/png")
     for _ in range(200):  # let the worker's heartbeat say it is text-only
@@ -282,8 +297,15 @@ async def test_images_need_a_vision_engine(chat: ChatHandler, bus: Bus, worker: 
         await run(chat, "Cats", [ref])
     assert not await chat.history.recent("console:art")
     # A job that reaches a text-only worker anyway (no heartbeat yet) gets the same explanation.
-    reply = await chat.submit(Request(conversation="console:art", text="", kind="article", record=False,
-                                      payload={"title": "Cats", "images": [ref]}))
+    reply = await chat.submit(
+        Request(
+            conversation="console:art",
+            text="",
+            kind="article",
+            record=False,
+            payload={"title": "Cats", "images": [ref]},
+        )
+    )
     final = [u async for u in chat.follow(reply)][-1]
     assert final.kind == "error" and "VISION_MODEL" in final.data["message"]
     final = (await run(chat, "Cats"))[-1]  # a text-only article still works
@@ -319,8 +341,9 @@ def paragraph_before(layout: list[dict], block_index: int) -> str:
     return next(b["text"] for b in reversed(layout[:block_index]) if b["type"] == "text")
 
 
-async def test_two_images_one_paragraph_shows_both_in_order(chat: ChatHandler, bus: Bus, worker: Worker,
-                                                            engine: ScriptedEngine) -> None:
+async def test_two_images_one_paragraph_shows_both_in_order(
+    chat: ChatHandler, bus: Bus, worker: Worker, engine: ScriptedEngine
+) -> None:
     engine.article = RECORDED["sections"][1]  # one paragraph
     engine.placement = "适合插入图像的行是<Seg0>, <Seg1>."  # the recorded answer's shape; <Seg1> does not exist
     refs = [await bus.put_blob(png("red"), "image/png"), await bus.put_blob(png("blue"), "image/png")]
@@ -336,8 +359,9 @@ async def test_two_images_one_paragraph_shows_both_in_order(chat: ChatHandler, b
     assert "[image 1]\n\n[image 2]" in history[1].content
 
 
-async def test_recorded_placement_for_two_images(chat: ChatHandler, bus: Bus, worker: Worker,
-                                                 engine: ScriptedEngine) -> None:
+async def test_recorded_placement_for_two_images(
+    chat: ChatHandler, bus: Bus, worker: Worker, engine: ScriptedEngine
+) -> None:
     """The recorded answer names six lines; two images take the first two, <Seg1> and <Seg3>."""
     engine.article = RECORDED["article"]
     engine.placement = RECORDED["place_printed"]
@@ -353,8 +377,9 @@ async def test_recorded_placement_for_two_images(chat: ChatHandler, bus: Bus, wo
     assert "<Seg11> 综上所述" in place.content and "选择适合插入图像的2行" in place.content
 
 
-async def test_no_seg_in_the_answer_spreads_the_images(chat: ChatHandler, bus: Bus, worker: Worker,
-                                                       engine: ScriptedEngine) -> None:
+async def test_no_seg_in_the_answer_spreads_the_images(
+    chat: ChatHandler, bus: Bus, worker: Worker, engine: ScriptedEngine
+) -> None:
     engine.article = RECORDED["article"]
     engine.placement = RECORDED["place_prefill"]  # the model repeated the pre-fill and stopped
     refs = [await bus.put_blob(png(c), "image/png") for c in ("red", "blue")]
@@ -366,9 +391,9 @@ async def test_no_seg_in_the_answer_spreads_the_images(chat: ChatHandler, bus: B
     assert len(set(afters)) == 2 and afters[0] < len(RECORDED["sections"]) // 2 <= afters[1]  # spread out
 
 
-async def test_repeated_and_out_of_range_indices_place_each_image_once(chat: ChatHandler, bus: Bus,
-                                                                       worker: Worker,
-                                                                       engine: ScriptedEngine) -> None:
+async def test_repeated_and_out_of_range_indices_place_each_image_once(
+    chat: ChatHandler, bus: Bus, worker: Worker, engine: ScriptedEngine
+) -> None:
     engine.article = RECORDED["article"]
     engine.placement = "适合插入图像的行是<Seg3>, <Seg3>, <Seg42>, <Seg-1>, <Seg3>."
     refs = [await bus.put_blob(png(c), "image/png") for c in ("red", "green", "blue")]
@@ -395,9 +420,9 @@ async def test_recorded_captions_without_images(chat: ChatHandler, worker: Worke
     assert f'现在<Seg1>后插入图像对应的标题是"{RECORDED["captions"]["1"]}"' in second  # earlier captions as context
 
 
-async def test_forged_control_tokens_in_the_title_and_article_are_inert(chat: ChatHandler, bus: Bus,
-                                                                         worker: Worker,
-                                                                         engine: ScriptedEngine) -> None:
+async def test_forged_control_tokens_in_the_title_and_article_are_inert(
+    chat: ChatHandler, bus: Bus, worker: Worker, engine: ScriptedEngine
+) -> None:
     """A user's title, and article text the model was steered into writing, reach every prompt broken."""
     engine.article = f"Intro paragraph.\nA paragraph quoting {FORGED} and {FORGED_XC}.\nThe end."
     ref = await bus.put_blob(png("red"), "image/png")
@@ -426,16 +451,20 @@ class _Named(ScriptedEngine):
         return self.names[vision]
 
 
-@pytest.mark.parametrize(("vision_model", "chat_model", "images", "expected"), [
-    ("internlm/internlm-xcomposer2d5-7b", "internlm/internlm2_5-7b-chat", True, "xcomposer"),
-    ("internlm/internlm-xcomposer2d5-7b", "internlm/internlm2_5-7b-chat", False, "chat"),  # the chat model writes
-    ("internlm-xcomposer2d5-7b", "internlm-xcomposer2d5-7b", False, "xcomposer"),  # XComposer serves both
-    ("OpenGVLab/InternVL3_5-8B", "OpenGVLab/InternVL3_5-8B", True, "chat"),
-    ("internlm/Intern-S1-mini", "internlm/Intern-S1-mini", False, "chat"),
-    ("", "", False, "chat"),  # an engine that does not say (llama.cpp): chat prompts
-])
-def test_prompt_set_follows_the_answering_model(vision_model: str, chat_model: str, images: bool,
-                                                expected: str) -> None:
+@pytest.mark.parametrize(
+    ("vision_model", "chat_model", "images", "expected"),
+    [
+        ("internlm/internlm-xcomposer2d5-7b", "internlm/internlm2_5-7b-chat", True, "xcomposer"),
+        ("internlm/internlm-xcomposer2d5-7b", "internlm/internlm2_5-7b-chat", False, "chat"),  # the chat model writes
+        ("internlm-xcomposer2d5-7b", "internlm-xcomposer2d5-7b", False, "xcomposer"),  # XComposer serves both
+        ("OpenGVLab/InternVL3_5-8B", "OpenGVLab/InternVL3_5-8B", True, "chat"),
+        ("internlm/Intern-S1-mini", "internlm/Intern-S1-mini", False, "chat"),
+        ("", "", False, "chat"),  # an engine that does not say (llama.cpp): chat prompts
+    ],
+)
+def test_prompt_set_follows_the_answering_model(
+    vision_model: str, chat_model: str, images: bool, expected: str
+) -> None:
     assert prompt_set(_Named(vision_model, chat_model), images).name == expected
 
 
@@ -460,8 +489,9 @@ def test_chat_prompts_ask_for_what_the_parsers_read() -> None:
     assert "空一行" in CHAT_PROMPTS.write("成都三日游", None, 0)
 
 
-async def test_internvl_article_with_an_image_uses_chat_prompts(chat: ChatHandler, bus: Bus,
-                                                                 settings: Settings) -> None:
+async def test_internvl_article_with_an_image_uses_chat_prompts(
+    chat: ChatHandler, bus: Bus, settings: Settings
+) -> None:
     """The same flow on InternVL: chat prompts with the image, the answer's `<SegN>` honoured."""
     engine = ChatPromptEngine()
     engine.placement = "<Seg2>"
@@ -486,8 +516,9 @@ async def test_internvl_article_with_an_image_uses_chat_prompts(chat: ChatHandle
     assert len(at) == 1 and blocks[at[0] - 1]["text"].startswith("Paragraph 2")
 
 
-async def test_internvl_text_only_article_suggests_captions_with_chat_prompts(chat: ChatHandler, bus: Bus,
-                                                                              settings: Settings) -> None:
+async def test_internvl_text_only_article_suggests_captions_with_chat_prompts(
+    chat: ChatHandler, bus: Bus, settings: Settings
+) -> None:
     engine = ChatPromptEngine()
     engine.placement = "<Seg1>, <Seg4>"
     worker = Worker(settings, bus, engine, worker_id="internvl-captions")

@@ -25,8 +25,14 @@ def valid(view: discord.ui.LayoutView) -> dict[str, object]:
 
 
 def test_an_article_with_three_images_is_one_page_with_each_image_after_its_paragraph() -> None:
-    layout = [paragraph(0), {"type": "image", "ref": "ref1"}, paragraph(1), {"type": "image", "ref": "ref2"},
-              {"type": "image", "ref": "ref3"}, paragraph(2)]
+    layout = [
+        paragraph(0),
+        {"type": "image", "ref": "ref1"},
+        paragraph(1),
+        {"type": "image", "ref": "ref2"},
+        {"type": "image", "ref": "ref3"},
+        paragraph(2),
+    ]
     [page] = plan_pages(layout, "## Title", NAMES)
     kinds = ["text" if isinstance(i, str) else [n for _, n in i] for i in page.items]
     assert kinds == ["text", "text", ["image1.png"], "text", ["image2.png", "image3.png"], "text"]

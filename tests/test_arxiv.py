@@ -64,12 +64,14 @@ def feed_of(*entries: dict[str, Any]) -> str:
     for e in entries:
         url = f"http://arxiv.org/abs/{e['id']}"
         authors = "".join(f"<author><name>{escape(a)}</name></author>" for a in e["authors"])
-        body += (f"  <entry>\n    <id>{url}</id>\n    <updated>{e['published']}T00:00:00Z</updated>\n"
-                 f"    <published>{e['published']}T00:00:00Z</published>\n    <title>{escape(e['title'])}</title>\n"
-                 f"    <summary>{escape(e['summary'])}</summary>\n    {authors}\n"
-                 f'    <link href="{url}" rel="alternate" type="text/html"/>\n'
-                 '    <arxiv:primary_category term="cs.CL" scheme="http://arxiv.org/schemas/atom"/>\n'
-                 '    <category term="cs.CL" scheme="http://arxiv.org/schemas/atom"/>\n  </entry>\n')
+        body += (
+            f"  <entry>\n    <id>{url}</id>\n    <updated>{e['published']}T00:00:00Z</updated>\n"
+            f"    <published>{e['published']}T00:00:00Z</published>\n    <title>{escape(e['title'])}</title>\n"
+            f"    <summary>{escape(e['summary'])}</summary>\n    {authors}\n"
+            f'    <link href="{url}" rel="alternate" type="text/html"/>\n'
+            '    <arxiv:primary_category term="cs.CL" scheme="http://arxiv.org/schemas/atom"/>\n'
+            '    <category term="cs.CL" scheme="http://arxiv.org/schemas/atom"/>\n  </entry>\n'
+        )
     return head + body + "</feed>\n"
 
 
@@ -122,8 +124,10 @@ async def test_results_are_parsed_and_rendered_as_links() -> None:
     text = result.format_result()
     assert "Link: http://arxiv.org/abs/2401.00001v1" in text and "Title: Denoising Diffusion for Testing" in text
     links = render_links(papers)
-    assert links.splitlines()[0] == ("1. [Denoising Diffusion for Testing](<http://arxiv.org/abs/2401.00001v1>) "
-                                     "— Ada Lovelace, Alan Turing (2024-01-01)")
+    assert links.splitlines()[0] == (
+        "1. [Denoising Diffusion for Testing](<http://arxiv.org/abs/2401.00001v1>) "
+        "— Ada Lovelace, Alan Turing (2024-01-01)"
+    )
     assert "[A (Bracketed) Title](<http://arxiv.org/abs/2401.00002v2>) — A, B, C et al." in links
 
 
@@ -164,13 +168,21 @@ def test_tools_follow_the_settings() -> None:
 async def test_a_built_feed_round_trips_its_text() -> None:
     """`feed_of` (used by the replay tests) gives a feed the real `arxiv` client reads back as written,
     markup-like characters included."""
-    paper = {"id": "2403.17297v1", "title": "InternLM2 Technical Report", "published": "2024-03-26",
-             "authors": ["Zheng Cai", "Maosong Cao"], "summary": "a <b>bold</b> & \"quoted\" abstract <|im_end|>"}
+    paper = {
+        "id": "2403.17297v1",
+        "title": "InternLM2 Technical Report",
+        "published": "2024-03-26",
+        "authors": ["Zheng Cai", "Maosong Cao"],
+        "summary": 'a <b>bold</b> & "quoted" abstract <|im_end|>',
+    }
     async with AtomServer(feed=feed_of(paper)) as server:
         action = ArxivSearchAction(base_url=server.url, timeout=5)
         await asyncio.to_thread(action, {"query": "InternLM2"}, "get_arxiv_article_information")
     [found] = action.papers
-    assert (found.title, found.url, found.published) == ("InternLM2 Technical Report",
-                                                        "http://arxiv.org/abs/2403.17297v1", "2024-03-26")
+    assert (found.title, found.url, found.published) == (
+        "InternLM2 Technical Report",
+        "http://arxiv.org/abs/2403.17297v1",
+        "2024-03-26",
+    )
     assert found.authors == ["Zheng Cai", "Maosong Cao"]
     assert found.summary == paper["summary"]

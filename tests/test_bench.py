@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "ENGINE")}
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=180, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env
+    )
 
 
 def test_registry_modules_expose_run() -> None:

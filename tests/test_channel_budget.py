@@ -20,8 +20,9 @@ async def test_ten_replies_in_one_channel_without_429(discord_harness: Harness, 
     people = [h.add_user(f"user{i}") for i in range(10)]
     bot = await discord_bot.start(test_engine_token_delay=0.02, worker_concurrency=10)
     bot.buckets = BucketRegistry(capacity=5, per=1.0, reserve=1)  # the same rule, on the same window
-    sent = [await h.send(h.general, person, f"{h.bot.mention} reply-{i} [[repeat:40]]")
-            for i, person in enumerate(people)]
+    sent = [
+        await h.send(h.general, person, f"{h.bot.mention} reply-{i} [[repeat:40]]") for i, person in enumerate(people)
+    ]
 
     def finished() -> bool:
         mine = h.bot_messages(h.general)

@@ -57,11 +57,13 @@ async def follow_all(chat: ChatHandler, reply, sink: list[Update]) -> Update:  #
 
 
 # ------------------------------------------------------------------------------------------ kill -9
-async def test_kill9_one_of_two_busy_workers(settings: Settings, bus: Bus, tmp_path: Path,
-                                             procs: list[WorkerProc]) -> None:
+async def test_kill9_one_of_two_busy_workers(
+    settings: Settings, bus: Bus, tmp_path: Path, procs: list[WorkerProc]
+) -> None:
     ports = [free_port(), free_port()]
-    workers = [spawn(procs, settings, tmp_path, 1, WORKER_METRICS_PORT=str(port), WORKER_CONCURRENCY="3")[0]
-               for port in ports]
+    workers = [
+        spawn(procs, settings, tmp_path, 1, WORKER_METRICS_PORT=str(port), WORKER_CONCURRENCY="3")[0] for port in ports
+    ]
     await wait_alive(bus, workers)
     chat = make_chat(bus, settings)
     n = 6
@@ -93,8 +95,9 @@ async def test_kill9_one_of_two_busy_workers(settings: Settings, bus: Bus, tmp_p
     survivor_port = ports[workers.index(survivor)]
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{survivor_port}/metrics") as r:
         text = await r.text()
-    retries = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                  if s.name == "ilm_worker_retries_total")
+    retries = sum(
+        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == "ilm_worker_retries_total"
+    )
     assert retries >= len(restarted)
     assert survivor.proc.poll() is None
 
@@ -107,10 +110,14 @@ def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-async def test_redis_restart_mid_traffic(aof_redis: RedisServer, tmp_path: Path,
-                                         procs: list[WorkerProc]) -> None:
-    settings = Settings(_env_file=None, redis_url=aof_redis.url, engine="test", data_dir=tmp_path / "d",
-                        job_visibility_timeout=float(VISIBILITY))
+async def test_redis_restart_mid_traffic(aof_redis: RedisServer, tmp_path: Path, procs: list[WorkerProc]) -> None:
+    settings = Settings(
+        _env_file=None,
+        redis_url=aof_redis.url,
+        engine="test",
+        data_dir=tmp_path / "d",
+        job_visibility_timeout=float(VISIBILITY),
+    )
     client = connect(aof_redis.url)
     bus = Bus(client)
     chat = make_chat(bus, settings)
@@ -194,8 +201,14 @@ asyncio.run(main())
 async def run_old_bot(settings: Settings) -> str:
     """Run OLD_BOT until it shows the first text of its reply, then kill -9 it; returns the job id."""
     old = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", OLD_BOT.format(root=str(ROOT), url=settings.redis_url), cwd=ROOT,
-        env=subprocess_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        sys.executable,
+        "-c",
+        OLD_BOT.format(root=str(ROOT), url=settings.redis_url),
+        cwd=ROOT,
+        env=subprocess_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         async with asyncio.timeout(30):
             job_id = (await old.stdout.readline()).decode().strip()  # type: ignore[union-attr]
@@ -207,8 +220,9 @@ async def run_old_bot(settings: Settings) -> str:
     return job_id
 
 
-async def test_bot_restart_resumes_replies(settings: Settings, bus: Bus, tmp_path: Path,
-                                           procs: list[WorkerProc]) -> None:
+async def test_bot_restart_resumes_replies(
+    settings: Settings, bus: Bus, tmp_path: Path, procs: list[WorkerProc]
+) -> None:
     workers = spawn(procs, settings, tmp_path, 1, TEST_ENGINE_TOKEN_DELAY="0.03")
     await wait_alive(bus, workers)
     job_id = await run_old_bot(settings)
@@ -230,9 +244,9 @@ async def test_bot_restart_resumes_replies(settings: Settings, bus: Bus, tmp_pat
     assert [t.role for t in turns] == ["user", "assistant"] and turns[1].content == repeat_text(80)
 
 
-async def test_reset_while_the_bot_was_down_is_kept_after_the_restart(settings: Settings, bus: Bus,
-                                                                      tmp_path: Path,
-                                                                      procs: list[WorkerProc]) -> None:
+async def test_reset_while_the_bot_was_down_is_kept_after_the_restart(
+    settings: Settings, bus: Bus, tmp_path: Path, procs: list[WorkerProc]
+) -> None:
     """The bot dies mid-reply and the conversation is reset before the new process resumes the reply (from
     the console, another shard, or the new bot itself): the resumed answer is finished for the person but
     not recorded into the cleared history — the resume record carries the generation it was asked in."""
@@ -254,8 +268,9 @@ async def test_reset_while_the_bot_was_down_is_kept_after_the_restart(settings: 
     assert await history.recent("restart:1") == []
 
 
-async def test_resume_records_the_answer_once_and_reports_lost_ones(settings: Settings, bus: Bus,
-                                                                    worker: Worker) -> None:
+async def test_resume_records_the_answer_once_and_reports_lost_ones(
+    settings: Settings, bus: Bus, worker: Worker
+) -> None:
     history = HistoryStore(bus.redis)
     chat = ChatHandler(bus, history, ConfStore(bus.redis, settings), settings)
     active = ActiveReplies(bus, history, settings)
@@ -291,8 +306,9 @@ async def test_resume_records_the_answer_once_and_reports_lost_ones(settings: Se
 
 
 # ------------------------------------------------------------------------------------------ load
-async def test_load_50_channels_x_5_messages(settings: Settings, bus: Bus, tmp_path: Path,
-                                             procs: list[WorkerProc]) -> None:
+async def test_load_50_channels_x_5_messages(
+    settings: Settings, bus: Bus, tmp_path: Path, procs: list[WorkerProc]
+) -> None:
     workers = spawn(procs, settings, tmp_path, 2, TEST_ENGINE_TOKEN_DELAY="0.002", WORKER_CONCURRENCY="16")
     await wait_alive(bus, workers)
     chat = make_chat(bus, settings)
@@ -319,8 +335,9 @@ async def test_load_50_channels_x_5_messages(settings: Settings, bus: Bus, tmp_p
     print(f"load: 250 messages in {elapsed:.1f}s with 2 workers")
 
 
-async def test_bot_restart_through_fake_discord(settings: Settings, bus: Bus, tmp_path: Path,
-                                                procs: list[WorkerProc], discord_harness, discord_bot) -> None:  # type: ignore[no-untyped-def]
+async def test_bot_restart_through_fake_discord(
+    settings: Settings, bus: Bus, tmp_path: Path, procs: list[WorkerProc], discord_harness, discord_bot
+) -> None:  # type: ignore[no-untyped-def]
     """The real bot restarted while a reply streams (the worker runs on in its own process): the new bot
     process edits the same Discord message to the complete answer; history gets it once."""
     from tests.fakediscord.fixtures import reply_finished, streaming
@@ -347,8 +364,9 @@ async def test_bot_restart_through_fake_discord(settings: Settings, bus: Bus, tm
     assert await ActiveReplies(bus, HistoryStore(bus.redis), settings).pending() == []
 
 
-async def test_load_through_fake_discord(settings: Settings, bus: Bus, tmp_path: Path, procs: list[WorkerProc],
-                                         discord_harness, discord_bot) -> None:  # type: ignore[no-untyped-def]
+async def test_load_through_fake_discord(
+    settings: Settings, bus: Bus, tmp_path: Path, procs: list[WorkerProc], discord_harness, discord_bot
+) -> None:  # type: ignore[no-untyped-def]
     """50 channels × 5 messages through the real bot and the fake Discord, 2 worker processes: each message
     gets exactly one reply, to itself, in order, with nothing from another channel."""
     from tests.fakediscord.fixtures import reply_finished

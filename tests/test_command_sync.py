@@ -50,10 +50,24 @@ async def test_sync_only_when_the_commands_change(discord_harness: Harness, disc
 async def test_python_m_bot_sync(discord_harness: Harness, discord_bot: BotRunner, redis_url: str) -> None:
     h = discord_harness
     settings = discord_bot.make_settings()
-    env = subprocess_env(settings, DISCORD_TOKEN=h.token, DISCORD_API_BASE=h.server.api_base,
-                         DISCORD_GATEWAY_URL=h.server.gateway_url, EMBEDDED_WORKER="false", LOG_LEVEL="INFO")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "sync", cwd=str(ROOT), env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    env = subprocess_env(
+        settings,
+        DISCORD_TOKEN=h.token,
+        DISCORD_API_BASE=h.server.api_base,
+        DISCORD_GATEWAY_URL=h.server.gateway_url,
+        EMBEDDED_WORKER="false",
+        LOG_LEVEL="INFO",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "sync",
+        cwd=str(ROOT),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"Synced" in out and _syncs(h) == 1

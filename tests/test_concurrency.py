@@ -32,8 +32,14 @@ def answer_for(i: int) -> str:
 
 @pytest.fixture
 def proc(settings: Settings, tmp_path: Path) -> Iterator[WorkerProc]:
-    p = WorkerProc(settings, tmp_path, "c64", WORKER_CONCURRENCY=str(JOBS),
-                   TEST_ENGINE_TOKEN_DELAY=str(TOKEN_DELAY), LOG_LEVEL="WARNING")
+    p = WorkerProc(
+        settings,
+        tmp_path,
+        "c64",
+        WORKER_CONCURRENCY=str(JOBS),
+        TEST_ENGINE_TOKEN_DELAY=str(TOKEN_DELAY),
+        LOG_LEVEL="WARNING",
+    )
     yield p
     p.close()
 

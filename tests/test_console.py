@@ -20,16 +20,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def console_env(data_dir: Path, engine: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "OPENAI_API_KEY", "REDIS_URL")}
-    env.update({"ENGINE": engine, "REDIS_URL": "", "DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT),
-                "PYTHONUNBUFFERED": "1", "LLAMACPP_N_CTX": "1024"})
+    env.update(
+        {
+            "ENGINE": engine,
+            "REDIS_URL": "",
+            "DATA_DIR": str(data_dir),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            "LLAMACPP_N_CTX": "1024",
+        }
+    )
     env.update(extra)
     return env
 
 
 def run_console(data_dir: Path, lines: list[str], engine: str, timeout: float = 120, **extra: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "bot", "console"], input="".join(f"{line}\n" for line in lines),
-                            capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                            env=console_env(data_dir, engine, **extra))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "console"],
+        input="".join(f"{line}\n" for line in lines),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env=console_env(data_dir, engine, **extra),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert_no_redis_left(data_dir)

@@ -44,10 +44,22 @@ def test_console_runs_the_recorded_math_run(server: FakeOpenAI, tmp_path: Path) 
     sandbox_or_skip(SandboxLimits())
     server.replay(math_turns())
     data = tmp_path / "data"
-    proc = subprocess.run([sys.executable, "-m", "bot", "console"], input=f"/agent {MATH['task']}\n/agent\n",
-                          capture_output=True, text=True, cwd=ROOT, timeout=150,
-                          env=console_env(data, "openai", OPENAI_BASE_URL=server.base_url, CHAT_MODEL=MODEL,
-                                          AGENT_ARXIV="false", AGENT_PROTOCOL="internlm2"))  # the recording's
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "console"],
+        input=f"/agent {MATH['task']}\n/agent\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=150,
+        env=console_env(
+            data,
+            "openai",
+            OPENAI_BASE_URL=server.base_url,
+            CHAT_MODEL=MODEL,
+            AGENT_ARXIV="false",
+            AGENT_PROTOCOL="internlm2",
+        ),
+    )  # the recording's
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err[-2000:]
     assert server.replay_errors == [] and server.turns == []

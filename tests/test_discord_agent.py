@@ -23,8 +23,10 @@ from tests.sandbox_support import sandbox_or_skip
 
 pytestmark = pytest.mark.timeout(90)
 
-PLOT = ("Let me plot it too.<|action_start|><|interpreter|>\nimport matplotlib.pyplot as plt\n"
-        "plt.plot([0, 1, 2], [3, 5, 7])\nplt.show()\nprint('plotted')\n<|action_end|>\n")
+PLOT = (
+    "Let me plot it too.<|action_start|><|interpreter|>\nimport matplotlib.pyplot as plt\n"
+    "plt.plot([0, 1, 2], [3, 5, 7])\nplt.show()\nprint('plotted')\n<|action_end|>\n"
+)
 
 
 async def start(bot: BotRunner, **overrides: object) -> ScriptedEngine:
@@ -42,8 +44,9 @@ async def test_agent_steps_stream_into_the_reply(discord_harness: Harness, disco
     engine.script = [SOLVE, PLOT, lambda p: f"x = 3.5 ({last_environment(p).splitlines()[0]}) @everyone"]
     engine.pauses = {2: 1.5, 3: 1.5}  # think a while, so the steps so far are shown before the answer
     interaction = await h.slash("agent", {"task": "已知 2x+3=10，求x, and plot y = 2x + 3"})
-    messages = await discord_bot.answer(interaction, until=lambda ms: "3.5 (plotted)" in h.text(ms)
-                                        and any(m.attachments for m in ms), timeout=60)
+    messages = await discord_bot.answer(
+        interaction, until=lambda ms: "3.5 (plotted)" in h.text(ms) and any(m.attachments for m in ms), timeout=60
+    )
     first = interaction.original
     assert first is not None
     # Live: an edit showed the first tool call and its result before the answer existed.
@@ -72,8 +75,11 @@ async def test_stop_button_stops_the_agent(discord_harness: Harness, discord_bot
 
     def has_stop() -> object:
         msg = interaction.original
-        return msg is not None and "step one" in visible_text(msg) and any(
-            c.startswith(STOP_PREFIX) for c in msg.custom_ids)
+        return (
+            msg is not None
+            and "step one" in visible_text(msg)
+            and any(c.startswith(STOP_PREFIX) for c in msg.custom_ids)
+        )
 
     await h.wait_for(has_stop, timeout=30)
     stop = next(c for c in interaction.original.custom_ids if c.startswith(STOP_PREFIX))
@@ -112,8 +118,9 @@ async def test_empty_or_refused_task(discord_harness: Harness, discord_bot: BotR
     assert h.errors() == []
 
 
-async def test_recorded_internlm_math_run(discord_harness: Harness, discord_bot: BotRunner,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_recorded_internlm_math_run(
+    discord_harness: Harness, discord_bot: BotRunner, caplog: pytest.LogCaptureFixture
+) -> None:
     """The recorded InternLM2.5-7B-Chat run through `/agent`: both cells run in the sandbox and their values
     are shown, each cell's code once in one clean block, then the recorded answer; nothing logs an error."""
     pytest.importorskip("sympy")

@@ -17,9 +17,11 @@ from tests.sandbox_support import sandbox_or_skip
 pytestmark = pytest.mark.timeout(90)
 
 CSV = b"item,price,qty\napple,1.25,4\npear,0.80,10\nfig,3.10,3\n"
-READ = ("I'll read the file.<|action_start|><|interpreter|>\nimport csv\n"
-        "rows = list(csv.DictReader(open('data.csv')))\n"
-        "print(round(sum(float(r['price']) * int(r['qty']) for r in rows), 2))\n<|action_end|>\n")
+READ = (
+    "I'll read the file.<|action_start|><|interpreter|>\nimport csv\n"
+    "rows = list(csv.DictReader(open('data.csv')))\n"
+    "print(round(sum(float(r['price']) * int(r['qty']) for r in rows), 2))\n<|action_end|>\n"
+)
 
 
 async def start(bot: BotRunner) -> ScriptedEngine:
@@ -42,14 +44,17 @@ async def test_the_agent_computes_from_the_attached_csv(discord_harness: Harness
     assert h.server.cdn_requests and h.errors() == []
 
 
-@pytest.mark.parametrize(("name", "data", "words", "downloaded"), [
-    ("data.txt", b"\x00\x01\x02\x03" * 300, "binary", True),
-    ("big.csv", b"a,b\n" * 400_000, "KB", False),  # refused from its declared size
-    ("model.bin", b"abc", "text files", False),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "words", "downloaded"),
+    [
+        ("data.txt", b"\x00\x01\x02\x03" * 300, "binary", True),
+        ("big.csv", b"a,b\n" * 400_000, "KB", False),  # refused from its declared size
+        ("model.bin", b"abc", "text files", False),
+    ],
+)
 async def test_a_refused_file_gets_the_friendly_refusal_and_nothing_runs(
-        discord_harness: Harness, discord_bot: BotRunner, name: str, data: bytes, words: str,
-        downloaded: bool) -> None:
+    discord_harness: Harness, discord_bot: BotRunner, name: str, data: bytes, words: str, downloaded: bool
+) -> None:
     h = discord_harness
     engine = await start(discord_bot)
     engine.script = ["must not run"]

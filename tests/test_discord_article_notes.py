@@ -50,12 +50,14 @@ def article(h: Harness, interaction: Any) -> str:
     return h.text([m for m in shown if m is not None and not m.ephemeral])
 
 
-async def test_the_article_is_written_from_the_notes(discord_harness: Harness, discord_bot: BotRunner,
-                                                     fake: FakeOpenAI) -> None:
+async def test_the_article_is_written_from_the_notes(
+    discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI
+) -> None:
     h = discord_harness
     await start(discord_bot, fake)
-    interaction = await h.slash("article", {"title": "A weekend in Chengdu",
-                                            "notes": ("notes.md", NOTES, "text/markdown")})
+    interaction = await h.slash(
+        "article", {"title": "A weekend in Chengdu", "notes": ("notes.md", NOTES, "text/markdown")}
+    )
     done = await h.response(interaction, until=lambda i: "Mapo tofu" in article(h, i), timeout=30)
     text = article(h, done)
     assert "Paragraph 0: Giant pandas live at the Chengdu Research Base." in text
@@ -66,26 +68,31 @@ async def test_the_article_is_written_from_the_notes(discord_harness: Harness, d
     assert h.errors() == []
 
 
-async def test_cut_notes_are_told_privately(discord_harness: Harness, discord_bot: BotRunner,
-                                            fake: FakeOpenAI) -> None:
+async def test_cut_notes_are_told_privately(discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI) -> None:
     h = discord_harness
     await start(discord_bot, fake, text_file_max_chars=70)  # the first fact fits, the second does not
     interaction = await h.slash("article", {"title": "Chengdu", "notes": ("notes.md", NOTES, "text/markdown")})
-    done = await h.response(interaction, until=lambda i: any(m.ephemeral for m in i.followups)
-                            and "Paragraph 0" in article(h, i), timeout=30)
+    done = await h.response(
+        interaction,
+        until=lambda i: any(m.ephemeral for m in i.followups) and "Paragraph 0" in article(h, i),
+        timeout=30,
+    )
     [note] = [m for m in done.followups if m.ephemeral]
     assert "notes.md" in visible_text(note) and f"70 of its {len(NOTES)}" in visible_text(note)
     assert "Mapo tofu" not in article(h, done)  # the article was there (waited for), without the cut fact
     assert h.errors() == []
 
 
-@pytest.mark.parametrize(("name", "data", "words"), [
-    ("notes.txt", b"\x00\x01\x02\x03" * 200, "binary"),
-    ("notes.pdf", b"%PDF-1.7 ...", "text files"),
-])
-async def test_bad_notes_are_refused_and_nothing_is_written(discord_harness: Harness, discord_bot: BotRunner,
-                                                            fake: FakeOpenAI, name: str, data: bytes,
-                                                            words: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "data", "words"),
+    [
+        ("notes.txt", b"\x00\x01\x02\x03" * 200, "binary"),
+        ("notes.pdf", b"%PDF-1.7 ...", "text files"),
+    ],
+)
+async def test_bad_notes_are_refused_and_nothing_is_written(
+    discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI, name: str, data: bytes, words: str
+) -> None:
     h = discord_harness
     await start(discord_bot, fake)
     interaction = await h.slash("article", {"title": "Chengdu", "notes": (name, data, "text/plain")})

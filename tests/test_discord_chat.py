@@ -19,8 +19,9 @@ from tests.fakediscord.harness import visible_text
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_mention_typing_streamed_reply_referencing_the_message(discord_harness: Harness,
-                                                                     discord_bot: BotRunner) -> None:
+async def test_mention_typing_streamed_reply_referencing_the_message(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     # A slow first token (0.3 s, like a model still reading the prompt): the typing indicator shows while
     # nothing is visible (an answer there within 0.2 s needs none; tests/test_streamer.py pins that).
@@ -37,8 +38,11 @@ async def test_mention_typing_streamed_reply_referencing_the_message(discord_har
     lengths = [len(visible_text(v)) for v in reply.versions]
     assert lengths == sorted(lengths)
     # Streaming carried Stop; the final message carries Regenerate instead.
-    assert any(c.startswith(STOP_PREFIX) for v in reply.versions[:-1]
-               for c in re.findall(r"'custom_id': '([^']+)'", str(v.payload.get("components"))))
+    assert any(
+        c.startswith(STOP_PREFIX)
+        for v in reply.versions[:-1]
+        for c in re.findall(r"'custom_id': '([^']+)'", str(v.payload.get("components")))
+    )
     assert [c.split(":")[0:2] for c in reply.custom_ids] == [REGEN_PREFIX.rstrip(":").split(":")]
     assert not h.errors()
 
@@ -109,8 +113,7 @@ async def test_thread_has_its_own_history(discord_harness: Harness, discord_bot:
     assert len(await discord_bot.history(thread)) == 2
 
 
-async def test_non_allowed_channel_and_other_bots_are_ignored(discord_harness: Harness,
-                                                              discord_bot: BotRunner) -> None:
+async def test_non_allowed_channel_and_other_bots_are_ignored(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     await discord_bot.start(allowed_channels=[h.general.id])
     await h.send(h.random, h.alice, f"{h.bot.mention} over here")
@@ -175,8 +178,9 @@ async def test_restart_keeps_history_and_buttons(discord_harness: Harness, disco
     assert len(await discord_bot.history(h.general)) == 4
 
 
-async def test_reply_streaming_when_ready_fires_is_not_duplicated(discord_harness: Harness,
-                                                                  discord_bot: BotRunner) -> None:
+async def test_reply_streaming_when_ready_fires_is_not_duplicated(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     """Discord delivers messages before `on_ready` (which waits ~2 s for guilds): a reply that is
     streaming at that moment must not be picked up a second time by start-up work."""
     h = discord_harness
@@ -201,16 +205,18 @@ async def test_allowed_roles_and_the_bots_role_mention(discord_harness: Harness,
     assert len(h.bot_messages(h.general)) == 1
 
 
-async def test_image_refusal_on_a_mention_speaks_the_guild_language(discord_harness: Harness,
-                                                                    discord_bot: BotRunner) -> None:
+async def test_image_refusal_on_a_mention_speaks_the_guild_language(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     """An image the bot cannot take (an SVG, or any image with a text-only engine) is refused in 中文 in a
     guild whose locale is Chinese, like the bot's other notices."""
     h = discord_harness
     h.guild.preferred_locale = "zh-CN"
     await discord_bot.start()
     svg = b'<svg xmlns="http://www.w3.org/2000/svg"></svg>'
-    msg = await h.send(h.general, h.alice, f"{h.bot.mention} what is this?",
-                       attachments=[("logo.svg", svg, "image/svg+xml")])
+    msg = await h.send(
+        h.general, h.alice, f"{h.bot.mention} what is this?", attachments=[("logo.svg", svg, "image/svg+xml")]
+    )
     [reply] = await discord_bot.reply(msg)
     assert any("\u4e00" <= ch <= "\u9fff" for ch in visible_text(reply)), visible_text(reply)
     assert not h.errors()

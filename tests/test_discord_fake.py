@@ -173,8 +173,11 @@ async def test_429_is_retried_and_rate_limit_headers(harness: Harness) -> None:
             assert reply.content.endswith("+0 +1 +2")  # no edit lost to the 429s
             statuses = [c.status for c in h.calls if c.method == "PATCH"]
             assert statuses.count(429) == 2 and statuses[-1] == 200
-            writes = [c for c in h.calls if c.channel_id == h.general.id and c.method in ("POST", "PATCH")
-                      and "typing" not in c.route]
+            writes = [
+                c
+                for c in h.calls
+                if c.channel_id == h.general.id and c.method in ("POST", "PATCH") and "typing" not in c.route
+            ]
             assert all(c.status in (200, 429) for c in writes)
         finally:
             await stop_tiny(client, task)
@@ -204,8 +207,7 @@ async def test_discord_refusals(harness: Harness) -> None:
             channel = client.get_channel(h.general.id)
             assert isinstance(channel, discord.TextChannel)
             with pytest.raises(discord.HTTPException) as empty:
-                await client.http.send_message(channel.id, params=discord.http.handle_message_parameters(
-                    content="   "))
+                await client.http.send_message(channel.id, params=discord.http.handle_message_parameters(content="   "))
             assert empty.value.code == 50006
             with pytest.raises(discord.HTTPException) as big:
                 await channel.send(embeds=[discord.Embed(description="d" * 4000) for _ in range(2)])
@@ -227,9 +229,10 @@ async def test_discord_refusals(harness: Harness) -> None:
             inter = await h.slash("say", {"text": "hi"})
             await h.response(inter)
             with pytest.raises(discord.HTTPException) as twice:
-                await client.http.request(discord.http.Route(
-                    "POST", "/interactions/{iid}/{token}/callback", iid=inter.id, token=inter.token),
-                    json={"type": 5})
+                await client.http.request(
+                    discord.http.Route("POST", "/interactions/{iid}/{token}/callback", iid=inter.id, token=inter.token),
+                    json={"type": 5},
+                )
             assert twice.value.code == 40060
         finally:
             await stop_tiny(client, task)

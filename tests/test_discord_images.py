@@ -37,16 +37,25 @@ def image(colour: str, size: tuple[int, int] = (320, 200), fmt: str = "PNG") -> 
 
 
 async def start(bot: BotRunner, fake: FakeOpenAI, **overrides: Any) -> None:
-    await bot.start(engine="openai", openai_base_url=fake.base_url, chat_model="internlm2_5-7b-chat",
-                    vision_model="internlm-xcomposer2d5-7b", **overrides)
+    await bot.start(
+        engine="openai",
+        openai_base_url=fake.base_url,
+        chat_model="internlm2_5-7b-chat",
+        vision_model="internlm-xcomposer2d5-7b",
+        **overrides,
+    )
 
 
 async def test_image_on_a_mention(discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI) -> None:
     h = discord_harness
     await start(discord_bot, fake)
     fake.reply = "A plain red rectangle."
-    msg = await h.send(h.general, h.alice, f"{h.bot.mention}",
-                       attachments=[("red.jpg", image("red", (900, 600), "JPEG"), "image/jpeg")])
+    msg = await h.send(
+        h.general,
+        h.alice,
+        f"{h.bot.mention}",
+        attachments=[("red.jpg", image("red", (900, 600), "JPEG"), "image/jpeg")],
+    )
     replies = await h.reply_to(msg, until=lambda ms: "rectangle." in h.text(ms))
     assert "A plain red rectangle." in h.text(replies)
     rec = fake.requests[-1]
@@ -60,17 +69,23 @@ async def test_image_on_a_mention(discord_harness: Harness, discord_bot: BotRunn
     assert h.errors() == []
 
 
-async def test_bad_attachment_gets_a_friendly_refusal(discord_harness: Harness, discord_bot: BotRunner,
-                                                      fake: FakeOpenAI) -> None:
+async def test_bad_attachment_gets_a_friendly_refusal(
+    discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI
+) -> None:
     h = discord_harness
     await start(discord_bot, fake, max_image_bytes=50_000)
     svg = b'<svg xmlns="http://www.w3.org/2000/svg"></svg>'
-    msg = await h.send(h.general, h.alice, f"{h.bot.mention} what is this?",
-                       attachments=[("logo.svg", svg, "image/svg+xml")])
+    msg = await h.send(
+        h.general, h.alice, f"{h.bot.mention} what is this?", attachments=[("logo.svg", svg, "image/svg+xml")]
+    )
     [reply] = await h.reply_to(msg)
     assert "SVG" in visible_text(reply) and reply.reference["message_id"] == str(msg.id)
-    big = await h.send(h.general, h.bob, f"{h.bot.mention} and this?",
-                       attachments=[("noise.png", Image.effect_noise((400, 400), 90).tobytes() * 2, "image/png")])
+    big = await h.send(
+        h.general,
+        h.bob,
+        f"{h.bot.mention} and this?",
+        attachments=[("noise.png", Image.effect_noise((400, 400), 90).tobytes() * 2, "image/png")],
+    )
     [reply] = await h.reply_to(big)
     assert "MB" in visible_text(reply) and "noise.png" in visible_text(reply)
     assert fake.requests == [] and h.errors() == []
@@ -94,10 +109,12 @@ async def test_caption_command(discord_harness: Harness, discord_bot: BotRunner,
     h = discord_harness
     await start(discord_bot, fake)
     fake.reply = "Two squares, one green."
-    interaction = await h.slash("caption", {"image": ("shot.webp", image("green", fmt="WEBP"), "image/webp"),
-                                            "question": "how many squares?"})
-    done = await h.response(interaction,
-                            until=lambda i: i.original is not None and "green." in visible_text(i.original))
+    interaction = await h.slash(
+        "caption", {"image": ("shot.webp", image("green", fmt="WEBP"), "image/webp"), "question": "how many squares?"}
+    )
+    done = await h.response(
+        interaction, until=lambda i: i.original is not None and "green." in visible_text(i.original)
+    )
     assert interaction.response_type == 5  # deferred: the answer streams into it
     assert "Two squares, one green." in visible_text(done.original)
     rec = fake.requests[-1]
@@ -120,9 +137,15 @@ async def test_article_with_two_images(discord_harness: Harness, discord_bot: Bo
 
     fake.reply = script
     fake.chunk_delay = 0.002
-    interaction = await h.slash("article", {"title": "Night river", "image1": ("a.png", image("red"), "image/png"),
-                                            "image2": ("b.jpg", image("blue", fmt="JPEG"), "image/jpeg"),
-                                            "paragraphs": 5})
+    interaction = await h.slash(
+        "article",
+        {
+            "title": "Night river",
+            "image1": ("a.png", image("red"), "image/png"),
+            "image2": ("b.jpg", image("blue", fmt="JPEG"), "image/jpeg"),
+            "paragraphs": 5,
+        },
+    )
 
     def posted(i: Any) -> bool:
         return sum(1 for m in i.followups if m.attachments) == 2 and "Paragraph 4" in h.text(i.followups)
@@ -144,8 +167,9 @@ async def test_article_with_two_images(discord_harness: Harness, discord_bot: Bo
     assert h.errors() == []
 
 
-async def test_article_with_two_images_and_one_paragraph_shows_both(discord_harness: Harness, discord_bot: BotRunner,
-                                                                    fake: FakeOpenAI) -> None:
+async def test_article_with_two_images_and_one_paragraph_shows_both(
+    discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI
+) -> None:
     """The model writes a single paragraph and names a line that does not exist (the recorded XComposer answer
     shape `<Seg0>, <Seg1>`): both images are still posted, in the order given, after that paragraph."""
     h = discord_harness
@@ -157,8 +181,14 @@ async def test_article_with_two_images_and_one_paragraph_shows_both(discord_harn
         return "适合插入图像的行是<Seg0>, <Seg1>." if "选择适合插入图像" in prompt else paragraph
 
     fake.reply = script
-    interaction = await h.slash("article", {"title": "Night river", "image1": ("a.png", image("red"), "image/png"),
-                                            "image2": ("b.jpg", image("blue", fmt="JPEG"), "image/jpeg")})
+    interaction = await h.slash(
+        "article",
+        {
+            "title": "Night river",
+            "image1": ("a.png", image("red"), "image/png"),
+            "image2": ("b.jpg", image("blue", fmt="JPEG"), "image/jpeg"),
+        },
+    )
 
     def posted(i: Any) -> bool:
         return sum(1 for m in i.followups if m.attachments) == 2

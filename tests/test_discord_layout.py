@@ -42,8 +42,12 @@ def is_v2(message: Message) -> bool:
     """A Components V2 message that never carried content, in any of its versions (creation and edits; an
     interaction's deferred "thinking" response comes before and is neither)."""
     written = [v for v in message.versions if not int(v.payload.get("flags") or 0) & LOADING]
-    return bool(message.flags & IS_COMPONENTS_V2) and not message.content and bool(written) and all(
-        int(v.payload.get("flags") or 0) & IS_COMPONENTS_V2 and not v.payload.get("content") for v in written)
+    return (
+        bool(message.flags & IS_COMPONENTS_V2)
+        and not message.content
+        and bool(written)
+        and all(int(v.payload.get("flags") or 0) & IS_COMPONENTS_V2 and not v.payload.get("content") for v in written)
+    )
 
 
 def walk(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -58,8 +62,9 @@ def kinds(message: Message) -> list[int]:
     return [int(c["type"]) for c in walk(message.components)]
 
 
-async def test_3500_characters_are_one_message_in_components_and_two_in_plain(discord_harness: Harness,
-                                                                              discord_bot: BotRunner) -> None:
+async def test_3500_characters_are_one_message_in_components_and_two_in_plain(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     answer = PROSE[:3500]
     await discord_bot.start(render_mode="components")
@@ -81,10 +86,12 @@ async def test_3500_characters_are_one_message_in_components_and_two_in_plain(di
 
 
 async def test_9000_characters_with_code_split_into_layouts_with_the_fence_whole(
-        discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI) -> None:
+    discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI
+) -> None:
     h = discord_harness
-    await discord_bot.start(render_mode="components", engine="openai", openai_base_url=fake.base_url,
-                            chat_model="internlm2_5-7b-chat")
+    await discord_bot.start(
+        render_mode="components", engine="openai", openai_base_url=fake.base_url, chat_model="internlm2_5-7b-chat"
+    )
     answer = long_answer(9000)
     code = answer.index("```python")
     answer = answer[:code] + answer[code:].replace("def f", "def g", 1)
@@ -105,8 +112,9 @@ async def test_9000_characters_with_code_split_into_layouts_with_the_fence_whole
     assert h.errors() == []
 
 
-async def test_stop_mid_stream_keeps_the_text_and_drops_the_button(discord_harness: Harness,
-                                                                   discord_bot: BotRunner) -> None:
+async def test_stop_mid_stream_keeps_the_text_and_drops_the_button(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(render_mode="components", test_engine_token_delay=0.05)
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:200]]")
@@ -127,8 +135,9 @@ async def test_stop_mid_stream_keeps_the_text_and_drops_the_button(discord_harne
     assert h.errors() == []
 
 
-async def test_regenerate_rebuilds_the_old_layout_and_streams_a_new_one(discord_harness: Harness,
-                                                                        discord_bot: BotRunner) -> None:
+async def test_regenerate_rebuilds_the_old_layout_and_streams_a_new_one(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(render_mode="components")
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} tell me something")
@@ -146,8 +155,9 @@ async def test_regenerate_rebuilds_the_old_layout_and_streams_a_new_one(discord_
     assert h.errors() == []
 
 
-async def test_a_stale_stop_on_a_layout_is_taken_off_without_the_text(discord_harness: Harness,
-                                                                       discord_bot: BotRunner) -> None:
+async def test_a_stale_stop_on_a_layout_is_taken_off_without_the_text(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     """A Stop button left on a finished reply (as after a crash mid-stream): pressing it rebuilds the layout from
     the message's own components without its action rows, keeping the text."""
     h = discord_harness
@@ -157,19 +167,25 @@ async def test_a_stale_stop_on_a_layout_is_taken_off_without_the_text(discord_ha
     job = h.find_button(reply, REGEN_PREFIX).split(":")[3]
     stop = f"{STOP_PREFIX}{job}:{h.alice.id}"
     reply.components = [c for c in reply.components if c["type"] != 1] + [
-        {"type": 1, "components": [{"type": 2, "style": 2, "label": "Stop", "custom_id": stop}]}]
+        {"type": 1, "components": [{"type": 2, "style": 2, "label": "Stop", "custom_id": stop}]}
+    ]
     inter = await h.click(reply, stop, user=h.alice)
     await h.wait_for(lambda: inter.response_type is not None and not reply.buttons(), message="the stale Stop gone")
     assert inter.response_type == 7 and visible_text(reply) == "All done here." and is_v2(reply)
     assert h.errors() == []
 
 
-async def test_article_with_three_images_is_one_message_with_galleries(discord_harness: Harness,
-                                                                       discord_bot: BotRunner,
-                                                                       fake: FakeOpenAI) -> None:
+async def test_article_with_three_images_is_one_message_with_galleries(
+    discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI
+) -> None:
     h = discord_harness
-    await discord_bot.start(render_mode="components", engine="openai", openai_base_url=fake.base_url,
-                            chat_model="internlm2_5-7b-chat", vision_model="internlm-xcomposer2d5-7b")
+    await discord_bot.start(
+        render_mode="components",
+        engine="openai",
+        openai_base_url=fake.base_url,
+        chat_model="internlm2_5-7b-chat",
+        vision_model="internlm-xcomposer2d5-7b",
+    )
     article = "\n".join(f"Paragraph {i}: " + "the river city at night, " * 8 for i in range(5))
 
     def script(body: dict[str, Any]) -> str:
@@ -177,9 +193,16 @@ async def test_article_with_three_images_is_one_message_with_galleries(discord_h
         return "适合插入图像的行是<Seg1>, <Seg2>, <Seg3>" if "选择适合插入图像" in prompt else article
 
     fake.reply = script
-    interaction = await h.slash("article", {"title": "Night river", "image1": ("a.png", image("red"), "image/png"),
-                                            "image2": ("b.jpg", image("blue", fmt="JPEG"), "image/jpeg"),
-                                            "image3": ("c.png", image("green"), "image/png"), "paragraphs": 5})
+    interaction = await h.slash(
+        "article",
+        {
+            "title": "Night river",
+            "image1": ("a.png", image("red"), "image/png"),
+            "image2": ("b.jpg", image("blue", fmt="JPEG"), "image/jpeg"),
+            "image3": ("c.png", image("green"), "image/png"),
+            "paragraphs": 5,
+        },
+    )
 
     def posted(i: Any) -> bool:
         return i.original is not None and len(i.original.attachments) == 3
@@ -190,12 +213,22 @@ async def test_article_with_three_images_is_one_message_with_galleries(discord_h
     assert [a.filename for a in message.attachments] == ["image1.png", "image2.jpg", "image3.png"]
     [container] = message.components
     assert container["type"] == 17
-    order = [(c["type"], c["content"].strip() if c["type"] == 10 else [i["media"]["url"] for i in c["items"]])
-             for c in container["components"]]
+    order = [
+        (c["type"], c["content"].strip() if c["type"] == 10 else [i["media"]["url"] for i in c["items"]])
+        for c in container["components"]
+    ]
     lines = [line.strip() for line in article.split("\n")]
-    assert order == [(10, "## Night river"), (10, lines[0]), (10, lines[1]), (12, ["attachment://image1.png"]),
-                     (10, lines[2]), (12, ["attachment://image2.jpg"]), (10, lines[3]),
-                     (12, ["attachment://image3.png"]), (10, lines[4])]
+    assert order == [
+        (10, "## Night river"),
+        (10, lines[0]),
+        (10, lines[1]),
+        (12, ["attachment://image1.png"]),
+        (10, lines[2]),
+        (12, ["attachment://image2.jpg"]),
+        (10, lines[3]),
+        (12, ["attachment://image3.png"]),
+        (10, lines[4]),
+    ]
     assert not message.buttons()
     assert h.errors() == []
 
@@ -210,7 +243,8 @@ async def test_agent_steps_are_parts_of_one_container(discord_harness: Harness, 
     engine.script = [SOLVE, PLOT, "x = 3.5"]
     interaction = await h.slash("agent", {"task": "已知 2x+3=10，求x"})
     [message, figures] = await discord_bot.answer(
-        interaction, until=lambda ms: "x = 3.5" in h.text(ms) and any(m.attachments for m in ms), timeout=60)
+        interaction, until=lambda ms: "x = 3.5" in h.text(ms) and any(m.attachments for m in ms), timeout=60
+    )
     assert is_v2(message) and is_v2(figures)
     # The figure the code saved: uploaded with a gallery that shows it (V2 shows no attachment by itself).
     [png] = figures.attachments
@@ -249,8 +283,9 @@ async def test_the_fake_refuses_content_on_a_v2_message(discord_harness: Harness
 
 
 @pytest.mark.parametrize("mode", ["plain", "components"])
-async def test_reasoning_display_file_attaches_the_thinking(discord_harness: Harness, discord_bot: BotRunner,
-                                                            mode: str) -> None:
+async def test_reasoning_display_file_attaches_the_thinking(
+    discord_harness: Harness, discord_bot: BotRunner, mode: str
+) -> None:
     h = discord_harness
     await discord_bot.start(render_mode=mode, reasoning_display="file")
     thought = "The user asks which planet is largest. Jupiter, clearly; || and ``` are fine in a file."

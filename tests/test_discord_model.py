@@ -22,8 +22,9 @@ pytestmark = pytest.mark.timeout(120)
 MODELS = "alpha=test,beta=test,gamma"
 
 
-async def test_admin_picks_the_model_per_channel_and_chat_follows(discord_harness: Harness,
-                                                                  discord_bot: BotRunner) -> None:
+async def test_admin_picks_the_model_per_channel_and_chat_follows(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(chat_models=MODELS, admin_role=h.admin_role.name)
     command = h.command("model").payload()
@@ -77,8 +78,9 @@ async def test_admin_picks_the_model_per_channel_and_chat_follows(discord_harnes
     [reply] = await discord_bot.reply(msg, timeout=15)
     assert "gamma" in visible_text(reply) and "/model" in visible_text(reply) and "echo" not in visible_text(reply)
     # In the person's language: /chat from a Chinese client.
-    messages = await discord_bot.answer(await h.slash("chat", {"prompt": "有人吗？"}, channel=h.random,
-                                                      locale="zh-CN"), timeout=15)
+    messages = await discord_bot.answer(
+        await h.slash("chat", {"prompt": "有人吗？"}, channel=h.random, locale="zh-CN"), timeout=15
+    )
     assert "gamma" in visible_text(messages[-1]) and "当前没有推理服务" in visible_text(messages[-1])
     # Clearing #general's choice puts it back on the server's (gamma); only admins may.
     inter = await h.slash("model", {"clear": True, "scope": "channel"}, user=h.bob)

@@ -29,13 +29,20 @@ def _read(path: Path) -> str:
 
 async def spawn(h: Harness, discord_bot: BotRunner, log: Path, **extra: str) -> asyncio.subprocess.Process:
     settings = discord_bot.make_settings()
-    env = subprocess_env(settings, DISCORD_TOKEN=h.token, DISCORD_API_BASE=h.server.api_base,
-                         DISCORD_GATEWAY_URL=h.server.gateway_url, LOG_LEVEL="INFO", USER_RATE_LIMIT="100/60",
-                         **extra)
+    env = subprocess_env(
+        settings,
+        DISCORD_TOKEN=h.token,
+        DISCORD_API_BASE=h.server.api_base,
+        DISCORD_GATEWAY_URL=h.server.gateway_url,
+        LOG_LEVEL="INFO",
+        USER_RATE_LIMIT="100/60",
+        **extra,
+    )
     h.server.guild_creates_sent.clear()
     out = log.open("ab")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=str(ROOT), env=env,
-                                                stdout=out, stderr=out)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", cwd=str(ROOT), env=env, stdout=out, stderr=out
+    )
     out.close()
     waiter = asyncio.ensure_future(h.wait_connected(timeout=40))
     exited = asyncio.ensure_future(proc.wait())
@@ -47,23 +54,27 @@ async def spawn(h: Harness, discord_bot: BotRunner, log: Path, **extra: str) -> 
     return proc
 
 
-async def test_killed_mid_reply_the_next_process_finishes_it(discord_harness: Harness, discord_bot: BotRunner,
-                                                            tmp_path: Path) -> None:
+async def test_killed_mid_reply_the_next_process_finishes_it(
+    discord_harness: Harness, discord_bot: BotRunner, tmp_path: Path
+) -> None:
     h = discord_harness
     log = tmp_path / "bot.log"
     proc = await spawn(h, discord_bot, log, TEST_ENGINE_TOKEN_DELAY="0.05", JOB_VISIBILITY_TIMEOUT="2")
     try:
         msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:100]]")
-        first = await h.wait_for(lambda: next((m for m in h.bot_messages(h.general, after=msg)
-                                               if "w5" in visible_text(m)), None), timeout=20,
-                                 message="a partial reply")
+        first = await h.wait_for(
+            lambda: next((m for m in h.bot_messages(h.general, after=msg) if "w5" in visible_text(m)), None),
+            timeout=20,
+            message="a partial reply",
+        )
         proc.kill()  # no clean-up of any kind, like a crash or an OOM kill
         await proc.wait()
         partial = visible_text(first)
         assert "w99" not in partial
         proc = await spawn(h, discord_bot, log, TEST_ENGINE_TOKEN_DELAY="0.01", JOB_VISIBILITY_TIMEOUT="2")
-        replies = await h.reply_to(msg, until=lambda ms: reply_finished(ms) and "w99" in visible_text(ms[-1]),
-                                   quiet=0.3, timeout=40)
+        replies = await h.reply_to(
+            msg, until=lambda ms: reply_finished(ms) and "w99" in visible_text(ms[-1]), quiet=0.3, timeout=40
+        )
         text = " ".join(visible_text(m) for m in replies)
         assert [w for w in text.split() if w.startswith("w")] == [f"w{i}" for i in range(100)]
         assert replies[0] is first  # the same message was finished, not a second answer posted
@@ -93,20 +104,33 @@ async def _history(discord_bot: BotRunner, h: Harness) -> list:
         await client.aclose()
 
 
-
 async def run_to_exit(h: Harness, discord_bot: BotRunner, **extra: str) -> tuple[int, str]:
     settings = discord_bot.make_settings()
-    env = subprocess_env(settings, DISCORD_TOKEN=h.token, DISCORD_API_BASE=h.server.api_base,
-                         DISCORD_GATEWAY_URL=h.server.gateway_url, EMBEDDED_WORKER="false", LOG_LEVEL="INFO")
+    env = subprocess_env(
+        settings,
+        DISCORD_TOKEN=h.token,
+        DISCORD_API_BASE=h.server.api_base,
+        DISCORD_GATEWAY_URL=h.server.gateway_url,
+        EMBEDDED_WORKER="false",
+        LOG_LEVEL="INFO",
+    )
     env.update(extra)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=str(ROOT), env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        cwd=str(ROOT),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 40)
     return proc.returncode or 0, out.decode(errors="replace")
 
 
-async def test_wrong_token_and_missing_intent_exit_with_a_clear_message(discord_harness: Harness,
-                                                                       discord_bot: BotRunner) -> None:
+async def test_wrong_token_and_missing_intent_exit_with_a_clear_message(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     code, out = await run_to_exit(h, discord_bot, DISCORD_TOKEN="fake.0.wrong-token")
     assert code == 1 and "token" in out.lower() and "wrong-token" not in out

@@ -28,8 +28,9 @@ def thinking_of(content: str) -> str:
     return match.group(1)
 
 
-async def test_thinking_is_spoilered_above_the_answer_and_not_in_history(discord_harness: Harness,
-                                                                         discord_bot: BotRunner) -> None:
+async def test_thinking_is_spoilered_above_the_answer_and_not_in_history(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(render_mode="plain")  # the line above the answer; layouts: test_discord_render_mode.py
     thought = "The user asks which planet is largest. Jupiter; answer in one sentence."
@@ -61,8 +62,9 @@ async def test_thinking_shows_while_the_model_thinks(discord_harness: Harness, d
     assert not h.errors()
 
 
-async def test_long_thinking_is_clipped_and_cannot_break_its_spoiler(discord_harness: Harness,
-                                                                      discord_bot: BotRunner) -> None:
+async def test_long_thinking_is_clipped_and_cannot_break_its_spoiler(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(max_input_chars=6000)
     thought = "Careful || here is ```python\nprint('x')``` and @everyone " + "ponder " * 400 + "the end"

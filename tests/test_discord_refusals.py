@@ -60,8 +60,9 @@ async def test_admin_commands_refuse_others_privately(discord_harness: Harness, 
     assert not h.errors()
 
 
-async def test_a_bug_in_a_command_is_logged_not_shown_as_a_refusal(discord_harness: Harness, discord_bot: BotRunner,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_bug_in_a_command_is_logged_not_shown_as_a_refusal(
+    discord_harness: Harness, discord_bot: BotRunner, caplog: pytest.LogCaptureFixture
+) -> None:
     h = discord_harness
     bot = await discord_bot.start()
 
@@ -71,7 +72,10 @@ async def test_a_bug_in_a_command_is_logged_not_shown_as_a_refusal(discord_harne
     bot.runtime.chat.ask = broken  # the handler misbehaves after the command deferred
     with caplog.at_level(logging.ERROR, logger="discord.app_commands.tree"):
         inter = await h.slash("chat", {"prompt": "hello"}, user=h.alice)
-        await h.wait_for(lambda: any("Ignoring exception in command" in r.getMessage() for r in caplog.records),
-                         timeout=10, message="discord.py's log line for the failed command")
+        await h.wait_for(
+            lambda: any("Ignoring exception in command" in r.getMessage() for r in caplog.records),
+            timeout=10,
+            message="discord.py's log line for the failed command",
+        )
     assert inter.response_type == 5  # deferred, and left so: no made-up refusal text
     assert inter.original is None or "a bug" not in (visible_text(inter.original) or "")

@@ -42,13 +42,14 @@ def written(message: Message) -> list[Any]:
 def every_version_v2(message: Message) -> bool:
     """Every write of the message had the flag and no content (as Discord requires)."""
     return bool(written(message)) and all(
-        int(v.payload.get("flags") or 0) & IS_COMPONENTS_V2 and not v.payload.get("content")
-        for v in written(message))
+        int(v.payload.get("flags") or 0) & IS_COMPONENTS_V2 and not v.payload.get("content") for v in written(message)
+    )
 
 
 def no_version_v2(message: Message) -> bool:
-    return bool(written(message)) and not any(int(v.payload.get("flags") or 0) & IS_COMPONENTS_V2
-                                              for v in written(message))
+    return bool(written(message)) and not any(
+        int(v.payload.get("flags") or 0) & IS_COMPONENTS_V2 for v in written(message)
+    )
 
 
 def test_render_mode_is_checked_and_read_with_the_other_overrides() -> None:
@@ -71,14 +72,22 @@ async def test_components_by_default_and_plain_per_channel(discord_harness: Harn
     [reply] = await discord_bot.reply(msg)
     assert v2(reply) and not reply.content and "default shape" in visible_text(reply)
 
-    bad = await h.slash("settings set", {"name": "render_mode", "value": "fancy", "scope": "channel"},
-                        user=h.carol, check_permissions=False)
+    bad = await h.slash(
+        "settings set",
+        {"name": "render_mode", "value": "fancy", "scope": "channel"},
+        user=h.carol,
+        check_permissions=False,
+    )
     await h.response(bad)
     assert bad.original is not None and bad.original.ephemeral
     assert "components" in visible_text(bad.original) and "plain" in visible_text(bad.original)
 
-    plain = await h.slash("settings set", {"name": "render_mode", "value": "Plain", "scope": "channel"},
-                          user=h.carol, check_permissions=False)
+    plain = await h.slash(
+        "settings set",
+        {"name": "render_mode", "value": "Plain", "scope": "channel"},
+        user=h.carol,
+        check_permissions=False,
+    )
     await h.response(plain)
     assert plain.original is not None and plain.original.ephemeral and "render_mode" in visible_text(plain.original)
     shown = [f for e in plain.original.embeds for f in e.get("fields", []) if f.get("name") == "render_mode"]
@@ -91,8 +100,9 @@ async def test_components_by_default_and_plain_per_channel(discord_harness: Harn
     [elsewhere] = await discord_bot.reply(other)
     assert v2(elsewhere) and every_version_v2(elsewhere) and "the rest of the server" in visible_text(elsewhere)
 
-    cleared = await h.slash("settings clear", {"name": "render_mode", "scope": "channel"}, user=h.carol,
-                            check_permissions=False)
+    cleared = await h.slash(
+        "settings clear", {"name": "render_mode", "scope": "channel"}, user=h.carol, check_permissions=False
+    )
     await h.response(cleared)
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} back to layouts")
     [reply] = await discord_bot.reply(msg)
@@ -101,17 +111,22 @@ async def test_components_by_default_and_plain_per_channel(discord_harness: Harn
 
 
 @pytest.mark.parametrize(("before", "after"), [("components", "plain"), ("plain", "components")])
-async def test_a_resumed_reply_keeps_the_shape_it_was_started_in(discord_harness: Harness, discord_bot: BotRunner,
-                                                                 before: str, after: str) -> None:
+async def test_a_resumed_reply_keeps_the_shape_it_was_started_in(
+    discord_harness: Harness, discord_bot: BotRunner, before: str, after: str
+) -> None:
     h = discord_harness
     await discord_bot.start(render_mode=before, test_engine_token_delay=0.05, job_visibility_timeout=2)
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:100]]")
-    first = await h.wait_for(lambda: next((m for m in h.bot_messages(h.general, after=msg)
-                                           if "w5" in visible_text(m)), None), timeout=20, message="a partial reply")
+    first = await h.wait_for(
+        lambda: next((m for m in h.bot_messages(h.general, after=msg) if "w5" in visible_text(m)), None),
+        timeout=20,
+        message="a partial reply",
+    )
     assert "w99" not in visible_text(first) and v2(first) == (before == "components")
     await discord_bot.restart(render_mode=after, test_engine_token_delay=0.01, job_visibility_timeout=2)
-    replies = await h.reply_to(msg, until=lambda ms: reply_finished(ms) and "w99" in visible_text(ms[-1]),
-                               quiet=0.3, timeout=60)
+    replies = await h.reply_to(
+        msg, until=lambda ms: reply_finished(ms) and "w99" in visible_text(ms[-1]), quiet=0.3, timeout=60
+    )
     assert replies[0] is first  # the same message was finished, not a second answer posted
     text = " ".join(visible_text(m) for m in replies)
     assert [w for w in text.split() if w.startswith("w")] == [f"w{i}" for i in range(100)]
@@ -125,8 +140,9 @@ async def test_a_resumed_reply_keeps_the_shape_it_was_started_in(discord_harness
     assert v2(reply) == (after == "components") and "after the restart" in visible_text(reply)
 
 
-async def test_thinking_is_its_own_text_display_above_the_answer(discord_harness: Harness,
-                                                                 discord_bot: BotRunner) -> None:
+async def test_thinking_is_its_own_text_display_above_the_answer(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     """The components counterpart of test_discord_reasoning's spoiler test: the spoilered thinking line and the
     answer are separate parts of the layout (a separator between), history holds the answer alone."""
     h = discord_harness
@@ -142,8 +158,7 @@ async def test_thinking_is_its_own_text_display_above_the_answer(discord_harness
     assert not h.errors()
 
 
-async def test_long_agent_runs_stay_within_the_layout_limits(discord_harness: Harness,
-                                                             discord_bot: BotRunner) -> None:
+async def test_long_agent_runs_stay_within_the_layout_limits(discord_harness: Harness, discord_bot: BotRunner) -> None:
     """test_discord_agent's long run in components mode: messages of up to 4,000 characters, every body a
     valid V2 layout (the fake checks 40 components and 4,000 characters), the steps shortened as in plain."""
     h = discord_harness
@@ -159,8 +174,9 @@ async def test_long_agent_runs_stay_within_the_layout_limits(discord_harness: Ha
     assert h.errors() == []
 
 
-async def test_a_lost_reply_with_no_message_yet_follows_its_channel_setting(discord_harness: Harness,
-                                                                            discord_bot: BotRunner) -> None:
+async def test_a_lost_reply_with_no_message_yet_follows_its_channel_setting(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     """A reply left before its first message was posted has no flags to read: the notice a restarted bot
     posts for it takes the request's server/channel choice (plain here in #general, the default elsewhere)."""
     h = discord_harness
@@ -171,14 +187,29 @@ async def test_a_lost_reply_with_no_message_yet_follows_its_channel_setting(disc
         active = ActiveReplies(bus, None, settings)  # type: ignore[arg-type]
         old = time.time() - 120  # long enough ago that the answers count as lost
         for job, channel in (("a" * 32, h.general), ("b" * 32, h.random)):
-            await active._write(ActiveRecord(job_id=job, kind="chat", conversation=f"c{channel.id}", record=False,
-                                             guild=h.guild.id, channel=channel.id, started=old,
-                                             where={"channel_id": channel.id, "instance": "earlier"}))
+            await active._write(
+                ActiveRecord(
+                    job_id=job,
+                    kind="chat",
+                    conversation=f"c{channel.id}",
+                    record=False,
+                    guild=h.guild.id,
+                    channel=channel.id,
+                    started=old,
+                    where={"channel_id": channel.id, "instance": "earlier"},
+                )
+            )
         await discord_bot.start()
-        [plain] = await h.wait_for(lambda: [m for m in h.bot_messages(h.general) if "⚠️" in visible_text(m)],
-                                   timeout=15, message="the lost-answer notice in #general")
-        [layout] = await h.wait_for(lambda: [m for m in h.bot_messages(h.random) if "⚠️" in visible_text(m)],
-                                    timeout=15, message="the lost-answer notice in #random")
+        [plain] = await h.wait_for(
+            lambda: [m for m in h.bot_messages(h.general) if "⚠️" in visible_text(m)],
+            timeout=15,
+            message="the lost-answer notice in #general",
+        )
+        [layout] = await h.wait_for(
+            lambda: [m for m in h.bot_messages(h.random) if "⚠️" in visible_text(m)],
+            timeout=15,
+            message="the lost-answer notice in #random",
+        )
         assert not v2(plain) and "⚠️" in plain.content
         assert v2(layout) and every_version_v2(layout)
         assert not h.errors()

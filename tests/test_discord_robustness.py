@@ -13,8 +13,9 @@ from tests.fakediscord.harness import visible_text
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_ten_replies_in_one_channel_stay_under_the_rate_limit(discord_harness: Harness,
-                                                                   discord_bot: BotRunner) -> None:
+async def test_ten_replies_in_one_channel_stay_under_the_rate_limit(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     h.server.rate_limits = True
     users = [h.add_user(f"user{i}") for i in range(10)]
@@ -25,12 +26,18 @@ async def test_ten_replies_in_one_channel_stay_under_the_rate_limit(discord_harn
     def all_done() -> bool:
         msgs = h.bot_messages(h.general)
         by_ref = {m.reference["message_id"]: m for m in msgs if m.reference}
-        return len(by_ref) == 10 and all(reply_finished([m]) and visible_text(m).split() == words
-                                         for m in by_ref.values())
+        return len(by_ref) == 10 and all(
+            reply_finished([m]) and visible_text(m).split() == words for m in by_ref.values()
+        )
 
     def state() -> str:
-        return "\n".join(f"{m.reference and m.reference['message_id']}: {m.custom_ids} {visible_text(m)[-40:]!r}"
-                         for m in h.bot_messages(h.general)) + f"\nstatuses: {[c.status for c in h.calls]}"
+        return (
+            "\n".join(
+                f"{m.reference and m.reference['message_id']}: {m.custom_ids} {visible_text(m)[-40:]!r}"
+                for m in h.bot_messages(h.general)
+            )
+            + f"\nstatuses: {[c.status for c in h.calls]}"
+        )
 
     await h.wait_for(all_done, timeout=45, message="ten complete replies", describe=state)
     assert {m.reference["message_id"] for m in h.bot_messages(h.general)} == {str(m.id) for m in sent}
@@ -66,8 +73,9 @@ async def test_reply_deleted_mid_stream_is_written_anew(discord_harness: Harness
     assert first.deleted and first not in replies
 
 
-async def test_a_storm_of_429s_still_ends_with_the_whole_answer(discord_harness: Harness,
-                                                                discord_bot: BotRunner) -> None:
+async def test_a_storm_of_429s_still_ends_with_the_whole_answer(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(test_engine_token_delay=0.03)
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} [[repeat:60]]")
@@ -79,8 +87,7 @@ async def test_a_storm_of_429s_still_ends_with_the_whole_answer(discord_harness:
     assert len([c for c in h.calls if c.status == 429]) == 8
 
 
-async def test_guild_locale_chooses_the_language_of_notices(discord_harness: Harness,
-                                                            discord_bot: BotRunner) -> None:
+async def test_guild_locale_chooses_the_language_of_notices(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     h.guild.preferred_locale = "zh-CN"
     await discord_bot.start(max_input_chars=10)

@@ -40,14 +40,16 @@ def fields(interaction: Any) -> dict[str, str]:
     return {f["name"]: f["value"] for f in embed.get("fields", [])}
 
 
-async def settings(h: Harness, command: str, options: dict[str, Any] | None = None,
-                   locale: str = "en-US") -> dict[str, str]:
+async def settings(
+    h: Harness, command: str, options: dict[str, Any] | None = None, locale: str = "en-US"
+) -> dict[str, str]:
     interaction = await h.slash(command, options, user=h.carol, check_permissions=False, locale=locale)
     return fields(await h.response(interaction))
 
 
-async def test_settings_view_says_model_default_where_nothing_is_set(discord_harness: Harness,
-                                                                     discord_bot: BotRunner) -> None:
+async def test_settings_view_says_model_default_where_nothing_is_set(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(admin_role=h.admin_role.name, top_p=0.9)  # TOP_P=0.9 in the bot's environment
     shown = await settings(h, "settings view")
@@ -70,13 +72,15 @@ async def test_settings_view_says_model_default_where_nothing_is_set(discord_har
     assert h.errors() == []
 
 
-async def test_regenerate_answers_with_the_chat_text_file_again(discord_harness: Harness,
-                                                                discord_bot: BotRunner) -> None:
+async def test_regenerate_answers_with_the_chat_text_file_again(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(render_mode="plain")
     code = b'def greet(name):\n    return f"hello {name}"\n'
-    msg = await h.send(h.general, h.alice, f"{h.bot.mention} review this",
-                       attachments=[("greet.py", code, "text/x-python")])
+    msg = await h.send(
+        h.general, h.alice, f"{h.bot.mention} review this", attachments=[("greet.py", code, "text/x-python")]
+    )
     [answer] = await h.reply_to(msg, until=lambda ms: "turns=" in h.text(ms), timeout=20)
     downloads = len(h.server.cdn_requests)
     inter = await h.click(answer, h.find_button(answer, REGEN_PREFIX), user=h.alice)
@@ -91,12 +95,15 @@ async def test_regenerate_answers_with_the_chat_text_file_again(discord_harness:
     assert h.errors() == []
 
 
-READ = ("I'll read the file.<|action_start|><|interpreter|>\nimport csv\n"
-        "rows = list(csv.DictReader(open('data.csv')))\nprint(sum(int(r['qty']) for r in rows))\n<|action_end|>\n")
+READ = (
+    "I'll read the file.<|action_start|><|interpreter|>\nimport csv\n"
+    "rows = list(csv.DictReader(open('data.csv')))\nprint(sum(int(r['qty']) for r in rows))\n<|action_end|>\n"
+)
 
 
-async def test_regenerate_runs_the_agent_task_again_with_its_file(discord_harness: Harness,
-                                                                 discord_bot: BotRunner) -> None:
+async def test_regenerate_runs_the_agent_task_again_with_its_file(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     sandbox_or_skip(SandboxLimits())
     h = discord_harness
     await discord_bot.start(agent_arxiv=False, agent_protocol="internlm2", render_mode="plain")
@@ -104,8 +111,9 @@ async def test_regenerate_runs_the_agent_task_again_with_its_file(discord_harnes
     discord_bot.runtime.worker.engine = engine
     count = [READ, lambda p: f"There are {last_environment(p)} items."]
     engine.script = list(count)
-    interaction = await h.slash("agent", {"task": "How many items?",
-                                          "file": ("data.csv", b"item,qty\napple,4\nfig,3\n", "text/csv")})
+    interaction = await h.slash(
+        "agent", {"task": "How many items?", "file": ("data.csv", b"item,qty\napple,4\nfig,3\n", "text/csv")}
+    )
     [answer] = await discord_bot.answer(interaction, until=lambda ms: "There are" in h.text(ms), timeout=60)
     assert "There are 7 items." in visible_text(answer)  # the file was really in the sandbox
     downloads = len(h.server.cdn_requests)
@@ -129,12 +137,22 @@ async def test_regenerate_runs_the_agent_task_again_with_its_file(discord_harnes
     # Known, and not this test's subject: taking the button off an old answer that is an interaction's response
     # goes through the channel endpoint, which refuses a webhook-authored message (50005); buttons.py ignores it
     # and the old button then answers "only the latest answer".  Nothing else may fail.
-    assert [c for c in h.errors() if not (c.method == "PATCH" and c.response.get("code") == 50005
-                                          and c.path.endswith((f"/{answer.id}", f"/{again.id}")))] == []
+    assert [
+        c
+        for c in h.errors()
+        if not (
+            c.method == "PATCH"
+            and c.response.get("code") == 50005
+            and c.path.endswith((f"/{answer.id}", f"/{again.id}"))
+        )
+    ] == []
 
 
 async def test_an_article_from_notes_offers_no_regenerate_and_keeps_them_in_history(
-        discord_harness: Harness, discord_bot: BotRunner, fake: FakeOpenAI) -> None:  # noqa: F811
+    discord_harness: Harness,
+    discord_bot: BotRunner,
+    fake: FakeOpenAI,  # noqa: F811 (the fixture imported above)
+) -> None:
     h = discord_harness
     await start_article(discord_bot, fake)
     interaction = await h.slash("article", {"title": "Chengdu", "notes": ("notes.md", NOTES, "text/markdown")})

@@ -33,7 +33,9 @@ def test_shard_settings() -> None:
     assert shard_options(_settings()) == {}  # Discord's recommendation (one shard for small bots)
     assert shard_options(_settings(discord_shard_count=4)) == {"shard_count": 4}
     assert shard_options(_settings(discord_shard_count=4, discord_shard_ids="3, 1,1")) == {
-        "shard_count": 4, "shard_ids": [1, 3]}
+        "shard_count": 4,
+        "shard_ids": [1, 3],
+    }
     with pytest.raises(ShardingError, match="DISCORD_SHARD_COUNT"):
         shard_options(_settings(discord_shard_ids="1"))
     with pytest.raises(ShardingError, match=r"\[4\]"):
@@ -46,10 +48,10 @@ def owned(bot: SimpleNamespace, record: ActiveRecord) -> bool:
 
 def test_resume_takes_only_its_own_shards() -> None:
     guild = 1 << 22  # shard (guild >> 22) % count
-    record = ActiveRecord(job_id="j", kind="chat", conversation="c", record=True, guild=guild,
-                          where={"instance": "earlier"})
-    dm = ActiveRecord(job_id="k", kind="chat", conversation="d", record=True, guild=None,
-                      where={"instance": "earlier"})
+    record = ActiveRecord(
+        job_id="j", kind="chat", conversation="c", record=True, guild=guild, where={"instance": "earlier"}
+    )
+    dm = ActiveRecord(job_id="k", kind="chat", conversation="d", record=True, guild=None, where={"instance": "earlier"})
     bot = SimpleNamespace(instance_id="now", shard_count=2, shard_ids=[1])
     assert owned(bot, record) and not owned(bot, dm)  # DMs arrive on shard 0
     bot = SimpleNamespace(instance_id="now", shard_count=2, shard_ids=[0])
@@ -61,7 +63,8 @@ def test_resume_takes_only_its_own_shards() -> None:
 
 
 async def test_one_shard_of_two_identifies_answers_and_resumes_only_its_own(
-        discord_harness: Harness, discord_bot: BotRunner) -> None:
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     settings = discord_bot.make_settings()
     guild_shard = (h.guild.id >> 22) % 2
@@ -71,10 +74,26 @@ async def test_one_shard_of_two_identifies_answers_and_resumes_only_its_own(
     try:
         active = ActiveReplies(bus, None, settings)  # type: ignore[arg-type]
         old = time.time() - 120
-        for rec in (ActiveRecord(job_id="a" * 32, kind="chat", conversation="g", record=False, guild=h.guild.id,
-                                 where={"channel_id": h.general.id, "instance": "earlier"}, started=old),
-                    ActiveRecord(job_id="b" * 32, kind="chat", conversation="dm", record=False, guild=None,
-                                 where={"channel_id": h.dm(h.alice).id, "instance": "earlier"}, started=old)):
+        for rec in (
+            ActiveRecord(
+                job_id="a" * 32,
+                kind="chat",
+                conversation="g",
+                record=False,
+                guild=h.guild.id,
+                where={"channel_id": h.general.id, "instance": "earlier"},
+                started=old,
+            ),
+            ActiveRecord(
+                job_id="b" * 32,
+                kind="chat",
+                conversation="dm",
+                record=False,
+                guild=None,
+                where={"channel_id": h.dm(h.alice).id, "instance": "earlier"},
+                started=old,
+            ),
+        ):
             await active._write(rec)
         bot = await discord_bot.start(discord_shard_count=2, discord_shard_ids=str(mine))
         assert bot.shard_count == 2 and bot.shard_ids == [mine]
@@ -87,8 +106,9 @@ async def test_one_shard_of_two_identifies_answers_and_resumes_only_its_own(
         await h.wait_for(lambda: bot.resumed_replies, timeout=15)
         pending = {r.job_id for r in await active.pending()}
         if guild_shard == mine:
-            notice = await h.wait_for(lambda: [m for m in h.bot_messages(h.general) if "⚠️" in visible_text(m)],
-                                      timeout=15)
+            notice = await h.wait_for(
+                lambda: [m for m in h.bot_messages(h.general) if "⚠️" in visible_text(m)], timeout=15
+            )
             # The notice and the removal of the resumed record are two writes; read the records once both are done.
             for _ in range(50):
                 pending = {r.job_id for r in await active.pending()}

@@ -19,8 +19,9 @@ FENCE_OPEN = "```python\n"
 
 def long_answer(target: int = 4500) -> str:
     """Prose, a long ```python block that no single message can hold whole, prose again."""
-    prose = "".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog, again and again.\n\n"
-                    for i in range(12))
+    prose = "".join(
+        f"Paragraph {i}: the quick brown fox jumps over the lazy dog, again and again.\n\n" for i in range(12)
+    )
     code = "".join(f"def f{i}(x):\n    return x * {i}  # line {i}\n" for i in range(60))
     text = prose + FENCE_OPEN + code + "```\n\nThat is all." + "\n"
     while len(text) < target:
@@ -33,10 +34,14 @@ def reassemble(parts: list[str], answer: str) -> str:
     out = ""
     for index, part in enumerate(parts):
         body = part
-        if index > 0 and parts[index - 1].rstrip().endswith("```") and body.startswith(FENCE_OPEN) \
-                and not answer[len(out):].startswith(FENCE_OPEN):
-            body = body[len(FENCE_OPEN):]  # a reopened fence
-        rest = answer[len(out):]
+        if (
+            index > 0
+            and parts[index - 1].rstrip().endswith("```")
+            and body.startswith(FENCE_OPEN)
+            and not answer[len(out) :].startswith(FENCE_OPEN)
+        ):
+            body = body[len(FENCE_OPEN) :]  # a reopened fence
+        rest = answer[len(out) :]
         if not rest.startswith(body):
             for closer in ("```", "\n```"):
                 if body.endswith(closer) and rest.startswith(body[: -len(closer)]):
@@ -57,8 +62,11 @@ def complete(messages: list[Message], answer: str) -> bool:
 async def test_long_answer_is_split_with_code_fences_kept(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     # Plain messages by design (2,000 characters each); layouts: tests/test_discord_layout.py (9,000 characters).
-    await discord_bot.start(max_input_chars=6000, max_new_tokens=2000,  # TestEngine: 4 characters a token
-                            render_mode="plain")
+    await discord_bot.start(
+        max_input_chars=6000,
+        max_new_tokens=2000,  # TestEngine: 4 characters a token
+        render_mode="plain",
+    )
     answer = long_answer()
     assert len(answer) >= 4500 and "]]" not in answer
     # Discord's client lets a slash-command string option hold 6000 characters.
@@ -67,8 +75,9 @@ async def test_long_answer_is_split_with_code_fences_kept(discord_harness: Harne
     parts = [visible_text(m) for m in messages]
     assert len(parts) >= 3
     assert all(len(p) <= 2000 for p in parts)
-    cut_in_code = [i for i in range(len(parts) - 1) if parts[i].rstrip().endswith("```")
-                   and parts[i + 1].startswith(FENCE_OPEN)]
+    cut_in_code = [
+        i for i in range(len(parts) - 1) if parts[i].rstrip().endswith("```") and parts[i + 1].startswith(FENCE_OPEN)
+    ]
     assert cut_in_code, "the code block was not cut, or not closed and reopened"
     for part in parts:  # every part renders on its own: fences balanced
         assert len(re.findall(r"^```", part, flags=re.M)) % 2 == 0
@@ -76,8 +85,9 @@ async def test_long_answer_is_split_with_code_fences_kept(discord_harness: Harne
     assert not h.errors()
 
 
-async def test_long_mention_answer_overflows_into_more_messages(discord_harness: Harness,
-                                                                discord_bot: BotRunner) -> None:
+async def test_long_mention_answer_overflows_into_more_messages(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(render_mode="plain")  # a layout holds 3,800 (test_discord_layout.py: 3,500 in one)
     answer = long_answer(3500)[:3800]
@@ -206,8 +216,9 @@ async def test_reset_clears_the_conversation(discord_harness: Harness, discord_b
     assert "turns=1" in visible_text(reply)
 
 
-async def test_reset_mid_stream_finishes_the_answer_without_recording_it(discord_harness: Harness,
-                                                                        discord_bot: BotRunner) -> None:
+async def test_reset_mid_stream_finishes_the_answer_without_recording_it(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     """/reset while an answer streams: the answer still completes in Discord, and the new history does not
     start with an answer to a question it no longer holds."""
     h = discord_harness
@@ -229,8 +240,9 @@ async def test_twenty_channels_at_once_without_cross_talk(discord_harness: Harne
     h.server.rate_limits = True
     channels = [await h.create_channel(f"room-{i}") for i in range(20)]
     await discord_bot.start(test_engine_token_delay=0.02, worker_concurrency=20)
-    sent = await asyncio.gather(*(h.send(ch, h.alice, f"{h.bot.mention} token-{i}-end [[repeat:30]]")
-                                  for i, ch in enumerate(channels)))
+    sent = await asyncio.gather(
+        *(h.send(ch, h.alice, f"{h.bot.mention} token-{i}-end [[repeat:30]]") for i, ch in enumerate(channels))
+    )
     await asyncio.sleep(0)
     results = await asyncio.gather(*(discord_bot.reply(m, timeout=40) for m in sent))
     for i, (channel, replies) in enumerate(zip(channels, results, strict=True)):
@@ -254,8 +266,9 @@ async def test_interaction_messages_helper(discord_harness: Harness, discord_bot
     assert re.search(r"[\u4e00-\u9fff]", visible_text(message))  # answered in the user's language
 
 
-async def test_empty_or_blank_answers_and_prompts_never_send_empty_messages(discord_harness: Harness,
-                                                                            discord_bot: BotRunner) -> None:
+async def test_empty_or_blank_answers_and_prompts_never_send_empty_messages(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start()
     for prompt in ("[[say:]]", "[[say:   \n  ]]"):

@@ -26,8 +26,7 @@ THREAD_ROUTES = ("/channels/{channel_id}/messages/{message_id}/threads", "/chann
 
 
 def bot_threads(h: Harness, parent: Channel) -> list[Channel]:
-    return [c for c in h.world.channels.values() if c.is_thread and c.parent_id == parent.id
-            and c.owner_id == h.bot.id]
+    return [c for c in h.world.channels.values() if c.is_thread and c.parent_id == parent.id and c.owner_id == h.bot.id]
 
 
 def thread_starts(h: Harness) -> list:
@@ -47,8 +46,9 @@ def public_answers(h: Harness, channel: Channel) -> list:
     return [m for m in h.bot_messages(channel, include_ephemeral=False) if "echo:" in visible_text(m)]
 
 
-async def test_chat_thread_opens_a_thread_named_after_the_question(discord_harness: Harness,
-                                                                   discord_bot: BotRunner) -> None:
+async def test_chat_thread_opens_a_thread_named_after_the_question(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start()
     question = "What is the tallest mountain on Earth?"
@@ -59,8 +59,10 @@ async def test_chat_thread_opens_a_thread_named_after_the_question(discord_harne
     assert interaction.original is not None and thread.id == interaction.original.id
     assert question in visible_text(interaction.original) and interaction.original.flags & HAS_THREAD
     [start] = thread_starts(h)
-    assert start.json["auto_archive_duration"] == 1440 and start.response["thread_metadata"][
-        "auto_archive_duration"] == 1440
+    assert (
+        start.json["auto_archive_duration"] == 1440
+        and start.response["thread_metadata"]["auto_archive_duration"] == 1440
+    )
     [answer] = await answer_in(h, thread)
     assert visible_text(answer).startswith(f"echo: Alice: {question}") and "turns=1" in visible_text(answer)
     assert not public_answers(h, h.general), "the answer went to the channel, not only to the thread"
@@ -78,8 +80,7 @@ async def test_chat_thread_opens_a_thread_named_after_the_question(discord_harne
     assert not h.errors()
 
 
-async def test_long_and_odd_questions_give_valid_thread_names(discord_harness: Harness,
-                                                              discord_bot: BotRunner) -> None:
+async def test_long_and_odd_questions_give_valid_thread_names(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     await discord_bot.start()
     long_question = " ".join(f"word{i:03d}" for i in range(38))[:300]
@@ -112,8 +113,9 @@ async def test_long_and_odd_questions_give_valid_thread_names(discord_harness: H
     assert not h.errors(), [c.response for c in h.errors()]
 
 
-async def test_thread_uses_the_channels_default_archive_duration(discord_harness: Harness,
-                                                                  discord_bot: BotRunner) -> None:
+async def test_thread_uses_the_channels_default_archive_duration(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     slow = await h.create_channel("slow", default_auto_archive_duration=4320)
     await discord_bot.start(thread_replies=True)
@@ -130,8 +132,9 @@ async def test_thread_uses_the_channels_default_archive_duration(discord_harness
     await answer_in(h, h.world.channels[msg.id])
 
 
-async def test_thread_replies_on_answers_a_mention_in_a_thread_from_it(discord_harness: Harness,
-                                                                       discord_bot: BotRunner) -> None:
+async def test_thread_replies_on_answers_a_mention_in_a_thread_from_it(
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     await discord_bot.start(thread_replies=True)
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} how do rainbows form?")
@@ -172,12 +175,20 @@ async def test_thread_replies_off_answers_in_place(discord_harness: Harness, dis
 async def test_settings_turn_thread_replies_on_per_channel(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     await discord_bot.start(admin_role=h.admin_role.name)
-    bad = await h.slash("settings set", {"name": "thread_replies", "value": "maybe", "scope": "channel"},
-                        user=h.carol, check_permissions=False)
+    bad = await h.slash(
+        "settings set",
+        {"name": "thread_replies", "value": "maybe", "scope": "channel"},
+        user=h.carol,
+        check_permissions=False,
+    )
     await h.response(bad)
     assert bad.original is not None and bad.original.ephemeral and "on or off" in visible_text(bad.original)
-    on = await h.slash("settings set", {"name": "thread_replies", "value": "on", "scope": "channel"},
-                       user=h.carol, check_permissions=False)
+    on = await h.slash(
+        "settings set",
+        {"name": "thread_replies", "value": "on", "scope": "channel"},
+        user=h.carol,
+        check_permissions=False,
+    )
     await h.response(on)
     assert on.original is not None and "thread_replies" in visible_text(on.original)
     here = await h.send(h.general, h.alice, f"{h.bot.mention} in a thread please")
@@ -186,8 +197,9 @@ async def test_settings_turn_thread_replies_on_per_channel(discord_harness: Harn
     elsewhere = await h.send(h.random, h.alice, f"{h.bot.mention} and here?")
     [reply] = await discord_bot.reply(elsewhere)  # #random keeps the default (off)
     assert reply.channel_id == h.random.id and elsewhere.id not in h.world.channels
-    off = await h.slash("settings clear", {"name": "thread_replies", "scope": "channel"}, user=h.carol,
-                        check_permissions=False)
+    off = await h.slash(
+        "settings clear", {"name": "thread_replies", "scope": "channel"}, user=h.carol, check_permissions=False
+    )
     await h.response(off)
     again = await h.send(h.general, h.alice, f"{h.bot.mention} back in the channel")
     [reply] = await discord_bot.reply(again)
@@ -196,7 +208,8 @@ async def test_settings_turn_thread_replies_on_per_channel(discord_harness: Harn
 
 
 async def test_without_create_public_threads_the_bot_says_so_and_answers_in_place(
-        discord_harness: Harness, discord_bot: BotRunner) -> None:
+    discord_harness: Harness, discord_bot: BotRunner
+) -> None:
     h = discord_harness
     closed = await h.create_channel("no-threads", overwrites=[Overwrite(h.bot.id, 1, deny=CREATE_PUBLIC_THREADS)])
     await discord_bot.start(thread_replies=True)
@@ -204,8 +217,9 @@ async def test_without_create_public_threads_the_bot_says_so_and_answers_in_plac
     interaction = await h.slash("chat", {"prompt": "threads?", "thread": True}, channel=closed)
     messages = await discord_bot.answer(interaction, until=lambda ms: "echo:" in h.text(ms))
     assert "echo: Alice: threads?" in h.text(messages)
-    note = await h.wait_for(lambda: [m for m in interaction.followups if m.flags & EPHEMERAL],
-                            message="the ephemeral note")
+    note = await h.wait_for(
+        lambda: [m for m in interaction.followups if m.flags & EPHEMERAL], message="the ephemeral note"
+    )
     assert "Create Public Threads" in visible_text(note[0])
     # A message with THREAD_REPLIES on: a one-line note, then the answer, both in the channel.
     msg = await h.send(closed, h.alice, f"{h.bot.mention} what about now?")
@@ -233,15 +247,15 @@ async def test_a_refusal_from_discord_is_survived(discord_harness: Harness, disc
     h.random.overwrites.append(Overwrite(h.bot.id, 1, deny=CREATE_PUBLIC_THREADS))
     messages = await discord_bot.answer(interaction, until=lambda ms: "echo:" in h.text(ms))
     assert h.text(messages).startswith("echo: Alice: refused later")
-    note = await h.wait_for(lambda: [m for m in interaction.followups if m.flags & EPHEMERAL],
-                            message="the ephemeral note")
+    note = await h.wait_for(
+        lambda: [m for m in interaction.followups if m.flags & EPHEMERAL], message="the ephemeral note"
+    )
     assert "missing permissions" in visible_text(note[0])
     assert [c.status for c in thread_starts(h)] == [403, 403]
     assert not bot_threads(h, h.random) and not bot_threads(h, h.general)
 
 
-async def test_in_a_thread_or_dm_chat_thread_answers_in_place(discord_harness: Harness,
-                                                             discord_bot: BotRunner) -> None:
+async def test_in_a_thread_or_dm_chat_thread_answers_in_place(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     await discord_bot.start()
     starter = await h.send(h.general, h.alice, "a topic")

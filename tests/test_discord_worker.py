@@ -13,8 +13,7 @@ from tests.fakediscord.harness import visible_text
 pytestmark = pytest.mark.timeout(90)
 
 
-async def test_no_worker_says_so_then_answers_when_one_starts(discord_harness: Harness,
-                                                              discord_bot: BotRunner) -> None:
+async def test_no_worker_says_so_then_answers_when_one_starts(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     await discord_bot.start(embedded_worker=False)
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} is anyone there?")
@@ -34,8 +33,7 @@ async def test_no_worker_says_so_then_answers_when_one_starts(discord_harness: H
     assert "turns=1" in visible_text(reply)
 
 
-async def test_stop_without_a_worker_ends_the_reply_at_once(discord_harness: Harness,
-                                                              discord_bot: BotRunner) -> None:
+async def test_stop_without_a_worker_ends_the_reply_at_once(discord_harness: Harness, discord_bot: BotRunner) -> None:
     """Stop on the no-worker notice: the job is cancelled and the reply ends as stopped at once, not after
     the no-worker timeout (30 s)."""
     h = discord_harness
@@ -70,8 +68,14 @@ async def test_bundled_llamacpp_model_answers(discord_harness: Harness, discord_
     except EngineError as exc:
         pytest.skip(str(exc))
     h = discord_harness
-    await discord_bot.start(engine="llamacpp", max_new_tokens=12, temperature=0.0, llamacpp_n_ctx=1024,
-                            worker_concurrency=1, llamacpp_threads=2)
+    await discord_bot.start(
+        engine="llamacpp",
+        max_new_tokens=12,
+        temperature=0.0,
+        llamacpp_n_ctx=1024,
+        worker_concurrency=1,
+        llamacpp_threads=2,
+    )
     msg = await h.send(h.general, h.alice, f"{h.bot.mention} Say hello.")
     [reply] = await discord_bot.reply(msg, timeout=60)
     assert visible_text(reply).strip() and "⚠️" not in visible_text(reply)
@@ -79,8 +83,7 @@ async def test_bundled_llamacpp_model_answers(discord_harness: Harness, discord_
     assert [t.role for t in turns] == ["user", "assistant"] and turns[1].content.strip()
 
 
-async def test_settings_are_for_admins_and_change_the_answer(discord_harness: Harness,
-                                                              discord_bot: BotRunner) -> None:
+async def test_settings_are_for_admins_and_change_the_answer(discord_harness: Harness, discord_bot: BotRunner) -> None:
     h = discord_harness
     await discord_bot.start(admin_role=h.admin_role.name)
     command = h.command("settings").payload()

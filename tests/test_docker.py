@@ -19,10 +19,17 @@ CONTAINER_ONLY = {"HF_HOME"}  # read by lmdeploy / huggingface_hub, not by our S
 
 
 def deps(*args: str) -> list[str]:
-    out = subprocess.run([sys.executable, str(DOCKER / "deps.py"), "--pyproject", str(ROOT / "pyproject.toml"),
-                          *args], capture_output=True, text=True, check=True).stdout
-    return [line.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip().lower()
-            for line in out.splitlines() if line.strip()]
+    out = subprocess.run(
+        [sys.executable, str(DOCKER / "deps.py"), "--pyproject", str(ROOT / "pyproject.toml"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [
+        line.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip().lower()
+        for line in out.splitlines()
+        if line.strip()
+    ]
 
 
 def test_bot_image_leaves_out_llama_cpp_and_torch() -> None:
@@ -82,8 +89,24 @@ def test_compose_config_accepts_the_file(tmp_path: Path) -> None:
     compose = tmp_path / "compose.yaml"
     compose.write_text((DOCKER / "compose.yaml").read_text().replace("env_file: ../.env", f"env_file: {env_file}"))
     (tmp_path / "prometheus.yml").write_text((DOCKER / "prometheus.yml").read_text())
-    result = subprocess.run([*cmd, "-f", str(compose), "--project-directory", str(DOCKER), "--profile", "inprocess",
-                             "--profile", "api-server", "--profile", "monitoring", "config"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            *cmd,
+            "-f",
+            str(compose),
+            "--project-directory",
+            str(DOCKER),
+            "--profile",
+            "inprocess",
+            "--profile",
+            "api-server",
+            "--profile",
+            "monitoring",
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "redis://redis:6379/0" in result.stdout

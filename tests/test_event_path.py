@@ -78,8 +78,7 @@ async def test_deltas_coalesce_and_concatenate_to_the_answer(settings: Settings,
         await asyncio.wait_for(task, 30)
     deltas = [e for e in events if e.type == "delta"]
     assert events[-1].type == "done"
-    assert "".join(d.data["text"] for d in deltas) == events[-1].data["text"] == "".join(
-        f"w{i} " for i in range(80))
+    assert "".join(d.data["text"] for d in deltas) == events[-1].data["text"] == "".join(f"w{i} " for i in range(80))
     assert 2 <= len(deltas) < 40, len(deltas)  # ~0.4 s of tokens in 60 ms windows, with generous slack
     assert {e.attempt for e in events} == {1}
 
@@ -163,8 +162,9 @@ async def test_concurrent_submits_and_events_share_round_trips(bus: Bus, worker:
     assert await pending(bus) == 0
 
 
-async def test_answered_jobs_never_look_taken_over(settings: Settings, bus: Bus,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+async def test_answered_jobs_never_look_taken_over(
+    settings: Settings, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
     """The XACK goes out with the final event, before the job's task ends: a heartbeat in between must not
     mistake the acked entry for one another worker took over (and cancel a finished job)."""
     fast = settings.model_copy(update={"job_visibility_timeout": 0.8, "worker_concurrency": 64})  # beat / 0.2 s
@@ -183,7 +183,8 @@ async def test_answered_jobs_never_look_taken_over(settings: Settings, bus: Bus,
 
 
 async def test_the_window_between_the_final_event_and_the_task_end_is_safe(
-        settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    settings: Settings, bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """The same guard, made deterministic: the final event (with its XACK) is held open for three heartbeats,
     so every heartbeat in that window sees an acked entry whose task still runs."""
     fast = settings.model_copy(update={"job_visibility_timeout": 0.8})  # a heartbeat every 0.2 s

@@ -82,8 +82,9 @@ async def test_pop_last_assistant_is_atomic(bus: Bus) -> None:
 async def test_two_concurrent_regenerates_remove_one_answer(settings: Settings, bus: Bus) -> None:
     store = HistoryStore(bus.redis)
     chat = ChatHandler(bus, store, ConfStore(bus.redis, settings), settings)
-    await store.append("h:regen", Turn("user", "q1"), Turn("assistant", "a1"), Turn("user", "q2"),
-                       Turn("assistant", "a2"))
+    await store.append(
+        "h:regen", Turn("user", "q1"), Turn("assistant", "a1"), Turn("user", "q2"), Turn("assistant", "a2")
+    )
     replies = await asyncio.gather(*(chat.regenerate(Request(conversation="h:regen", text="")) for _ in range(2)))
     assert [t.content for t in await store.recent("h:regen")] == ["q1", "a1", "q2"]
     for reply in replies:  # both answer the same last question, from the same history
@@ -99,8 +100,7 @@ async def test_speaker_names_in_shared_channels(settings: Settings, bus: Bus) ->
     await chat.ask(Request(conversation=conv, text="hi all", user_name="Alice"))
     await store.append(conv, Turn("assistant", "hello Alice"))
     reply = await chat.ask(Request(conversation=conv, text="and me?", user_name="Bob"))
-    assert [m["content"] for m in reply.job.payload["messages"]] == ["Alice: hi all", "hello Alice",
-                                                                    "Bob: and me?"]
+    assert [m["content"] for m in reply.job.payload["messages"]] == ["Alice: hi all", "hello Alice", "Bob: and me?"]
     dm = await chat.ask(Request(conversation=conversation_id(dm_user=5), text="private"))
     assert dm.job.payload["messages"][-1]["content"] == "private"  # no name where there is one speaker
     stored = await store.recent(conv)
@@ -108,8 +108,13 @@ async def test_speaker_names_in_shared_channels(settings: Settings, bus: Bus) ->
 
 
 def test_conversation_ids_are_distinct() -> None:
-    ids = {conversation_id(guild=1, channel=2), conversation_id(guild=1, channel=3),
-           conversation_id(dm_user=2), conversation_id(console="2"), conversation_id(guild=None, channel=2)}
+    ids = {
+        conversation_id(guild=1, channel=2),
+        conversation_id(guild=1, channel=3),
+        conversation_id(dm_user=2),
+        conversation_id(console="2"),
+        conversation_id(guild=None, channel=2),
+    }
     assert len(ids) == 5
 
 
@@ -155,8 +160,9 @@ async def test_record_answer_is_once_per_job_and_generation_checked(bus: Bus) ->
     _turns, gen = await store.snapshot("h:rec")
     assert gen == 0
     answer = Turn("assistant", "a", meta={"job": "j1"})
-    outcomes = await asyncio.gather(*(store.record_answer("h:rec", answer, job_id="j1", generation=gen,
-                                                          marker_ttl=60) for _ in range(5)))
+    outcomes = await asyncio.gather(
+        *(store.record_answer("h:rec", answer, job_id="j1", generation=gen, marker_ttl=60) for _ in range(5))
+    )
     assert sorted(outcomes) == ["duplicate"] * 4 + ["recorded"]
     assert [t.content for t in await store.recent("h:rec")] == ["q", "a"]
     assert await store.answer_recorded("j1") and not await store.answer_recorded("j2")
@@ -165,20 +171,24 @@ async def test_record_answer_is_once_per_job_and_generation_checked(bus: Bus) ->
     # A reset starts a new generation: an answer asked for before it is not recorded after it.
     assert await store.reset("h:rec") == 2
     assert (await store.snapshot("h:rec"))[1] == await store.generation("h:rec") == 1
-    stale = await store.record_answer("h:rec", Turn("assistant", "late"), job_id="j2", generation=gen,
-                                      marker_ttl=60)
+    stale = await store.record_answer("h:rec", Turn("assistant", "late"), job_id="j2", generation=gen, marker_ttl=60)
     assert stale == "stale" and await store.recent("h:rec") == []
     assert not await store.answer_recorded("j2")  # not marked: nothing was written
-    assert await store.record_answer("h:rec", Turn("assistant", "new"), job_id="j3", generation=1,
-                                     marker_ttl=60) == "recorded"
+    assert (
+        await store.record_answer("h:rec", Turn("assistant", "new"), job_id="j3", generation=1, marker_ttl=60)
+        == "recorded"
+    )
     # No generation (a resume record of an older version): no check, still once per job.
-    assert await store.record_answer("h:rec", Turn("assistant", "old"), job_id="j4", generation=None,
-                                     marker_ttl=60) == "recorded"
+    assert (
+        await store.record_answer("h:rec", Turn("assistant", "old"), job_id="j4", generation=None, marker_ttl=60)
+        == "recorded"
+    )
     assert [t.content for t in await store.recent("h:rec")] == ["new", "old"]
 
 
-async def test_two_followers_of_one_job_record_one_answer(settings: Settings, bus: Bus, engine: TestEngine,
-                                                           worker: Worker) -> None:
+async def test_two_followers_of_one_job_record_one_answer(
+    settings: Settings, bus: Bus, engine: TestEngine, worker: Worker
+) -> None:
     """Two bot processes following the same reply (a deploy overlap, a resume racing the old process): both
     show the answer, history gets it once."""
     engine.token_delay = 0.01
@@ -194,8 +204,9 @@ async def test_two_followers_of_one_job_record_one_answer(settings: Settings, bu
     assert len(await first.history.recent("h:twice")) == 2
 
 
-async def test_reset_while_an_answer_streams_is_not_recorded(settings: Settings, bus: Bus, engine: TestEngine,
-                                                              worker: Worker) -> None:
+async def test_reset_while_an_answer_streams_is_not_recorded(
+    settings: Settings, bus: Bus, engine: TestEngine, worker: Worker
+) -> None:
     """`/reset` mid-answer, from any process: the answer still completes for the reader, but the cleared
     history does not start with an answer to a question it no longer holds."""
     engine.token_delay = 0.02
@@ -217,8 +228,9 @@ async def test_reset_while_an_answer_streams_is_not_recorded(settings: Settings,
     assert [t.role for t in await chat.history.recent("h:mid")] == ["user", "assistant"]
 
 
-async def test_the_history_write_finishes_when_the_reader_stops_at_done(settings: Settings, bus: Bus,
-                                                                        worker: Worker) -> None:
+async def test_the_history_write_finishes_when_the_reader_stops_at_done(
+    settings: Settings, bus: Bus, worker: Worker
+) -> None:
     """The answer is written while the front end shows `done`: a reader that stops there and closes the
     generator (as the Discord streamer does) still finds it in history at once; one that is cancelled
     while closing, or never closes, does not lose it."""

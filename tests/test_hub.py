@@ -74,8 +74,14 @@ def hub_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 def settings_for(endpoint: str, tmp_path: Path, model: str, **extra: object) -> Settings:
-    values: dict[str, object] = {"engine": "llamacpp", "llamacpp_model": model, "hf_endpoint": endpoint,
-                                 "hf_home": str(tmp_path / "hf"), "hf_hub_offline": False, **extra}
+    values: dict[str, object] = {
+        "engine": "llamacpp",
+        "llamacpp_model": model,
+        "hf_endpoint": endpoint,
+        "hf_home": str(tmp_path / "hf"),
+        "hf_hub_offline": False,
+        **extra,
+    }
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
@@ -104,13 +110,23 @@ def test_references_parse_like_llama_cpp_hf(tmp_path: Path) -> None:
 
 
 def test_files_are_picked_as_llama_cpp_picks_them() -> None:
-    names = ["README.md", "mmproj-model-f16.gguf", "model-Q8_0.gguf", "model-q4_k_m.gguf", "model-Q4_K_S.gguf",
-             "model.imatrix.gguf", "big-Q6_K-00002-of-00002.gguf", "big-Q6_K-00001-of-00002.gguf"]
+    names = [
+        "README.md",
+        "mmproj-model-f16.gguf",
+        "model-Q8_0.gguf",
+        "model-q4_k_m.gguf",
+        "model-Q4_K_S.gguf",
+        "model.imatrix.gguf",
+        "big-Q6_K-00002-of-00002.gguf",
+        "big-Q6_K-00001-of-00002.gguf",
+    ]
     assert pick_files(HubReference("o/r"), names) == ["model-q4_k_m.gguf"]  # Q4_K_M first when none is named
     assert pick_files(HubReference("o/r", "Q8_0"), names) == ["model-Q8_0.gguf"]
     assert pick_files(HubReference("o/r", "Q4_K_M"), names) == ["model-q4_k_m.gguf"]  # case-insensitive
-    assert pick_files(HubReference("o/r", "q6_k"), names) == ["big-Q6_K-00001-of-00002.gguf",
-                                                              "big-Q6_K-00002-of-00002.gguf"]  # all parts, first
+    assert pick_files(HubReference("o/r", "q6_k"), names) == [
+        "big-Q6_K-00001-of-00002.gguf",
+        "big-Q6_K-00002-of-00002.gguf",
+    ]  # all parts, first
     assert pick_files(HubReference("o/r", "MODEL-Q8_0.GGUF"), names) == ["model-Q8_0.gguf"]
     assert pick_files(HubReference("o/r"), ["mmproj-f16.gguf", "x-Q5_K_M.gguf"]) == ["x-Q5_K_M.gguf"]
     with pytest.raises(HubError, match=r"no Q2_K GGUF; its GGUF files: .*model-Q8_0\.gguf"):
@@ -123,8 +139,9 @@ def test_files_are_picked_as_llama_cpp_picks_them() -> None:
 
 # ---------------------------------------------------------------------- fetching through the real client
 @SLOW
-def test_first_start_downloads_with_progress_and_verifies(fake: FakeHub, tmp_path: Path,
-                                                           hub_log: pytest.LogCaptureFixture) -> None:
+def test_first_start_downloads_with_progress_and_verifies(
+    fake: FakeHub, tmp_path: Path, hub_log: pytest.LogCaptureFixture
+) -> None:
     path = locate_gguf(settings_for(fake.url, tmp_path, f"{REPO}:Q4_1"))
     assert path is not None and path.name == BUNDLED_FILE
     assert (tmp_path / "hf" / "hub") in path.parents  # the hub's own cache layout, under HF_HOME
@@ -169,8 +186,9 @@ def test_a_cut_connection_resumes_with_a_range_request(fake: FakeHub, tmp_path: 
 
 
 @SLOW
-def test_a_restart_continues_the_partial_download(fake: FakeHub, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_restart_continues_the_partial_download(
+    fake: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = settings_for(fake.url, tmp_path, f"{REPO}:Q4_1")
     advance = hub_module.Transfer.advance
 
@@ -225,8 +243,9 @@ def test_unknown_repository_and_file_are_named(fake: FakeHub, tmp_path: Path) ->
 
 
 @SLOW
-def test_the_token_reaches_the_hub_but_never_the_log_or_the_cdn(fake: FakeHub, tmp_path: Path,
-                                                                hub_log: pytest.LogCaptureFixture) -> None:
+def test_the_token_reaches_the_hub_but_never_the_log_or_the_cdn(
+    fake: FakeHub, tmp_path: Path, hub_log: pytest.LogCaptureFixture
+) -> None:
     secret = "hf_TestTokenThatMustNotLeak123"
     locate_gguf(settings_for(fake.url, tmp_path, f"{REPO}:Q4_1", hf_token=secret))
     client = [r for r in fake.requests if r.origin == "hub" and ("/tree/" in r.path or "/resolve/" in r.path)]
@@ -239,8 +258,9 @@ def test_the_token_reaches_the_hub_but_never_the_log_or_the_cdn(fake: FakeHub, t
 
 # ---------------------------------------------------------------------- the default, online and offline
 @SLOW
-def test_the_default_is_internlm_when_the_hub_answers(fake: FakeHub, tmp_path: Path,
-                                                      hub_log: pytest.LogCaptureFixture) -> None:
+def test_the_default_is_internlm_when_the_hub_answers(
+    fake: FakeHub, tmp_path: Path, hub_log: pytest.LogCaptureFixture
+) -> None:
     fake.add(DEFAULT_REPO, DEFAULT_FILE, source=BUNDLED)  # stand-in bytes under the real default's name
     path = locate_gguf(settings_for(fake.url, tmp_path, ""))
     assert path is not None and path.name == DEFAULT_FILE and sha256(path) == BUNDLED_SHA
@@ -249,8 +269,9 @@ def test_the_default_is_internlm_when_the_hub_answers(fake: FakeHub, tmp_path: P
 
 
 @SLOW
-async def test_offline_the_default_is_the_bundled_model_with_one_line(tmp_path: Path,
-                                                                       hub_log: pytest.LogCaptureFixture) -> None:
+async def test_offline_the_default_is_the_bundled_model_with_one_line(
+    tmp_path: Path, hub_log: pytest.LogCaptureFixture
+) -> None:
     settings = settings_for(closed_port_url(), tmp_path, "", llamacpp_n_ctx=256)
     assert locate_gguf(settings) is None
     warnings = hub_lines(hub_log, logging.WARNING)
@@ -297,8 +318,9 @@ def test_hf_hub_offline_asks_nothing(fake: FakeHub, tmp_path: Path) -> None:
 
 
 @SLOW
-def test_a_cached_model_stands_in_when_the_hub_fails(fake: FakeHub, tmp_path: Path,
-                                                     hub_log: pytest.LogCaptureFixture) -> None:
+def test_a_cached_model_stands_in_when_the_hub_fails(
+    fake: FakeHub, tmp_path: Path, hub_log: pytest.LogCaptureFixture
+) -> None:
     named = settings_for(fake.url, tmp_path, f"{REPO}:Q4_1")
     fetched = locate_gguf(named)
     # The probe still gets an answer; the tree listing fails.  520 is what a CDN in front of a dead origin says;
@@ -333,9 +355,12 @@ async def test_the_engine_locates_its_model_once_at_start_never_during_a_job() -
     await engine.start()  # Worker.run awaits this before its first claim
     try:
         assert calls == ["locate"]
-        [p async for p in engine.stream_chat([ChatMessage("user", "Hi")], GenParams(temperature=0.0,
-                                                                                    max_new_tokens=2),
-                                             asyncio.Event())]
+        [
+            p
+            async for p in engine.stream_chat(
+                [ChatMessage("user", "Hi")], GenParams(temperature=0.0, max_new_tokens=2), asyncio.Event()
+            )
+        ]
         engine.count_tokens("a few words")
         assert calls == ["locate"]
     finally:
@@ -357,9 +382,12 @@ async def test_the_engine_loads_the_fetched_gguf_and_generates(fake: FakeHub, tm
     try:
         assert engine.model_path is not None and (tmp_path / "hf" / "hub") in engine.model_path.parents
         assert engine.describe() == f"llamacpp:{BUNDLED_FILE}"
-        pieces = [p async for p in engine.stream_chat([ChatMessage("user", "Say hello.")],
-                                                     GenParams(temperature=0.0, max_new_tokens=8),
-                                                     asyncio.Event())]
+        pieces = [
+            p
+            async for p in engine.stream_chat(
+                [ChatMessage("user", "Say hello.")], GenParams(temperature=0.0, max_new_tokens=8), asyncio.Event()
+            )
+        ]
         assert "".join(pieces).strip()
     finally:
         await engine.close()
@@ -376,13 +404,23 @@ def test_a_xet_download_logs_once_per_step(hub_log: pytest.LogCaptureFixture) ->
 
     total = 1_000_000
     transfer = hub_module.Transfer("o/r/model-Q4_K_M.gguf", total)
-    reporter = XetDownloadProgressReporter(reconstruction_desc="model: reconstructing file",
-                                           transfer_desc="model: downloading bytes", total=total,
-                                           log_level=logging.INFO, tqdm_class=transfer.progress_class())
+    reporter = XetDownloadProgressReporter(
+        reconstruction_desc="model: reconstructing file",
+        transfer_desc="model: downloading bytes",
+        total=total,
+        log_level=logging.INFO,
+        tqdm_class=transfer.progress_class(),
+    )
     for done in range(50_000, total + 1, 50_000):
-        reporter.update_progress(SimpleNamespace(total_bytes_completed=done, total_transfer_bytes_completed=done // 2,
-                                                 total_bytes_completion_rate=None,
-                                                 total_transfer_bytes_completion_rate=None, total_bytes=total))
+        reporter.update_progress(
+            SimpleNamespace(
+                total_bytes_completed=done,
+                total_transfer_bytes_completed=done // 2,
+                total_bytes_completion_rate=None,
+                total_transfer_bytes_completion_rate=None,
+                total_bytes=total,
+            )
+        )
     reporter.close()
     lines = hub_lines(hub_log)
     assert len([line for line in lines if line.startswith("fetching o/r") and "%" not in line]) == 1
@@ -392,9 +430,9 @@ def test_a_xet_download_logs_once_per_step(hub_log: pytest.LogCaptureFixture) ->
 
 
 @SLOW
-def test_the_command_line_fetches_ahead_of_the_workers(fake: FakeHub, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_command_line_fetches_ahead_of_the_workers(
+    fake: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from models import settings as settings_module
 
     monkeypatch.setattr(settings_module, "get_settings", lambda: settings_for(fake.url, tmp_path, ""))

@@ -51,7 +51,8 @@ def test_projectors_are_picked_by_quantisation_then_f16() -> None:
     assert pick_files(HubReference("o/r"), names, projector=True) == ["mmproj-model-f16.gguf"]
     assert pick_files(HubReference("o/r", "Q8_0"), names, projector=True) == ["mmproj-model-Q8_0.gguf"]
     assert pick_files(HubReference("o/r", "mmproj-model-Q8_0.gguf"), names, projector=True) == [
-        "mmproj-model-Q8_0.gguf"]
+        "mmproj-model-Q8_0.gguf"
+    ]
     assert pick_files(HubReference("o/r"), ["m-Q4_K_M.gguf", "mmproj-x.gguf"], projector=True) == ["mmproj-x.gguf"]
     with pytest.raises(HubError, match=r"no Q4_0 projector \(mmproj\) GGUF; its mmproj files: mmproj-model-f16"):
         pick_files(HubReference("o/r", "Q4_0"), names, projector=True)
@@ -60,7 +61,8 @@ def test_projectors_are_picked_by_quantisation_then_f16() -> None:
 
 
 def test_a_projector_reference_downloads_with_progress_verifies_and_hits_the_cache(
-        fake: FakeHub, projector: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake: FakeHub, projector: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO", logger="models.hub")
     settings = settings_for(fake.url, tmp_path, "bundled", llamacpp_clip_model_path=REPO)
     path = locate_projector(settings)
@@ -76,8 +78,7 @@ def test_a_projector_reference_downloads_with_progress_verifies_and_hits_the_cac
     assert locate_projector(offline) == path  # and offline, from the cache, without asking
 
 
-def test_a_cut_projector_download_is_fetched_again_and_verified(fake: FakeHub, projector: Path,
-                                                                tmp_path: Path) -> None:
+def test_a_cut_projector_download_is_fetched_again_and_verified(fake: FakeHub, projector: Path, tmp_path: Path) -> None:
     """The same resumable path as the model (huggingface_hub keeps whole 10 MiB chunks, so this 0.9 MB file starts
     over; the byte-range resume itself is tested with the 98 MB model in tests/test_hub.py)."""
     fake.cut_next_body_after = projector.stat().st_size // 2
@@ -97,13 +98,15 @@ def test_a_corrupt_projector_is_deleted_and_named(fake: FakeHub, projector: Path
 
 def test_missing_projectors_are_clear_errors(fake: FakeHub, tmp_path: Path) -> None:
     with pytest.raises(HubError, match=r"has no file 'mmproj-nope\.gguf'"):
-        locate_projector(settings_for(fake.url, tmp_path, "bundled",
-                                      llamacpp_clip_model_path=f"{REPO}:mmproj-nope.gguf"))
+        locate_projector(
+            settings_for(fake.url, tmp_path, "bundled", llamacpp_clip_model_path=f"{REPO}:mmproj-nope.gguf")
+        )
     with pytest.raises(HubError, match="no model repository 'nobody/nothing'"):
         locate_projector(settings_for(fake.url, tmp_path, "bundled", llamacpp_clip_model_path="nobody/nothing"))
     with pytest.raises(HubError, match=r"LLAMACPP_CLIP_MODEL_PATH=.* is not in the local cache"):
-        locate_projector(settings_for(fake.url, tmp_path, "bundled", llamacpp_clip_model_path=REPO,
-                                      hf_hub_offline=True))
+        locate_projector(
+            settings_for(fake.url, tmp_path, "bundled", llamacpp_clip_model_path=REPO, hf_hub_offline=True)
+        )
     with pytest.raises(HubError, match="neither a file nor a hub reference"):
         locate_projector(settings_for(fake.url, tmp_path, "bundled", llamacpp_clip_model_path="./no/such.gguf"))
 
@@ -112,8 +115,9 @@ def test_missing_projectors_are_clear_errors(fake: FakeHub, tmp_path: Path) -> N
 async def test_the_engine_fetches_model_and_projector_at_start_and_sees_images(fake: FakeHub, tmp_path: Path) -> None:
     from PIL import Image
 
-    settings = settings_for(fake.url, tmp_path, f"{REPO}:{BUNDLED_FILE}", llamacpp_clip_model_path=REPO,
-                            llamacpp_n_ctx=1024)
+    settings = settings_for(
+        fake.url, tmp_path, f"{REPO}:{BUNDLED_FILE}", llamacpp_clip_model_path=REPO, llamacpp_n_ctx=1024
+    )
     engine = LlamaCppEngine.from_settings(settings)
     assert engine.supports_vision and engine.clip_model_path is None  # nothing fetched before start
     await engine.start()
@@ -123,8 +127,9 @@ async def test_the_engine_fetches_model_and_projector_at_start_and_sees_images(f
         buf = io.BytesIO()
         Image.new("RGB", (64, 48), "red").save(buf, "PNG")
         messages = [ChatMessage("user", "What colour is it?", [ImageInput(buf.getvalue(), "image/png")])]
-        pieces = [p async for p in engine.stream_chat(messages, GenParams(temperature=0.0, max_new_tokens=4),
-                                                     asyncio.Event())]
+        pieces = [
+            p async for p in engine.stream_chat(messages, GenParams(temperature=0.0, max_new_tokens=4), asyncio.Event())
+        ]
         assert "".join(pieces)
     finally:
         await engine.close()

@@ -21,10 +21,18 @@ def test_every_string_has_both_languages_with_the_same_placeholders() -> None:
         assert _fields(entry[i18n.EN]) == _fields(entry[i18n.ZH]), key
 
 
-@pytest.mark.parametrize(("locale", "lang"), [
-    (discord.Locale.chinese, i18n.ZH), (discord.Locale.taiwan_chinese, i18n.ZH), ("zh-CN", i18n.ZH),
-    (discord.Locale.american_english, i18n.EN), (discord.Locale.japanese, i18n.EN), (None, i18n.EN), ("", i18n.EN),
-])
+@pytest.mark.parametrize(
+    ("locale", "lang"),
+    [
+        (discord.Locale.chinese, i18n.ZH),
+        (discord.Locale.taiwan_chinese, i18n.ZH),
+        ("zh-CN", i18n.ZH),
+        (discord.Locale.american_english, i18n.EN),
+        (discord.Locale.japanese, i18n.EN),
+        (None, i18n.EN),
+        ("", i18n.EN),
+    ],
+)
 def test_language_from_locale(locale: object, lang: str) -> None:
     assert i18n.lang_of(locale) == lang  # type: ignore[arg-type]
 
@@ -41,12 +49,14 @@ def test_format_and_fallbacks() -> None:
 async def test_translator_gives_valid_chinese_command_names() -> None:
     translator = i18n.Translator()
     context = discord.app_commands.TranslationContext(
-        location=discord.app_commands.TranslationContextLocation.command_name, data=None)
+        location=discord.app_commands.TranslationContextLocation.command_name, data=None
+    )
     for english, chinese in i18n.COMMAND_TEXT.items():
         got = await translator.translate(discord.app_commands.locale_str(english), discord.Locale.chinese, context)
         assert got == chinese
-        assert await translator.translate(discord.app_commands.locale_str(english),
-                                          discord.Locale.french, context) is None
+        assert (
+            await translator.translate(discord.app_commands.locale_str(english), discord.Locale.french, context) is None
+        )
         if english.islower() and " " not in english:  # a command or option name: Discord's name rules
             assert re.fullmatch(r"[-_\w]{1,32}", chinese) and chinese == chinese.lower(), chinese
         else:

@@ -21,8 +21,13 @@ def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
     return buf.getvalue()
 
 
-def attachment(data: bytes, name: str = "photo.png", content_type: str | None = "image/png",
-               size: int | None = None, calls: list[str] | None = None) -> Attachment:
+def attachment(
+    data: bytes,
+    name: str = "photo.png",
+    content_type: str | None = "image/png",
+    size: int | None = None,
+    calls: list[str] | None = None,
+) -> Attachment:
     async def fetch() -> bytes:
         if calls is not None:
             calls.append(name)
@@ -33,6 +38,7 @@ def attachment(data: bytes, name: str = "photo.png", content_type: str | None = 
 
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG whose header declares a huge image (the classic decompression bomb)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
@@ -86,8 +92,9 @@ async def test_zero_byte_file(intake: ImageIntake) -> None:
     assert len(str(err)) < 200  # a user-chosen name cannot blow up the reply
 
 
-@pytest.mark.parametrize(("name", "ctype"), [("logo.svg", None), ("logo.png", "image/svg+xml"),
-                                             ("logo.png", "image/png")])
+@pytest.mark.parametrize(
+    ("name", "ctype"), [("logo.svg", None), ("logo.png", "image/svg+xml"), ("logo.png", "image/png")]
+)
 async def test_svg_refused(intake: ImageIntake, name: str, ctype: str | None) -> None:
     svg = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>'
     err = await refused(intake, attachment(svg, name, ctype))

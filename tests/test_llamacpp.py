@@ -83,16 +83,23 @@ async def test_streams_text(llama: LlamaCppEngine) -> None:
 
 async def test_raw_completion_with_stop(llama: LlamaCppEngine) -> None:
     prompt = "<|im_start|>user\nList three fruits, comma separated.<|im_end|>\n<|im_start|>assistant\n"
-    text = "".join([p async for p in llama.stream_raw(prompt, GenParams(temperature=0, max_new_tokens=24,
-                                                                         stop=[","]), asyncio.Event())])
+    text = "".join(
+        [
+            p
+            async for p in llama.stream_raw(
+                prompt, GenParams(temperature=0, max_new_tokens=24, stop=[","]), asyncio.Event()
+            )
+        ]
+    )
     assert text.strip() and "," not in text
 
 
 async def test_cancel_stops_within_a_token(llama: LlamaCppEngine) -> None:
     cancel = asyncio.Event()
     got: list[str] = []
-    stream = llama.stream_chat(ask("Count from 1 to 100, one number per line."),
-                               GenParams(temperature=0, max_new_tokens=300), cancel)
+    stream = llama.stream_chat(
+        ask("Count from 1 to 100, one number per line."), GenParams(temperature=0, max_new_tokens=300), cancel
+    )
     async for piece in stream:
         got.append(piece)
         if len(got) == 3:
@@ -118,9 +125,9 @@ async def test_concurrent_jobs_take_turns(llama: LlamaCppEngine) -> None:
 
 async def test_cancel_while_waiting_for_the_lock(llama: LlamaCppEngine) -> None:
     cancel = asyncio.Event()
-    busy = asyncio.create_task(timed(llama.stream_chat(ask("Count to 100."), GenParams(temperature=0,
-                                                                                       max_new_tokens=80),
-                                                       asyncio.Event())))
+    busy = asyncio.create_task(
+        timed(llama.stream_chat(ask("Count to 100."), GenParams(temperature=0, max_new_tokens=80), asyncio.Event()))
+    )
     await asyncio.sleep(0.05)
     cancel.set()
     waiting = await asyncio.wait_for(timed(llama.stream_chat(ask("x"), SHORT, cancel)), timeout=1.0)
@@ -144,8 +151,9 @@ async def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
 
 
 async def test_through_worker_and_chat_handler(settings: Settings, bus: Bus) -> None:
-    cpu = settings.model_copy(update={"engine": "llamacpp", "llamacpp_n_ctx": 1024, "max_new_tokens": 12,
-                                      "temperature": 0.0})
+    cpu = settings.model_copy(
+        update={"engine": "llamacpp", "llamacpp_n_ctx": 1024, "max_new_tokens": 12, "temperature": 0.0}
+    )
     engine = build_engine(cpu)
     assert isinstance(engine, LlamaCppEngine)
     worker = Worker(cpu, bus, engine, worker_id="llama-worker")

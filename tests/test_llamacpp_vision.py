@@ -49,9 +49,11 @@ def vision_llama(mmproj: Path) -> LlamaCppEngine:
 
 
 def test_llamacpp_flatten_content_puts_the_images_first() -> None:
-    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
-             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AB=="}},
-             {"type": "text", "text": "What is this?"}]
+    parts = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AB=="}},
+        {"type": "text", "text": "What is this?"},
+    ]
     assert flatten_content(parts, "<__media__>") == "<__media__>\n<__media__>\nWhat is this?"
     assert flatten_content("plain", "<__media__>") == "plain"
 
@@ -63,16 +65,25 @@ def test_llamacpp_internvl_projector_puts_image_tokens_in_the_prompt(vision_llam
     assert isinstance(llm.chat_handler, TemplateVisionHandler)
     url = "data:image/png;base64," + base64.b64encode(png()).decode()
     text_only = llm.create_chat_completion(messages=[{"role": "user", "content": "Describe it."}], max_tokens=1)
-    with_image = llm.create_chat_completion(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Describe it."}]}], max_tokens=1)
+    with_image = llm.create_chat_completion(
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Describe it."}],
+            }
+        ],
+        max_tokens=1,
+    )
     extra = with_image["usage"]["prompt_tokens"] - text_only["usage"]["prompt_tokens"]
     assert extra >= 4, (text_only["usage"], with_image["usage"])  # the 4 image embeddings at least
 
 
 async def test_llamacpp_streams_an_answer_about_an_image(vision_llama: LlamaCppEngine) -> None:
     assert vision_llama.supports_vision
-    messages = [ChatMessage("system", "You describe images."),
-                ChatMessage("user", "What colour is it?", [ImageInput(png("blue"), "image/png")])]
+    messages = [
+        ChatMessage("system", "You describe images."),
+        ChatMessage("user", "What colour is it?", [ImageInput(png("blue"), "image/png")]),
+    ]
     pieces = [p async for p in vision_llama.stream_chat(messages, SHORT, asyncio.Event())]
     assert pieces and "".join(pieces).strip()
 
@@ -105,13 +116,15 @@ async def test_llamacpp_caption_and_article_through_the_worker(settings: Setting
     try:
         chat = ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, cpu), cpu)
         ref = await bus.put_blob(png(), "image/png")
-        reply = await chat.ask(Request(conversation="console:cpu-vision", text="What is in it?", images=[ref],
-                                       kind="vision"))
+        reply = await chat.ask(
+            Request(conversation="console:cpu-vision", text="What is in it?", images=[ref], kind="vision")
+        )
         done = [u async for u in chat.follow(reply)][-1]
         assert done.kind == "done", done.data
         assert done.data["usage"]["completion_tokens"] >= 1
-        article = await ArticleHandler(chat).ask(Request(conversation="console:cpu-art", text=""), "Red things",
-                                                 [ref], 2)
+        article = await ArticleHandler(chat).ask(
+            Request(conversation="console:cpu-art", text=""), "Red things", [ref], 2
+        )
         final = [u async for u in chat.follow(article)][-1]
         assert final.kind == "done", final.data  # greedy: SmolLM2 writes its (noisy) paragraphs every time
         assert len([b for b in final.data["layout"] if b["type"] == "text"]) >= 1

@@ -68,8 +68,9 @@ def test_images_get_a_large_context_budget() -> None:
 
 
 def test_sampling_needs_do_sample() -> None:
-    kw = generation_config_kwargs(GenParams(temperature=0.8, top_p=0.8, max_new_tokens=64,
-                                            repetition_penalty=1.005, stop=["<|im_end|>"]))
+    kw = generation_config_kwargs(
+        GenParams(temperature=0.8, top_p=0.8, max_new_tokens=64, repetition_penalty=1.005, stop=["<|im_end|>"])
+    )
     assert kw["do_sample"] is True
     assert kw["temperature"] == pytest.approx(0.8) and kw["top_p"] == pytest.approx(0.8)
     assert kw["max_new_tokens"] == 64 and kw["repetition_penalty"] == pytest.approx(1.005)
@@ -83,11 +84,13 @@ def test_temperature_zero_is_greedy() -> None:
 
 
 def test_messages_and_images_to_openai_format() -> None:
-    msgs = to_openai_messages([
-        ChatMessage("system", "sys"),
-        ChatMessage("user", "what is this?", [ImageInput(b"\x89PNG", "image/png")]),
-        ChatMessage("environment", "tool output"),
-    ])
+    msgs = to_openai_messages(
+        [
+            ChatMessage("system", "sys"),
+            ChatMessage("user", "what is this?", [ImageInput(b"\x89PNG", "image/png")]),
+            ChatMessage("environment", "tool output"),
+        ]
+    )
     assert msgs[0] == {"role": "system", "content": "sys"}
     parts = msgs[1]["content"]
     assert parts[0] == {"type": "text", "text": "what is this?"}
@@ -103,9 +106,15 @@ def test_cut_at_stop() -> None:
 
 
 def test_from_settings() -> None:
-    settings = Settings(_env_file=None, engine="lmdeploy", lmdeploy_model="/m/chat",
-                        lmdeploy_vision_model="/m/xc", lmdeploy_backend="pytorch", lmdeploy_tp=2,
-                        lmdeploy_session_len=4096)
+    settings = Settings(
+        _env_file=None,
+        engine="lmdeploy",
+        lmdeploy_model="/m/chat",
+        lmdeploy_vision_model="/m/xc",
+        lmdeploy_backend="pytorch",
+        lmdeploy_tp=2,
+        lmdeploy_session_len=4096,
+    )
     engine = LMDeployEngine.from_settings(settings)
     assert (engine.model, engine.vision_model, engine.backend, engine.tp) == ("/m/chat", "/m/xc", "pytorch", 2)
     assert engine.context_window == 4096 and engine.supports_vision
@@ -113,10 +122,12 @@ def test_from_settings() -> None:
 
 
 def test_importing_the_engine_does_not_import_lmdeploy() -> None:
-    code = ("import sys; from models.engines import build_engine; from models.settings import Settings; "
-            "e = build_engine(Settings(_env_file=None, engine='lmdeploy')); "
-            "assert type(e).__name__ == 'LMDeployEngine'; assert 'lmdeploy' not in sys.modules; "
-            "assert 'torch' not in sys.modules; print('ok')")
+    code = (
+        "import sys; from models.engines import build_engine; from models.settings import Settings; "
+        "e = build_engine(Settings(_env_file=None, engine='lmdeploy')); "
+        "assert type(e).__name__ == 'LMDeployEngine'; assert 'lmdeploy' not in sys.modules; "
+        "assert 'torch' not in sys.modules; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
@@ -133,9 +144,17 @@ async def test_start_without_lmdeploy_says_how_to_install(monkeypatch: pytest.Mo
 
 # `added_tokens_decoder` of internlm/internlm2_5-7b-chat's tokenizer_config.json (ids and contents as published;
 # the file is quoted whole in public InternLM2 conversion scripts).
-INTERNLM2_ADDED_TOKENS = {0: "<unk>", 1: "<s>", 2: "</s>", 92538: "<|plugin|>", 92539: "<|interpreter|>",
-                          92540: "<|action_end|>", 92541: "<|action_start|>", 92542: "<|im_end|>",
-                          92543: "<|im_start|>"}
+INTERNLM2_ADDED_TOKENS = {
+    0: "<unk>",
+    1: "<s>",
+    2: "</s>",
+    92538: "<|plugin|>",
+    92539: "<|interpreter|>",
+    92540: "<|action_end|>",
+    92541: "<|action_start|>",
+    92542: "<|im_end|>",
+    92543: "<|im_start|>",
+}
 
 
 @dataclass
@@ -164,8 +183,16 @@ class _Pipeline:
     """Streams `pieces` (or `respond(prompts)`) one per `delay` seconds per session, like a batching engine;
     honours abort; parses prompts as the stand-in's lmdeploy version does."""
 
-    def __init__(self, model: str, version: str, pieces: list[str], delay: float = 0.0, fail: bool = False,
-                 queued: float = 0.0, respond: Any = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        pieces: list[str],
+        delay: float = 0.0,
+        fail: bool = False,
+        queued: float = 0.0,
+        respond: Any = None,
+    ) -> None:
         self.model = model
         self.version = version
         self.queued = queued
@@ -179,24 +206,36 @@ class _Pipeline:
         # lmdeploy's `Tokenizer` -> `HuggingFaceTokenizer` -> the transformers tokenizer, with InternLM2's
         # added tokens (INTERNLM2_ADDED_TOKENS).
         hf = types.SimpleNamespace(
-            added_tokens_decoder={i: types.SimpleNamespace(content=t, special=True)
-                                  for i, t in INTERNLM2_ADDED_TOKENS.items()},
-            all_special_tokens=["<s>", "</s>", "<unk>", *INTERNLM2_ADDED_TOKENS.values()][:9])
+            added_tokens_decoder={
+                i: types.SimpleNamespace(content=t, special=True) for i, t in INTERNLM2_ADDED_TOKENS.items()
+            },
+            all_special_tokens=["<s>", "</s>", "<unk>", *INTERNLM2_ADDED_TOKENS.values()][:9],
+        )
         self.async_engine = types.SimpleNamespace(
-            tokenizer=types.SimpleNamespace(encode=lambda s, add_bos=False: s.split(),
-                                            model=types.SimpleNamespace(model=hf)))
+            tokenizer=types.SimpleNamespace(
+                encode=lambda s, add_bos=False: s.split(), model=types.SimpleNamespace(model=hf)
+            )
+        )
 
     def session(self) -> _Session:
         self.sessions.append(_Session())
         return self.sessions[-1]
 
-    def stream_infer(self, prompts: Any, sessions: _Session | None = None, gen_config: Any = None,
-                     do_preprocess: bool = True, adapter_name: str | None = None, stream_response: bool = True,
-                     **kwargs: Any):
+    def stream_infer(
+        self,
+        prompts: Any,
+        sessions: _Session | None = None,
+        gen_config: Any = None,
+        do_preprocess: bool = True,
+        adapter_name: str | None = None,
+        stream_response: bool = True,
+        **kwargs: Any,
+    ):
         if self.version >= "0.16":
             format_prompts_016(prompts)  # raises in the caller's thread, as MultimodalProcessor does
-        self.calls.append({"prompts": prompts, "gen_config": gen_config, "do_preprocess": do_preprocess,
-                           "kwargs": kwargs})
+        self.calls.append(
+            {"prompts": prompts, "gen_config": gen_config, "do_preprocess": do_preprocess, "kwargs": kwargs}
+        )
         pieces = self.respond(prompts) if self.respond else self.pieces
         out: queue.Queue[Any] = queue.Queue()
 
@@ -211,8 +250,15 @@ class _Pipeline:
                 out.put(_Response(piece, n))
             else:
                 if self.fail and self.version >= "0.16":
-                    out.put(_Response016("", 0, finish_reason="error", error_code="internal_error",
-                                         error_message="Internal engine error at /srv/secret/path"))
+                    out.put(
+                        _Response016(
+                            "",
+                            0,
+                            finish_reason="error",
+                            error_code="internal_error",
+                            error_message="Internal engine error at /srv/secret/path",
+                        )
+                    )
                 else:
                     out.put(_Response("", len(pieces), finish_reason="error" if self.fail else "stop"))
             out.put(None)
@@ -262,12 +308,24 @@ def make_lmdeploy(version: str) -> types.ModuleType:
     module = types.ModuleType("lmdeploy")
     module.__version__ = version  # type: ignore[attr-defined]
     module.made = []  # type: ignore[attr-defined]
-    module.options = {"pieces": ["Hel", "lo", " wor", "ld"], "delay": 0.0, "fail": False,  # type: ignore[attr-defined]
-                      "queued": 0.0, "respond": None}
+    module.options = {
+        "pieces": ["Hel", "lo", " wor", "ld"],
+        "delay": 0.0,
+        "fail": False,  # type: ignore[attr-defined]
+        "queued": 0.0,
+        "respond": None,
+    }
 
-    def pipeline(model_path: str, backend_config: Any = None, chat_template_config: Any = None,
-                 log_level: str = "WARNING", max_log_len: int | None = None, trust_remote_code: bool = False,
-                 speculative_config: Any = None, **kwargs: Any) -> _Pipeline:
+    def pipeline(
+        model_path: str,
+        backend_config: Any = None,
+        chat_template_config: Any = None,
+        log_level: str = "WARNING",
+        max_log_len: int | None = None,
+        trust_remote_code: bool = False,
+        speculative_config: Any = None,
+        **kwargs: Any,
+    ) -> _Pipeline:
         if version < "0.16":
             assert "allowed_media_domains" not in kwargs  # 0.14 passes unknown kwargs on to its engine
         pipe = _Pipeline(model_path, version, **module.options)  # type: ignore[attr-defined]
@@ -305,8 +363,7 @@ async def test_streams_pieces_with_mapped_config(fake_lmdeploy) -> None:
     await engine.start()
     pipe = fake_lmdeploy.made[0]
     assert pipe.backend_config == ("pytorch", {"tp": 2, "session_len": 2048, "cache_max_entry_count": 0.8})
-    text = await _collect(engine.stream_chat([ChatMessage("user", "hi")], GenParams(temperature=0.5),
-                                             asyncio.Event()))
+    text = await _collect(engine.stream_chat([ChatMessage("user", "hi")], GenParams(temperature=0.5), asyncio.Event()))
     assert text == "Hello world"
     call = pipe.calls[0]
     assert call["prompts"] == [{"role": "user", "content": "hi"}] and call["do_preprocess"] is True
@@ -369,8 +426,9 @@ async def test_concurrent_jobs_are_separate_sessions(fake_lmdeploy) -> None:
     engine = LMDeployEngine("chat-model")
     await engine.start()
     started = time.monotonic()
-    texts = await asyncio.gather(*[
-        _collect(engine.stream_chat([ChatMessage("user", str(i))], GenParams(), asyncio.Event())) for i in range(8)])
+    texts = await asyncio.gather(
+        *[_collect(engine.stream_chat([ChatMessage("user", str(i))], GenParams(), asyncio.Event())) for i in range(8)]
+    )
     assert all(t == "".join(f"t{i} " for i in range(20)) for t in texts)
     assert len(fake_lmdeploy.made[0].sessions) == 8
     assert time.monotonic() - started < 8 * 20 * 0.01  # they overlapped
@@ -401,8 +459,7 @@ async def test_vision_routing(fake_lmdeploy) -> None:
     assert vision_pipe.backend_config[0] == "turbomind"  # XComposer: TurboMind (falls back by itself)
     assert vision_pipe.trust_remote_code  # InternVL3.5 and XComposer ship their own modelling code
     image = ImageInput(b"img", "image/jpeg")
-    text = await _collect(engine.stream_chat([ChatMessage("user", "caption", [image])], GenParams(),
-                                             asyncio.Event()))
+    text = await _collect(engine.stream_chat([ChatMessage("user", "caption", [image])], GenParams(), asyncio.Event()))
     assert text == "Hello world"  # 0.16's prompt parser accepted the data-URL image part
     await _collect(engine.stream_chat([ChatMessage("user", "text only")], GenParams(), asyncio.Event()))
     assert len(vision_pipe.calls) == 1 and len(chat_pipe.calls) == 1
@@ -486,11 +543,18 @@ def test_version_tuple() -> None:
     assert version_tuple("garbage") == (0, 0, 0)
 
 
-@pytest.mark.parametrize(("arch", "family"), [
-    ("InternLMXComposer2ForCausalLM", XCOMPOSER), ("InternVLChatModel", INTERNVL),
-    ("InternVLForConditionalGeneration", INTERNVL), ("InternS1ForConditionalGeneration", INTERN_S1),
-    ("InternS1ProForConditionalGeneration", INTERN_S1),
-    ("InternLM2ForCausalLM", INTERNLM), ("LlamaForCausalLM", OTHER)])
+@pytest.mark.parametrize(
+    ("arch", "family"),
+    [
+        ("InternLMXComposer2ForCausalLM", XCOMPOSER),
+        ("InternVLChatModel", INTERNVL),
+        ("InternVLForConditionalGeneration", INTERNVL),
+        ("InternS1ForConditionalGeneration", INTERN_S1),
+        ("InternS1ProForConditionalGeneration", INTERN_S1),
+        ("InternLM2ForCausalLM", INTERNLM),
+        ("LlamaForCausalLM", OTHER),
+    ],
+)
 def test_family_from_a_local_config(tmp_path: Path, arch: str, family: str) -> None:
     """A local directory is judged by config.json's `architectures`, whatever the directory is called."""
     model = tmp_path / f"weights-{arch}"  # a name that says nothing about the family
@@ -499,11 +563,21 @@ def test_family_from_a_local_config(tmp_path: Path, arch: str, family: str) -> N
     assert model_family(str(model)) == family
 
 
-@pytest.mark.parametrize(("name", "family"), [
-    ("internlm/internlm-xcomposer2d5-7b", XCOMPOSER), ("internlm-xcomposer2-4khd-7b", XCOMPOSER),
-    ("OpenGVLab/InternVL3_5-8B", INTERNVL), ("OpenGVLab/InternVL2_5-8B-MPO", INTERNVL),
-    ("internvl3-1b", INTERNVL), ("internlm/Intern-S1-mini", INTERN_S1), ("intern_s1", INTERN_S1),
-    ("internlm/internlm2_5-7b-chat", INTERNLM), ("Qwen/Qwen2.5-7B-Instruct", OTHER), ("", OTHER)])
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [
+        ("internlm/internlm-xcomposer2d5-7b", XCOMPOSER),
+        ("internlm-xcomposer2-4khd-7b", XCOMPOSER),
+        ("OpenGVLab/InternVL3_5-8B", INTERNVL),
+        ("OpenGVLab/InternVL2_5-8B-MPO", INTERNVL),
+        ("internvl3-1b", INTERNVL),
+        ("internlm/Intern-S1-mini", INTERN_S1),
+        ("intern_s1", INTERN_S1),
+        ("internlm/internlm2_5-7b-chat", INTERNLM),
+        ("Qwen/Qwen2.5-7B-Instruct", OTHER),
+        ("", OTHER),
+    ],
+)
 def test_family_from_a_name(name: str, family: str) -> None:
     assert model_family(name) == family
 
@@ -516,8 +590,9 @@ def test_family_with_an_unreadable_config_falls_back_to_the_name(tmp_path: Path)
 
 
 @pytest.mark.parametrize("where", ["vision", "chat", "local-config"])
-async def test_xcomposer_on_current_lmdeploy_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch,
-                                                                       tmp_path: Path, where: str) -> None:
+async def test_xcomposer_on_current_lmdeploy_is_refused_before_loading(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
     lmdeploy = install(monkeypatch, CURRENT)
     if where == "local-config":
         model = tmp_path / "vision"
@@ -543,9 +618,13 @@ async def test_too_old_lmdeploy_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 async def test_xcomposer_on_014_and_internvl_on_both(monkeypatch: pytest.MonkeyPatch) -> None:
-    for version, vision in [("0.14.0", "internlm/internlm-xcomposer2d5-7b"), ("0.14.0", "OpenGVLab/InternVL3_5-8B"),
-                            ("0.16.0", "OpenGVLab/InternVL3_5-8B"), ("0.18.0", "OpenGVLab/InternVL3_5-8B"),
-                            ("0.18.0", "internlm/Intern-S1-mini")]:
+    for version, vision in [
+        ("0.14.0", "internlm/internlm-xcomposer2d5-7b"),
+        ("0.14.0", "OpenGVLab/InternVL3_5-8B"),
+        ("0.16.0", "OpenGVLab/InternVL3_5-8B"),
+        ("0.18.0", "OpenGVLab/InternVL3_5-8B"),
+        ("0.18.0", "internlm/Intern-S1-mini"),
+    ]:
         lmdeploy = install(monkeypatch, version)
         engine = LMDeployEngine("internlm/internlm2_5-7b-chat", vision_model=vision)
         await engine.start()
@@ -560,8 +639,9 @@ async def test_intern_s1_thinking_is_off_unless_asked(monkeypatch: pytest.Monkey
     image = [ChatMessage("user", "what is it?", [ImageInput(b"img", "image/png")])]
     for thinking in (False, True):
         lmdeploy = install(monkeypatch, CURRENT)
-        engine = LMDeployEngine("internlm/internlm2_5-7b-chat", vision_model="internlm/Intern-S1-mini",
-                                thinking=thinking)
+        engine = LMDeployEngine(
+            "internlm/internlm2_5-7b-chat", vision_model="internlm/Intern-S1-mini", thinking=thinking
+        )
         await engine.start()
         chat_pipe, vision_pipe = lmdeploy.made
         await _collect(engine.stream_chat(image, GenParams(), asyncio.Event()))
@@ -582,8 +662,11 @@ async def test_a_prompt_0_16_cannot_parse_is_a_safe_engine_error(monkeypatch: py
     engine = LMDeployEngine("internlm/internlm2_5-7b-chat")
     await engine.start()
     with pytest.raises(EngineError, match="GPU model failed"):
-        await _collect(engine._generate(engine.pipe, ("no images here", 42), GenParams(), asyncio.Event(),
-                                        skip_special_tokens=True))
+        await _collect(
+            engine._generate(
+                engine.pipe, ("no images here", 42), GenParams(), asyncio.Event(), skip_special_tokens=True
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------ /article on lmdeploy
@@ -595,8 +678,12 @@ def article_answers(prompts: Any) -> list[str]:
     text = last if isinstance(last, str) else " ".join(p.get("text", "") for p in last)
     if "<Seg" in text:
         return ["<Seg2>"] if "Answer only with their markers" in text else ["适合插入图像的行是", "<Seg2>"]
-    return ["First paragraph about the river.\n\n", "Second paragraph about the boats.\n\n",
-            "Third paragraph about the bridge.\n\n", "Fourth paragraph about the night."]
+    return [
+        "First paragraph about the river.\n\n",
+        "Second paragraph about the boats.\n\n",
+        "Third paragraph about the bridge.\n\n",
+        "Fourth paragraph about the night.",
+    ]
 
 
 async def test_article_on_each_lmdeploy_line(fake_lmdeploy, settings: Settings) -> None:

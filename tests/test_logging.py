@@ -92,10 +92,10 @@ def test_text_format_has_job_id(settings: Settings) -> None:
 async def test_job_id_reaches_worker_process_logs(settings: Settings, bus: Bus) -> None:
     """A real worker process logging JSON: the job id the bot created appears in the worker's lines,
     and the API key given to it in its environment never does."""
-    env = subprocess_env(settings, LOG_FORMAT="json", LOG_LEVEL="INFO", OPENAI_API_KEY=KEY,
-                         DISCORD_TOKEN=TOKEN)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "models.worker", cwd=ROOT, env=env,
-                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = subprocess_env(settings, LOG_FORMAT="json", LOG_LEVEL="INFO", OPENAI_API_KEY=KEY, DISCORD_TOKEN=TOKEN)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "models.worker", cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         chat = ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings)
         reply = await chat.ask(Request(conversation="log:1", text=f"[[fail]] my key is {KEY}"))

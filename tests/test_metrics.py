@@ -44,8 +44,7 @@ async def scrape(session: aiohttp.ClientSession, port: int) -> dict:
 
 
 async def health(session: aiohttp.ClientSession, port: int) -> tuple[int, dict]:
-    async with session.get(f"http://127.0.0.1:{port}/healthz",
-                           timeout=aiohttp.ClientTimeout(total=10)) as resp:
+    async with session.get(f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(total=10)) as resp:
         return resp.status, await resp.json()
 
 
@@ -123,8 +122,7 @@ async def test_queue_depth_and_in_flight_are_live(settings: Settings, bus: Bus) 
                     data = await scrape(session, port)
                 except aiohttp.ClientError:
                     data = {}
-                if value(data, "ilm_worker_jobs_in_flight") == 1 \
-                        and value(data, "ilm_queue_depth") >= 1:
+                if value(data, "ilm_worker_jobs_in_flight") == 1 and value(data, "ilm_queue_depth") >= 1:
                     break
                 await asyncio.sleep(0.05)
             assert value(data, "ilm_worker_jobs_in_flight") == 1
@@ -142,8 +140,14 @@ async def test_healthz_follows_redis(tmp_path: Path) -> None:
     client = connect(server.url)
     bus = Bus(client)
     port = free_port()
-    s = Settings(_env_file=None, redis_url=server.url, engine="test", data_dir=tmp_path / "data",
-                 job_visibility_timeout=2.0, worker_metrics_port=port)
+    s = Settings(
+        _env_file=None,
+        redis_url=server.url,
+        engine="test",
+        data_dir=tmp_path / "data",
+        job_visibility_timeout=2.0,
+        worker_metrics_port=port,
+    )
     w = Worker(s, bus, TestEngine(), worker_id="health")
     task = asyncio.create_task(w.run())
     try:
@@ -201,8 +205,10 @@ async def test_bot_metrics_through_fake_discord(discord_harness, discord_bot) ->
             assert f"metric {i}" in visible_text(reply)
         await h.send(h.general, h.bob, "just chatting, not to the bot")
         after = await scrape(session, port)
-    assert value(after, "ilm_bot_messages_total", where="guild") - value(before, "ilm_bot_messages_total",
-                                                                          where="guild") == 4
+    assert (
+        value(after, "ilm_bot_messages_total", where="guild") - value(before, "ilm_bot_messages_total", where="guild")
+        == 4
+    )
     assert value(after, "ilm_bot_requests_total", kind="chat") == 3
     assert value(after, "ilm_bot_replies_total", kind="chat", outcome="done") == 3
     assert value(after, "ilm_bot_reply_seconds_count", kind="chat") == 3

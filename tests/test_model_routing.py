@@ -67,11 +67,17 @@ async def who_answered(bus: Bus, job_id: str) -> set[str]:
 
 # ------------------------------------------------------------------------------------------ the list
 def test_chat_models_are_read_as_deployers_write_them() -> None:
-    specs = routing.parse_chat_models(" internlm3=openai:http://gpu1:23333/v1 , qwen2.5:7b=openai ,"
-                                      "s1=lmdeploy:internlm/Intern-S1-mini, tiny=llamacpp:/m/x.gguf, plain,")
+    specs = routing.parse_chat_models(
+        " internlm3=openai:http://gpu1:23333/v1 , qwen2.5:7b=openai ,"
+        "s1=lmdeploy:internlm/Intern-S1-mini, tiny=llamacpp:/m/x.gguf, plain,"
+    )
     assert [(s.name, s.engine, s.target) for s in specs] == [
-        ("internlm3", "openai", "http://gpu1:23333/v1"), ("qwen2.5:7b", "openai", ""),
-        ("s1", "lmdeploy", "internlm/Intern-S1-mini"), ("tiny", "llamacpp", "/m/x.gguf"), ("plain", "", "")]
+        ("internlm3", "openai", "http://gpu1:23333/v1"),
+        ("qwen2.5:7b", "openai", ""),
+        ("s1", "lmdeploy", "internlm/Intern-S1-mini"),
+        ("tiny", "llamacpp", "/m/x.gguf"),
+        ("plain", "", ""),
+    ]
     assert routing.public_target("http://user:key@gpu1:23333/v1") == "http://gpu1:23333"
     for bad in ("a=b", "x y", "a,a", "a=llamacpp", "@x", "a" * 101):
         with pytest.raises(routing.ModelListError):
@@ -112,8 +118,7 @@ async def test_a_job_goes_on_its_models_stream(routed: Settings, bus: Bus, chat:
 
 
 # ------------------------------------------------------------------------------------------ routing
-async def test_each_job_lands_only_on_a_worker_serving_its_model(routed: Settings, bus: Bus,
-                                                                 chat: ChatHandler) -> None:
+async def test_each_job_lands_only_on_a_worker_serving_its_model(routed: Settings, bus: Bus, chat: ChatHandler) -> None:
     """Two workers, two models; the channel override beats the server's; each answer comes from the right
     worker and says so (the test engine names its model)."""
     await chat.conf.set_model(ConfStore.scope(guild=GUILD), "alpha")
@@ -121,8 +126,7 @@ async def test_each_job_lands_only_on_a_worker_serving_its_model(routed: Setting
     async with running(routed, bus, "wa", "alpha"), running(routed, bus, "wb", "beta"):
         infos = {w.worker_id: w.models for w in await bus.alive_workers()}
         assert infos == {"wa": ["alpha"], "wb": ["beta"]}
-        results = await asyncio.gather(*[
-            answer(chat, f"r:{i}", f"q{i}", channel=CHANNEL + (i % 2)) for i in range(8)])
+        results = await asyncio.gather(*[answer(chat, f"r:{i}", f"q{i}", channel=CHANNEL + (i % 2)) for i in range(8)])
         for i, updates in enumerate(results):
             model, worker = ("beta", "wb") if i % 2 else ("alpha", "wa")
             final = updates[-1]
@@ -136,8 +140,9 @@ async def test_each_job_lands_only_on_a_worker_serving_its_model(routed: Setting
         assert await bus.running_count("alpha") == 0 and await bus.running_count("beta") == 0  # all acked
 
 
-async def test_a_model_nobody_serves_gets_a_friendly_reply_at_once(routed: Settings, bus: Bus,
-                                                                   chat: ChatHandler) -> None:
+async def test_a_model_nobody_serves_gets_a_friendly_reply_at_once(
+    routed: Settings, bus: Bus, chat: ChatHandler
+) -> None:
     chat.notice_after = 0.2
     await chat.conf.set_model(ConfStore.scope(channel=CHANNEL), "beta")
     async with running(routed, bus, "only-alpha", "alpha"):
@@ -227,8 +232,9 @@ async def test_dead_letters_on_a_models_stream(routed: Settings, bus: Bus) -> No
 
 
 # ------------------------------------------------------------------------------------------ processes
-async def test_takeover_after_kill9_stays_with_the_model(routed: Settings, bus: Bus, chat: ChatHandler,
-                                                         tmp_path: Path, procs: list[WorkerProc]) -> None:
+async def test_takeover_after_kill9_stays_with_the_model(
+    routed: Settings, bus: Bus, chat: ChatHandler, tmp_path: Path, procs: list[WorkerProc]
+) -> None:
     """Two real alpha workers and one beta worker.  The alpha worker running a job is killed mid-answer: the
     other alpha worker takes it over (attempt 2), the beta worker never touches it, and the answer is whole."""
     env = {"CHAT_MODELS": MODELS, "JOB_VISIBILITY_TIMEOUT": "1.5", "TEST_ENGINE_TOKEN_DELAY": "0.03"}
@@ -270,8 +276,14 @@ async def test_takeover_after_kill9_stays_with_the_model(routed: Settings, bus: 
 
 @pytest.mark.slow  # a worker process
 def test_a_worker_asked_for_an_unknown_model_says_so_and_exits(settings: Settings) -> None:
-    done = subprocess.run([sys.executable, "-m", "models.worker"], cwd=ROOT, capture_output=True, text=True,
-                          env=subprocess_env(settings, CHAT_MODELS=MODELS, WORKER_MODELS="zeta"), timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "models.worker"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(settings, CHAT_MODELS=MODELS, WORKER_MODELS="zeta"),
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "WORKER_MODELS" in done.stderr and "zeta" in done.stderr and "Traceback" not in done.stderr
 
@@ -284,14 +296,25 @@ async def test_bot_status_lists_the_models_and_who_serves_them(routed: Settings,
     env = subprocess_env(routed, CHAT_MODELS=MODELS)
     async with running(routed, bus, "st-alpha", "alpha"):
         for args in ((), ("--json",)):
-            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "status", *args, cwd=ROOT,
-                                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot",
+                "status",
+                *args,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
             assert proc.returncode == 0, out
             if args:
                 data = json.loads(out)
-                assert data["models"] == [{"name": "alpha", "workers": 1, "waiting": 0},
-                                          {"name": "beta", "workers": 0, "waiting": 1}]
+                assert data["models"] == [
+                    {"name": "alpha", "workers": 1, "waiting": 0},
+                    {"name": "beta", "workers": 0, "waiting": 1},
+                ]
                 assert data["workers"][0]["models"] == ["alpha"] and data["queue_depth"] == 1
             else:
                 assert "Models: alpha (1 worker, 0 waiting), beta (NOT SERVED" in out, out

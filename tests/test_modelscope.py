@@ -41,9 +41,15 @@ def hub_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 def ms_settings(fake: FakeModelScope, tmp_path: Path, model: str, **extra: object) -> Settings:
-    values: dict[str, object] = {"engine": "llamacpp", "llamacpp_model": model, "model_hub": "modelscope",
-                                 "modelscope_domain": fake.url, "modelscope_cache": str(tmp_path / "ms"),
-                                 "hf_hub_offline": False, **extra}
+    values: dict[str, object] = {
+        "engine": "llamacpp",
+        "llamacpp_model": model,
+        "model_hub": "modelscope",
+        "modelscope_domain": fake.url,
+        "modelscope_cache": str(tmp_path / "ms"),
+        "hf_hub_offline": False,
+        **extra,
+    }
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
@@ -67,7 +73,8 @@ def test_the_sdks_environment_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_
 
 @SLOW
 def test_first_start_downloads_with_progress_verifies_then_hits_the_cache(
-        fake: FakeModelScope, tmp_path: Path, hub_log: pytest.LogCaptureFixture) -> None:
+    fake: FakeModelScope, tmp_path: Path, hub_log: pytest.LogCaptureFixture
+) -> None:
     settings = ms_settings(fake, tmp_path, f"{REPO}:Q4_1")
     path = locate_gguf(settings)
     assert path == model_dir(tmp_path) / BUNDLED_FILE and sha256(path) == BUNDLED_SHA  # the SDK's layout
@@ -87,8 +94,9 @@ def test_first_start_downloads_with_progress_verifies_then_hits_the_cache(
 
 
 @SLOW
-def test_a_cut_connection_resumes_with_the_sdks_range(fake: FakeModelScope, tmp_path: Path,
-                                                       hub_log: pytest.LogCaptureFixture) -> None:
+def test_a_cut_connection_resumes_with_the_sdks_range(
+    fake: FakeModelScope, tmp_path: Path, hub_log: pytest.LogCaptureFixture
+) -> None:
     cut = 25_000_000
     fake.cut_next_body_after = cut
     path = locate_gguf(ms_settings(fake, tmp_path, f"{REPO}:{BUNDLED_FILE}"))
@@ -101,8 +109,9 @@ def test_a_cut_connection_resumes_with_the_sdks_range(fake: FakeModelScope, tmp_
 
 
 @SLOW
-def test_a_restart_continues_the_partial_download(fake: FakeModelScope, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_restart_continues_the_partial_download(
+    fake: FakeModelScope, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = ms_settings(fake, tmp_path, f"{REPO}:Q4_1")
     advance = hub_module.Transfer.advance
 
@@ -149,8 +158,7 @@ def test_unknown_model_and_file_are_named(fake: FakeModelScope, tmp_path: Path) 
     assert not fake.downloads()
 
 
-def test_the_default_model_comes_from_shanghai_ai_laboratorys_repository(fake: FakeModelScope,
-                                                                         tmp_path: Path) -> None:
+def test_the_default_model_comes_from_shanghai_ai_laboratorys_repository(fake: FakeModelScope, tmp_path: Path) -> None:
     """Nothing configured + MODEL_HUB=modelscope: InternLM2.5-1.8B-Chat's GGUF under ModelScope's name for it (a
     few bytes here: only the choice is tested, not the model)."""
     fake.add(DEFAULT_REPO, DEFAULT_FILE, data=b"GGUF" + bytes(60))
@@ -166,8 +174,12 @@ async def test_the_engine_loads_the_fetched_gguf_and_generates(fake: FakeModelSc
     await engine.start()
     try:
         assert engine.model_path == model_dir(tmp_path) / BUNDLED_FILE
-        pieces = [p async for p in engine.stream_chat([ChatMessage("user", "Say hello.")],
-                                                     GenParams(temperature=0.0, max_new_tokens=6), asyncio.Event())]
+        pieces = [
+            p
+            async for p in engine.stream_chat(
+                [ChatMessage("user", "Say hello.")], GenParams(temperature=0.0, max_new_tokens=6), asyncio.Event()
+            )
+        ]
         assert "".join(pieces).strip()
     finally:
         await engine.close()

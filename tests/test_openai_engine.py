@@ -29,8 +29,13 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 def make_engine(fake: FakeOpenAI, **overrides: object) -> OpenAIEngine:
-    values: dict[str, object] = {"engine": "openai", "openai_base_url": fake.base_url, "openai_api_key": SECRET,
-                                 "chat_model": "internlm2_5-7b-chat", "vision_model": "internlm-xcomposer2d5-7b"}
+    values: dict[str, object] = {
+        "engine": "openai",
+        "openai_base_url": fake.base_url,
+        "openai_api_key": SECRET,
+        "chat_model": "internlm2_5-7b-chat",
+        "vision_model": "internlm-xcomposer2d5-7b",
+    }
     values.update(overrides)
     return OpenAIEngine.from_settings(Settings(_env_file=None, **values))  # type: ignore[arg-type]
 
@@ -49,8 +54,12 @@ async def test_streams_text_with_params(fake: FakeOpenAI) -> None:
     engine = make_engine(fake)
     fake.reply = "The quick brown fox jumps."
     params = GenParams(temperature=0.3, top_p=0.7, max_new_tokens=77, repetition_penalty=1.05, stop=["<eoa>"])
-    pieces = [p async for p in engine.stream_chat(
-        [ChatMessage("system", "sys"), ChatMessage("user", "hi")], params, asyncio.Event())]
+    pieces = [
+        p
+        async for p in engine.stream_chat(
+            [ChatMessage("system", "sys"), ChatMessage("user", "hi")], params, asyncio.Event()
+        )
+    ]
     assert len(pieces) > 1  # really streamed
     assert "".join(pieces) == "The quick brown fox jumps."
     body = fake.requests[-1].body
@@ -70,8 +79,10 @@ async def test_vision_request_carries_the_image(fake: FakeOpenAI) -> None:
     await collect(engine.stream_chat(messages, GenParams(), asyncio.Event()))
     rec = fake.requests[-1]
     assert rec.body["model"] == "internlm-xcomposer2d5-7b"
-    assert [(i.format, i.size, i.mime) for i in rec.images] == [("JPEG", (120, 90), "image/jpeg"),
-                                                                ("PNG", (64, 48), "image/png")]
+    assert [(i.format, i.size, i.mime) for i in rec.images] == [
+        ("JPEG", (120, 90), "image/jpeg"),
+        ("PNG", (64, 48), "image/png"),
+    ]
     parts = rec.body["messages"][0]["content"]
     assert parts[0] == {"type": "text", "text": "what is this?"}
     await engine.close()
@@ -82,8 +93,9 @@ async def test_vision_can_use_a_second_server(fake: FakeOpenAI) -> None:
     try:
         engine = make_engine(fake, vision_base_url=second.base_url, vision_model="xcomposer")
         await collect(engine.stream_chat([ChatMessage("user", "hi")], GenParams(), asyncio.Event()))
-        await collect(engine.stream_chat([ChatMessage("user", "look", [ImageInput(png())])], GenParams(),
-                                         asyncio.Event()))
+        await collect(
+            engine.stream_chat([ChatMessage("user", "look", [ImageInput(png())])], GenParams(), asyncio.Event())
+        )
         assert len(fake.requests) == 1 and len(second.requests) == 1
         assert second.requests[0].images[0].size == (64, 48)
         await engine.close()
@@ -95,8 +107,7 @@ async def test_no_vision_model_is_refused_clearly(fake: FakeOpenAI) -> None:
     engine = make_engine(fake, vision_model="")
     assert not engine.supports_vision
     with pytest.raises(VisionUnsupported, match="VISION_MODEL"):
-        await collect(engine.stream_chat([ChatMessage("user", "x", [ImageInput(png())])], GenParams(),
-                                         asyncio.Event()))
+        await collect(engine.stream_chat([ChatMessage("user", "x", [ImageInput(png())])], GenParams(), asyncio.Event()))
     assert not fake.requests
     await engine.close()
 
@@ -104,8 +115,10 @@ async def test_no_vision_model_is_refused_clearly(fake: FakeOpenAI) -> None:
 async def test_raw_completion(fake: FakeOpenAI) -> None:
     engine = make_engine(fake)
     fake.reply = "raw answer"
-    assert await collect(engine.stream_raw("<|im_start|>user\nhi", GenParams(max_new_tokens=9),
-                                           asyncio.Event())) == "raw answer"
+    assert (
+        await collect(engine.stream_raw("<|im_start|>user\nhi", GenParams(max_new_tokens=9), asyncio.Event()))
+        == "raw answer"
+    )
     rec = fake.requests[-1]
     assert rec.path == "/v1/completions" and rec.body["prompt"].startswith("<|im_start|>")
     assert rec.body["max_tokens"] == 9
@@ -128,8 +141,9 @@ async def test_raw_completion_keeps_special_tokens_behind_a_stripping_server(fak
     await engine.close()
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (401, "OPENAI_API_KEY"), (500, "HTTP 500"), (429, "busy"), (400, "HTTP 400")])
+@pytest.mark.parametrize(
+    ("status", "expected"), [(401, "OPENAI_API_KEY"), (500, "HTTP 500"), (429, "busy"), (400, "HTTP 400")]
+)
 async def test_errors_become_safe_engine_errors(fake: FakeOpenAI, status: int, expected: str) -> None:
     engine = make_engine(fake)
     fake.fail_status = status
@@ -209,8 +223,9 @@ async def test_connection_lost_mid_answer(fake: FakeOpenAI) -> None:
 
 
 @pytest.mark.parametrize("how", ["task cancelled", "generator closed"])
-async def test_a_stream_ended_early_leaves_nothing_behind(fake: FakeOpenAI, caplog: pytest.LogCaptureFixture,
-                                                          how: str) -> None:
+async def test_a_stream_ended_early_leaves_nothing_behind(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
     """The agent ends streams early (a stop word seen on the text, Stop, a deadline), by cancelling the task
     that reads it or closing the generator.  Neither may leave a read of the closed connection running: it
     failed later and asyncio logged "Task exception was never retrieved ... APIConnectionError"."""

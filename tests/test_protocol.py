@@ -21,26 +21,32 @@ from models.worker import Worker
 
 # ------------------------------------------------------------------------------------ envelopes
 def test_job_roundtrip() -> None:
-    job = Job(kind="vision", payload={"messages": [{"role": "user", "content": "图里是什么？"}], "n": 1.5},
-              conversation="g1:c2")
+    job = Job(
+        kind="vision",
+        payload={"messages": [{"role": "user", "content": "图里是什么？"}], "n": 1.5},
+        conversation="g1:c2",
+    )
     back = Job.decode(job.encode())
     assert back == job
     assert all(isinstance(v, str) for v in job.encode().values())  # a valid stream entry
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"kind": "chat", "payload": "{}"}, "no valid id"),
-    ({"id": "", "kind": "chat", "payload": "{}"}, "no valid id"),
-    ({"id": "x" * 65, "kind": "chat", "payload": "{}"}, "no valid id"),
-    ({"id": "a:b", "kind": "chat", "payload": "{}"}, "no valid id"),
-    ({"id": "j1", "payload": "{}"}, "unknown job kind"),
-    ({"id": "j1", "kind": "teleport", "payload": "{}"}, "unknown job kind 'teleport'"),
-    ({"id": "j1", "kind": "chat"}, "not valid JSON"),
-    ({"id": "j1", "kind": "chat", "payload": "{oops"}, "not valid JSON"),
-    ({"id": "j1", "kind": "chat", "payload": "[]"}, "must be an object"),
-    ({"id": "j1", "kind": "chat", "payload": "null"}, "must be an object"),
-    ({"id": "j1", "kind": "chat", "payload": '"text"'}, "must be an object"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": "chat", "payload": "{}"}, "no valid id"),
+        ({"id": "", "kind": "chat", "payload": "{}"}, "no valid id"),
+        ({"id": "x" * 65, "kind": "chat", "payload": "{}"}, "no valid id"),
+        ({"id": "a:b", "kind": "chat", "payload": "{}"}, "no valid id"),
+        ({"id": "j1", "payload": "{}"}, "unknown job kind"),
+        ({"id": "j1", "kind": "teleport", "payload": "{}"}, "unknown job kind 'teleport'"),
+        ({"id": "j1", "kind": "chat"}, "not valid JSON"),
+        ({"id": "j1", "kind": "chat", "payload": "{oops"}, "not valid JSON"),
+        ({"id": "j1", "kind": "chat", "payload": "[]"}, "must be an object"),
+        ({"id": "j1", "kind": "chat", "payload": "null"}, "must be an object"),
+        ({"id": "j1", "kind": "chat", "payload": '"text"'}, "must be an object"),
+    ],
+)
 def test_malformed_envelopes(fields: dict[str, str], message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         Job.decode(fields)
@@ -257,18 +263,29 @@ async def test_follow_restarts_and_ignores_stale_attempts(settings: Settings, bu
     reply = await chat.ask(Request(conversation="p:stale", text="q"))
     job = reply.job.id
     for attempt, type_, data in [
-        (1, "status", {"state": "started"}), (1, "delta", {"text": "a"}), (1, "delta", {"text": "b"}),
-        (2, "status", {"state": "started"}), (2, "delta", {"text": "x"}),
-        (1, "delta", {"text": "c"}), (1, "done", {"text": "abc"}),
-        (2, "delta", {"text": "y"}), (2, "done", {"text": "xy"}),
+        (1, "status", {"state": "started"}),
+        (1, "delta", {"text": "a"}),
+        (1, "delta", {"text": "b"}),
+        (2, "status", {"state": "started"}),
+        (2, "delta", {"text": "x"}),
+        (1, "delta", {"text": "c"}),
+        (1, "done", {"text": "abc"}),
+        (2, "delta", {"text": "y"}),
+        (2, "done", {"text": "xy"}),
     ]:
         await bus.emit(job, attempt, type_, data)
     async with asyncio.timeout(5):
         updates = [(u.kind, u.text, u.attempt) async for u in chat.follow(reply)]
-    assert updates == [("started", "", 1), ("text", "a", 1), ("text", "ab", 1), ("restart", "", 2),
-                       ("text", "x", 2), ("text", "xy", 2), ("done", "xy", 2)]
-    assert [(t.role, t.content) for t in await chat.history.recent("p:stale")] == [("user", "q"),
-                                                                                   ("assistant", "xy")]
+    assert updates == [
+        ("started", "", 1),
+        ("text", "a", 1),
+        ("text", "ab", 1),
+        ("restart", "", 2),
+        ("text", "x", 2),
+        ("text", "xy", 2),
+        ("done", "xy", 2),
+    ]
+    assert [(t.role, t.content) for t in await chat.history.recent("p:stale")] == [("user", "q"), ("assistant", "xy")]
 
 
 async def test_follow_dead_letter_error_has_no_restart(settings: Settings, bus: Bus) -> None:
@@ -282,8 +299,9 @@ async def test_follow_dead_letter_error_has_no_restart(settings: Settings, bus: 
     assert [t.role for t in await chat.history.recent("p:dead")] == ["user"]
 
 
-async def test_shared_reader_serves_new_and_duplicate_followers_at_once(bus: Bus,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_shared_reader_serves_new_and_duplicate_followers_at_once(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Many replies of a process share one blocking read; a reply followed while that read blocks is
     served at once (the wake stream), and two readers of one reply both get every event."""
     monkeypatch.setattr(protocol, "SHARED_READ_FROM", 0)  # share from the first reply on

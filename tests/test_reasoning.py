@@ -49,13 +49,16 @@ def split_stream(pieces: list[str]) -> tuple[str, str, bool]:
 
 
 CASES = [  # output, thinking, answer, unclosed
-    ("<think>The user greets me.</think>\n\nHello! How can I help?", "The user greets me.",
-     "Hello! How can I help?", False),
+    (
+        "<think>The user greets me.</think>\n\nHello! How can I help?",
+        "The user greets me.",
+        "Hello! How can I help?",
+        False,
+    ),
     ("\n<think>a < b and </thin is not the end</think>ok", "a < b and </thin is not the end", "ok", False),
     ("<think>I keep thinking and never stop", "I keep thinking and never stop", "", True),
     ("<think>", "", "", True),
-    ("No thinking here; I mention <think> tags later.", "", "No thinking here; I mention <think> tags later.",
-     False),
+    ("No thinking here; I mention <think> tags later.", "", "No thinking here; I mention <think> tags later.", False),
     ("<thin", "", "<thin", False),  # a tag that never completes is text
     ("  plain", "", "  plain", False),
 ]
@@ -150,9 +153,15 @@ async def lmdeploy_server() -> tuple[web.AppRunner, int]:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for i, delta in enumerate(LMDEPLOY_DELTAS):
-            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "s1",
-                     "choices": [{"index": 0, "delta": delta,
-                                  "finish_reason": "stop" if i == len(LMDEPLOY_DELTAS) - 1 else None}]}
+            chunk = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "s1",
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": "stop" if i == len(LMDEPLOY_DELTAS) - 1 else None}
+                ],
+            }
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await asyncio.sleep(0.01)
         await response.write(b"data: [DONE]\n\n")
@@ -193,8 +202,7 @@ async def test_engine_drops_reasoning_content_when_nobody_listens() -> None:
     runner, port = await lmdeploy_server()
     engine = OpenAIEngine(base_url=f"http://127.0.0.1:{port}/v1", chat_model="internlm/Intern-S1-mini")
     try:
-        text = "".join([p async for p in engine.stream_chat([ChatMessage("user", "q")], GenParams(),
-                                                            asyncio.Event())])
+        text = "".join([p async for p in engine.stream_chat([ChatMessage("user", "q")], GenParams(), asyncio.Event())])
         assert text == "\n\nParis is the capital of France."
     finally:
         await engine.close()

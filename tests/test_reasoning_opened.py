@@ -87,7 +87,7 @@ class OpenedTemplate(TestEngine):
         return True
 
     def reply_for(self, messages: list[ChatMessage]) -> list[str]:
-        return [OUTPUT[i:i + 7] for i in range(0, len(OUTPUT), 7)]
+        return [OUTPUT[i : i + 7] for i in range(0, len(OUTPUT), 7)]
 
 
 @pytest.fixture
@@ -109,8 +109,7 @@ async def ask(settings: Settings, bus: Bus, text: str, conversation: str) -> tup
     return updates, history
 
 
-async def test_the_worker_splits_a_template_opened_answer(settings: Settings, bus: Bus,
-                                                          opened_worker: Worker) -> None:
+async def test_the_worker_splits_a_template_opened_answer(settings: Settings, bus: Bus, opened_worker: Worker) -> None:
     updates, history = await ask(settings, bus, "What is 2 + 2?", "console:opened")
     final = updates[-1]
     assert final.kind == "done" and final.text == "The answer is **4**."
@@ -138,13 +137,14 @@ def with_chat_template(src: Path, dst: Path, template: str) -> Path:
     infos_end = max(t.field.offset + sum(int(p.nbytes) for p in t.field.parts) for t in reader.tensors)
     head = raw[:start] + kv + raw[end:infos_end]
     head += b"\0" * (-len(head) % reader.alignment)
-    dst.write_bytes(head + raw[reader.data_offset:])
+    dst.write_bytes(head + raw[reader.data_offset :])
     return dst
 
 
 @pytest.mark.slow
 async def test_llamacpp_sees_the_template_open_thinking_and_the_answer_still_comes(
-        settings: Settings, bus: Bus, tmp_path: Path) -> None:
+    settings: Settings, bus: Bus, tmp_path: Path
+) -> None:
     pytest.importorskip("llama_cpp")
     from models.engines.llamacpp import LlamaCppEngine
 

@@ -26,8 +26,7 @@ async def test_a_resumed_reply_keeps_its_model(settings: Settings, bus: Bus) -> 
     chat = ChatHandler(bus, history, ConfStore(bus.redis, routed), routed)
     await chat.conf.set_model(ConfStore.scope(channel=CHANNEL), "beta")
     # The old bot process: asks while no worker serves beta yet, starts showing the reply, dies.
-    reply = await chat.ask(Request(conversation="resume:model", text="[[say:from beta]]", guild=GUILD,
-                                   channel=CHANNEL))
+    reply = await chat.ask(Request(conversation="resume:model", text="[[say:from beta]]", guild=GUILD, channel=CHANNEL))
     assert reply.job.model == "beta"
     await ActiveReplies(bus, history, routed).begin(reply, channel_id=CHANNEL, message_id=5)
     # The new process: the record says which model, so the job is found in beta's queue, not declared lost
@@ -53,9 +52,20 @@ async def test_a_resumed_reply_keeps_its_model(settings: Settings, bus: Bus) -> 
 
 
 def test_a_record_written_before_the_model_field_decodes_as_the_default_model() -> None:
-    old = {"job_id": "a" * 32, "kind": "chat", "conversation": "c", "record": True, "where": {"channel_id": 1},
-           "started": 1.0, "generation": 0}
+    old = {
+        "job_id": "a" * 32,
+        "kind": "chat",
+        "conversation": "c",
+        "record": True,
+        "where": {"channel_id": 1},
+        "started": 1.0,
+        "generation": 0,
+    }
     rec = ActiveRecord.decode(json.dumps(old))
     assert rec is not None and rec.model == ""
-    assert json.loads(ActiveRecord(job_id="b" * 32, kind="chat", conversation="c", record=True,
-                                   model="beta").encode())["model"] == "beta"
+    assert (
+        json.loads(ActiveRecord(job_id="b" * 32, kind="chat", conversation="c", record=True, model="beta").encode())[
+            "model"
+        ]
+        == "beta"
+    )

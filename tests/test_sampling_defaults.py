@@ -42,8 +42,9 @@ def internlm2() -> LlamaCppEngine:
 def test_each_loaded_model_brings_its_own_defaults(smollm2: LlamaCppEngine, internlm2: LlamaCppEngine) -> None:
     assert smollm2.sampling_defaults == BUNDLED_SMOLLM2 == {"temperature": 0.3, "repetition_penalty": 1.2}
     assert internlm2.llm.metadata["general.architecture"] == "internlm2"
-    assert internlm2.sampling_defaults == INTERNLM_DEMO == {"temperature": 0.8, "top_p": 0.8,
-                                                            "repetition_penalty": 1.005}
+    assert (
+        internlm2.sampling_defaults == INTERNLM_DEMO == {"temperature": 0.8, "top_p": 0.8, "repetition_penalty": 1.005}
+    )
     assert LlamaCppEngine(INTERNLM2_GGUF).sampling_defaults == {}  # not loaded yet: nothing is claimed
 
 
@@ -71,8 +72,14 @@ class Recorded:
         self.close = lambda: vars(llm).pop("create_chat_completion", None)
 
 
-async def ask(engine: LlamaCppEngine, worker_settings: Settings, bot_settings: Settings, bus: Bus,
-              conversation: str, scope: dict[str, str] | None = None) -> dict[str, Any]:
+async def ask(
+    engine: LlamaCppEngine,
+    worker_settings: Settings,
+    bot_settings: Settings,
+    bus: Bus,
+    conversation: str,
+    scope: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """One chat job (the bot with `bot_settings`, the worker with `worker_settings`); what llama.cpp got."""
     recorded = Recorded(engine)
     worker = Worker(worker_settings, bus, engine, worker_id=f"sampling-{conversation}")
@@ -106,8 +113,9 @@ async def test_nobody_set_anything_the_model_decides(smollm2: LlamaCppEngine, se
     assert (got["top_p"], got["max_tokens"]) == (0.8, 1024)  # the InternLM demo's for the rest
 
 
-async def test_the_same_settings_give_internlm2_its_own(internlm2: LlamaCppEngine, settings: Settings,
-                                                       bus: Bus) -> None:
+async def test_the_same_settings_give_internlm2_its_own(
+    internlm2: LlamaCppEngine, settings: Settings, bus: Bus
+) -> None:
     plain = settings.model_copy(update={"engine": "llamacpp", "max_new_tokens": 4})
     got = await ask(internlm2, plain, plain, bus, "console:sampling-internlm2")
     assert got["job"] == {"max_new_tokens": 4}
@@ -125,9 +133,17 @@ async def test_explicit_settings_win_over_the_models(smollm2: LlamaCppEngine, se
 
 
 # Qwen/Qwen2.5-7B-Instruct's generation_config.json as published (a model that ships sampling values there).
-QWEN_GENERATION_CONFIG = {"bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True,
-                          "eos_token_id": [151645, 151643], "repetition_penalty": 1.05, "temperature": 0.7,
-                          "top_p": 0.8, "top_k": 20, "transformers_version": "4.37.0"}
+QWEN_GENERATION_CONFIG = {
+    "bos_token_id": 151643,
+    "pad_token_id": 151643,
+    "do_sample": True,
+    "eos_token_id": [151645, 151643],
+    "repetition_penalty": 1.05,
+    "temperature": 0.7,
+    "top_p": 0.8,
+    "top_k": 20,
+    "transformers_version": "4.37.0",
+}
 
 
 async def test_lmdeploy_takes_the_models_generation_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -40,8 +40,11 @@ def sandbox(request: pytest.FixtureRequest, settings: Settings) -> Sandbox:
 @pytest.fixture
 def secrets_in_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Secrets in the worker's own environment, as a deployment would have them."""
-    values = {"DISCORD_TOKEN": "discord-" + secrets.token_hex(8), "OPENAI_API_KEY": "sk-" + secrets.token_hex(8),
-              "REDIS_URL": "redis://:pw-" + secrets.token_hex(4) + "@127.0.0.1:6379/0"}
+    values = {
+        "DISCORD_TOKEN": "discord-" + secrets.token_hex(8),
+        "OPENAI_API_KEY": "sk-" + secrets.token_hex(8),
+        "REDIS_URL": "redis://:pw-" + secrets.token_hex(4) + "@127.0.0.1:6379/0",
+    }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
@@ -69,13 +72,17 @@ def run(sandbox: Sandbox, code: str, timeout: float | None = None) -> RunResult:
 
 
 # ------------------------------------------------------------------------------------------ secrets
-async def test_environment_secrets_are_not_visible(sandbox: Sandbox, secrets_in_env: dict[str, str],
-                                                   settings: Settings, bus: Bus, worker: Worker) -> None:
-    result = run(sandbox, """
+async def test_environment_secrets_are_not_visible(
+    sandbox: Sandbox, secrets_in_env: dict[str, str], settings: Settings, bus: Bus, worker: Worker
+) -> None:
+    result = run(
+        sandbox,
+        """
         import os
         print(sorted(os.environ))
         print(os.environ.get("DISCORD_TOKEN"), os.environ.get("OPENAI_API_KEY"), os.environ.get("REDIS_URL"))
-    """)
+    """,
+    )
     assert result.ok, result.for_model()
     assert "None None None" in result.stdout
     for value in secrets_in_env.values():
@@ -83,27 +90,34 @@ async def test_environment_secrets_are_not_visible(sandbox: Sandbox, secrets_in_
     await assert_worker_serves(settings, bus)
 
 
-async def test_worker_environ_via_proc_is_not_visible(sandbox: Sandbox, secrets_in_env: dict[str, str],
-                                                      settings: Settings, bus: Bus, worker: Worker) -> None:
-    result = run(sandbox, f"""
+async def test_worker_environ_via_proc_is_not_visible(
+    sandbox: Sandbox, secrets_in_env: dict[str, str], settings: Settings, bus: Bus, worker: Worker
+) -> None:
+    result = run(
+        sandbox,
+        f"""
         for pid in ({os.getpid()}, {os.getppid()}):
             try:
                 print(open(f"/proc/{{pid}}/environ").read())
             except OSError as exc:
                 print("refused:", type(exc).__name__)
-    """)
+    """,
+    )
     assert result.stdout.count("refused:") == 2, result.for_model()
     assert secrets_in_env["DISCORD_TOKEN"] not in result.for_model()
     await assert_worker_serves(settings, bus)
 
 
-async def test_project_files_are_not_readable(sandbox: Sandbox, project_secret: tuple[str, str],
-                                              settings: Settings, bus: Bus, worker: Worker) -> None:
+async def test_project_files_are_not_readable(
+    sandbox: Sandbox, project_secret: tuple[str, str], settings: Settings, bus: Bus, worker: Worker
+) -> None:
     path, value = project_secret
     data_secret = str(settings.data_dir / "secret.txt")
-    result = run(sandbox, f"""
+    result = run(
+        sandbox,
+        f"""
         import os
-        for attempt in ({path!r}, {str(PROJECT_ROOT / '.env')!r}, {str(PROJECT_ROOT / 'pyproject.toml')!r},
+        for attempt in ({path!r}, {str(PROJECT_ROOT / ".env")!r}, {str(PROJECT_ROOT / "pyproject.toml")!r},
                         {data_secret!r}):
             try:
                 print(open(attempt).read())
@@ -113,7 +127,8 @@ async def test_project_files_are_not_readable(sandbox: Sandbox, project_secret: 
             print(os.listdir({str(PROJECT_ROOT)!r}))
         except OSError as exc:
             print("refused:", type(exc).__name__)
-    """)
+    """,
+    )
     assert value not in result.for_model()
     assert "[project]" not in result.stdout  # pyproject.toml
     assert "data-dir-secret" not in result.stdout
@@ -122,10 +137,13 @@ async def test_project_files_are_not_readable(sandbox: Sandbox, project_secret: 
     await assert_worker_serves(settings, bus)
 
 
-async def test_hidden_mount_cannot_be_removed(sandbox: Sandbox, project_secret: tuple[str, str],
-                                              settings: Settings, bus: Bus, worker: Worker) -> None:
+async def test_hidden_mount_cannot_be_removed(
+    sandbox: Sandbox, project_secret: tuple[str, str], settings: Settings, bus: Bus, worker: Worker
+) -> None:
     path, value = project_secret
-    result = run(sandbox, f"""
+    result = run(
+        sandbox,
+        f"""
         try:
             import ctypes
             libc = ctypes.CDLL(None, use_errno=True)
@@ -136,17 +154,21 @@ async def test_hidden_mount_cannot_be_removed(sandbox: Sandbox, project_secret: 
             print(open({path!r}).read())
         except OSError as exc:
             print("refused:", type(exc).__name__)
-    """)
+    """,
+    )
     assert value not in result.for_model()
     assert "refused:" in result.stdout, result.for_model()
     await assert_worker_serves(settings, bus)
 
 
 # ------------------------------------------------------------------------------------------ network
-async def test_redis_is_unreachable(sandbox: Sandbox, redis_server: object, settings: Settings, bus: Bus,
-                                    worker: Worker) -> None:
+async def test_redis_is_unreachable(
+    sandbox: Sandbox, redis_server: object, settings: Settings, bus: Bus, worker: Worker
+) -> None:
     port = redis_server.port  # type: ignore[attr-defined]
-    result = run(sandbox, f"""
+    result = run(
+        sandbox,
+        f"""
         import socket
         try:
             s = socket.socket()
@@ -156,15 +178,19 @@ async def test_redis_is_unreachable(sandbox: Sandbox, redis_server: object, sett
             print("CONNECTED", s.recv(10))
         except OSError as exc:
             print("refused:", type(exc).__name__, exc)
-    """)
+    """,
+    )
     assert "CONNECTED" not in result.stdout
     assert "refused:" in result.stdout, result.for_model()
     await assert_worker_serves(settings, bus)
 
 
-async def test_https_port_and_metadata_address_are_unreachable(sandbox: Sandbox, settings: Settings, bus: Bus,
-                                                               worker: Worker) -> None:
-    result = run(sandbox, """
+async def test_https_port_and_metadata_address_are_unreachable(
+    sandbox: Sandbox, settings: Settings, bus: Bus, worker: Worker
+) -> None:
+    result = run(
+        sandbox,
+        """
         import socket
         for host, port in (("127.0.0.1", 443), ("169.254.169.254", 80)):
             try:
@@ -174,7 +200,8 @@ async def test_https_port_and_metadata_address_are_unreachable(sandbox: Sandbox,
                 print("CONNECTED", host)
             except OSError as exc:
                 print("refused:", host, type(exc).__name__)
-    """)
+    """,
+    )
     assert "CONNECTED" not in result.stdout
     assert result.stdout.count("refused:") == 2, result.for_model()
     await assert_worker_serves(settings, bus)
@@ -182,11 +209,14 @@ async def test_https_port_and_metadata_address_are_unreachable(sandbox: Sandbox,
 
 # ------------------------------------------------------------------------------------------ resources
 async def test_fork_bomb(sandbox: Sandbox, settings: Settings, bus: Bus, worker: Worker) -> None:
-    result = run(sandbox, """
+    result = run(
+        sandbox,
+        """
         import os
         while True:
             os.fork()
-    """)
+    """,
+    )
     assert not result.ok
     assert "not allowed" in result.stderr or result.notes, result.for_model()
     await assert_worker_serves(settings, bus)
@@ -194,12 +224,16 @@ async def test_fork_bomb(sandbox: Sandbox, settings: Settings, bus: Bus, worker:
 
 async def test_fork_bomb_through_libc(sandbox: Sandbox, settings: Settings, bus: Bus, worker: Worker) -> None:
     """Bypassing the audit hook with ctypes: the seccomp filter refuses every fork, so the loop ends at once."""
-    result = run(sandbox, """
+    result = run(
+        sandbox,
+        """
         import ctypes
         libc = ctypes.CDLL(None)
         for _ in range(100000):
             libc.fork()
-    """, timeout=1.5)
+    """,
+        timeout=1.5,
+    )
     assert result.duration < 15
     assert not result.timed_out, result.for_model()  # each fork failed immediately (EPERM)
     await assert_worker_serves(settings, bus)
@@ -221,8 +255,9 @@ async def test_busy_loop_is_stopped(sandbox: Sandbox, settings: Settings, bus: B
     await assert_worker_serves(settings, bus)
 
 
-async def test_sleeping_code_hits_the_wall_clock_timeout(sandbox: Sandbox, settings: Settings, bus: Bus,
-                                                         worker: Worker) -> None:
+async def test_sleeping_code_hits_the_wall_clock_timeout(
+    sandbox: Sandbox, settings: Settings, bus: Bus, worker: Worker
+) -> None:
     result = run(sandbox, "import time\nprint('start', flush=True)\ntime.sleep(60)", timeout=1.5)
     assert result.timed_out and "start" in result.stdout
     assert any("time limit" in note for note in result.notes)
@@ -230,20 +265,25 @@ async def test_sleeping_code_hits_the_wall_clock_timeout(sandbox: Sandbox, setti
 
 
 async def test_write_2_gib_file(sandbox: Sandbox, settings: Settings, bus: Bus, worker: Worker) -> None:
-    result = run(sandbox, """
+    result = run(
+        sandbox,
+        """
         chunk = b"0" * (1 << 20)
         with open("big.bin", "wb") as f:
             for i in range(2048):
                 f.write(chunk)
         print("WROTE 2 GiB")
-    """)
+    """,
+    )
     assert "WROTE" not in result.stdout
     assert "File too large" in result.stderr, result.for_model()
     await assert_worker_serves(settings, bus)
 
 
 async def test_kill_the_worker(sandbox: Sandbox, settings: Settings, bus: Bus, worker: Worker) -> None:
-    result = run(sandbox, f"""
+    result = run(
+        sandbox,
+        f"""
         import os, signal
         for pid in (os.getppid(), {os.getpid()}):
             try:
@@ -251,19 +291,24 @@ async def test_kill_the_worker(sandbox: Sandbox, settings: Settings, bus: Bus, w
                 print("sent to", pid)
             except OSError as exc:
                 print("refused:", type(exc).__name__)
-    """)
+    """,
+    )
     assert os.getpid() > 0  # we are still alive to assert anything at all
     await assert_worker_serves(settings, bus)
     assert result.exit_code is not None
 
 
-async def test_subprocess_to_the_host(sandbox: Sandbox, project_secret: tuple[str, str], settings: Settings,
-                                      bus: Bus, worker: Worker) -> None:
+async def test_subprocess_to_the_host(
+    sandbox: Sandbox, project_secret: tuple[str, str], settings: Settings, bus: Bus, worker: Worker
+) -> None:
     path, value = project_secret
-    result = run(sandbox, f"""
+    result = run(
+        sandbox,
+        f"""
         import subprocess
         print(subprocess.run(["cat", {path!r}], capture_output=True, text=True).stdout)
-    """)
+    """,
+    )
     assert value not in result.for_model()
     assert "starting processes is not allowed" in result.stderr, result.for_model()
     await assert_worker_serves(settings, bus)
@@ -275,8 +320,7 @@ async def test_output_is_truncated(sandbox: Sandbox) -> None:
     assert any("truncated" in note for note in result.notes)
 
 
-async def test_planted_symlink_is_not_returned_as_a_figure(sandbox: Sandbox,
-                                                           project_secret: tuple[str, str]) -> None:
+async def test_planted_symlink_is_not_returned_as_a_figure(sandbox: Sandbox, project_secret: tuple[str, str]) -> None:
     path, _value = project_secret
     result = run(sandbox, f"import os\nos.symlink({path!r}, 'leak.png')")
     assert result.figures == []
@@ -286,12 +330,15 @@ async def test_planted_symlink_is_not_returned_as_a_figure(sandbox: Sandbox,
 async def test_numpy_and_sympy_work(sandbox: Sandbox) -> None:
     pytest.importorskip("numpy")
     pytest.importorskip("sympy")
-    result = run(sandbox, """
+    result = run(
+        sandbox,
+        """
         import numpy as np, sympy as sp
         x = sp.symbols("x")
         print(sp.solve(sp.Eq(2 * x + 3, 10), x))
         float(np.linalg.solve(np.array([[2.0]]), np.array([7.0]))[0])
-    """)
+    """,
+    )
     assert result.ok, result.for_model()
     assert "[7/2]" in result.stdout
     assert "3.5" in result.stdout  # the last expression is echoed, as in IPython
@@ -299,12 +346,15 @@ async def test_numpy_and_sympy_work(sandbox: Sandbox) -> None:
 
 async def test_matplotlib_figure_comes_back(sandbox: Sandbox) -> None:
     pytest.importorskip("matplotlib")
-    result = run(sandbox, """
+    result = run(
+        sandbox,
+        """
         import matplotlib.pyplot as plt
         plt.plot([1, 2, 3], [1, 4, 9])
         plt.title("squares")
         plt.show()
-    """)
+    """,
+    )
     assert result.ok, result.for_model()
     assert len(result.figures) == 1
     assert result.figures[0].data.startswith(b"\x89PNG") and result.figures[0].mime == "image/png"
@@ -324,8 +374,9 @@ def test_default_isolation_resolves_or_refuses() -> None:
         assert str(exc)
 
 
-async def test_status_shows_the_isolation_in_force(sandbox: Sandbox, settings: Settings, worker: Worker,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+async def test_status_shows_the_isolation_in_force(
+    sandbox: Sandbox, settings: Settings, worker: Worker, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bot.status import run_status
 
     assert await run_status(settings) == 0

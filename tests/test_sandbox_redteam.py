@@ -62,8 +62,13 @@ def run(box: Sandbox, code: str, timeout: float | None = None) -> RunResult:
 
 def unsandboxed(code: str) -> str:
     """The control: the same attack with the plain interpreter and no sandbox."""
-    done = subprocess.run([sys.executable, "-I", "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=30, env={"PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     return done.stdout + done.stderr
 
 
@@ -96,7 +101,9 @@ def test_bytes_paths_and_dir_fd(box: Sandbox, secret_file: tuple[Path, str]) -> 
 def test_proc_of_the_worker_is_invisible(box: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     token = "discord-" + secrets.token_hex(8)
     monkeypatch.setenv("DISCORD_TOKEN", token)
-    result = run(box, f"""
+    result = run(
+        box,
+        f"""
         import os
         for path in ("/proc/{os.getpid()}/environ", "/proc/{os.getpid()}/mem", "/proc/1/environ",
                      "/proc/self/maps", "/proc/self/environ"):
@@ -105,22 +112,27 @@ def test_proc_of_the_worker_is_invisible(box: Sandbox, monkeypatch: pytest.Monke
             except OSError as exc:
                 print("refused:", type(exc).__name__)
         print(sorted(os.environ))
-    """)
+    """,
+    )
     assert token not in result.for_model() and "DISCORD_TOKEN" not in result.stdout
     assert result.stdout.count("refused:") == 5, result.for_model()
 
 
-def test_project_data_dir_and_home_do_not_exist(box: Sandbox, secret_file: tuple[Path, str],
-                                                 settings: Settings) -> None:
+def test_project_data_dir_and_home_do_not_exist(
+    box: Sandbox, secret_file: tuple[Path, str], settings: Settings
+) -> None:
     path, value = secret_file
-    result = run(box, f"""
+    result = run(
+        box,
+        f"""
         import os
         for p in ({str(PROJECT_ROOT / ".env")!r}, {str(path)!r}, {str(PROJECT_ROOT / "pyproject.toml")!r},
                   {str(settings.data_dir)!r}, {str(Path.home())!r} + "/.ssh", "/etc/passwd", "/run"):
             print(p, os.path.exists(p))
         print(sorted(os.listdir("/")))
         print("TMP", sorted(os.listdir("/tmp")) if os.path.isdir("/tmp") else [])
-    """)
+    """,
+    )
     assert result.ok, result.for_model()
     assert value not in result.for_model()
     assert " True" not in result.stdout, result.stdout
@@ -133,14 +145,17 @@ def test_project_data_dir_and_home_do_not_exist(box: Sandbox, secret_file: tuple
 def test_writes_into_the_venv_fail(box: Sandbox) -> None:
     planted = Path(sys.prefix) / f"redteam-{secrets.token_hex(4)}.pth"
     site = Path(os.__file__).parent
-    result = run(box, f"""
+    result = run(
+        box,
+        f"""
         for p in ({str(planted)!r}, {str(site / "redteam.py")!r}, "/usr/redteam", "/redteam"):
             try:
                 open(p, "w").write("import os")
                 print("WROTE", p)
             except OSError as exc:
                 print("refused:", type(exc).__name__)
-    """)
+    """,
+    )
     assert "WROTE" not in result.stdout, result.for_model()
     assert not planted.exists() and not (site / "redteam.py").exists()
 
@@ -148,7 +163,9 @@ def test_writes_into_the_venv_fail(box: Sandbox) -> None:
 def test_policy_hook_tampered_with_then_spawn(box: Sandbox, secret_file: tuple[Path, str]) -> None:
     """The audit hook is policy: clear its tables from the code, and the seccomp filter still refuses."""
     path, value = secret_file
-    result = run(box, f"""
+    result = run(
+        box,
+        f"""
         import sys, subprocess
         main = sys.modules["__main__"]
         main.SPAWN.clear()  # the hook's own globals
@@ -156,7 +173,8 @@ def test_policy_hook_tampered_with_then_spawn(box: Sandbox, secret_file: tuple[P
             print("GOT", subprocess.run(["/bin/cat", {str(path)!r}], capture_output=True, text=True).stdout)
         except OSError as exc:
             print("refused:", type(exc).__name__, exc.errno)
-    """)
+    """,
+    )
     assert value not in result.for_model()
     assert "refused: PermissionError 1" in result.stdout, result.for_model()
 
@@ -204,7 +222,9 @@ def test_ctypes_libc_fork_clone_and_x32(box: Sandbox) -> None:
 
 
 def test_no_capabilities_mount_or_new_namespaces(box: Sandbox) -> None:
-    result = run(box, """
+    result = run(
+        box,
+        """
         import ctypes, struct
         libc = ctypes.CDLL(None, use_errno=True)
         header = ctypes.create_string_buffer(struct.pack("II", 0x20080522, 0))
@@ -215,7 +235,8 @@ def test_no_capabilities_mount_or_new_namespaces(box: Sandbox) -> None:
         print("remount", libc.mount(None, b"/usr", None, 0x20 | 0x1000, None), ctypes.get_errno())
         print("unshare", libc.unshare(0x10000000), ctypes.get_errno())
         print("setns", libc.setns(0, 0), ctypes.get_errno())
-    """)
+    """,
+    )
     assert "caps (0, 0, 0, 0, 0, 0)" in result.stdout, result.for_model()
     for call in ("mount", "remount", "unshare"):
         assert f"{call} -1 1" in result.stdout, result.for_model()
@@ -256,7 +277,9 @@ def _marked_processes(marker: str) -> list[str]:
 def test_setsid_survivor_after_timeout(box: Sandbox) -> None:
     """setsid(), then every way to leave a process behind; at the timeout nothing survives, nothing is left."""
     marker = "rt" + secrets.token_hex(5)
-    result = run(box, f"""
+    result = run(
+        box,
+        f"""
         import ctypes, os, threading
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(15, {marker.encode()!r}, 0, 0, 0)  # PR_SET_NAME: the host can find us by it
@@ -282,7 +305,9 @@ def test_setsid_survivor_after_timeout(box: Sandbox) -> None:
             threading.Thread(target=burn, daemon=True).start()
         print("burning", flush=True)
         burn()
-    """, timeout=2.0)
+    """,
+        timeout=2.0,
+    )
     assert result.timed_out and "burning" in result.stdout, result.for_model()
     assert "child" not in result.stdout and result.stdout.count("refused") == 3
     assert _marked_processes(marker) == []
@@ -294,11 +319,19 @@ def test_the_code_is_never_host_root(box: Sandbox) -> None:
 
     marker = "rt" + secrets.token_hex(5)
     results: list[RunResult] = []
-    thread = threading.Thread(target=lambda: results.append(run(box, f"""
+    thread = threading.Thread(
+        target=lambda: results.append(
+            run(
+                box,
+                f"""
         import ctypes, time
         ctypes.CDLL(None).prctl(15, {marker.encode()!r}, 0, 0, 0)
         time.sleep(1.5)
-    """, timeout=6)))
+    """,
+                timeout=6,
+            )
+        )
+    )
     thread.start()
     uids: list[int] = []
     try:
@@ -318,7 +351,9 @@ def test_the_code_is_never_host_root(box: Sandbox) -> None:
 
 
 def test_thread_flood_is_bounded(box: Sandbox) -> None:
-    result = run(box, """
+    result = run(
+        box,
+        """
         import threading
         threading.stack_size(32768)
         stop = threading.Event()
@@ -331,13 +366,16 @@ def test_thread_flood_is_bounded(box: Sandbox) -> None:
             print("refused:", exc)
         print("threads", n, flush=True)
         stop.set()
-    """)
+    """,
+    )
     assert "refused: can't start new thread" in result.stdout, result.for_model()
     assert int(result.stdout.split("threads")[1]) < box.limits.max_processes  # RLIMIT_NPROC, not memory
 
 
 def test_kill_the_parent_and_everyone(box: Sandbox) -> None:
-    result = run(box, f"""
+    result = run(
+        box,
+        f"""
         import os, signal
         for pid in (os.getppid(), 1, {os.getpid()}, -1):
             try:
@@ -353,7 +391,8 @@ def test_kill_the_parent_and_everyone(box: Sandbox) -> None:
             except OSError as exc:
                 print("pidfd refused", pid, exc.errno)
         print("still here")
-    """)
+    """,
+    )
     assert "still here" in result.stdout, result.for_model()  # PID 1 of the namespace ignores SIGKILL from inside
     assert f"refused {os.getpid()} 3" in result.stdout  # ESRCH: the worker is not in the PID namespace
     assert "pidfd sent" not in result.stdout
@@ -361,7 +400,9 @@ def test_kill_the_parent_and_everyone(box: Sandbox) -> None:
 
 
 def test_fork_bomb(box: Sandbox) -> None:
-    result = run(box, """
+    result = run(
+        box,
+        """
         import ctypes, os
         libc = ctypes.CDLL(None, use_errno=True)
         failures = 0
@@ -371,7 +412,8 @@ def test_fork_bomb(box: Sandbox) -> None:
                 os._exit(0)
             failures += pid < 0
         print("failures", failures)
-    """)
+    """,
+    )
     assert "failures 10000" in result.stdout, result.for_model()
     assert not result.timed_out
 
@@ -394,7 +436,9 @@ def test_sysv_shm_and_message_queues_refused(box: Sandbox) -> None:
 
 
 def test_memfd_and_posix_shm_refused(box: Sandbox) -> None:
-    result = run(box, """
+    result = run(
+        box,
+        """
         import os, mmap
         try:
             fd = os.memfd_create("x")
@@ -405,13 +449,16 @@ def test_memfd_and_posix_shm_refused(box: Sandbox) -> None:
         except OSError as exc:
             print("memfd refused:", exc.errno)
         print("/dev/shm exists:", os.path.exists("/dev/shm"))
-    """)
+    """,
+    )
     assert "memfd refused: 1" in result.stdout, result.for_model()
     assert "/dev/shm exists: False" in result.stdout
 
 
 def test_big_allocations(box: Sandbox) -> None:
-    result = run(box, """
+    result = run(
+        box,
+        """
         import mmap
         try:
             m = mmap.mmap(-1, 2 << 30)
@@ -420,14 +467,17 @@ def test_big_allocations(box: Sandbox) -> None:
             print("mmap refused:", exc.errno)
         data = bytearray(4 * 1024 ** 3)
         print("ALLOCATED")
-    """)
+    """,
+    )
     assert "MAPPED" not in result.stdout and "ALLOCATED" not in result.stdout
     assert "mmap refused: 12" in result.stdout and "MemoryError" in result.stderr, result.for_model()
 
 
 # ------------------------------------------------------------------------------------------ disk
 def test_two_gib_in_many_files_hits_the_disk_cap(box: Sandbox) -> None:
-    result = run(box, """
+    result = run(
+        box,
+        """
         chunk = b"0" * (1 << 20)
         written = 0
         try:
@@ -439,14 +489,17 @@ def test_two_gib_in_many_files_hits_the_disk_cap(box: Sandbox) -> None:
         except OSError as exc:
             print("stopped:", exc.errno)
         print("MiB", written)
-    """)
+    """,
+    )
     assert "stopped: 28" in result.stdout, result.for_model()  # ENOSPC
     written = int(result.stdout.split("MiB")[1])
     assert written <= box.limits.disk_mb
 
 
 def test_many_empty_pngs_hit_the_inode_cap(box: Sandbox) -> None:
-    result = run(box, """
+    result = run(
+        box,
+        """
         n = 0
         try:
             while n < 116000:
@@ -455,7 +508,8 @@ def test_many_empty_pngs_hit_the_inode_cap(box: Sandbox) -> None:
         except OSError as exc:
             print("stopped:", exc.errno)
         print("files", n)
-    """)
+    """,
+    )
     assert "stopped: 28" in result.stdout, result.for_model()
     files = int(result.stdout.split("files")[1])
     assert files < box.limits.max_files  # the tmpfs's nr_inodes, not 116,000
@@ -465,7 +519,9 @@ def test_many_empty_pngs_hit_the_inode_cap(box: Sandbox) -> None:
 
 def test_symlinked_and_hardlinked_figures(box: Sandbox, secret_file: tuple[Path, str]) -> None:
     path, value = secret_file
-    result = run(box, f"""
+    result = run(
+        box,
+        f"""
         import os
         png = b"\\x89PNG\\r\\n\\x1a\\n" + b"x" * 64
         os.symlink({str(path)!r}, "leak.png")
@@ -473,7 +529,8 @@ def test_symlinked_and_hardlinked_figures(box: Sandbox, secret_file: tuple[Path,
         open("real.png", "wb").write(png)
         os.link("real.png", "twin.png")
         open("own.png", "wb").write(png)
-    """)
+    """,
+    )
     assert result.ok, result.for_model()
     assert [f.name for f in result.figures] == ["own.png"]  # links are never returned
     assert all(value.encode() not in f.data for f in result.figures)
@@ -481,9 +538,12 @@ def test_symlinked_and_hardlinked_figures(box: Sandbox, secret_file: tuple[Path,
 
 # ------------------------------------------------------------------------------------------ output
 def test_control_sequences_and_nul_are_stripped_for_display(box: Sandbox) -> None:
-    result = run(box, r"""
+    result = run(
+        box,
+        r"""
         print("\x1b[2J\x1b[31mred\x1b[0m \x1b]0;pwned\x07title \x00nul \u202eevil\u202c \x9b1mend\rcr")
-    """)
+    """,
+    )
     shown = result.for_display()
     assert "red" in shown and "title" in shown and "nul" in shown and "evil" in shown
     for bad in ("\x1b", "\x00", "\x07", "\u202e", "\x9b", "\r", "pwned"):
@@ -560,11 +620,15 @@ def test_a_non_root_worker_runs_bubblewrap_as_itself(secret_file: tuple[Path, st
     if os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"):
         pytest.skip("needs root, setpriv and /usr/bin/python3 to start a worker as nobody")
     path, value = secret_file
-    script = WORKER_AS_NOBODY.format(root=str(PROJECT_ROOT), secret=str(path),
-                                     port=redis_server.port)  # type: ignore[attr-defined]
-    done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3",
-                           "-I", "-c", script], capture_output=True, text=True, timeout=60, cwd="/",
-                          env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "DISCORD_TOKEN": value})
+    script = WORKER_AS_NOBODY.format(root=str(PROJECT_ROOT), secret=str(path), port=redis_server.port)  # type: ignore[attr-defined]
+    done = subprocess.run(
+        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-I", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "DISCORD_TOKEN": value},
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["isolation"] == "bubblewrap"
@@ -582,7 +646,9 @@ def test_root_fallback_holds_with_one_thread(secret_file: tuple[Path, str], redi
     box = sandbox_or_skip(SandboxLimits(allowed_modules=[], timeout=8))
     box.as_root = True  # what _resolve sets when bubblewrap fails as nobody
     port = redis_server.port  # type: ignore[attr-defined]
-    result = run(box, f"""
+    result = run(
+        box,
+        f"""
         import ctypes, os, socket, struct, threading
         libc = ctypes.CDLL(None, use_errno=True)
         try:
@@ -604,7 +670,8 @@ def test_root_fallback_holds_with_one_thread(secret_file: tuple[Path, str], redi
         data = ctypes.create_string_buffer(24)
         libc.capget(header, data)
         print("caps", struct.unpack("6I", data.raw))
-    """)
+    """,
+    )
     out = result.stdout
     assert "refused thread" in out and "fork -1" in out and "refused file" in out and "refused net" in out, out
     assert "caps (0, 0, 0, 0, 0, 0)" in out and value not in result.for_model()

@@ -99,8 +99,12 @@ def test_generation_defaults_follow_the_internlm_demo() -> None:
     settings = Settings(_env_file=None, engine="openai")
     assert (settings.temperature, settings.top_p, settings.repetition_penalty) == (None, None, None)
     generic = GenParams()
-    assert (generic.temperature, generic.top_p, generic.max_new_tokens, generic.repetition_penalty) == \
-        (0.8, 0.8, 1024, 1.005)
+    assert (generic.temperature, generic.top_p, generic.max_new_tokens, generic.repetition_penalty) == (
+        0.8,
+        0.8,
+        1024,
+        1.005,
+    )
     assert "InternLM (书生·浦语)" in settings.system_prompt
 
 
@@ -124,6 +128,7 @@ def test_readme_settings_table_is_current() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "scripts/settings_table.py", "--check"], cwd=root,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "scripts/settings_table.py", "--check"], cwd=root, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr

@@ -19,7 +19,8 @@ def _end_state(text: str) -> Fence | None:
 def _fences_balanced(parts: list[str], text: str) -> bool:
     """Every part but the last closes what it opens; the last ends as the answer itself ends."""
     return all(_end_state(p) is None for p in parts[:-1]) and (_end_state(parts[-1]) is None) == (
-        _end_state(text) is None)
+        _end_state(text) is None
+    )
 
 
 def _check(text: str, limit: int = DISCORD_LIMIT) -> list[str]:

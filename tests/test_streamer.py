@@ -32,8 +32,14 @@ class Memory(Target):
         self.log: list[tuple[float, str, int]] = []
         self.delay = delay
 
-    async def send(self, content: str, *, view: discord.ui.View | None = None,
-                   files: list[discord.File] | None = None, first: bool = False) -> int:
+    async def send(
+        self,
+        content: str,
+        *,
+        view: discord.ui.View | None = None,
+        files: list[discord.File] | None = None,
+        first: bool = False,
+    ) -> int:
         await asyncio.sleep(self.delay)
         assert 0 < len(content) <= 2000 or files
         self.messages.append({"content": content, "view": view, "files": files})
@@ -98,9 +104,20 @@ async def test_queue_notice_then_answer_and_restart() -> None:
     target = Memory()
     streamer = ReplyStreamer(target, TokenBucket(50, 1.0), lang=i18n.EN, min_interval=0.0)
     updates: list[Update | float] = [
-        Update("queued", position=2), 0.05, Update("queued", position=1), 0.05, Update("started"), 0.05,
-        Update("text", text="first try"), 0.05, Update("restart", attempt=2), 0.05,
-        Update("text", text="second", attempt=2), 0.05, Update("done", text="second try", attempt=2)]
+        Update("queued", position=2),
+        0.05,
+        Update("queued", position=1),
+        0.05,
+        Update("started"),
+        0.05,
+        Update("text", text="first try"),
+        0.05,
+        Update("restart", attempt=2),
+        0.05,
+        Update("text", text="second", attempt=2),
+        0.05,
+        Update("done", text="second try", attempt=2),
+    ]
     await streamer.run(_reply(), _feed(updates))
     shown = [m["content"] for m in target.messages]
     assert shown == ["second try"]  # one message, edited all along, ending with the full answer
@@ -112,13 +129,15 @@ async def test_queue_notice_then_answer_and_restart() -> None:
 async def test_stopped_and_errors_are_marked() -> None:
     target = Memory()
     streamer = ReplyStreamer(target, TokenBucket(5, 5.0), lang=i18n.ZH)
-    await streamer.run(_reply(), _feed([Update("text", text="partial"), Update(
-        "done", text="partial", data={"stopped": True})]))
+    await streamer.run(
+        _reply(), _feed([Update("text", text="partial"), Update("done", text="partial", data={"stopped": True})])
+    )
     assert target.contents() == ["partial\n\n" + i18n.t("stopped", i18n.ZH)]
     target = Memory()
     streamer = ReplyStreamer(target, TokenBucket(5, 5.0), lang=i18n.EN)
-    await streamer.run(_reply(), _feed([Update("no_worker"), Update(
-        "error", data={"message": "No worker", "code": "no_worker"})]))
+    await streamer.run(
+        _reply(), _feed([Update("no_worker"), Update("error", data={"message": "No worker", "code": "no_worker"})])
+    )
     assert target.contents() == [i18n.t("no_worker_gave_up", i18n.EN)]
 
 
@@ -146,8 +165,12 @@ async def test_many_replies_in_one_channel_share_the_budget() -> None:
     target = Memory()
     answers = [f"answer {n} " + "z" * 200 for n in range(10)]
     streamers = [ReplyStreamer(target, bucket, min_interval=0.0) for _ in answers]
-    await asyncio.gather(*(s.run(_reply(), _feed([*_tokens(a, 0.01, step=10), Update("done", text=a)]))
-                           for s, a in zip(streamers, answers, strict=True)))
+    await asyncio.gather(
+        *(
+            s.run(_reply(), _feed([*_tokens(a, 0.01, step=10), Update("done", text=a)]))
+            for s, a in zip(streamers, answers, strict=True)
+        )
+    )
     assert sorted(target.contents()) == sorted(answers)
     stamps = sorted(t for t, _, _ in target.log)
     for i in range(len(stamps) - 5):  # never more than 5 writes in any window
@@ -171,8 +194,10 @@ async def test_custom_renderer_shows_steps() -> None:
 
     target = Memory()
     streamer = ReplyStreamer(target, TokenBucket(5, 5.0), renderer=Steps(), min_interval=0.0)
-    await streamer.run(_reply(), _feed([Update("step", data={"title": "python"}), 0.05,
-                                        Update("text", text="42"), Update("done", text="42")]))
+    await streamer.run(
+        _reply(),
+        _feed([Update("step", data={"title": "python"}), 0.05, Update("text", text="42"), Update("done", text="42")]),
+    )
     assert target.contents() == ["🔧 python\n42"]
 
 
@@ -223,8 +248,9 @@ async def test_quick_answer_is_one_write_without_typing() -> None:
 
     target = Typing()
     streamer = ReplyStreamer(target, TokenBucket(5, 5.0), views=views)
-    await streamer.run(_reply(), _feed([Update("started"), Update("text", text="hi"), 0.005,
-                                        Update("done", text="hi there")]))
+    await streamer.run(
+        _reply(), _feed([Update("started"), Update("text", text="hi"), 0.005, Update("done", text="hi there")])
+    )
     assert [entry[1] for entry in target.log] == ["send"]
     assert target.messages[0]["content"] == "hi there"
     assert target.messages[0]["view"].children[0].label == "done"
@@ -234,8 +260,20 @@ async def test_quick_answer_is_one_write_without_typing() -> None:
 async def test_slow_answer_shows_typing_before_the_first_write() -> None:
     target = Typing()
     streamer = ReplyStreamer(target, TokenBucket(5, 5.0), min_interval=0.0)
-    await streamer.run(_reply(), _feed([Update("started"), 0.5, Update("text", text="slow"), 0.3,
-                                        Update("text", text="slow answer"), 0.3, Update("done", text="slow answer!")]))
+    await streamer.run(
+        _reply(),
+        _feed(
+            [
+                Update("started"),
+                0.5,
+                Update("text", text="slow"),
+                0.3,
+                Update("text", text="slow answer"),
+                0.3,
+                Update("done", text="slow answer!"),
+            ]
+        ),
+    )
     kinds = [entry[1] for entry in target.log]
     assert target.typing_entered == 1 and kinds[0] == "typing"
     assert kinds[1:] == ["send", "edit", "edit"]  # streamed: the first text shown before the answer was final
@@ -258,8 +296,9 @@ async def test_stop_stays_visible_while_an_overflowing_answer_streams() -> None:
             self.stop_shown: list[bool] = []
 
         def _note(self) -> None:
-            self.stop_shown.append(any(m["view"] is not None and m["view"].children[0].label == "streaming"
-                                       for m in self.messages))
+            self.stop_shown.append(
+                any(m["view"] is not None and m["view"].children[0].label == "streaming" for m in self.messages)
+            )
 
         async def send(self, content: str, **kwargs: Any) -> int:
             handle = await super().send(content, **kwargs)

@@ -42,28 +42,34 @@ def intake(**overrides: object) -> TextFileIntake:
     return TextFileIntake(Settings(_env_file=None, **overrides))
 
 
-@pytest.mark.parametrize("data,encoding", [
-    ("héllo 世界\n".encode(), "utf-8"),
-    (codecs.BOM_UTF8 + "héllo 世界\n".encode(), "utf-8-sig"),
-    (codecs.BOM_UTF16_LE + "héllo 世界\n".encode("utf-16-le"), "utf-16-le"),
-    (codecs.BOM_UTF16_BE + "héllo 世界\n".encode("utf-16-be"), "utf-16-be"),
-    ("héllo 世界\n".encode("utf-16"), None),  # Python's own utf-16 codec: native order, with its BOM
-])
+@pytest.mark.parametrize(
+    "data,encoding",
+    [
+        ("héllo 世界\n".encode(), "utf-8"),
+        (codecs.BOM_UTF8 + "héllo 世界\n".encode(), "utf-8-sig"),
+        (codecs.BOM_UTF16_LE + "héllo 世界\n".encode("utf-16-le"), "utf-16-le"),
+        (codecs.BOM_UTF16_BE + "héllo 世界\n".encode("utf-16-be"), "utf-16-be"),
+        ("héllo 世界\n".encode("utf-16"), None),  # Python's own utf-16 codec: native order, with its BOM
+    ],
+)
 def test_decodes_utf8_and_utf16(data: bytes, encoding: str | None) -> None:
     text, found = decode(data, "a.txt")
     assert text == "héllo 世界\n"  # no BOM left in the text
     assert encoding is None or found == encoding
 
 
-@pytest.mark.parametrize("data,code", [
-    (PNG_HEADER + b"\x00" * 40, "binary"),
-    (gzip.compress(b"hello " * 100), "binary"),  # gzip has NULs in its header
-    ("café".encode("latin-1") * 10, "encoding"),  # not UTF-8, no BOM: refused, not guessed
-    (codecs.BOM_UTF16_LE + b"\x00\xd8", "encoding"),  # a lone surrogate
-    (b"", "empty"),
-    (b"   \n\n", "empty"),
-    (bytes(range(1, 32)) * 20, "binary"),  # control characters, no NUL
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (PNG_HEADER + b"\x00" * 40, "binary"),
+        (gzip.compress(b"hello " * 100), "binary"),  # gzip has NULs in its header
+        ("café".encode("latin-1") * 10, "encoding"),  # not UTF-8, no BOM: refused, not guessed
+        (codecs.BOM_UTF16_LE + b"\x00\xd8", "encoding"),  # a lone surrogate
+        (b"", "empty"),
+        (b"   \n\n", "empty"),
+        (bytes(range(1, 32)) * 20, "binary"),  # control characters, no NUL
+    ],
+)
 def test_refusals(data: bytes, code: str) -> None:
     with pytest.raises(TextFileRefused) as err:
         decode(data, "disguised.txt")
@@ -136,8 +142,13 @@ def test_console_reads_a_file_by_path(tmp_path: Path) -> None:
     big = tmp_path / "big.log"
     big.write_text("y" * 3_000)
     (tmp_path / "a.exe").write_bytes(b"MZ\x90\x00")
-    out = run_console(tmp_path / "data", [f'/file "{src}" what is x?', f"/file {big}", f"/file {tmp_path}/a.exe",
-                                          "/file"], engine="test", timeout=60, TEXT_FILE_MAX_CHARS="1000")
+    out = run_console(
+        tmp_path / "data",
+        [f'/file "{src}" what is x?', f"/file {big}", f"/file {tmp_path}/a.exe", "/file"],
+        engine="test",
+        timeout=60,
+        TEXT_FILE_MAX_CHARS="1000",
+    )
     assert "File: my notes.py" in out and "x = 1" in out and "what is x?" in out
     assert "<|im_start|>" not in out  # the echo is what the engine got: inert
     assert "✂️" in out and "1,000 of its 3,000 characters" in out

@@ -69,8 +69,9 @@ async def pending_count(bus: Bus, settle: float = 3.0) -> int:
 
 
 # ---------------------------------------------------------------------------------------- crashes
-async def test_kill9_mid_job_is_taken_over(settings: Settings, bus: Bus, chat: ChatHandler, tmp_path: Path,
-                                           procs: list[WorkerProc]) -> None:
+async def test_kill9_mid_job_is_taken_over(
+    settings: Settings, bus: Bus, chat: ChatHandler, tmp_path: Path, procs: list[WorkerProc]
+) -> None:
     """A worker killed mid-answer: another takes the job over with attempt 2; the reader sees a restart
     and one complete answer, and history gets exactly one assistant turn."""
     workers = spawn(procs, settings, tmp_path, 2)
@@ -97,8 +98,9 @@ async def test_kill9_mid_job_is_taken_over(settings: Settings, bus: Bus, chat: C
     assert [e.type for e in events if e.final] == ["done"]
 
 
-async def test_job_that_kills_every_worker_is_dead_lettered(settings: Settings, bus: Bus, chat: ChatHandler,
-                                                            tmp_path: Path, procs: list[WorkerProc]) -> None:
+async def test_job_that_kills_every_worker_is_dead_lettered(
+    settings: Settings, bus: Bus, chat: ChatHandler, tmp_path: Path, procs: list[WorkerProc]
+) -> None:
     """Poison job: every worker running it dies.  After JOB_MAX_ATTEMPTS attempts it is dead-lettered, the
     reader gets an error event, and the last worker keeps serving."""
     workers = spawn(procs, settings, tmp_path, 3, JOB_MAX_ATTEMPTS="2")
@@ -129,8 +131,9 @@ async def test_job_that_kills_every_worker_is_dead_lettered(settings: Settings, 
     assert (final.kind, final.text) == ("done", "still here")
 
 
-async def test_engine_failure_is_reported_not_retried(settings: Settings, bus: Bus, chat: ChatHandler,
-                                                      worker: Worker) -> None:
+async def test_engine_failure_is_reported_not_retried(
+    settings: Settings, bus: Bus, chat: ChatHandler, worker: Worker
+) -> None:
     """An `EngineError` (user-safe, e.g. the server refused) is the answer: error event, acked, no retry."""
     reply = await chat.ask(Request(conversation="c:fail", text="[[fail]]"))
     async with asyncio.timeout(10):
@@ -143,8 +146,9 @@ async def test_engine_failure_is_reported_not_retried(settings: Settings, bus: B
 
 
 # ---------------------------------------------------------------------------------------- SIGTERM
-async def test_sigterm_finishes_the_running_job_and_exits_0(settings: Settings, bus: Bus, chat: ChatHandler,
-                                                            tmp_path: Path, procs: list[WorkerProc]) -> None:
+async def test_sigterm_finishes_the_running_job_and_exits_0(
+    settings: Settings, bus: Bus, chat: ChatHandler, tmp_path: Path, procs: list[WorkerProc]
+) -> None:
     [proc] = spawn(procs, settings, tmp_path, 1, WORKER_SHUTDOWN_GRACE="20")
     await wait_alive(bus, [proc])
     reply = await chat.ask(Request(conversation="c:term", text="[[repeat:30]]"))
@@ -163,8 +167,9 @@ async def test_sigterm_finishes_the_running_job_and_exits_0(settings: Settings, 
     assert await bus.alive_workers() == []  # it unregistered
 
 
-async def test_sigterm_hands_back_a_job_longer_than_the_grace(settings: Settings, bus: Bus, chat: ChatHandler,
-                                                               tmp_path: Path, procs: list[WorkerProc]) -> None:
+async def test_sigterm_hands_back_a_job_longer_than_the_grace(
+    settings: Settings, bus: Bus, chat: ChatHandler, tmp_path: Path, procs: list[WorkerProc]
+) -> None:
     workers = spawn(procs, settings, tmp_path, 2, WORKER_SHUTDOWN_GRACE="0.3")
     await wait_alive(bus, workers)
     reply = await chat.ask(Request(conversation="c:handback", text="[[repeat:40]]"))
@@ -192,8 +197,13 @@ async def test_sigterm_hands_back_a_job_longer_than_the_grace(settings: Settings
 async def test_sigterm_while_redis_is_down_exits_promptly(tmp_path: Path) -> None:
     """With Redis gone the client's reconnect retries used to hold a SIGTERM for over a minute."""
     server = RedisServer(tmp_path / "own-redis").start()
-    own = Settings(_env_file=None, redis_url=server.url, engine="test", data_dir=tmp_path / "data",
-                   job_visibility_timeout=float(VISIBILITY))
+    own = Settings(
+        _env_file=None,
+        redis_url=server.url,
+        engine="test",
+        data_dir=tmp_path / "data",
+        job_visibility_timeout=float(VISIBILITY),
+    )
     worker = WorkerProc(own, tmp_path, "redis-down")
     client = connect(server.url)
     try:
@@ -223,13 +233,17 @@ MALFORMED: dict[str, dict[str, str]] = {
 
 
 async def test_malformed_jobs_get_error_events_and_the_worker_keeps_serving(
-        settings: Settings, bus: Bus, chat: ChatHandler, worker: Worker) -> None:
+    settings: Settings, bus: Bus, chat: ChatHandler, worker: Worker
+) -> None:
     for fields in MALFORMED.values():
         await bus.redis.xadd(KEYS.jobs, fields)
     await bus.redis.xadd(KEYS.jobs, {"kind": "chat", "payload": "{}"})  # no id: no reply stream to name
     await bus.redis.xadd(KEYS.jobs, {"id": "../../etc", "kind": "chat", "payload": "{}"})  # invalid id
-    oversized = {"id": "bad8", "kind": "chat",
-                 "payload": json.dumps({"messages": [{"role": "user", "content": "x" * settings.max_job_bytes}]})}
+    oversized = {
+        "id": "bad8",
+        "kind": "chat",
+        "payload": json.dumps({"messages": [{"role": "user", "content": "x" * settings.max_job_bytes}]}),
+    }
     await bus.redis.xadd(KEYS.jobs, oversized)
     good = await chat.ask(Request(conversation="c:good", text="[[say:fine]]"))
     async with asyncio.timeout(15):
@@ -259,13 +273,15 @@ async def _until_final(bus: Bus, job_id: str) -> AsyncIterator:
                 return
 
 
-async def test_bad_input_at_the_handler_is_refused_politely(settings: Settings, bus: Bus, chat: ChatHandler,
-                                                             worker: Worker) -> None:
+async def test_bad_input_at_the_handler_is_refused_politely(
+    settings: Settings, bus: Bus, chat: ChatHandler, worker: Worker
+) -> None:
     with pytest.raises(InputError, match="too long"):
         await chat.ask(Request(conversation="c:in", text="x" * (settings.max_input_chars + 1)))
     with pytest.raises(InputError, match="too large"):
-        await chat.submit(Request(conversation="c:in", text="hi", record=False,
-                                  payload={"blob": "y" * (settings.max_job_bytes + 10)}))
+        await chat.submit(
+            Request(conversation="c:in", text="hi", record=False, payload={"blob": "y" * (settings.max_job_bytes + 10)})
+        )
     assert await bus.redis.xlen(KEYS.jobs) == 0  # nothing was queued
     reply = await chat.submit(Request(conversation="c:in", text="hi", kind="teleport", record=False))
     async with asyncio.timeout(10):
@@ -275,8 +291,9 @@ async def test_bad_input_at_the_handler_is_refused_politely(settings: Settings, 
 
 
 # ---------------------------------------------------------------------------------------- cancellation
-async def test_cancel_reaches_a_running_job_within_a_second(settings: Settings, bus: Bus, chat: ChatHandler,
-                                                            engine: TestEngine, worker: Worker) -> None:
+async def test_cancel_reaches_a_running_job_within_a_second(
+    settings: Settings, bus: Bus, chat: ChatHandler, engine: TestEngine, worker: Worker
+) -> None:
     engine.token_delay = 0.05
     reply = await chat.ask(Request(conversation="c:stop", text="[[repeat:400]]"))
     sent: float | None = None
@@ -294,8 +311,9 @@ async def test_cancel_reaches_a_running_job_within_a_second(settings: Settings, 
     assert answer.content == final.text and answer.meta.get("stopped") is True
 
 
-async def test_cancel_interrupts_a_runner_that_ignores_it(settings: Settings, bus: Bus, chat: ChatHandler,
-                                                          worker: Worker) -> None:
+async def test_cancel_interrupts_a_runner_that_ignores_it(
+    settings: Settings, bus: Bus, chat: ChatHandler, worker: Worker
+) -> None:
     async def stubborn(ctx: JobContext) -> None:
         await ctx.delta("thinking hard")
         await asyncio.sleep(60)  # e.g. a tool call that does not look at ctx.cancel
@@ -314,8 +332,9 @@ async def test_cancel_interrupts_a_runner_that_ignores_it(settings: Settings, bu
     assert await pending_count(bus) == 0
 
 
-async def test_job_cancelled_while_queued_finishes_at_once(settings: Settings, bus: Bus, chat: ChatHandler,
-                                                           engine: TestEngine) -> None:
+async def test_job_cancelled_while_queued_finishes_at_once(
+    settings: Settings, bus: Bus, chat: ChatHandler, engine: TestEngine
+) -> None:
     engine.token_delay = 0.05
     reply = await chat.ask(Request(conversation="c:queued", text="[[repeat:400]]"))
     await chat.stop(reply)  # nobody has taken it yet
@@ -341,8 +360,9 @@ async def test_worker_survives_a_redis_restart(tmp_path: Path) -> None:
     recreates its consumer group, and answers the next job."""
     server = RedisServer(tmp_path / "r").start()
     try:
-        settings = Settings(_env_file=None, redis_url=server.url, engine="test", data_dir=tmp_path / "d",
-                            job_visibility_timeout=2.0)
+        settings = Settings(
+            _env_file=None, redis_url=server.url, engine="test", data_dir=tmp_path / "d", job_visibility_timeout=2.0
+        )
         bus = Bus(connect(server.url))
         w = Worker(settings, bus, TestEngine(), worker_id="restart-worker")
         task = asyncio.create_task(w.run())
@@ -384,8 +404,9 @@ async def test_reply_survives_a_redis_restart_mid_stream(tmp_path: Path) -> None
     the reader's reads retry, and the answer completes once, whole."""
     server = RedisServer(tmp_path / "r", appendonly=True).start()
     try:
-        settings = Settings(_env_file=None, redis_url=server.url, engine="test", data_dir=tmp_path / "d",
-                            job_visibility_timeout=5.0)
+        settings = Settings(
+            _env_file=None, redis_url=server.url, engine="test", data_dir=tmp_path / "d", job_visibility_timeout=5.0
+        )
         bus = Bus(connect(server.url))
         w = Worker(settings, bus, TestEngine(token_delay=0.02), worker_id="aof-worker")
         task = asyncio.create_task(w.run())
@@ -410,8 +431,9 @@ async def test_reply_survives_a_redis_restart_mid_stream(tmp_path: Path) -> None
         server.stop()
 
 
-async def test_a_worker_that_lost_its_job_stops_writing(settings: Settings, bus: Bus, engine: TestEngine,
-                                                        worker: Worker) -> None:
+async def test_a_worker_that_lost_its_job_stops_writing(
+    settings: Settings, bus: Bus, engine: TestEngine, worker: Worker
+) -> None:
     """A worker that stalled past the visibility timeout finds, at its next heartbeat, that another worker
     took its job over: it stops its attempt without writing a final event or acking (the new owner will)."""
     engine.token_delay = 0.05

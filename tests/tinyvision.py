@@ -27,9 +27,19 @@ import numpy as np
 SMOLLM2_EMBD = 576  # n_embd of SmolLM2-135M, the bundled model
 
 
-def build_internvl_mmproj(path: Path, *, llm_embd: int = SMOLLM2_EMBD, n_embd: int = 32, n_ff: int = 64,
-                          n_head: int = 2, n_layer: int = 1, image_size: int = 56, patch: int = 14,
-                          scale: int = 2, seed: int = 0) -> Path:
+def build_internvl_mmproj(
+    path: Path,
+    *,
+    llm_embd: int = SMOLLM2_EMBD,
+    n_embd: int = 32,
+    n_ff: int = 64,
+    n_head: int = 2,
+    n_layer: int = 1,
+    image_size: int = 56,
+    patch: int = 14,
+    scale: int = 2,
+    seed: int = 0,
+) -> Path:
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -38,10 +48,18 @@ def build_internvl_mmproj(path: Path, *, llm_embd: int = SMOLLM2_EMBD, n_embd: i
     writer.add_string("clip.projector_type", "internvl")
     writer.add_bool("clip.has_vision_encoder", True)
     writer.add_bool("clip.use_gelu", True)
-    for key, value in {"image_size": image_size, "patch_size": patch, "embedding_length": n_embd,
-                       "feed_forward_length": n_ff, "block_count": n_layer, "attention.head_count": n_head,
-                       "projection_dim": llm_embd, "projector.scale_factor": scale, "preproc_min_tiles": 1,
-                       "preproc_max_tiles": 1}.items():
+    for key, value in {
+        "image_size": image_size,
+        "patch_size": patch,
+        "embedding_length": n_embd,
+        "feed_forward_length": n_ff,
+        "block_count": n_layer,
+        "attention.head_count": n_head,
+        "projection_dim": llm_embd,
+        "projector.scale_factor": scale,
+        "preproc_min_tiles": 1,
+        "preproc_max_tiles": 1,
+    }.items():
         writer.add_uint32(f"clip.vision.{key}", value)
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
     writer.add_array("clip.vision.image_mean", [0.485, 0.456, 0.406])  # InternVL's (ImageNet) normalisation

@@ -23,9 +23,13 @@ class WorkerProc:
         self.log_path = log_dir / f"worker-{name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "models.worker"], cwd=ROOT, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT,
-            env=subprocess_env(settings, **{"LOG_LEVEL": "INFO", **env}))
+            [sys.executable, "-m", "models.worker"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(settings, **{"LOG_LEVEL": "INFO", **env}),
+        )
 
     @property
     def pid(self) -> int:

@@ -38,22 +38,28 @@ log = logging.getLogger(__name__)
 BODY_BUDGET = 3800  # characters of steps kept in full (about two messages); older steps are summarised
 KEEP_FULL = 2  # the newest steps are always shown in full
 
-i18n.register({
-    "agent_header": {i18n.EN: "🤖 **Agent** — {task}", i18n.ZH: "🤖 **智能体** — {task}"},
-    "agent_working": {i18n.EN: "*working…*", i18n.ZH: "*处理中……*"},
-    "agent_earlier": {i18n.EN: "*{n} earlier step(s), shortened:*", i18n.ZH: "*前面 {n} 步（已缩略）：*"},
-    "agent_answer": {i18n.EN: "**Answer:**", i18n.ZH: "**回答：**"},
-})
-i18n.register_commands({
-    "agent": "智能体",
-    "Let the InternLM agent solve a task with Python and arXiv search":
-        "让书生·浦语智能体用 Python 和 arXiv 搜索完成任务",
-    "task": "任务",
-    "What the agent should do": "希望智能体做什么",
-    "file": "文件",
-    "A text file (.csv, .txt, .json, .py …) for the agent's Python to read":
-        "供智能体的 Python 读取的文本文件（.csv、.txt、.json、.py …）",
-})
+i18n.register(
+    {
+        "agent_header": {i18n.EN: "🤖 **Agent** — {task}", i18n.ZH: "🤖 **智能体** — {task}"},
+        "agent_working": {i18n.EN: "*working…*", i18n.ZH: "*处理中……*"},
+        "agent_earlier": {i18n.EN: "*{n} earlier step(s), shortened:*", i18n.ZH: "*前面 {n} 步（已缩略）：*"},
+        "agent_answer": {i18n.EN: "**Answer:**", i18n.ZH: "**回答：**"},
+    }
+)
+i18n.register_commands(
+    {
+        "agent": "智能体",
+        "Let the InternLM agent solve a task with Python and arXiv search": (
+            "让书生·浦语智能体用 Python 和 arXiv 搜索完成任务"
+        ),
+        "task": "任务",
+        "What the agent should do": "希望智能体做什么",
+        "file": "文件",
+        "A text file (.csv, .txt, .json, .py …) for the agent's Python to read": (
+            "供智能体的 Python 读取的文本文件（.csv、.txt、.json、.py …）"
+        ),
+    }
+)
 
 
 def one_line(step: dict[str, Any]) -> str:
@@ -100,8 +106,11 @@ class AgentRenderer(Renderer):
             cut += 1
         parts = [self.header]
         if cut:
-            parts.append(i18n.t("agent_earlier", self.lang, n=cut) + "\n" +
-                         "\n".join(f"• {one_line(s)}" for s in self.steps[:cut]))
+            parts.append(
+                i18n.t("agent_earlier", self.lang, n=cut)
+                + "\n"
+                + "\n".join(f"• {one_line(s)}" for s in self.steps[:cut])
+            )
         parts += [s for s in shown[cut:] if s]
         if self.answer:
             parts.append(f"{i18n.t('agent_answer', self.lang)} {self.answer}")
@@ -118,16 +127,23 @@ class Agent(commands.Cog):
         self.handler = AgentHandler(bot.runtime.chat)
         # Regenerate runs the task again with its files (the user's turn keeps them: handlers/replay.py).
         bot.regenerable_kinds.add("agent")
-        bot.regen_renderers["agent"] = lambda request, lang: AgentRenderer(str(request.payload.get("task") or ""),
-                                                                           lang)
+        bot.regen_renderers["agent"] = lambda request, lang: AgentRenderer(str(request.payload.get("task") or ""), lang)
 
-    @app_commands.command(name=locale_str("agent"),
-                          description=locale_str("Let the InternLM agent solve a task with Python and arXiv search"))
+    @app_commands.command(
+        name=locale_str("agent"),
+        description=locale_str("Let the InternLM agent solve a task with Python and arXiv search"),
+    )
     @app_commands.rename(task=locale_str("task"), file=locale_str("file"))
-    @app_commands.describe(task=locale_str("What the agent should do"),
-                           file=locale_str("A text file (.csv, .txt, .json, .py …) for the agent's Python to read"))
-    async def agent_command(self, interaction: discord.Interaction, task: app_commands.Range[str, 1, 4000],
-                            file: discord.Attachment | None = None) -> None:
+    @app_commands.describe(
+        task=locale_str("What the agent should do"),
+        file=locale_str("A text file (.csv, .txt, .json, .py …) for the agent's Python to read"),
+    )
+    async def agent_command(
+        self,
+        interaction: discord.Interaction,
+        task: app_commands.Range[str, 1, 4000],
+        file: discord.Attachment | None = None,
+    ) -> None:
         lang = i18n.lang_for(interaction=interaction)
         await admit(self.bot, interaction, task, lang)
         if file is not None:  # refused privately, from what is declared, before anything is downloaded
@@ -135,10 +151,22 @@ class Agent(commands.Cog):
         await interaction.response.defer(thinking=True)
         files = await self.bot.images.read_text_files([file], whole=True) if file is not None else []
         request = request_for(interaction, task)
-        reply = await self.handler.ask(request.conversation, task, user_name=request.user_name,
-                                       guild=request.guild, channel=request.channel, files=files)
-        await stream_reply(self.bot, reply, InteractionTarget(interaction), lang=lang,
-                           renderer=AgentRenderer(task, lang), owner=interaction.user.id)
+        reply = await self.handler.ask(
+            request.conversation,
+            task,
+            user_name=request.user_name,
+            guild=request.guild,
+            channel=request.channel,
+            files=files,
+        )
+        await stream_reply(
+            self.bot,
+            reply,
+            InteractionTarget(interaction),
+            lang=lang,
+            renderer=AgentRenderer(task, lang),
+            owner=interaction.user.id,
+        )
 
 
 async def setup(bot: InternLMBot) -> None:

@@ -85,8 +85,11 @@ class Chat(commands.Cog):
     # ---------------------------------------------------------------- messages
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot or message.webhook_id is not None or message.type not in (
-                discord.MessageType.default, discord.MessageType.reply):
+        if (
+            message.author.bot
+            or message.webhook_id is not None
+            or message.type not in (discord.MessageType.default, discord.MessageType.reply)
+        ):
             return
         if message.guild is None and not self.settings.allow_dms:
             return
@@ -116,9 +119,12 @@ class Chat(commands.Cog):
             await self.say(message, reason)
             return
         request = Request(
-            conversation=conversation_for(message.channel, message.author), text=text,
+            conversation=conversation_for(message.channel, message.author),
+            text=text,
             user_name=message.author.display_name if message.guild else None,
-            guild=message.guild.id if message.guild else None, channel=settings_channel(message.channel))
+            guild=message.guild.id if message.guild else None,
+            channel=settings_channel(message.channel),
+        )
         try:
             if has_images:
                 text_files, images = split_attachments(message.attachments)  # refuses other types unread
@@ -144,8 +150,11 @@ class Chat(commands.Cog):
             return
         if place.note:
             await self.say(message, place.note)
-        target = (ChannelTarget(place.thread) if place.thread is not None
-                  else ChannelTarget(message.channel, reference=message))
+        target = (
+            ChannelTarget(place.thread)
+            if place.thread is not None
+            else ChannelTarget(message.channel, reference=message)
+        )
         await stream_reply(self.bot, reply, target, lang=lang, owner=message.author.id)
 
     async def placement(self, message: discord.Message, text: str, lang: str) -> Placement:
@@ -153,8 +162,9 @@ class Chat(commands.Cog):
         this server channel (THREAD_REPLIES, overridden per server/channel by /settings)."""
         if message.guild is None or isinstance(message.channel, discord.Thread):
             return Placement()
-        effective = await self.bot.runtime.overrides.effective(guild=message.guild.id,
-                                                              channel=settings_channel(message.channel))
+        effective = await self.bot.runtime.overrides.effective(
+            guild=message.guild.id, channel=settings_channel(message.channel)
+        )
         if not effective.thread_replies:
             return Placement()
         return await thread_for_message(message, text, lang)
@@ -170,10 +180,12 @@ class Chat(commands.Cog):
     # ---------------------------------------------------------------- slash commands
     @app_commands.command(name=locale_str("chat"), description=locale_str("Chat with InternLM"))
     @app_commands.rename(prompt=locale_str("prompt"), thread=locale_str("thread"))
-    @app_commands.describe(prompt=locale_str("What to ask"),
-                           thread=locale_str("Answer in a new thread named after the question"))
-    async def chat_command(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000],
-                           thread: bool = False) -> None:
+    @app_commands.describe(
+        prompt=locale_str("What to ask"), thread=locale_str("Answer in a new thread named after the question")
+    )
+    async def chat_command(
+        self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000], thread: bool = False
+    ) -> None:
         lang = i18n.lang_for(interaction=interaction)
         await admit(self.bot, interaction, prompt, lang)
         place = precheck(interaction.channel, interaction.app_permissions, lang) if thread else Placement()
@@ -196,8 +208,12 @@ class Chat(commands.Cog):
         shown = prompt if len(prompt) <= 1900 else prompt[:1899] + "…"
         original = await interaction.edit_original_response(content=f"🧵 {shown}", allowed_mentions=NO_MENTIONS)
         fallback = i18n.t("thread_default_name", lang, name=interaction.user.display_name)
-        return await open_thread(interaction.channel, thread_name(prompt, fallback),  # type: ignore[arg-type]
-                                 message_id=original.id, lang=lang)
+        return await open_thread(
+            interaction.channel,
+            thread_name(prompt, fallback),  # type: ignore[arg-type]
+            message_id=original.id,
+            lang=lang,
+        )
 
     @app_commands.command(name=locale_str("reset"), description=locale_str("Forget this conversation"))
     async def reset_command(self, interaction: discord.Interaction) -> None:
@@ -210,8 +226,9 @@ class Chat(commands.Cog):
     @app_commands.command(name=locale_str("help"), description=locale_str("How to use this bot"))
     async def help_command(self, interaction: discord.Interaction) -> None:
         lang = i18n.lang_for(interaction=interaction)
-        await interaction.response.send_message(help_text(self.bot.tree, lang), ephemeral=True,
-                                                allowed_mentions=NO_MENTIONS)
+        await interaction.response.send_message(
+            help_text(self.bot.tree, lang), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
 
 
 async def setup(bot: InternLMBot) -> None:

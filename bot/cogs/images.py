@@ -42,33 +42,46 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-i18n.register({
-    "article_write": {i18n.EN: "✍️ *writing the article…*", i18n.ZH: "✍️ *正在撰写文章…*"},
-    "article_place": {i18n.EN: "🖼️ *choosing where the pictures go…*", i18n.ZH: "🖼️ *正在为图片选择位置…*"},
-    "article_captions": {i18n.EN: "🖼️ *suggesting pictures…*", i18n.ZH: "🖼️ *正在构思配图…*"},
-    "article_header": {i18n.EN: "📝 **{title}** — the illustrated article follows ⬇️",
-                       i18n.ZH: "📝 **{title}** — 图文并茂的文章如下 ⬇️"},
-    "article_no_retrieval": {i18n.EN: "*Suggested pictures are shown in italics.*",
-                             i18n.ZH: "*斜体为建议的配图。*"},
-})
-i18n.register_commands({
-    "caption": "看图",
-    "Describe an image, or ask a question about it": "描述图片，或就图片提问",
-    "image": "图片",
-    "The image (PNG, JPEG, WebP or GIF)": "图片（PNG、JPEG、WebP 或 GIF）",
-    "question": "问题",
-    "What to ask about the image (empty: a detailed caption)": "关于图片的问题（留空则生成详细描述）",
-    "article": "图文创作",
-    "Write an illustrated article (InternLM-XComposer)": "创作图文并茂的文章（浦语·灵笔）",
-    "title": "标题",
-    "The article's title or topic": "文章的标题或主题",
-    "paragraphs": "段落数",
-    "How many paragraphs (optional)": "段落数量（可选）",
-    "image1": "图片1", "image2": "图片2", "image3": "图片3", "image4": "图片4",
-    "An image to place in the article": "放入文章的图片",
-    "notes": "资料",
-    "Source notes for the article: a text file (.txt, .md, .csv …)": "文章的参考资料：文本文件（.txt、.md、.csv …）",
-})
+i18n.register(
+    {
+        "article_write": {i18n.EN: "✍️ *writing the article…*", i18n.ZH: "✍️ *正在撰写文章…*"},
+        "article_place": {i18n.EN: "🖼️ *choosing where the pictures go…*", i18n.ZH: "🖼️ *正在为图片选择位置…*"},
+        "article_captions": {i18n.EN: "🖼️ *suggesting pictures…*", i18n.ZH: "🖼️ *正在构思配图…*"},
+        "article_header": {
+            i18n.EN: "📝 **{title}** — the illustrated article follows ⬇️",
+            i18n.ZH: "📝 **{title}** — 图文并茂的文章如下 ⬇️",
+        },
+        "article_no_retrieval": {
+            i18n.EN: "*Suggested pictures are shown in italics.*",
+            i18n.ZH: "*斜体为建议的配图。*",
+        },
+    }
+)
+i18n.register_commands(
+    {
+        "caption": "看图",
+        "Describe an image, or ask a question about it": "描述图片，或就图片提问",
+        "image": "图片",
+        "The image (PNG, JPEG, WebP or GIF)": "图片（PNG、JPEG、WebP 或 GIF）",
+        "question": "问题",
+        "What to ask about the image (empty: a detailed caption)": "关于图片的问题（留空则生成详细描述）",
+        "article": "图文创作",
+        "Write an illustrated article (InternLM-XComposer)": "创作图文并茂的文章（浦语·灵笔）",
+        "title": "标题",
+        "The article's title or topic": "文章的标题或主题",
+        "paragraphs": "段落数",
+        "How many paragraphs (optional)": "段落数量（可选）",
+        "image1": "图片1",
+        "image2": "图片2",
+        "image3": "图片3",
+        "image4": "图片4",
+        "An image to place in the article": "放入文章的图片",
+        "notes": "资料",
+        "Source notes for the article: a text file (.txt, .md, .csv …)": (
+            "文章的参考资料：文本文件（.txt、.md、.csv …）"
+        ),
+    }
+)
 
 
 class ArticleRenderer(Renderer):
@@ -104,13 +117,20 @@ class Images(commands.Cog):
         self.articles = ArticleHandler(bot.runtime.chat)
 
     # ---------------------------------------------------------------- /caption
-    @app_commands.command(name=locale_str("caption"),
-                          description=locale_str("Describe an image, or ask a question about it"))
+    @app_commands.command(
+        name=locale_str("caption"), description=locale_str("Describe an image, or ask a question about it")
+    )
     @app_commands.rename(image=locale_str("image"), question=locale_str("question"))
-    @app_commands.describe(image=locale_str("The image (PNG, JPEG, WebP or GIF)"),
-                           question=locale_str("What to ask about the image (empty: a detailed caption)"))
-    async def caption_command(self, interaction: discord.Interaction, image: discord.Attachment,
-                              question: app_commands.Range[str, 0, 4000] | None = None) -> None:
+    @app_commands.describe(
+        image=locale_str("The image (PNG, JPEG, WebP or GIF)"),
+        question=locale_str("What to ask about the image (empty: a detailed caption)"),
+    )
+    async def caption_command(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        question: app_commands.Range[str, 0, 4000] | None = None,
+    ) -> None:
         lang = i18n.lang_for(interaction=interaction)
         question = (question or "").strip()
         await admit(self.bot, interaction, question, lang)
@@ -120,23 +140,38 @@ class Images(commands.Cog):
         await stream_reply(self.bot, reply, InteractionTarget(interaction), lang=lang, owner=interaction.user.id)
 
     # ---------------------------------------------------------------- /article
-    @app_commands.command(name=locale_str("article"),
-                          description=locale_str("Write an illustrated article (InternLM-XComposer)"))
-    @app_commands.rename(title=locale_str("title"), paragraphs=locale_str("paragraphs"),
-                         image1=locale_str("image1"), image2=locale_str("image2"), image3=locale_str("image3"),
-                         image4=locale_str("image4"), notes=locale_str("notes"))
-    @app_commands.describe(title=locale_str("The article's title or topic"),
-                           notes=locale_str("Source notes for the article: a text file (.txt, .md, .csv …)"),
-                           paragraphs=locale_str("How many paragraphs (optional)"),
-                           image1=locale_str("An image to place in the article"),
-                           image2=locale_str("An image to place in the article"),
-                           image3=locale_str("An image to place in the article"),
-                           image4=locale_str("An image to place in the article"))
-    async def article_command(self, interaction: discord.Interaction, title: app_commands.Range[str, 1, 300],
-                              image1: discord.Attachment | None = None, image2: discord.Attachment | None = None,
-                              image3: discord.Attachment | None = None, image4: discord.Attachment | None = None,
-                              paragraphs: app_commands.Range[int, 1, 20] | None = None,
-                              notes: discord.Attachment | None = None) -> None:
+    @app_commands.command(
+        name=locale_str("article"), description=locale_str("Write an illustrated article (InternLM-XComposer)")
+    )
+    @app_commands.rename(
+        title=locale_str("title"),
+        paragraphs=locale_str("paragraphs"),
+        image1=locale_str("image1"),
+        image2=locale_str("image2"),
+        image3=locale_str("image3"),
+        image4=locale_str("image4"),
+        notes=locale_str("notes"),
+    )
+    @app_commands.describe(
+        title=locale_str("The article's title or topic"),
+        notes=locale_str("Source notes for the article: a text file (.txt, .md, .csv …)"),
+        paragraphs=locale_str("How many paragraphs (optional)"),
+        image1=locale_str("An image to place in the article"),
+        image2=locale_str("An image to place in the article"),
+        image3=locale_str("An image to place in the article"),
+        image4=locale_str("An image to place in the article"),
+    )
+    async def article_command(
+        self,
+        interaction: discord.Interaction,
+        title: app_commands.Range[str, 1, 300],
+        image1: discord.Attachment | None = None,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
+        image4: discord.Attachment | None = None,
+        paragraphs: app_commands.Range[int, 1, 20] | None = None,
+        notes: discord.Attachment | None = None,
+    ) -> None:
         lang = i18n.lang_for(interaction=interaction)
         await admit(self.bot, interaction, title, lang)
         if notes is not None:  # refused privately, from what is declared, before anything is downloaded
@@ -147,21 +182,30 @@ class Images(commands.Cog):
         texts = await self.bot.images.read_text_files([notes]) if notes is not None else []
         reply = await self.articles.ask(request_for(interaction, ""), title, refs, paragraphs, notes=texts)
         target = InteractionTarget(interaction)
-        result = await stream_reply(self.bot, reply, target, lang=lang, renderer=ArticleRenderer(lang),
-                                    owner=interaction.user.id)
+        result = await stream_reply(
+            self.bot, reply, target, lang=lang, renderer=ArticleRenderer(lang), owner=interaction.user.id
+        )
         await self.notes_cut(interaction, result.final, lang)
         final = result.final
         if final is None or final.kind != "done" or final.data.get("stopped") or not final.data.get("layout"):
             return  # errors and stops are already shown by the streamer
         if components_for(self.bot, reply):  # the mode the draft was streamed in
-            await self.post_article_layout(target, result.messages, str(final.data.get("title") or title),
-                                           final.data["layout"], refs, lang)
+            await self.post_article_layout(
+                target, result.messages, str(final.data.get("title") or title), final.data["layout"], refs, lang
+            )
             return
         posts = plan_posts(final.data["layout"], "", refs)
         await self.post_article(target, result.messages, str(final.data.get("title") or title), posts, lang)
 
-    async def post_article_layout(self, target: InteractionTarget, streamed: list[Any], title: str,
-                                  layout: list[dict[str, Any]], refs: list[str], lang: str) -> None:
+    async def post_article_layout(
+        self,
+        target: InteractionTarget,
+        streamed: list[Any],
+        title: str,
+        layout: list[dict[str, Any]],
+        refs: list[str],
+        lang: str,
+    ) -> None:
         """Components mode: the streamed draft becomes the article (its first page), images in galleries."""
         names: dict[str, str] = {}
         data: dict[str, bytes] = {}
@@ -196,16 +240,19 @@ class Images(commands.Cog):
         cut = [n for n in read or [] if isinstance(n, dict) and n.get("kept", 0) < n.get("total", 0)]
         if not cut:
             return
-        text = "\n".join(i18n.t("textfile_cut", lang, name=str(n.get("name")), kept=int(n["kept"]),
-                                total=int(n["total"])) for n in cut)
+        text = "\n".join(
+            i18n.t("textfile_cut", lang, name=str(n.get("name")), kept=int(n["kept"]), total=int(n["total"]))
+            for n in cut
+        )
         await self.bot.buckets.get(interaction.channel_id or 0).acquire()
         try:
             await interaction.followup.send(text[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
             log.warning("could not send the notes note: %s", exc)
 
-    async def post_article(self, target: InteractionTarget, streamed: list[Any], title: str, posts: list[Post],
-                           lang: str) -> None:
+    async def post_article(
+        self, target: InteractionTarget, streamed: list[Any], title: str, posts: list[Post], lang: str
+    ) -> None:
         """Replace the streamed draft by a header, then post the article with the images in place."""
         bucket = self.bot.buckets.get(target.channel_id)
         header = i18n.t("article_header", lang, title=discord.utils.escape_markdown(title))

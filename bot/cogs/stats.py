@@ -24,17 +24,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-i18n.register({
-    "stats_not_admin": {i18n.EN: "Only server admins (Manage Server permission{role}) can see the bot's stats.",
-                        i18n.ZH: "只有服务器管理员（“管理服务器”权限{role}）可以查看机器人状态。"},
-    "stats_unavailable": {i18n.EN: "I can't read the job queue right now (Redis is unreachable).",
-                          i18n.ZH: "暂时无法读取任务队列（Redis 无法连接）。"},
-    "stats_title": {i18n.EN: "Bot status", i18n.ZH: "机器人状态"},
-})
-i18n.register_commands({
-    "stats": "状态",
-    "Workers, queue and health of the bot (admins)": "查看机器人的推理进程、队列与健康状态（管理员）",
-})
+i18n.register(
+    {
+        "stats_not_admin": {
+            i18n.EN: "Only server admins (Manage Server permission{role}) can see the bot's stats.",
+            i18n.ZH: "只有服务器管理员（“管理服务器”权限{role}）可以查看机器人状态。",
+        },
+        "stats_unavailable": {
+            i18n.EN: "I can't read the job queue right now (Redis is unreachable).",
+            i18n.ZH: "暂时无法读取任务队列（Redis 无法连接）。",
+        },
+        "stats_title": {i18n.EN: "Bot status", i18n.ZH: "机器人状态"},
+    }
+)
+i18n.register_commands(
+    {
+        "stats": "状态",
+        "Workers, queue and health of the bot (admins)": "查看机器人的推理进程、队列与健康状态（管理员）",
+    }
+)
 
 CODE_BLOCK_MAX = 1900  # leave room for the fences in a 2000-character message
 
@@ -55,8 +63,9 @@ class Stats(commands.Cog):
     def __init__(self, bot: InternLMBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name=locale_str("stats"),
-                          description=locale_str("Workers, queue and health of the bot (admins)"))
+    @app_commands.command(
+        name=locale_str("stats"), description=locale_str("Workers, queue and health of the bot (admins)")
+    )
     @app_commands.guild_only()
     async def stats_command(self, interaction: discord.Interaction) -> None:
         lang = i18n.lang_for(interaction=interaction)
@@ -72,7 +81,8 @@ class Stats(commands.Cog):
         latency = self.bot.latency
         connected = latency == latency and latency != float("inf")  # NaN / inf before the first heartbeat
         lines = [
-            f"Bot: {len(self.bot.guilds)} guilds, gateway latency {latency * 1000:.0f} ms" if connected
+            f"Bot: {len(self.bot.guilds)} guilds, gateway latency {latency * 1000:.0f} ms"
+            if connected
             else f"Bot: {len(self.bot.guilds)} guilds, gateway connecting",
             f"Since start: {_value(m.messages):.0f} messages, {_value(m.requests):.0f} replies started, "
             f"{_value(m.replies):.0f} finished, {_value(m.rate_limits):.0f} Discord 429s",
@@ -80,8 +90,10 @@ class Stats(commands.Cog):
         body = (report + "\n" + "\n".join(lines)).replace("```", "'''")
         if len(body) > CODE_BLOCK_MAX:
             body = body[: CODE_BLOCK_MAX - 1] + "…"
-        await interaction.edit_original_response(content=f"**{i18n.t('stats_title', lang)}**\n```\n{body}\n```",
-                                                 allowed_mentions=discord.AllowedMentions.none())
+        await interaction.edit_original_response(
+            content=f"**{i18n.t('stats_title', lang)}**\n```\n{body}\n```",
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
 
 async def setup(bot: InternLMBot) -> None:

@@ -50,13 +50,21 @@ class SandboxedPython(BaseAction):
         # InternLM2 sends a fenced block (often with thought text or an unclosed fence); run only the code.
         code = extract_code(command)
         if not code.strip():
-            return ActionReturn(args={"command": code}, type=self.name, state=ActionStatusCode.ARGS_ERROR,
-                                errmsg="There is no code to run: send the code in a ```python block.")
+            return ActionReturn(
+                args={"command": code},
+                type=self.name,
+                state=ActionStatusCode.ARGS_ERROR,
+                errmsg="There is no code to run: send the code in a ```python block.",
+            )
         result = self.sandbox.run(code, files=self.files)
         self.results.append(result)
         # Like IPython, errors are output the model should read and fix, not a failed call.
-        return ActionReturn(args={"command": code}, type=self.name, state=ActionStatusCode.SUCCESS,
-                            result=[{"type": "text", "content": result.for_model()}])
+        return ActionReturn(
+            args={"command": code},
+            type=self.name,
+            state=ActionStatusCode.SUCCESS,
+            result=[{"type": "text", "content": result.for_model()}],
+        )
 
 
 @dataclass
@@ -94,8 +102,14 @@ class ArxivSearchAction(BaseAction):
     """Search arXiv.org for scientific papers. Useful for questions about physics, mathematics, computer
     science, quantitative biology, quantitative finance, statistics, electrical engineering and economics."""
 
-    def __init__(self, base_url: str = "https://export.arxiv.org/api/query", timeout: float = 15.0,
-                 max_results: int = 3, summary_chars: int = 600, enable: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str = "https://export.arxiv.org/api/query",
+        timeout: float = 15.0,
+        max_results: int = 3,
+        summary_chars: int = 600,
+        enable: bool = True,
+    ) -> None:
         # The name InternLM2 saw in Lagent's demo, so the model calls it as it learned to.
         description = dict(self.__tool_description__, name="ArxivSearch")
         super().__init__(description=description, parser=JsonParser, enable=enable)
@@ -113,10 +127,15 @@ class ArxivSearchAction(BaseAction):
         client._session = _TimeoutSession(self.timeout)  # no public hook for a timeout in arxiv 2.x/3.x
         found = []
         for r in client.results(arxiv.Search(query=query[:300], max_results=self.max_results)):
-            found.append(Paper(title=" ".join(r.title.split()), url=r.entry_id,
-                               authors=[a.name for a in r.authors],
-                               published=r.published.date().isoformat() if r.published else "",
-                               summary=" ".join(r.summary.split())[: self.summary_chars]))
+            found.append(
+                Paper(
+                    title=" ".join(r.title.split()),
+                    url=r.entry_id,
+                    authors=[a.name for a in r.authors],
+                    published=r.published.date().isoformat() if r.published else "",
+                    summary=" ".join(r.summary.split())[: self.summary_chars],
+                )
+            )
         return found
 
     @tool_api(explode_return=True)
@@ -134,24 +153,38 @@ class ArxivSearchAction(BaseAction):
             papers = self.search(query)
         except Exception as exc:  # network down, timeout, HTTP error, malformed feed
             log.info("arXiv search failed: %s", exc)
-            return ActionReturn(args={"query": query}, type=self.name, state=ActionStatusCode.HTTP_ERROR,
-                                errmsg=f"arXiv search failed ({type(exc).__name__}); try again later")
+            return ActionReturn(
+                args={"query": query},
+                type=self.name,
+                state=ActionStatusCode.HTTP_ERROR,
+                errmsg=f"arXiv search failed ({type(exc).__name__}); try again later",
+            )
         self.papers += papers
         if not papers:
             content = "No arXiv papers were found for this query."
         else:
-            content = "\n\n".join(f"Title: {p.title}\nAuthors: {', '.join(p.authors)}\nPublished: {p.published}\n"
-                                  f"Link: {p.url}\nSummary: {p.summary}" for p in papers)
-        return ActionReturn(args={"query": query}, type=self.name, state=ActionStatusCode.SUCCESS,
-                            result=[{"type": "text", "content": content}])
+            content = "\n\n".join(
+                f"Title: {p.title}\nAuthors: {', '.join(p.authors)}\nPublished: {p.published}\n"
+                f"Link: {p.url}\nSummary: {p.summary}"
+                for p in papers
+            )
+        return ActionReturn(
+            args={"query": query},
+            type=self.name,
+            state=ActionStatusCode.SUCCESS,
+            result=[{"type": "text", "content": content}],
+        )
 
 
 def build_plugins(settings: Any) -> list[BaseAction]:
     """The plugin tools this deployment offers (the interpreter is always there, separately)."""
     plugins: list[BaseAction] = []
     if settings.agent_arxiv:
-        plugins.append(ArxivSearchAction(base_url=settings.arxiv_base_url, timeout=settings.arxiv_timeout,
-                                         max_results=settings.arxiv_max_results))
+        plugins.append(
+            ArxivSearchAction(
+                base_url=settings.arxiv_base_url, timeout=settings.arxiv_timeout, max_results=settings.arxiv_max_results
+            )
+        )
     key = settings.serper_api_key.get_secret_value()
     if key:
         from lagent.actions import GoogleSearch
@@ -160,8 +193,9 @@ def build_plugins(settings: Any) -> list[BaseAction]:
     return plugins
 
 
-def build_executors(sandbox: Sandbox, settings: Any, *, python: bool = True,
-                    files: Mapping[str, bytes] | None = None) -> tuple[ActionExecutor | None, ActionExecutor | None]:
+def build_executors(
+    sandbox: Sandbox, settings: Any, *, python: bool = True, files: Mapping[str, bytes] | None = None
+) -> tuple[ActionExecutor | None, ActionExecutor | None]:
     """The interpreter (None with `python=False`: the sandbox cannot isolate code here, so the model is not
     even offered it) with the task's `files` in its working directory, and the plugin tools (None when there
     are none)."""

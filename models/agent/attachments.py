@@ -46,8 +46,10 @@ async def load_files(ctx: JobContext) -> dict[str, bytes]:
         if blob is None:
             raise JobError(f"The attached file “{name}” is no longer stored; please attach it again.")
         if len(blob[0]) > settings.text_file_max_bytes:
-            raise JobError(f"“{name}” is {len(blob[0]) / 1000:.0f} KB; the limit for a text file is "
-                           f"{settings.text_file_max_bytes / 1000:.0f} KB.")
+            raise JobError(
+                f"“{name}” is {len(blob[0]) / 1000:.0f} KB; the limit for a text file is "
+                f"{settings.text_file_max_bytes / 1000:.0f} KB."
+            )
         files[name] = blob[0]
     try:
         check_files(files, SandboxLimits.from_settings(settings))
@@ -62,9 +64,11 @@ def files_note(files: Mapping[str, bytes], *, python: bool, budget: int) -> str:
         return ""
     parts = []
     if python:
-        parts.append("The user attached these files; each is in the current working directory of every Python run "
-                     "(a fresh copy each time), so open it by its name, e.g. "
-                     f"open({next(iter(files))!r}).  Files your code writes are not kept between runs.")
+        parts.append(
+            "The user attached these files; each is in the current working directory of every Python run "
+            "(a fresh copy each time), so open it by its name, e.g. "
+            f"open({next(iter(files))!r}).  Files your code writes are not kept between runs."
+        )
     else:
         parts.append("The user attached these files (Python is off, so their text is given here):")
     for name, data in files.items():
@@ -75,7 +79,7 @@ def files_note(files: Mapping[str, bytes], *, python: bool, budget: int) -> str:
             more = f"\n… ({len(lines) - PREVIEW_LINES} more lines)" if len(lines) > PREVIEW_LINES else ""
             head = f"File: {name} ({len(text):,} characters, {len(lines):,} lines); its first lines:"
         else:
-            shown = text[:max(0, budget)]
+            shown = text[: max(0, budget)]
             budget -= len(shown)
             cut = len(text) - len(shown)
             more = f"\n[cut here: {cut:,} more characters not shown]" if cut else ""

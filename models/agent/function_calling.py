@@ -29,11 +29,19 @@ from .parsing import extract_code
 from .steps import INTERPRETER_NOTE, MODEL_RESULT_CHARS, StepAgent, clip
 
 PYTHON = "python"
-SYSTEM_PROMPT = ("You are a helpful assistant that can call functions to solve the user's task. Call `python` to "
-                 "compute, check or plot something; call a search function to look up papers. When you have what "
-                 "you need, answer the user directly, in the user's language." + INTERPRETER_NOTE)
-_JSON_TYPES = {"STRING": "string", "NUMBER": "number", "INTEGER": "integer", "BOOLEAN": "boolean",
-               "ARRAY": "array", "OBJECT": "object"}
+SYSTEM_PROMPT = (
+    "You are a helpful assistant that can call functions to solve the user's task. Call `python` to "
+    "compute, check or plot something; call a search function to look up papers. When you have what "
+    "you need, answer the user directly, in the user's language." + INTERPRETER_NOTE
+)
+_JSON_TYPES = {
+    "STRING": "string",
+    "NUMBER": "number",
+    "INTEGER": "integer",
+    "BOOLEAN": "boolean",
+    "ARRAY": "array",
+    "OBJECT": "object",
+}
 
 
 def function_name(lagent_name: str) -> str:
@@ -44,11 +52,21 @@ def function_name(lagent_name: str) -> str:
 
 def declare(info: dict[str, Any]) -> dict[str, Any]:
     """A Lagent action API description (`get_actions_info()`) as an OpenAI function declaration."""
-    properties = {p["name"]: {"type": _JSON_TYPES.get(str(p.get("type", "STRING")).upper(), "string"),
-                              "description": p.get("description", "")} for p in info.get("parameters", [])}
-    return {"type": "function", "function": {
-        "name": function_name(info["name"]), "description": info.get("description", ""),
-        "parameters": {"type": "object", "properties": properties, "required": list(info.get("required", []))}}}
+    properties = {
+        p["name"]: {
+            "type": _JSON_TYPES.get(str(p.get("type", "STRING")).upper(), "string"),
+            "description": p.get("description", ""),
+        }
+        for p in info.get("parameters", [])
+    }
+    return {
+        "type": "function",
+        "function": {
+            "name": function_name(info["name"]),
+            "description": info.get("description", ""),
+            "parameters": {"type": "object", "properties": properties, "required": list(info.get("required", []))},
+        },
+    }
 
 
 class ToolAgent(StepAgent):
@@ -61,11 +79,21 @@ class ToolAgent(StepAgent):
         """The declarations sent with every request, and function name → Lagent API name for the plugins."""
         tools: list[dict[str, Any]] = []
         if self._interpreter_executor is not None:
-            tools.append({"type": "function", "function": {
-                "name": PYTHON, "description": "Run Python code in a fresh, offline sandbox and return what it "
-                                               "prints and the value of its last expression.",
-                "parameters": {"type": "object", "required": ["code"],
-                               "properties": {"code": {"type": "string", "description": "the Python code"}}}}})
+            tools.append(
+                {
+                    "type": "function",
+                    "function": {
+                        "name": PYTHON,
+                        "description": "Run Python code in a fresh, offline sandbox and return what it "
+                        "prints and the value of its last expression.",
+                        "parameters": {
+                            "type": "object",
+                            "required": ["code"],
+                            "properties": {"code": {"type": "string", "description": "the Python code"}},
+                        },
+                    },
+                }
+            )
         plugins: dict[str, str] = {}
         for info in self._action_executor.get_actions_info() if self._action_executor else []:
             tools.append(declare(info))
@@ -85,10 +113,15 @@ class ToolAgent(StepAgent):
                     raise
                 self.fell_back = str(exc)
                 self._llm.engine.tools_refused = self.fell_back  # later runs choose internlm2 at once
-                yield {"type": "note", "turn": 0, "title": "Note", "protocol": "internlm2",
-                       "text": f"{self.fell_back.rstrip('.')}. The server does not take OpenAI tool calls, so the "
-                               "agent uses InternLM2's own protocol (start the server with a tool-call parser, or "
-                               "set AGENT_PROTOCOL=internlm2)."}
+                yield {
+                    "type": "note",
+                    "turn": 0,
+                    "title": "Note",
+                    "protocol": "internlm2",
+                    "text": f"{self.fell_back.rstrip('.')}. The server does not take OpenAI tool calls, so the "
+                    "agent uses InternLM2's own protocol (start the server with a tool-call parser, or "
+                    "set AGENT_PROTOCOL=internlm2).",
+                }
                 yield from StepAgent.steps(self, messages)
                 return
             thought = text.strip()
@@ -103,26 +136,56 @@ class ToolAgent(StepAgent):
                 yield {"type": "thought", "turn": turn, "title": "Thought", "text": thought}
             ids = [c["id"] or f"call_{turn}_{i}" for i, c in enumerate(calls)]
             checked = [self._check_function(c, plugins) for c in calls]
-            wire.append({"role": "assistant", "content": self.inert(thought), "tool_calls": [
-                {"id": i, "type": "function", "function": {"name": c["name"], "arguments": self.inert(
-                    json.dumps(args, ensure_ascii=False) if args is not None else "{}")}}
-                for i, c, (_p, _k, _call, args) in zip(ids, calls, checked, strict=True)]})
+            wire.append(
+                {
+                    "role": "assistant",
+                    "content": self.inert(thought),
+                    "tool_calls": [
+                        {
+                            "id": i,
+                            "type": "function",
+                            "function": {
+                                "name": c["name"],
+                                "arguments": self.inert(
+                                    json.dumps(args, ensure_ascii=False) if args is not None else "{}"
+                                ),
+                            },
+                        }
+                        for i, c, (_p, _k, _call, args) in zip(ids, calls, checked, strict=True)
+                    ],
+                }
+            )
             for call_id, (problem, kind, call, _args) in zip(ids, checked, strict=True):
                 if problem:
-                    yield {"type": "note", "turn": turn, "title": "Note",
-                           "text": f"The model's tool call was malformed ({problem}); asking it to correct it."}
+                    yield {
+                        "type": "note",
+                        "turn": turn,
+                        "title": "Note",
+                        "text": f"The model's tool call was malformed ({problem}); asking it to correct it.",
+                    }
                     content = f"Error: the tool call was malformed ({problem})."
                 else:
                     result = yield from self.execute(turn, kind, call)
                     ok = result.state == ActionStatusCode.SUCCESS
                     content = result.format_result() if ok else f"Error: {result.errmsg or 'the tool failed'}"
-                wire.append({"role": "tool", "tool_call_id": call_id,
-                             "content": self.inert(clip(content, MODEL_RESULT_CHARS)[0])})
-        yield {"type": "note", "turn": self.max_turn, "title": "Note", "limit": "turns",
-               "text": f"Stopped after {self.max_turn} steps without a final answer (AGENT_MAX_TURNS)."}
+                wire.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call_id,
+                        "content": self.inert(clip(content, MODEL_RESULT_CHARS)[0]),
+                    }
+                )
+        yield {
+            "type": "note",
+            "turn": self.max_turn,
+            "title": "Note",
+            "limit": "turns",
+            "text": f"Stopped after {self.max_turn} steps without a final answer (AGENT_MAX_TURNS).",
+        }
 
-    def _check_function(self, call: dict[str, str],
-                        plugins: dict[str, str]) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
+    def _check_function(
+        self, call: dict[str, str], plugins: dict[str, str]
+    ) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
         """(problem or "", "interpreter" | "plugin", the call as `StepAgent.execute` takes it, the parsed
         arguments or None)."""
         name = call["name"]
@@ -134,15 +197,26 @@ class ToolAgent(StepAgent):
             return f"the arguments of {name!r} must be a JSON object", "", {}, None
         if name == PYTHON:
             if self._interpreter_executor is None:
-                return (f"Python is off here: {self.python_off}; answer without running code" if self.python_off
-                        else "no interpreter is available"), "", {}, args
+                return (
+                    (
+                        f"Python is off here: {self.python_off}; answer without running code"
+                        if self.python_off
+                        else "no interpreter is available"
+                    ),
+                    "",
+                    {},
+                    args,
+                )
             source = args.get("code", args.get("command"))
             if not isinstance(source, str) or not extract_code(source).strip():
                 return 'python needs {"code": "<Python code>"}', "", {}, args
-            return "", "interpreter", {"name": "SandboxedPython", "parameters": {"command": source},
-                                       "code": extract_code(source)}, args
+            return (
+                "",
+                "interpreter",
+                {"name": "SandboxedPython", "parameters": {"command": source}, "code": extract_code(source)},
+                args,
+            )
         if name not in plugins:
             known = ", ".join(sorted(plugins) + ([PYTHON] if self._interpreter_executor else [])) or "none"
             return f"there is no function named {name!r}; available: {known}", "", {}, args
         return "", "plugin", {"name": plugins[name], "parameters": args}, args
-

@@ -42,12 +42,25 @@ class AgentStopped(Exception):
 class EngineLLM(BaseModel):
     """Bridge from Lagent's synchronous model API to an async engine running on `loop`."""
 
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, params: GenParams,
-                 cancel: asyncio.Event, stop: threading.Event, deadline: float,
-                 raw: bool | None = None) -> None:
-        super().__init__(path=engine.name, meta_template=INTERNLM2_META, max_new_tokens=params.max_new_tokens,
-                         top_p=params.top_p, temperature=params.temperature,
-                         repetition_penalty=params.repetition_penalty, stop_words=STOP_WORDS)
+    def __init__(
+        self,
+        engine: Engine,
+        loop: asyncio.AbstractEventLoop,
+        params: GenParams,
+        cancel: asyncio.Event,
+        stop: threading.Event,
+        deadline: float,
+        raw: bool | None = None,
+    ) -> None:
+        super().__init__(
+            path=engine.name,
+            meta_template=INTERNLM2_META,
+            max_new_tokens=params.max_new_tokens,
+            top_p=params.top_p,
+            temperature=params.temperature,
+            repetition_penalty=params.repetition_penalty,
+            stop_words=STOP_WORDS,
+        )
         self.engine = engine
         self.loop = loop
         self.params = replace(params, stop=[*STOP_WORDS, *[s for s in params.stop if s not in STOP_WORDS]])
@@ -79,8 +92,7 @@ class EngineLLM(BaseModel):
     # ------------------------------------------------------------------ Lagent's model API
     def generate(self, inputs: str | list[str], **gen_params: Any) -> str | list[str]:
         if isinstance(inputs, list):
-            return [self._complete(lambda cancel, p=p: self.engine.stream_raw(p, self.params, cancel))
-                    for p in inputs]
+            return [self._complete(lambda cancel, p=p: self.engine.stream_raw(p, self.params, cancel)) for p in inputs]
         return self._complete(lambda cancel: self.engine.stream_raw(inputs, self.params, cancel))
 
     def chat(self, inputs: list[dict[str, Any]], **gen_params: Any) -> str:
@@ -89,8 +101,9 @@ class EngineLLM(BaseModel):
             final = text
         return final
 
-    def stream_chat(self, inputs: list[dict[str, Any]], **gen_params: Any) -> Iterator[tuple[ModelStatusCode,
-                                                                                             str, None]]:
+    def stream_chat(
+        self, inputs: list[dict[str, Any]], **gen_params: Any
+    ) -> Iterator[tuple[ModelStatusCode, str, None]]:
         """Yield `(STREAM_ING, text so far, None)` as the model writes, then `(END, text, None)`."""
         self.calls += 1
         if self.raw:
@@ -105,6 +118,7 @@ class EngineLLM(BaseModel):
 
             def factory(cancel: asyncio.Event) -> AsyncIterator[str]:
                 return self.engine.stream_chat(messages, self.params, cancel)
+
         final = ""
         for text in self._stream(factory):
             final = text
@@ -179,8 +193,9 @@ class EngineLLM(BaseModel):
             yield text
 
     # ------------------------------------------------------------------ OpenAI tool calling
-    def tool_chat(self, messages: list[dict[str, Any]],
-                  tools: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+    def tool_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> tuple[str, list[dict[str, str]]]:
         """One model call with OpenAI `tools` (`engine.stream_tool_chat`): the text it wrote and its tool calls,
         each `{"id", "name", "arguments"}` assembled from the streamed deltas (arguments still a JSON string,
         unparsed: the caller reports bad JSON to the model)."""

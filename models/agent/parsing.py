@@ -51,13 +51,13 @@ def extract_code(command: str) -> str:
     text = _turn_body(command or "", INTERPRETER)
     opening = _OPEN_FENCE.search(text)
     if opening:
-        body = text[opening.end():]
+        body = text[opening.end() :]
         closing = _CLOSE_FENCE.search(body)
         if closing is None:  # a closing fence that is not at the start of a line (`...x)```)
             cut = body.find("```")
             body = body if cut < 0 else body[:cut]
         else:
-            body = body[:closing.start()]
+            body = body[: closing.start()]
         return textwrap.dedent(body).strip("\n").rstrip()
     inline = _INLINE_FENCE.search(text)
     if inline:
@@ -98,7 +98,7 @@ def parse_plugin_call(text: str) -> dict[str, Any]:
     body = _turn_body(text or "", PLUGIN)
     opening = _OPEN_FENCE.search(body)
     if opening:
-        inner = body[opening.end():]
+        inner = body[opening.end() :]
         cut = inner.find("```")
         body = inner if cut < 0 else inner[:cut]
     start = body.find("{")

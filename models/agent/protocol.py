@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 INTERNLM2 = "internlm2"
 TOOLS = "tools"
 # The tokens InternLM2's tool protocol is written in (Lagent's Internlm2Protocol; tokenizer ids 92538…92543).
-PROTOCOL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|interpreter|>",
-                   "<|plugin|>")
+PROTOCOL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|interpreter|>", "<|plugin|>")
 _LOGGED: set[tuple[int, str, str]] = set()
 
 
@@ -60,25 +59,35 @@ def choose(engine: Any, setting: str, tokens: Collection[str] = ()) -> Choice:
     if setting == TOOLS:
         if tools:
             return Choice(TOOLS, "AGENT_PROTOCOL=tools")
-        return Choice(INTERNLM2, f"AGENT_PROTOCOL=tools, but the {name} engine has no tool calling",
-                      note=f"AGENT_PROTOCOL=tools needs ENGINE=openai (this worker runs {name}); "
-                           "using InternLM2's own protocol.")
+        return Choice(
+            INTERNLM2,
+            f"AGENT_PROTOCOL=tools, but the {name} engine has no tool calling",
+            note=f"AGENT_PROTOCOL=tools needs ENGINE=openai (this worker runs {name}); using InternLM2's own protocol.",
+        )
     raw_keeps = bool(getattr(engine, "supports_raw", False) and getattr(engine, "keeps_control_tokens", False))
     if raw_keeps and has_protocol_tokens(tokens):
-        return Choice(INTERNLM2, f"auto: the model's vocabulary has InternLM2's tool tokens and the {name} engine "
-                                 "keeps them in raw completions")
+        return Choice(
+            INTERNLM2,
+            f"auto: the model's vocabulary has InternLM2's tool tokens and the {name} engine "
+            "keeps them in raw completions",
+        )
     if tools:
-        return Choice(TOOLS, f"auto: the {name} engine accepts OpenAI `tools` (a server may strip InternLM2's "
-                             "special tokens; AGENT_PROTOCOL=internlm2 if yours keeps them)")
+        return Choice(
+            TOOLS,
+            f"auto: the {name} engine accepts OpenAI `tools` (a server may strip InternLM2's "
+            "special tokens; AGENT_PROTOCOL=internlm2 if yours keeps them)",
+        )
     if refused:
         return Choice(INTERNLM2, f"auto: the server refused `tools` ({refused[:160]})")
     if raw_keeps and tokens:
-        return Choice(INTERNLM2, f"auto: the model has no InternLM2 tool tokens and the {name} engine no tool "
-                                 "calling",
-                      note="This model has no InternLM2 tool tokens (<|action_start|>, <|interpreter|>, …) and the "
-                           f"{name} engine has no tool calling, so it will hardly use the tools. For the agent, use "
-                           "an InternLM2 model (LLAMACPP_MODEL empty = InternLM2.5-1.8B-Chat when the hub is "
-                           "reachable) or ENGINE=openai with a server that accepts `tools`.")
+        return Choice(
+            INTERNLM2,
+            f"auto: the model has no InternLM2 tool tokens and the {name} engine no tool calling",
+            note="This model has no InternLM2 tool tokens (<|action_start|>, <|interpreter|>, …) and the "
+            f"{name} engine has no tool calling, so it will hardly use the tools. For the agent, use "
+            "an InternLM2 model (LLAMACPP_MODEL empty = InternLM2.5-1.8B-Chat when the hub is "
+            "reachable) or ENGINE=openai with a server that accepts `tools`.",
+        )
     return Choice(INTERNLM2, f"auto: the {name} engine has no tool calling; InternLM2's protocol is the one it runs")
 
 

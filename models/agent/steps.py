@@ -3,6 +3,7 @@ results, the interpreter note, and `StepAgent.execute`, which runs one tool call
 
 Split from `models/jobs/agent.py` (the `agent` job) so that `function_calling.py` can build on the loop without
 importing the job that chooses between them."""
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,14 @@ from .parsing import ACTION_START, PluginCallError, extract_code, parse_plugin_c
 SHOWN_RESULT_CHARS = 1500  # a tool result as shown to people (the model reads up to the sandbox's limit)
 MODEL_RESULT_CHARS = 6000
 
-INTERPRETER_NOTE = ("\n注意：每段代码都在一个全新的、没有网络的沙箱进程中运行，不保留之前的变量；"
-                    "print 的内容和最后一行表达式的值（与 Jupyter 相同）会返回给你，"
-                    "用 matplotlib 画的图会自动保存并返回给用户。"
-                    "\nNote: each code cell runs in a fresh, offline sandbox process (variables do not persist); what "
-                    "it prints and the value of its last expression (as in Jupyter) come back to you; matplotlib "
-                    "figures are returned to the user automatically.")
+INTERPRETER_NOTE = (
+    "\n注意：每段代码都在一个全新的、没有网络的沙箱进程中运行，不保留之前的变量；"
+    "print 的内容和最后一行表达式的值（与 Jupyter 相同）会返回给你，"
+    "用 matplotlib 画的图会自动保存并返回给用户。"
+    "\nNote: each code cell runs in a fresh, offline sandbox process (variables do not persist); what "
+    "it prints and the value of its last expression (as in Jupyter) come back to you; matplotlib "
+    "figures are returned to the user automatically."
+)
 
 
 def short_tool(name: str) -> str:
@@ -58,12 +61,22 @@ class StepAgent(Internlm2Agent):
     fall_back = False  # the tools protocol's (`ToolAgent`): on a server refusing `tools`, run this protocol instead
     fell_back = ""  # why it did ("" = it did not)
 
-    def __init__(self, llm: EngineLLM, interpreter: ActionExecutor | None, plugins: ActionExecutor | None,
-                 max_turn: int, stop: threading.Event, tokens: Collection[str] = (), python_off: str = "") -> None:
-        protocol = Internlm2Protocol(meta_prompt=META_CN, interpreter_prompt=INTERPRETER_CN + INTERPRETER_NOTE,
-                                     plugin_prompt=PLUGIN_CN)
-        super().__init__(llm=llm, plugin_executor=plugins, interpreter_executor=interpreter, protocol=protocol,
-                         max_turn=max_turn)
+    def __init__(
+        self,
+        llm: EngineLLM,
+        interpreter: ActionExecutor | None,
+        plugins: ActionExecutor | None,
+        max_turn: int,
+        stop: threading.Event,
+        tokens: Collection[str] = (),
+        python_off: str = "",
+    ) -> None:
+        protocol = Internlm2Protocol(
+            meta_prompt=META_CN, interpreter_prompt=INTERPRETER_CN + INTERPRETER_NOTE, plugin_prompt=PLUGIN_CN
+        )
+        super().__init__(
+            llm=llm, plugin_executor=plugins, interpreter_executor=interpreter, protocol=protocol, max_turn=max_turn
+        )
         self.stop = stop
         self.tokens = tuple(tokens)  # the engine's own special tokens, for `inert`
         self.python_off = python_off  # why the interpreter is not offered ("" when it is)
@@ -77,19 +90,20 @@ class StepAgent(Internlm2Agent):
         for turn in range(1, self.max_turn + 1):
             if self.stop.is_set():
                 return
-            prompt = self._protocol.format(inner_step=inner, plugin_executor=self._action_executor,
-                                           interpreter_executor=self._interpreter_executor)
+            prompt = self._protocol.format(
+                inner_step=inner, plugin_executor=self._action_executor, interpreter_executor=self._interpreter_executor
+            )
             response = self._llm.chat(prompt)
             try:
-                name, thought, action = self._protocol.parse(response, self._action_executor,
-                                                             self._interpreter_executor)
+                name, thought, action = self._protocol.parse(
+                    response, self._action_executor, self._interpreter_executor
+                )
             except ValueError:
                 name, thought, action = "malformed", response.split(ACTION_START)[0], None
             thought = (thought or "").strip()
             if not name:
                 if not thought:
-                    yield {"type": "note", "turn": turn, "title": "Note",
-                           "text": "The model returned an empty answer."}
+                    yield {"type": "note", "turn": turn, "title": "Note", "text": "The model returned an empty answer."}
                     yield {"type": "answer", "turn": turn, "title": "Answer", "text": "", "empty": True}
                     return
                 yield {"type": "answer", "turn": turn, "title": "Answer", "text": thought}
@@ -98,26 +112,46 @@ class StepAgent(Internlm2Agent):
                 yield {"type": "thought", "turn": turn, "title": "Thought", "text": thought}
             problem, call = self._check_call(name, action)
             if problem:
-                yield {"type": "note", "turn": turn, "title": "Note",
-                       "text": f"The model's tool call was malformed ({problem}); asking it to correct it."}
+                yield {
+                    "type": "note",
+                    "turn": turn,
+                    "title": "Note",
+                    "text": f"The model's tool call was malformed ({problem}); asking it to correct it.",
+                }
                 inner.append({"role": "assistant", "content": self.inert(response)})
-                inner.append({"role": "environment", "name": "plugin" if name == "plugin" else "interpreter",
-                              "content": self.inert(f"Error: the tool call was malformed ({problem}). " + (
-                                  "Answer without running code." if self.python_off and name == "interpreter"
-                                  else 'A plugin call must be JSON like {"name": "<tool>", "parameters": {...}}; '
-                                       "code goes in a ```python block."))})
+                inner.append(
+                    {
+                        "role": "environment",
+                        "name": "plugin" if name == "plugin" else "interpreter",
+                        "content": self.inert(
+                            f"Error: the tool call was malformed ({problem}). "
+                            + (
+                                "Answer without running code."
+                                if self.python_off and name == "interpreter"
+                                else 'A plugin call must be JSON like {"name": "<tool>", "parameters": {...}}; '
+                                "code goes in a ```python block."
+                            )
+                        ),
+                    }
+                )
                 continue
             yield from self._run_tool(turn, name, call, thought, inner)
-        yield {"type": "note", "turn": self.max_turn, "title": "Note", "limit": "turns",
-               "text": f"Stopped after {self.max_turn} steps without a final answer (AGENT_MAX_TURNS)."}
+        yield {
+            "type": "note",
+            "turn": self.max_turn,
+            "title": "Note",
+            "limit": "turns",
+            "text": f"Stopped after {self.max_turn} steps without a final answer (AGENT_MAX_TURNS).",
+        }
 
     def _check_call(self, name: str, action: Any) -> tuple[str, dict[str, Any]]:
         """What is wrong with a parsed call ('' if nothing), and the call as {"name", "parameters"}; an
         interpreter call keeps what the model wrote in `parameters.command` and the runnable code in `code`."""
         if name == "interpreter":
             if self._interpreter_executor is None:
-                return (f"Python is off here: {self.python_off}" if self.python_off
-                        else "no interpreter is available"), {}
+                return (
+                    f"Python is off here: {self.python_off}" if self.python_off else "no interpreter is available"
+                ), {}
             raw = action["parameters"]["command"] if isinstance(action, dict) else ""
             code = extract_code(raw)
             if not code.strip():
@@ -133,13 +167,17 @@ class StepAgent(Internlm2Agent):
             return str(exc), {}
         tool, _, api = call["name"].partition(".")
         known = ", ".join(i["name"] for i in self._action_executor.get_actions_info())
-        if not self._action_executor.is_valid(tool) or "." in api or (
-                api and not hasattr(self._action_executor.actions[tool], api)):
+        if (
+            not self._action_executor.is_valid(tool)
+            or "." in api
+            or (api and not hasattr(self._action_executor.actions[tool], api))
+        ):
             return f"there is no tool named {call['name']!r}; available: {known}", {}
         return "", call
 
-    def _run_tool(self, turn: int, name: str, call: dict[str, Any], thought: str,
-                  inner: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _run_tool(
+        self, turn: int, name: str, call: dict[str, Any], thought: str, inner: list[dict[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
         result = yield from self.execute(turn, name, call)
         # The turn as the model wrote it (its fenced code, its JSON), inert, for the protocol to re-render.
         inner.append({"role": "language", "content": self.inert(thought)})
@@ -163,8 +201,7 @@ class StepAgent(Internlm2Agent):
             yield {"type": "tool_call", "turn": turn, "title": "Python", "tool": tool, "code": call["code"]}
         else:
             tool = short_tool(call["name"])
-            yield {"type": "tool_call", "turn": turn, "title": tool, "tool": call["name"],
-                   "args": call["parameters"]}
+            yield {"type": "tool_call", "turn": turn, "title": tool, "tool": call["name"], "args": call["parameters"]}
         self.tools_used[tool] += 1
         before = self._papers_seen()
         result: ActionReturn = executor(call["name"], call["parameters"])
@@ -200,5 +237,3 @@ class StepAgent(Internlm2Agent):
 
     def _papers_seen(self) -> int:
         return len(self._papers())
-
-

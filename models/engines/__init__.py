@@ -7,8 +7,17 @@ from .. import routing
 from ..settings import Settings
 from .base import ChatMessage, Engine, EngineError, GenParams, ImageInput, VisionUnsupported
 
-__all__ = ["ChatMessage", "Engine", "EngineError", "GenParams", "ImageInput", "VisionUnsupported",
-           "build_engine", "build_engines", "settings_for"]
+__all__ = [
+    "ChatMessage",
+    "Engine",
+    "EngineError",
+    "GenParams",
+    "ImageInput",
+    "VisionUnsupported",
+    "build_engine",
+    "build_engines",
+    "settings_for",
+]
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -27,8 +36,9 @@ def build_engine(settings: Settings) -> Engine:
     if settings.engine == "test":
         from .testing import TestEngine
 
-        return TestEngine(token_delay=settings.test_engine_token_delay, model=settings.chat_model
-                          if settings.chat_models else "")
+        return TestEngine(
+            token_delay=settings.test_engine_token_delay, model=settings.chat_model if settings.chat_models else ""
+        )
     raise ValueError(f"unknown ENGINE {settings.engine!r}")
 
 
@@ -57,6 +67,7 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
     or `ValueError` when this worker serves none (a worker that claims nothing must not look alive)."""
     specs = routing.worker_models(settings)
     if not specs:
-        raise ValueError("this worker serves none of CHAT_MODELS: set WORKER_MODELS to some of "
-                         f"{', '.join(routing.names(settings))}")
+        raise ValueError(
+            f"this worker serves none of CHAT_MODELS: set WORKER_MODELS to some of {', '.join(routing.names(settings))}"
+        )
     return {routing.route(settings, spec): build_engine(settings_for(settings, spec)) for spec in specs}

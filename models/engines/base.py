@@ -109,8 +109,7 @@ class Engine(ABC):
         return sum(self.count_tokens(m.content) + 4 + 256 * len(m.images) for m in messages) + 2
 
     @abstractmethod
-    def stream_chat(self, messages: list[ChatMessage], params: GenParams,
-                    cancel: asyncio.Event) -> AsyncIterator[str]:
+    def stream_chat(self, messages: list[ChatMessage], params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         """Yield pieces of the reply as they are produced; return early when `cancel` is set."""
 
     def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:

@@ -68,8 +68,11 @@ def vocab_special_tokens(llm: Any) -> frozenset[str]:
     import llama_cpp
 
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    kinds = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED | \
-        llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    kinds = (
+        llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+        | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    )
     found = set()
     for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
         if not llama_cpp.llama_vocab_get_attr(vocab, token) & kinds:
@@ -102,8 +105,9 @@ def with_control_text(llm: Any, open_stream: Callable[[], Iterator[dict[str, Any
     """
     saved = vars(llm).get("detokenize")
     plain = llm.detokenize
-    llm.detokenize = lambda tokens, prev_tokens=None, special=False: plain(tokens, prev_tokens=prev_tokens,
-                                                                           special=True)
+    llm.detokenize = lambda tokens, prev_tokens=None, special=False: plain(
+        tokens, prev_tokens=prev_tokens, special=True
+    )
     try:
         yield from open_stream()
     finally:
@@ -126,8 +130,10 @@ def to_llama_messages(messages: list[ChatMessage], vision: bool) -> list[dict[st
             if not vision:
                 raise VisionUnsupported("this llama.cpp model has no vision projector (LLAMACPP_CLIP_MODEL_PATH)")
             parts: list[dict[str, Any]] = [
-                {"type": "image_url",
-                 "image_url": {"url": f"data:{img.mime};base64,{base64.b64encode(img.data).decode()}"}}
+                {
+                    "type": "image_url",
+                    "image_url": {"url": f"data:{img.mime};base64,{base64.b64encode(img.data).decode()}"},
+                }
                 for img in message.images
             ]
             parts.append({"type": "text", "text": message.content})
@@ -144,10 +150,16 @@ class LlamaCppEngine(Engine):
     supports_raw = True
     keeps_control_tokens = True  # `with_control_text`
 
-    def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 4096, n_threads: int = 0,
-                 clip_model_path: str | Path | None = None,
-                 locate: Callable[[], Path | None] | None = None,
-                 locate_projector: Callable[[], Path | None] | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int = 0,
+        clip_model_path: str | Path | None = None,
+        locate: Callable[[], Path | None] | None = None,
+        locate_projector: Callable[[], Path | None] | None = None,
+    ) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.locate = locate  # finds (fetching once, at start) the GGUF when no path is given; None → bundled
         self.n_ctx = n_ctx
@@ -166,8 +178,13 @@ class LlamaCppEngine(Engine):
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppEngine:
         projector = functools.partial(locate_projector, settings) if settings.llamacpp_clip_model_path.strip() else None
-        return cls(None, n_ctx=settings.llamacpp_n_ctx, n_threads=settings.llamacpp_threads,
-                   locate=functools.partial(locate_gguf, settings), locate_projector=projector)
+        return cls(
+            None,
+            n_ctx=settings.llamacpp_n_ctx,
+            n_threads=settings.llamacpp_threads,
+            locate=functools.partial(locate_gguf, settings),
+            locate_projector=projector,
+        )
 
     def describe(self) -> str:
         path = self.model_path.name if self.model_path else BUNDLED_FILE
@@ -221,8 +238,11 @@ class LlamaCppEngine(Engine):
                 raise
         self.model_path = path
         self.sampling_defaults = gguf_defaults(llm.metadata or {}, bundled=path.name == BUNDLED_FILE)
-        log.info("sampling defaults of %s: %s", path.name,
-                 ", ".join(f"{k} {v:g}" for k, v in self.sampling_defaults.items()) or "the InternLM demo's")
+        log.info(
+            "sampling defaults of %s: %s",
+            path.name,
+            ", ".join(f"{k} {v:g}" for k, v in self.sampling_defaults.items()) or "the InternLM demo's",
+        )
         return llm
 
     # ------------------------------------------------------------------ tokens
@@ -240,8 +260,7 @@ class LlamaCppEngine(Engine):
         return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     # ------------------------------------------------------------------ generation
-    def stream_chat(self, messages: list[ChatMessage], params: GenParams,
-                    cancel: asyncio.Event) -> AsyncIterator[str]:
+    def stream_chat(self, messages: list[ChatMessage], params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         llama_messages = to_llama_messages(messages, self.supports_vision)
 
         def open_stream(llm: Any) -> Iterator[dict[str, Any]]:
@@ -263,8 +282,11 @@ class LlamaCppEngine(Engine):
 
                 eos, bos = llm.token_eos(), llm.token_bos()
                 text = llm._model.token_get_text  # what Llama.__init__ gives its own formatter
-                self._formatter = Jinja2ChatFormatter(template=template, eos_token=text(eos) if eos != -1 else "",
-                                                      bos_token=text(bos) if bos != -1 else "")
+                self._formatter = Jinja2ChatFormatter(
+                    template=template,
+                    eos_token=text(eos) if eos != -1 else "",
+                    bos_token=text(bos) if bos != -1 else "",
+                )
             prompt = self._formatter(messages=to_llama_messages(messages, vision=False)).prompt
         except Exception as exc:  # a template this cannot render: llama.cpp's own rendering reports it
             log.debug("could not render the chat template to look for <think>: %s", exc)
@@ -273,13 +295,18 @@ class LlamaCppEngine(Engine):
 
     def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         def open_stream(llm: Any) -> Iterator[dict[str, Any]]:
-            return with_control_text(llm, lambda: llm.create_completion(prompt=prompt, stream=True,
-                                                                        **sampling_kwargs(params)))
+            return with_control_text(
+                llm, lambda: llm.create_completion(prompt=prompt, stream=True, **sampling_kwargs(params))
+            )
 
         return self._stream(open_stream, _raw_piece, cancel)
 
-    async def _stream(self, open_stream: Callable[[Any], Iterator[dict[str, Any]]],
-                      piece_of: Callable[[dict[str, Any]], str], cancel: asyncio.Event) -> AsyncIterator[str]:
+    async def _stream(
+        self,
+        open_stream: Callable[[Any], Iterator[dict[str, Any]]],
+        piece_of: Callable[[dict[str, Any]], str],
+        cancel: asyncio.Event,
+    ) -> AsyncIterator[str]:
         """Run a llama.cpp stream in its own thread; yield its pieces here, on the event loop."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()

@@ -71,7 +71,9 @@ def open_projector(llm: Any, clip_model_path: Path) -> Any:
     try:
         handler._init_mtmd_context(llm)  # both handlers open the projector lazily; do it at start instead
     except (ValueError, RuntimeError) as exc:
-        raise EngineError(f"the vision projector {clip_model_path.name} could not be loaded with this model "
-                          f"(is it the mmproj that belongs to LLAMACPP_MODEL?): {exc}") from None
+        raise EngineError(
+            f"the vision projector {clip_model_path.name} could not be loaded with this model "
+            f"(is it the mmproj that belongs to LLAMACPP_MODEL?): {exc}"
+        ) from None
     llm.chat_handler = handler
     return handler

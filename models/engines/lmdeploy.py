@@ -33,6 +33,9 @@ Written against the `pipeline` API as the sources of v0.14.0, v0.16.0 (InternLM/
   itself for a model TurboMind lacks).
 * Intern-S1 thinks aloud by default; its chat template's `enable_thinking` is passed as
   `chat_template_kwargs` (accepted by both lines) from `LMDEPLOY_THINKING`, off unless asked for.
+
+Why one module past 400 lines: both lmdeploy lines share the start-up checks, the pipeline calls and the
+streaming adapter, and their differences are a few branches beside each other; two modules would copy the rest.
 """
 
 from __future__ import annotations
@@ -83,14 +86,17 @@ def check_support(version: str, models: dict[str, str]) -> None:
     least 0.14, the oldest release whose `pipeline` API this engine was checked against."""
     found = version_tuple(version)
     if found[:2] < OLDEST:
-        raise EngineError(f"lmdeploy {version} is too old for this bot (it needs 0.14 or newer): "
-                          f"{INSTALL_CURRENT}, or {INSTALL_XCOMPOSER} for InternLM-XComposer")
+        raise EngineError(
+            f"lmdeploy {version} is too old for this bot (it needs 0.14 or newer): "
+            f"{INSTALL_CURRENT}, or {INSTALL_XCOMPOSER} for InternLM-XComposer"
+        )
     xcomposer = [m for m, family in models.items() if family == XCOMPOSER]
     if xcomposer and found[:2] >= XCOMPOSER_LAST:
         raise EngineError(
             f"{xcomposer[0]} is InternLM-XComposer, which lmdeploy {version} cannot serve (lmdeploy 0.15 removed "
             f"it). Either install lmdeploy 0.14 for it ({INSTALL_XCOMPOSER}), or keep this lmdeploy and set "
-            "LMDEPLOY_VISION_MODEL to an InternVL or Intern-S1 model (e.g. OpenGVLab/InternVL3_5-8B).")
+            "LMDEPLOY_VISION_MODEL to an InternVL or Intern-S1 model (e.g. OpenGVLab/InternVL3_5-8B)."
+        )
 
 
 def generation_config_kwargs(params: GenParams, *, skip_special_tokens: bool = True) -> dict[str, Any]:
@@ -121,8 +127,13 @@ def to_openai_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     for message in messages:
         if message.images:
             parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
-            parts += [{"type": "image_url", "image_url": {
-                "url": f"data:{img.mime};base64,{base64.b64encode(img.data).decode()}"}} for img in message.images]
+            parts += [
+                {
+                    "type": "image_url",
+                    "image_url": {"url": f"data:{img.mime};base64,{base64.b64encode(img.data).decode()}"},
+                }
+                for img in message.images
+            ]
             out.append({"role": message.role, "content": parts})
         else:
             out.append({"role": message.role, "content": message.content})
@@ -176,9 +187,18 @@ class LMDeployEngine(Engine):
     supports_raw = True
     keeps_control_tokens = True  # raw completions decode with skip_special_tokens=False
 
-    def __init__(self, model: str, *, vision_model: str = "", backend: str = "turbomind", tp: int = 1,
-                 session_len: int = 8192, log_level: str = "ERROR", cache_share: float = 0.8,
-                 thinking: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        vision_model: str = "",
+        backend: str = "turbomind",
+        tp: int = 1,
+        session_len: int = 8192,
+        log_level: str = "ERROR",
+        cache_share: float = 0.8,
+        thinking: bool = False,
+    ) -> None:
         self.model = model
         self.vision_model = vision_model
         self.backend = backend
@@ -197,9 +217,14 @@ class LMDeployEngine(Engine):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LMDeployEngine:
-        return cls(settings.lmdeploy_model, vision_model=settings.lmdeploy_vision_model,
-                   backend=settings.lmdeploy_backend, tp=settings.lmdeploy_tp,
-                   session_len=settings.lmdeploy_session_len, thinking=settings.lmdeploy_thinking)
+        return cls(
+            settings.lmdeploy_model,
+            vision_model=settings.lmdeploy_vision_model,
+            backend=settings.lmdeploy_backend,
+            tp=settings.lmdeploy_tp,
+            session_len=settings.lmdeploy_session_len,
+            thinking=settings.lmdeploy_thinking,
+        )
 
     def describe(self) -> str:
         names = self.model + (f"+{self.vision_model}" if self.vision_model and self.vision_model != self.model else "")
@@ -237,8 +262,10 @@ class LMDeployEngine(Engine):
         try:
             import lmdeploy
         except ImportError as exc:
-            raise EngineError(f"ENGINE=lmdeploy needs a GPU extra: {INSTALL_CURRENT} (InternLM, InternVL, "
-                              f"Intern-S1), or {INSTALL_XCOMPOSER} (lmdeploy 0.14, for InternLM-XComposer)") from exc
+            raise EngineError(
+                f"ENGINE=lmdeploy needs a GPU extra: {INSTALL_CURRENT} (InternLM, InternVL, "
+                f"Intern-S1), or {INSTALL_XCOMPOSER} (lmdeploy 0.14, for InternLM-XComposer)"
+            ) from exc
         models = [m for m in dict.fromkeys([self.model, self.vision_model]) if m]
         if not models:
             raise EngineError("set LMDEPLOY_MODEL (and/or LMDEPLOY_VISION_MODEL)")
@@ -246,18 +273,30 @@ class LMDeployEngine(Engine):
         families = {m: model_family(m) for m in models}
         check_support(self.version, families)
         if self.vision_model and families[self.vision_model] not in (XCOMPOSER, INTERNVL, INTERN_S1):
-            log.warning("LMDEPLOY_VISION_MODEL %s is not a model family this bot knows (XComposer, InternVL, "
-                        "Intern-S1); lmdeploy will say whether it serves it", self.vision_model)
+            log.warning(
+                "LMDEPLOY_VISION_MODEL %s is not a model family this bot knows (XComposer, InternVL, "
+                "Intern-S1); lmdeploy will say whether it serves it",
+                self.vision_model,
+            )
         log.info("lmdeploy %s: %s", self.version, ", ".join(f"{m} ({f})" for m, f in families.items()))
         # Two models share the GPU's KV-cache budget (each takes a share of the memory still free).
         share = self.cache_share if len(models) == 1 else self.cache_share / 2
-        pipes = {m: lmdeploy.pipeline(m, backend_config=self.backend_config(share, self.backend_for(m)),
-                                      log_level=self.log_level, trust_remote_code=True) for m in models}
+        pipes = {
+            m: lmdeploy.pipeline(
+                m,
+                backend_config=self.backend_config(share, self.backend_for(m)),
+                log_level=self.log_level,
+                trust_remote_code=True,
+            )
+            for m in models
+        }
         self.pipe = pipes[self.model or self.vision_model]
         self.vision_pipe = pipes.get(self.vision_model) if self.vision_model else None
         chat = self.model or self.vision_model  # its defaults: the family's, then its own generation_config.json
-        self.sampling_defaults = {**(INTERNLM_DEMO if families[chat] == INTERNLM else {}),
-                                  **generation_config_defaults(chat)}
+        self.sampling_defaults = {
+            **(INTERNLM_DEMO if families[chat] == INTERNLM else {}),
+            **generation_config_defaults(chat),
+        }
 
     async def start(self) -> None:
         if self.pipe is None:
@@ -299,27 +338,41 @@ class LMDeployEngine(Engine):
         return sum(self.count_tokens(m.content) + 4 + IMAGE_TOKENS * len(m.images) for m in messages) + 2
 
     # ------------------------------------------------------------------ generation
-    def stream_chat(self, messages: list[ChatMessage], params: GenParams,
-                    cancel: asyncio.Event) -> AsyncIterator[str]:
+    def stream_chat(self, messages: list[ChatMessage], params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         has_images = any(m.images for m in messages)
         if has_images and self.vision_pipe is None:
             raise VisionUnsupported("no LMDEPLOY_VISION_MODEL is configured")
         pipe = self.vision_pipe if has_images else self.pipe
-        return self._generate(pipe, to_openai_messages(messages), params, cancel, skip_special_tokens=True,
-                              extra=self.template_kwargs(pipe))
+        return self._generate(
+            pipe,
+            to_openai_messages(messages),
+            params,
+            cancel,
+            skip_special_tokens=True,
+            extra=self.template_kwargs(pipe),
+        )
 
     def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         return self._generate(self.pipe, prompt, params, cancel, skip_special_tokens=False, do_preprocess=False)
 
-    async def _generate(self, pipe: Any, prompt: Any, params: GenParams, cancel: asyncio.Event, *,
-                        skip_special_tokens: bool, do_preprocess: bool = True,
-                        extra: dict[str, Any] | None = None) -> AsyncIterator[str]:
+    async def _generate(
+        self,
+        pipe: Any,
+        prompt: Any,
+        params: GenParams,
+        cancel: asyncio.Event,
+        *,
+        skip_special_tokens: bool,
+        do_preprocess: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str]:
         if pipe is None:
             raise EngineError("the lmdeploy engine is not started")
         import lmdeploy
 
-        gen_config = lmdeploy.GenerationConfig(**generation_config_kwargs(
-            params, skip_special_tokens=skip_special_tokens))
+        gen_config = lmdeploy.GenerationConfig(
+            **generation_config_kwargs(params, skip_special_tokens=skip_special_tokens)
+        )
         loop = asyncio.get_running_loop()
         stream = _Stream(session=pipe.session(), queue=asyncio.Queue(), stop=threading.Event())
 
@@ -330,11 +383,14 @@ class LMDeployEngine(Engine):
         def pump() -> None:
             aborted_late = False
             try:
-                for response in pipe.stream_infer(prompt, sessions=stream.session, gen_config=gen_config,
-                                                  do_preprocess=do_preprocess, **(extra or {})):
+                for response in pipe.stream_infer(
+                    prompt, sessions=stream.session, gen_config=gen_config, do_preprocess=do_preprocess, **(extra or {})
+                ):
                     if response.finish_reason == "error":
-                        log.warning("lmdeploy refused a request: %s",
-                                    getattr(response, "error_message", None) or "(no message; lmdeploy 0.14)")
+                        log.warning(
+                            "lmdeploy refused a request: %s",
+                            getattr(response, "error_message", None) or "(no message; lmdeploy 0.14)",
+                        )
                         put(EngineError("the GPU model failed on this request"))
                         break
                     if not stream.stop.is_set():

@@ -35,8 +35,10 @@ from .base import ChatMessage, Engine, EngineError, GenParams, ToolsRefused, Vis
 
 log = logging.getLogger(__name__)
 
-NO_VISION_MODEL = ("No vision model is configured for the OpenAI-compatible engine; set VISION_MODEL "
-                   "(and VISION_BASE_URL if it runs on a second server).")
+NO_VISION_MODEL = (
+    "No vision model is configured for the OpenAI-compatible engine; set VISION_MODEL "
+    "(and VISION_BASE_URL if it runs on a second server)."
+)
 
 
 IMAGE_TOKENS = 2000  # context an image takes on the vision server (an over-estimate is the safe side)
@@ -74,8 +76,16 @@ class OpenAIEngine(Engine):
     supports_tools = True  # `stream_tool_chat`: the agent's AGENT_PROTOCOL=tools
     tools_refused = ""  # why the server refused `tools` once (models/agent/protocol.py then picks internlm2)
 
-    def __init__(self, base_url: str, api_key: str = "", chat_model: str = "", vision_model: str = "",
-                 vision_base_url: str = "", context_window: int = 32768, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str = "",
+        chat_model: str = "",
+        vision_model: str = "",
+        vision_base_url: str = "",
+        context_window: int = 32768,
+        timeout: float = 120.0,
+    ) -> None:
         if not base_url:
             raise ValueError("ENGINE=openai needs OPENAI_BASE_URL (for example http://localhost:23333/v1)")
         self.base_url = base_url
@@ -90,15 +100,21 @@ class OpenAIEngine(Engine):
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
         self.vision_client = (
             openai.AsyncOpenAI(base_url=vision_base_url, api_key=key, timeout=timeout, max_retries=0)
-            if vision_base_url and vision_base_url != base_url else self.client
+            if vision_base_url and vision_base_url != base_url
+            else self.client
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIEngine:
-        return cls(base_url=settings.openai_base_url, api_key=settings.openai_api_key.get_secret_value(),
-                   chat_model=settings.chat_model, vision_model=settings.vision_model,
-                   vision_base_url=settings.vision_base_url, context_window=settings.openai_context_window,
-                   timeout=settings.openai_timeout)
+        return cls(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key.get_secret_value(),
+            chat_model=settings.chat_model,
+            vision_model=settings.vision_model,
+            vision_base_url=settings.vision_base_url,
+            context_window=settings.openai_context_window,
+            timeout=settings.openai_timeout,
+        )
 
     def served_model(self, vision: bool) -> str:
         """The served model name a request goes to (`/article` picks XComposer's or chat prompts by it)."""
@@ -115,11 +131,16 @@ class OpenAIEngine(Engine):
             names = {m.id for m in models.data}
             for wanted in (self.chat_model, self.vision_model if self.vision_client is self.client else ""):
                 if wanted and names and wanted not in names:
-                    log.warning("model %r is not served at %s (it has: %s)", wanted, public_url(self.base_url),
-                                ", ".join(sorted(names))[:300])
+                    log.warning(
+                        "model %r is not served at %s (it has: %s)",
+                        wanted,
+                        public_url(self.base_url),
+                        ", ".join(sorted(names))[:300],
+                    )
         except Exception as exc:
-            log.warning("OpenAI-compatible server at %s not reachable yet (%s)", public_url(self.base_url),
-                        type(exc).__name__)
+            log.warning(
+                "OpenAI-compatible server at %s not reachable yet (%s)", public_url(self.base_url), type(exc).__name__
+            )
 
     async def close(self) -> None:
         await self.client.close()
@@ -145,8 +166,7 @@ class OpenAIEngine(Engine):
             text = m.content if m.role != "environment" else f"[environment]\n{m.content}"
             if m.images:
                 parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
-                parts += [{"type": "image_url", "image_url": {"url": data_url(img.data, img.mime)}}
-                          for img in m.images]
+                parts += [{"type": "image_url", "image_url": {"url": data_url(img.data, img.mime)}} for img in m.images]
                 out.append({"role": role, "content": parts})
             else:
                 out.append({"role": role, "content": text})
@@ -154,24 +174,29 @@ class OpenAIEngine(Engine):
 
     @staticmethod
     def sampling(params: GenParams) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p,
-                                  "max_tokens": params.max_new_tokens}
+        kwargs: dict[str, Any] = {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
+        }
         if params.stop:
             kwargs["stop"] = params.stop[:4]  # the OpenAI API accepts at most 4
         if params.repetition_penalty != 1.0:  # not an OpenAI field; lmdeploy, vLLM and others read it
             kwargs["extra_body"] = {"repetition_penalty": params.repetition_penalty}
         return kwargs
 
-    async def stream_chat(self, messages: list[ChatMessage], params: GenParams,
-                          cancel: asyncio.Event) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, messages: list[ChatMessage], params: GenParams, cancel: asyncio.Event
+    ) -> AsyncIterator[str]:
         vision = any(m.images for m in messages)
         if vision and not self.vision_model:
             raise VisionUnsupported(NO_VISION_MODEL)
         client = self.vision_client if vision else self.client
         model = self.vision_model if vision else self.chat_model
         url = self.vision_base_url if vision else self.base_url
-        create = client.chat.completions.create(model=model, messages=self.to_openai_messages(messages),
-                                                stream=True, **self.sampling(params))
+        create = client.chat.completions.create(
+            model=model, messages=self.to_openai_messages(messages), stream=True, **self.sampling(params)
+        )
         async for chunk in self._stream(create, cancel, url, model):
             delta = chunk.choices[0].delta if chunk.choices else None
             # lmdeploy's --reasoning-parser streams thinking as `reasoning_content` (models/reasoning.py)
@@ -182,15 +207,17 @@ class OpenAIEngine(Engine):
             if delta is not None and delta.content:
                 yield delta.content
 
-    async def stream_tool_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: GenParams,
-                               cancel: asyncio.Event) -> AsyncIterator[dict[str, Any]]:
+    async def stream_tool_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: GenParams, cancel: asyncio.Event
+    ) -> AsyncIterator[dict[str, Any]]:
         """The agent over OpenAI tool calling: `messages` already in the wire format (`tool` role results with
         their `tool_call_id`), `tools` as function declarations.  Yields `{"content": text}` and
         `{"tool_call": {"index", "id", "name", "arguments"}}` deltas as the server streams them (vLLM and
         lmdeploy send the id and name first, then argument fragments; the caller joins them by index)."""
         extra: dict[str, Any] = {"tools": tools} if tools else {}  # an empty list is an error on some servers
-        create = self.client.chat.completions.create(model=self.chat_model, messages=messages, stream=True,
-                                                     **extra, **self.sampling(params))
+        create = self.client.chat.completions.create(
+            model=self.chat_model, messages=messages, stream=True, **extra, **self.sampling(params)
+        )
         async for chunk in self._stream(create, cancel, self.base_url, self.chat_model, tools=bool(tools)):
             delta = chunk.choices[0].delta if chunk.choices else None
             if delta is None:
@@ -199,9 +226,14 @@ class OpenAIEngine(Engine):
                 yield {"content": delta.content}
             for call in delta.tool_calls or []:
                 function = call.function
-                yield {"tool_call": {"index": call.index or 0, "id": call.id or "",
-                                     "name": (function.name if function else "") or "",
-                                     "arguments": (function.arguments if function else "") or ""}}
+                yield {
+                    "tool_call": {
+                        "index": call.index or 0,
+                        "id": call.id or "",
+                        "name": (function.name if function else "") or "",
+                        "arguments": (function.arguments if function else "") or "",
+                    }
+                }
 
     async def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         """Raw completions keep special tokens: the agent's InternLM2 tool markers (`<|action_start|>`…) are
@@ -213,8 +245,9 @@ class OpenAIEngine(Engine):
             if chunk.choices and chunk.choices[0].text:
                 yield chunk.choices[0].text
 
-    async def _stream(self, create: Any, cancel: asyncio.Event, url: str, model: str,
-                      tools: bool = False) -> AsyncIterator[Any]:
+    async def _stream(
+        self, create: Any, cancel: asyncio.Event, url: str, model: str, tools: bool = False
+    ) -> AsyncIterator[Any]:
         """Open the stream and yield its chunks; stop as soon as `cancel` is set, closing the connection
         (waiting for the next chunk is raced against the cancel event, so a stalled server cannot delay it)."""
         stream = None
@@ -235,8 +268,9 @@ class OpenAIEngine(Engine):
                 yield chunk
         except openai.APIConnectionError as exc:
             if received and not isinstance(exc, openai.APITimeoutError):
-                raise EngineError("The connection to the model server broke off in the middle of the answer. "
-                                  "Please try again.") from None
+                raise EngineError(
+                    "The connection to the model server broke off in the middle of the answer. Please try again."
+                ) from None
             raise EngineError(self._user_message(exc, url, model)) from None
         except openai.APIError as exc:
             if tools and isinstance(exc, openai.BadRequestError) and "tool" in _detail(exc).lower():

@@ -26,8 +26,11 @@ from pathlib import Path
 SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
 INTERNLM_DEMO = {"temperature": 0.8, "top_p": 0.8, "repetition_penalty": 1.005}
 BUNDLED_SMOLLM2 = {"temperature": 0.3, "repetition_penalty": 1.2}
-GGUF_KEYS = {"general.sampling.temp": "temperature", "general.sampling.top_p": "top_p",
-             "general.sampling.penalty_repeat": "repetition_penalty"}
+GGUF_KEYS = {
+    "general.sampling.temp": "temperature",
+    "general.sampling.top_p": "top_p",
+    "general.sampling.penalty_repeat": "repetition_penalty",
+}
 _INTERNLM_ARCHITECTURES = ("internlm2", "internlm3")
 
 
@@ -39,8 +42,11 @@ def generation_config_defaults(model: str) -> dict[str, float]:
         return {}
     if not isinstance(config, dict) or config.get("do_sample") is False:
         return {}  # greedy by design: its temperature/top_p are not meant to apply
-    return {key: float(value) for key in ("temperature", "top_p", "repetition_penalty")
-            if isinstance(value := config.get(key), int | float) and not isinstance(value, bool)}
+    return {
+        key: float(value)
+        for key in ("temperature", "top_p", "repetition_penalty")
+        if isinstance(value := config.get(key), int | float) and not isinstance(value, bool)
+    }
 
 
 def gguf_defaults(metadata: Mapping[str, str], *, bundled: bool = False) -> dict[str, float]:

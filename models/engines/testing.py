@@ -41,9 +41,14 @@ class TestEngine(Engine):
     name = "test"
     supports_raw = True
 
-    def __init__(self, token_delay: float = 0.0, context_window: int = 4096,
-                 vision: bool = False, special_tokens: frozenset[str] = DEFAULT_SPECIAL_TOKENS,
-                 model: str = "") -> None:
+    def __init__(
+        self,
+        token_delay: float = 0.0,
+        context_window: int = 4096,
+        vision: bool = False,
+        special_tokens: frozenset[str] = DEFAULT_SPECIAL_TOKENS,
+        model: str = "",
+    ) -> None:
         self.token_delay = token_delay
         self.model = model  # the CHAT_MODELS name it stands for: named in its answers, so tests see who answered
         self.context_window = context_window
@@ -74,8 +79,9 @@ class TestEngine(Engine):
         text = f"echo: {last} (turns={len(users)}, images={images}{', model=' + self.model if self.model else ''})"
         return [word + " " for word in text.split(" ")]
 
-    async def stream_chat(self, messages: list[ChatMessage], params: GenParams,
-                          cancel: asyncio.Event) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, messages: list[ChatMessage], params: GenParams, cancel: asyncio.Event
+    ) -> AsyncIterator[str]:
         self.requests.append(messages)
         delay = self.token_delay
         if any("[[slow]]" in m.content for m in messages if m.role == "user"):
@@ -87,7 +93,6 @@ class TestEngine(Engine):
                 await asyncio.sleep(delay)
             yield piece
 
-    async def stream_raw(self, prompt: str, params: GenParams,
-                         cancel: asyncio.Event) -> AsyncIterator[str]:
+    async def stream_raw(self, prompt: str, params: GenParams, cancel: asyncio.Event) -> AsyncIterator[str]:
         async for piece in self.stream_chat([ChatMessage("user", prompt)], params, cancel):
             yield piece

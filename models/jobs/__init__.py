@@ -22,8 +22,9 @@ def runners() -> dict[str, Runner]:
         try:
             from .agent import run_agent as run  # Lagent is imported by the first agent job only
         except ImportError as exc:
-            raise JobError("The agent is not installed on this worker "
-                           "(pip install --no-deps lagent==0.2.4; see docs/agent.md).") from exc
+            raise JobError(
+                "The agent is not installed on this worker (pip install --no-deps lagent==0.2.4; see docs/agent.md)."
+            ) from exc
         await run(ctx)
 
     table["agent"] = run_agent

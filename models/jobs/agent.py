@@ -73,9 +73,14 @@ def task_messages(payload: dict[str, Any], tokens: Collection[str] = ()) -> tupl
         raise JobError("Please tell the agent what to do, e.g. `/agent Solve 2x + 3 = 10`.")
     if len(task) > MAX_TASK_CHARS:
         raise JobError(f"That task is too long ({len(task)} characters; the limit is {MAX_TASK_CHARS}).")
-    context = [{"role": m["role"], "content": m["content"]} for m in raw
-               if isinstance(m, dict) and m.get("role") in ("user", "assistant")
-               and isinstance(m.get("content"), str) and m["content"].strip()]
+    context = [
+        {"role": m["role"], "content": m["content"]}
+        for m in raw
+        if isinstance(m, dict)
+        and m.get("role") in ("user", "assistant")
+        and isinstance(m.get("content"), str)
+        and m["content"].strip()
+    ]
     if context and context[-1]["role"] == "user" and context[-1]["content"].strip() == task:
         context.pop()
     context = context[-HISTORY_TURNS:]
@@ -92,8 +97,11 @@ def history_line(answer: str, tools: Counter[str]) -> str:
 
 def python_off_note(reason: str, plugins: ActionExecutor | None) -> str:
     """What the user reads when the sandbox cannot run code here."""
-    rest = ("The agent can still search: " + ", ".join(short_tool(i["name"]) for i in plugins.get_actions_info())
-            + "." if plugins else "The agent answers without tools.")
+    rest = (
+        "The agent can still search: " + ", ".join(short_tool(i["name"]) for i in plugins.get_actions_info()) + "."
+        if plugins
+        else "The agent answers without tools."
+    )
     return f"Python is off: {reason.rstrip('.')}. {rest}"
 
 
@@ -123,12 +131,20 @@ async def run_agent(ctx: JobContext) -> None:
     if choice.note:
         await ctx.step({"type": "note", "turn": 0, "title": "Note", "protocol": choice.protocol, "text": choice.note})
     agent_class: type[StepAgent] = ToolAgent if choice.protocol == protocol.TOOLS else StepAgent
-    agent = agent_class(llm, interpreter, plugins, max(1, settings.agent_max_turns), stop, tokens=tokens,
-                        python_off=python_off)
+    agent = agent_class(
+        llm, interpreter, plugins, max(1, settings.agent_max_turns), stop, tokens=tokens, python_off=python_off
+    )
     agent.fall_back = setting == "auto"  # ToolAgent: a server refusing `tools` gets InternLM2's protocol
     if python_off:
-        await ctx.step({"type": "note", "turn": 0, "title": "Note", "python_off": True,
-                        "text": python_off_note(python_off, plugins)})
+        await ctx.step(
+            {
+                "type": "note",
+                "turn": 0,
+                "title": "Note",
+                "python_off": True,
+                "text": python_off_note(python_off, plugins),
+            }
+        )
 
     events: asyncio.Queue[Any] = asyncio.Queue()
     finished = object()
@@ -152,8 +168,9 @@ async def run_agent(ctx: JobContext) -> None:
             remaining = deadline - time.monotonic()
             getter = asyncio.ensure_future(events.get())
             cancelled = asyncio.ensure_future(ctx.cancel.wait())
-            done, _ = await asyncio.wait({getter, cancelled}, timeout=max(0.0, remaining),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {getter, cancelled}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
+            )
             cancelled.cancel()
             if getter not in done:
                 getter.cancel()
@@ -191,9 +208,18 @@ async def run_agent(ctx: JobContext) -> None:
                 answer += " The model did not follow the tool protocol; a larger InternLM2 model works better."
         else:
             answer = "The model gave no answer."
-    await ctx.done(answer, stopped=stopped, prompt_tokens=llm.prompt_tokens, completion_tokens=llm.completion_tokens,
-                   extra={"history": history_line(answer or "(stopped before answering)", agent.tools_used),
-                          "tools": dict(agent.tools_used), "turns": llm.calls,
-                          "protocol": "internlm2" if agent.fell_back else choice.protocol,
-                          "protocol_reason": f"auto: the server refused `tools` ({agent.fell_back[:160]})"
-                          if agent.fell_back else choice.reason})
+    await ctx.done(
+        answer,
+        stopped=stopped,
+        prompt_tokens=llm.prompt_tokens,
+        completion_tokens=llm.completion_tokens,
+        extra={
+            "history": history_line(answer or "(stopped before answering)", agent.tools_used),
+            "tools": dict(agent.tools_used),
+            "turns": llm.calls,
+            "protocol": "internlm2" if agent.fell_back else choice.protocol,
+            "protocol_reason": f"auto: the server refused `tools` ({agent.fell_back[:160]})"
+            if agent.fell_back
+            else choice.reason,
+        },
+    )

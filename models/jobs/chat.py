@@ -49,8 +49,9 @@ def parse_messages(raw: Any) -> list[dict[str, Any]]:
     return out
 
 
-CAPTION_PROMPT = ("Describe this image in detail: what it shows, notable objects, people and text, the setting, "
-                  "colours and mood.")
+CAPTION_PROMPT = (
+    "Describe this image in detail: what it shows, notable objects, people and text, the setting, colours and mood."
+)
 CAPTION_PROMPT_MANY = "Describe these {count} images in detail, one after another, then say how they relate."
 _SPEAKER_ONLY = re.compile(r"^\s*([^:\n]{1,100}:)?\s*$")  # "" or just the "name:" prefix of a shared channel
 
@@ -77,7 +78,7 @@ async def build_messages(ctx: JobContext, raw: Any) -> list[ChatMessage]:
     parsed = parse_messages(raw)
     with_images = [i for i, item in enumerate(parsed) if item["images"]]
     focus = -1
-    if with_images and sum(1 for item in parsed[with_images[-1] + 1:] if item["role"] == "user") <= 1:
+    if with_images and sum(1 for item in parsed[with_images[-1] + 1 :] if item["role"] == "user") <= 1:
         focus = with_images[-1]  # the image message, or the one the current message follows up on
     messages: list[ChatMessage] = []
     special = ctx.engine.special_tokens
@@ -161,6 +162,10 @@ async def run_chat(ctx: JobContext) -> None:
     if splitter.unclosed:
         data["unclosed_thinking"] = True
     produced = splitter.thinking + text
-    await ctx.done(text, prompt_tokens=prompt_tokens,
-                   completion_tokens=ctx.engine.count_tokens(produced) if produced else 0,
-                   stopped=ctx.cancel.is_set(), extra=data)
+    await ctx.done(
+        text,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=ctx.engine.count_tokens(produced) if produced else 0,
+        stopped=ctx.cancel.is_set(),
+        extra=data,
+    )

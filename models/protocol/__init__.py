@@ -35,7 +35,23 @@ from .errors import PayloadTooLarge, ProtocolError, reraise_if_cancelling
 from .keys import KEYS
 
 __all__ = [
-    "DEAD_FIELD_CHARS", "DEAD_MAXLEN", "FINAL_EVENTS", "JOBS_MAXLEN", "JOB_KINDS", "KEYS", "REPLY_MAXLEN",
-    "SHARED_READ_FROM", "Bus", "Claimed", "Event", "EventType", "Job", "JobKind", "PayloadTooLarge",
-    "ProtocolError", "WorkerInfo", "new_id", "reraise_if_cancelling",
+    "DEAD_FIELD_CHARS",
+    "DEAD_MAXLEN",
+    "FINAL_EVENTS",
+    "JOBS_MAXLEN",
+    "JOB_KINDS",
+    "KEYS",
+    "REPLY_MAXLEN",
+    "SHARED_READ_FROM",
+    "Bus",
+    "Claimed",
+    "Event",
+    "EventType",
+    "Job",
+    "JobKind",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "WorkerInfo",
+    "new_id",
+    "reraise_if_cancelling",
 ]

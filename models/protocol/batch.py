@@ -64,5 +64,5 @@ class WriteBatcher:
             start = 0
             for (_add, future), count in zip(batch, counts, strict=True):
                 if not future.done():  # else its caller was cancelled meanwhile
-                    future.set_result(results[start:start + count])
+                    future.set_result(results[start : start + count])
                 start += count

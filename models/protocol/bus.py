@@ -43,8 +43,15 @@ JOBS_MAXLEN = 100_000
 class Bus:
     """Typed access to the job protocol over one Redis connection pool."""
 
-    def __init__(self, redis: aioredis.Redis, *, reply_ttl: int = 3600, blob_ttl: int = 86400,
-                 max_job_bytes: int = 2_000_000, models: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        reply_ttl: int = 3600,
+        blob_ttl: int = 86400,
+        max_job_bytes: int = 2_000_000,
+        models: Iterable[str] = (),
+    ) -> None:
         self.redis = redis  # decode_responses=True: every key but blobs holds text
         # The deployment's routed chat models (models/routing.py; empty = one model): their job streams count
         # in `queue_depth` and `running_count`.
@@ -52,9 +59,7 @@ class Bus:
         kwargs = dict(redis.connection_pool.connection_kwargs)
         kwargs["decode_responses"] = False
         self.raw = aioredis.Redis(
-            connection_pool=aioredis.ConnectionPool(
-                connection_class=redis.connection_pool.connection_class, **kwargs
-            )
+            connection_pool=aioredis.ConnectionPool(connection_class=redis.connection_pool.connection_class, **kwargs)
         )
         self.reply_ttl = reply_ttl
         self.blob_ttl = blob_ttl
@@ -95,8 +100,9 @@ class Bus:
             raise entry
         return job.id
 
-    async def events(self, job_id: str, *, after: str = "0-0", block_ms: int = 1000,
-                     idle_timeout: float | None = None) -> AsyncIterator[Event | None]:
+    async def events(
+        self, job_id: str, *, after: str = "0-0", block_ms: int = 1000, idle_timeout: float | None = None
+    ) -> AsyncIterator[Event | None]:
         """Yield the reply events of a job as they arrive; yields `None` every `block_ms` without news
         (so the caller can update a queue notice or give up).  Never stops by itself: a final event of an
         attempt that was already superseded must not end the reading, so the caller decides when it is done
@@ -329,9 +335,18 @@ class Bus:
             size = sum(len(k) + len(v.encode()) for k, v in fields.items())
             if size > self.max_job_bytes:  # written past `submit` (another client, an older bot)
                 raw = {k: v for k, v in fields.items() if k != "payload"}
-                out.append(Claimed(ref, None, PayloadTooLarge(
-                    f"the request is too large to process ({size // 1024} KiB; the limit is "
-                    f"{self.max_job_bytes // 1024} KiB)"), raw, model))
+                out.append(
+                    Claimed(
+                        ref,
+                        None,
+                        PayloadTooLarge(
+                            f"the request is too large to process ({size // 1024} KiB; the limit is "
+                            f"{self.max_job_bytes // 1024} KiB)"
+                        ),
+                        raw,
+                        model,
+                    )
+                )
                 continue
             try:
                 job = Job.decode(fields)
@@ -339,9 +354,18 @@ class Bus:
                 out.append(Claimed(ref, None, exc, fields, model))
                 continue
             if job.model != model:  # put on the wrong stream by hand or by another client: never run it here
-                out.append(Claimed(ref, None, ProtocolError(
-                    f"the job asks for model {job.model or '(default)'!r} but was queued for "
-                    f"{model or '(default)'!r}"), fields, model))
+                out.append(
+                    Claimed(
+                        ref,
+                        None,
+                        ProtocolError(
+                            f"the job asks for model {job.model or '(default)'!r} but was queued for "
+                            f"{model or '(default)'!r}"
+                        ),
+                        fields,
+                        model,
+                    )
+                )
                 continue
             out.append(Claimed(ref, job, None, fields, model))
         return out
@@ -352,8 +376,7 @@ class Bus:
                 return model
         raise ProtocolError(f"unexpected job stream {stream!r}")
 
-    async def claim_new(self, consumer: str, count: int, block_ms: int,
-                        models: Iterable[str] = ("",)) -> list[Claimed]:
+    async def claim_new(self, consumer: str, count: int, block_ms: int, models: Iterable[str] = ("",)) -> list[Claimed]:
         """New jobs for the models this worker serves, at most `count` of them.
 
         One model: one blocking XREADGROUP, as always.  Several: each stream is asked without blocking (in
@@ -363,8 +386,9 @@ class Bus:
         timeout), so the next XAUTOCLAIM of a worker with a free slot takes them up — none is lost or doubled."""
         served = list(dict.fromkeys(models)) or [""]
         if len(served) == 1:
-            result = await self.redis.xreadgroup(KEYS.group, consumer, {KEYS.jobs_for(served[0]): ">"},
-                                                 count=count, block=block_ms)
+            result = await self.redis.xreadgroup(
+                KEYS.group, consumer, {KEYS.jobs_for(served[0]): ">"}, count=count, block=block_ms
+            )
             claimed: list[Claimed] = []
             for _stream, entries in result or []:
                 claimed.extend(self._claimed(entries, served[0]))
@@ -375,23 +399,26 @@ class Bus:
         for model in order:
             if len(claimed) >= count:
                 break
-            result = await self.redis.xreadgroup(KEYS.group, consumer, {KEYS.jobs_for(model): ">"},
-                                                 count=count - len(claimed))
+            result = await self.redis.xreadgroup(
+                KEYS.group, consumer, {KEYS.jobs_for(model): ">"}, count=count - len(claimed)
+            )
             for _stream, entries in result or []:
                 claimed.extend(self._claimed(entries, model))
         if claimed:
             return claimed
-        result = await self.redis.xreadgroup(KEYS.group, consumer, {KEYS.jobs_for(m): ">" for m in order},
-                                             count=1, block=block_ms)
+        result = await self.redis.xreadgroup(
+            KEYS.group, consumer, {KEYS.jobs_for(m): ">" for m in order}, count=1, block=block_ms
+        )
         for stream, entries in result or []:
             claimed.extend(self._claimed(entries, self._stream_model(stream, order)))
-        extra = claimed[max(1, count):]
+        extra = claimed[max(1, count) :]
         if extra:
             await self.release(consumer, [item.entry_id for item in extra], idle_ms=10**9)
-        return claimed[:max(1, count)]
+        return claimed[: max(1, count)]
 
-    async def claim_stale(self, consumer: str, min_idle_ms: int, count: int,
-                          models: Iterable[str] = ("",)) -> list[Claimed]:
+    async def claim_stale(
+        self, consumer: str, min_idle_ms: int, count: int, models: Iterable[str] = ("",)
+    ) -> list[Claimed]:
         """Take over jobs whose worker stopped heartbeating (XAUTOCLAIM), on the streams of `models` only.
 
         The scan resumes where the previous one stopped (per consumer and stream), so stale entries behind
@@ -404,8 +431,9 @@ class Bus:
             where = f"{consumer}\n{stream}"
             start = self._autoclaim_cursor.get(where, "0-0")
             cursor, raw_entries, _gone = await self._autoclaim(
-                keys=[stream], args=[KEYS.group, consumer, max(0, int(min_idle_ms)), start,
-                                     max(1, count - len(claimed))])
+                keys=[stream],
+                args=[KEYS.group, consumer, max(0, int(min_idle_ms)), start, max(1, count - len(claimed))],
+            )
             self._autoclaim_cursor[where] = cursor or "0-0"
             entries = []
             for entry_id, flat in raw_entries:
@@ -424,8 +452,7 @@ class Bus:
             lost.extend(self.entry_ref(model, str(entry_id)) for entry_id in gone)
         return lost
 
-    async def release(self, consumer: str, entry_ids: list[str], idle_ms: int,
-                      job_ids: Iterable[str] = ()) -> None:
+    async def release(self, consumer: str, entry_ids: list[str], idle_ms: int, job_ids: Iterable[str] = ()) -> None:
         """Hand jobs back without finishing them: mark them idle so the next XAUTOCLAIM takes them.
 
         `job_ids` (of the same jobs) are counted as hand-backs, which do not count against
@@ -471,12 +498,15 @@ class Bus:
         (announced = True); a later attempt is announced by the caller once it decided to run it."""
         data = json.dumps(status, ensure_ascii=False, separators=(",", ":"))
         attempt, cancelled, announced = await self._batcher.script(
-            self._start, [KEYS.attempts(job_id), KEYS.cancel(job_id), KEYS.events(job_id)],
-            [max(self.reply_ttl, 3600), self.reply_ttl, data, REPLY_MAXLEN])
+            self._start,
+            [KEYS.attempts(job_id), KEYS.cancel(job_id), KEYS.events(job_id)],
+            [max(self.reply_ttl, 3600), self.reply_ttl, data, REPLY_MAXLEN],
+        )
         return int(attempt), bool(cancelled), bool(announced)
 
-    async def finish(self, job_id: str, attempt: int, events: list[tuple[str, dict[str, Any]]],
-                     ack_entry: str = "") -> list[str]:
+    async def finish(
+        self, job_id: str, attempt: int, events: list[tuple[str, dict[str, Any]]], ack_entry: str = ""
+    ) -> list[str]:
         """Write the last events of an attempt (a final one last) and then, when `ack_entry` is given, XACK
         the job — in one round trip, the XACK only once every event is written (a Lua script stops at the
         first error).  The caller must have awaited its earlier events, so the order per job is kept."""
@@ -487,23 +517,28 @@ class Bus:
         ids = await self._batcher.script(self._finish, [KEYS.events(job_id), stream], args)
         return [str(i) for i in ids]
 
-    async def emit(self, job_id: str, attempt: int, type_: str, data: dict[str, Any] | None = None,
-                   *, refresh_ttl: bool = False) -> str:
+    async def emit(
+        self, job_id: str, attempt: int, type_: str, data: dict[str, Any] | None = None, *, refresh_ttl: bool = False
+    ) -> str:
         """Append an event to the job's reply stream.  The TTL is set on `status` events (every attempt
         starts with one), on final events and when asked, which keeps the per-token cost at one round trip
         and still lets the stream of a job whose worker died expire."""
         [entry_id] = await self.emit_many(job_id, attempt, [(type_, data)], refresh_ttl=refresh_ttl)
         return entry_id
 
-    async def emit_many(self, job_id: str, attempt: int, events: list[tuple[str, dict[str, Any] | None]],
-                        *, refresh_ttl: bool = False) -> list[str]:
+    async def emit_many(
+        self, job_id: str, attempt: int, events: list[tuple[str, dict[str, Any] | None]], *, refresh_ttl: bool = False
+    ) -> list[str]:
         """Append several events to the job's reply stream, in this order, in the same write (one round trip,
         shared with whatever other jobs emit meanwhile)."""
         key = KEYS.events(job_id)
         entries: list[tuple[dict[str, str], bool]] = []
         for type_, data in events:
-            fields = {"type": type_, "attempt": str(attempt),
-                      "data": json.dumps(data or {}, ensure_ascii=False, separators=(",", ":"))}
+            fields = {
+                "type": type_,
+                "attempt": str(attempt),
+                "data": json.dumps(data or {}, ensure_ascii=False, separators=(",", ":")),
+            }
             entries.append((fields, refresh_ttl or type_ in FINAL_EVENTS or type_ == "status"))
         positions: list[int] = []
 
@@ -526,8 +561,9 @@ class Bus:
         return ids
 
     async def dead_letter(self, claimed: Claimed, reason: str) -> None:
-        fields = {k: v if len(v) <= DEAD_FIELD_CHARS else v[:DEAD_FIELD_CHARS] + "…[cut]"
-                  for k, v in claimed.raw.items()}
+        fields = {
+            k: v if len(v) <= DEAD_FIELD_CHARS else v[:DEAD_FIELD_CHARS] + "…[cut]" for k, v in claimed.raw.items()
+        }
         fields.update({"reason": reason[:500], "entry_id": claimed.entry_id, "at": repr(time.time())})
         await self.redis.xadd(KEYS.dead, fields, maxlen=DEAD_MAXLEN, approximate=True)
 

@@ -68,8 +68,14 @@ class Job:
         model = fields.get("model", "")
         if len(model) > 100 or any(ch in model for ch in ", =\n\r\t"):
             raise ProtocolError("the job names an invalid model")
-        return cls(kind=kind, payload=payload, conversation=fields.get("conversation", ""), id=job_id,
-                   created=created, model=model)
+        return cls(
+            kind=kind,
+            payload=payload,
+            conversation=fields.get("conversation", ""),
+            id=job_id,
+            created=created,
+            model=model,
+        )
 
 
 @dataclass
@@ -95,8 +101,9 @@ class Event:
             attempt = int(fields.get("attempt") or 1)
         except ValueError:
             attempt = 1
-        return cls(type=fields.get("type", ""), attempt=attempt, data=data if isinstance(data, dict) else {},
-                   id=entry_id)
+        return cls(
+            type=fields.get("type", ""), attempt=attempt, data=data if isinstance(data, dict) else {}, id=entry_id
+        )
 
 
 @dataclass

@@ -10,5 +10,18 @@ from .core import ISOLATION_MODES, PROJECT_ROOT, Sandbox, SandboxLimits, Sandbox
 from .files import FilesRefused, check_files, safe_name, unique_names
 from .result import Figure, RunResult, strip_controls
 
-__all__ = ["ISOLATION_MODES", "PROJECT_ROOT", "Figure", "FilesRefused", "RunResult", "Sandbox", "SandboxLimits",
-           "SandboxUnavailable", "check_files", "describe_isolation", "safe_name", "strip_controls", "unique_names"]
+__all__ = [
+    "ISOLATION_MODES",
+    "PROJECT_ROOT",
+    "Figure",
+    "FilesRefused",
+    "RunResult",
+    "Sandbox",
+    "SandboxLimits",
+    "SandboxUnavailable",
+    "check_files",
+    "describe_isolation",
+    "safe_name",
+    "strip_controls",
+    "unique_names",
+]

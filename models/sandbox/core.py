@@ -18,6 +18,10 @@ inside bubblewrap (bwrap.py builds the command line) with:
 
 There is no weaker mode to fall back to: where bubblewrap cannot run, `Sandbox.isolation` raises
 `SandboxUnavailable` and the agent turns its Python tool off.
+
+Why one module past 400 lines: the limits, the run and the parsing of its untrusted result are one security
+boundary, reviewed together; the command line (bwrap.py), the filter (seccomp.py), file names (files.py) and
+the child's programs (child/) already live apart.
 """
 
 from __future__ import annotations
@@ -67,21 +71,30 @@ class SandboxLimits:
     max_output_chars: int = 4000
     disk_mb: int = 64  # the whole working directory (tmpfs size)
     max_files: int = 4096  # inodes of the working directory (tmpfs nr_inodes)
-    allowed_modules: list[str] = field(default_factory=lambda: [
-        "numpy", "sympy", "mpmath", "matplotlib", "pandas", "scipy", "PIL"])
+    allowed_modules: list[str] = field(
+        default_factory=lambda: ["numpy", "sympy", "mpmath", "matplotlib", "pandas", "scipy", "PIL"]
+    )
     isolation: str = "bubblewrap"  # "bubblewrap" | "off"
     bwrap: str = "bwrap"  # the bubblewrap executable (a name on PATH or a path)
     hide_paths: list[str] = field(default_factory=list)  # must never be visible (besides the project, $HOME)
 
     @classmethod
     def from_settings(cls, settings: Any) -> SandboxLimits:
-        return cls(timeout=settings.sandbox_timeout, memory_mb=settings.sandbox_memory_mb,
-                   cpu_seconds=settings.sandbox_cpu_seconds, max_processes=settings.sandbox_max_processes,
-                   max_file_mb=settings.sandbox_max_file_mb, max_open_files=settings.sandbox_max_open_files,
-                   max_output_chars=settings.sandbox_max_output_chars, disk_mb=settings.sandbox_disk_mb,
-                   max_files=settings.sandbox_max_files, allowed_modules=list(settings.sandbox_allowed_modules),
-                   isolation=settings.sandbox_isolation, bwrap=settings.sandbox_bwrap,
-                   hide_paths=[*settings.sandbox_hide_paths, str(settings.data_dir)])
+        return cls(
+            timeout=settings.sandbox_timeout,
+            memory_mb=settings.sandbox_memory_mb,
+            cpu_seconds=settings.sandbox_cpu_seconds,
+            max_processes=settings.sandbox_max_processes,
+            max_file_mb=settings.sandbox_max_file_mb,
+            max_open_files=settings.sandbox_max_open_files,
+            max_output_chars=settings.sandbox_max_output_chars,
+            disk_mb=settings.sandbox_disk_mb,
+            max_files=settings.sandbox_max_files,
+            allowed_modules=list(settings.sandbox_allowed_modules),
+            isolation=settings.sandbox_isolation,
+            bwrap=settings.sandbox_bwrap,
+            hide_paths=[*settings.sandbox_hide_paths, str(settings.data_dir)],
+        )
 
 
 class SandboxUnavailable(RuntimeError):
@@ -92,7 +105,7 @@ def _truncate(text: str, limit: int) -> tuple[str, bool]:
     if len(text) <= limit:
         return text, False
     head = text[: limit * 3 // 4]
-    tail = text[-(limit // 4):]
+    tail = text[-(limit // 4) :]
     return f"{head}\n… [{len(text) - len(head) - len(tail)} characters cut] …\n{tail}", True
 
 
@@ -132,7 +145,7 @@ def _figures(fd: int, budget: int, notes: list[str]) -> list[Figure]:
             name, mime, size = os.path.basename(str(entry["name"]))[:100], str(entry["mime"]), int(entry["size"])
         except (KeyError, TypeError, ValueError):
             break
-        blob = body[offset: offset + size]
+        blob = body[offset : offset + size]
         offset += size
         magic = {"image/png": b"\x89PNG", "image/jpeg": b"\xff\xd8", "image/gif": b"GIF8"}.get(mime)
         if size <= 0 or len(blob) != size or magic is None or not blob.startswith(magic):
@@ -155,8 +168,9 @@ def _parent_of(pid: int) -> int | None:
 class Sandbox:
     """Runs code snippets; thread-safe (each run has its own directory and process tree)."""
 
-    def __init__(self, limits: SandboxLimits | None = None, python: str | None = None, *,
-                 announce: bool = True) -> None:
+    def __init__(
+        self, limits: SandboxLimits | None = None, python: str | None = None, *, announce: bool = True
+    ) -> None:
         self.limits = limits or SandboxLimits()
         self.announce = announce  # log the isolation (a worker does; `bot status` prints it instead)
         self.python = python or sys.executable
@@ -174,8 +188,12 @@ class Sandbox:
                 try:
                     self._isolation = self._resolve()
                     if self.announce:
-                        log.info("sandbox: model-written code runs in bubblewrap (no network, empty filesystem, one "
-                                 "process of %d MiB, %d MiB disk)", self.limits.memory_mb, self.limits.disk_mb)
+                        log.info(
+                            "sandbox: model-written code runs in bubblewrap (no network, empty filesystem, one "
+                            "process of %d MiB, %d MiB disk)",
+                            self.limits.memory_mb,
+                            self.limits.disk_mb,
+                        )
                 except SandboxUnavailable as exc:
                     self._unavailable = exc
                     if self.announce:
@@ -195,8 +213,10 @@ class Sandbox:
         if wanted != "bubblewrap":
             raise SandboxUnavailable(f"unknown sandbox isolation {wanted!r} (use bubblewrap or off)")
         if self.bwrap_path() is None:
-            raise SandboxUnavailable("bubblewrap is not installed on the worker (Debian/Ubuntu: apt-get install "
-                                     "bubblewrap), so there is no safe place to run code")
+            raise SandboxUnavailable(
+                "bubblewrap is not installed on the worker (Debian/Ubuntu: apt-get install "
+                "bubblewrap), so there is no safe place to run code"
+            )
         try:
             seccomp.program()
         except seccomp.UnsupportedArchitecture as exc:
@@ -212,21 +232,29 @@ class Sandbox:
         for path in bwrap.interpreter_dirs(self.python):
             exposed = [s for s in secret if bwrap.under(os.path.realpath(s), path)]
             if exposed:
-                raise SandboxUnavailable(f"the Python environment {path} contains {exposed[0]}, which must "
-                                         "stay hidden from the code; install the venv elsewhere")
+                raise SandboxUnavailable(
+                    f"the Python environment {path} contains {exposed[0]}, which must "
+                    "stay hidden from the code; install the venv elsewhere"
+                )
         probe = self._probe()
         if not probe.ok and probe.setup_error and os.geteuid() == 0:
             # Some kernels refuse user namespaces to unprivileged users (Ubuntu's AppArmor restriction) but not to
             # root.  bubblewrap then runs as root: the code is host uid 0 with no capabilities, and one thread.
-            log.warning("sandbox: bubblewrap cannot run as nobody here (%s); running it as root, with the code "
-                        "limited to one thread (docs/agent.md)", probe.setup_error.splitlines()[-1][:200])
+            log.warning(
+                "sandbox: bubblewrap cannot run as nobody here (%s); running it as root, with the code "
+                "limited to one thread (docs/agent.md)",
+                probe.setup_error.splitlines()[-1][:200],
+            )
             self.as_root = True
             probe = self._probe()
         if probe.stdout.strip() == "NONET" and probe.ok:
             return "bubblewrap"
         why = (probe.setup_error or probe.stderr or probe.stdout).strip().splitlines()
-        raise SandboxUnavailable("bubblewrap cannot create its namespaces here (" + (why[-1][:200] if why else
-                                 f"exit code {probe.exit_code}") + "); see docs/agent.md")
+        raise SandboxUnavailable(
+            "bubblewrap cannot create its namespaces here ("
+            + (why[-1][:200] if why else f"exit code {probe.exit_code}")
+            + "); see docs/agent.md"
+        )
 
     def _as_nobody(self, base: Path, in_dir: Path) -> tuple[list[str], dict[str, str]]:
         """For a root worker: the nobody.py prefix that starts bubblewrap as nobody, and the staged sources."""
@@ -240,17 +268,27 @@ class Sandbox:
                 target.mkdir(parents=True, mode=0o755)
                 os.chmod(base / "mnt", 0o755)
                 staged[path] = str(target)
-        prefix = [self.python, "-I", "-S", str(Path(__file__).resolve().parent / "nobody.py"),
-                  str(bwrap.SANDBOX_UID), str(bwrap.SANDBOX_UID), str(len(staged))]
+        prefix = [
+            self.python,
+            "-I",
+            "-S",
+            str(Path(__file__).resolve().parent / "nobody.py"),
+            str(bwrap.SANDBOX_UID),
+            str(bwrap.SANDBOX_UID),
+            str(len(staged)),
+        ]
         for src, dst in staged.items():
             prefix += [src, dst]
         return [*prefix, "--"], staged
 
     def _probe(self) -> RunResult:
         """One real run: the sandbox starts and has no network."""
-        return self._run("import socket\ns = socket.socket()\ns.settimeout(1)\ntry:\n"
-                         "    s.connect(('1.1.1.1', 53)); print('NET')\nexcept OSError:\n    print('NONET')\n",
-                         "bubblewrap", 30.0)
+        return self._run(
+            "import socket\ns = socket.socket()\ns.settimeout(1)\ntry:\n"
+            "    s.connect(('1.1.1.1', 53)); print('NET')\nexcept OSError:\n    print('NONET')\n",
+            "bubblewrap",
+            30.0,
+        )
 
     # ------------------------------------------------------------------ running
     def run(self, code: str, *, timeout: float | None = None, files: Mapping[str, bytes] | None = None) -> RunResult:
@@ -261,8 +299,9 @@ class Sandbox:
         given = check_files(files or {}, self.limits)
         return self._run(code, self.isolation, timeout or self.limits.timeout, given)
 
-    async def arun(self, code: str, *, timeout: float | None = None,
-                   files: Mapping[str, bytes] | None = None) -> RunResult:
+    async def arun(
+        self, code: str, *, timeout: float | None = None, files: Mapping[str, bytes] | None = None
+    ) -> RunResult:
         import asyncio
 
         return await asyncio.to_thread(self.run, code, timeout=timeout, files=files)
@@ -271,17 +310,25 @@ class Sandbox:
         lim = self.limits
         fsize = lim.max_file_mb * 1024 * 1024
         return {
-            "code_path": f"{bwrap.INSIDE_IN}/main.py", "figure_fd": figure_fd, "allowed_modules": lim.allowed_modules,
-            "max_figures": MAX_FIGURES, "max_figure_bytes": min(MAX_FIGURE_BYTES, fsize),
-            "figure_budget": fsize, "scan_limit": SCAN_LIMIT, "scan_seconds": SCAN_SECONDS,
+            "code_path": f"{bwrap.INSIDE_IN}/main.py",
+            "figure_fd": figure_fd,
+            "allowed_modules": lim.allowed_modules,
+            "max_figures": MAX_FIGURES,
+            "max_figure_bytes": min(MAX_FIGURE_BYTES, fsize),
+            "figure_budget": fsize,
+            "scan_limit": SCAN_LIMIT,
+            "scan_seconds": SCAN_SECONDS,
             "files": [[f"{bwrap.INSIDE_IN}/file{i}", name] for i, name in enumerate(files)],
-            "limits": {"cpu": max(1, int(lim.cpu_seconds)), "memory": lim.memory_mb * 1024 * 1024,
-                       "nproc": max(1, lim.max_processes), "fsize": fsize,
-                       "nofile": max(16, lim.max_open_files)},
+            "limits": {
+                "cpu": max(1, int(lim.cpu_seconds)),
+                "memory": lim.memory_mb * 1024 * 1024,
+                "nproc": max(1, lim.max_processes),
+                "fsize": fsize,
+                "nofile": max(16, lim.max_open_files),
+            },
         }
 
-    def _run(self, code: str, isolation: str, timeout: float,
-             files: Sequence[tuple[str, bytes]] = ()) -> RunResult:
+    def _run(self, code: str, isolation: str, timeout: float, files: Sequence[tuple[str, bytes]] = ()) -> RunResult:
         started = time.monotonic()
         base = Path(tempfile.mkdtemp(prefix="agent-sandbox-"))
         fds: list[int] = []
@@ -289,12 +336,17 @@ class Sandbox:
             in_dir = base / "in"
             in_dir.mkdir(mode=0o755)
             os.chmod(in_dir, 0o755)  # readable by the sandbox's user, whatever the umask
-            out = [os.open(base / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                   for name in ("stdout", "stderr", "figures")]
+            out = [
+                os.open(base / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                for name in ("stdout", "stderr", "figures")
+            ]
             fds += out
             config = json.dumps(self._config(out[2], [name for name, _ in files]))
-            for name, data in (("main.py", code.encode()), ("config.json", config.encode()),
-                               *((f"file{i}", blob) for i, (_, blob) in enumerate(files))):
+            for name, data in (
+                ("main.py", code.encode()),
+                ("config.json", config.encode()),
+                *((f"file{i}", blob) for i, (_, blob) in enumerate(files)),
+            ):
                 (in_dir / name).write_bytes(data)  # copied into the working directory by child/runner.py
                 os.chmod(in_dir / name, 0o644)
             filt_r, filt_w = os.pipe()
@@ -302,12 +354,27 @@ class Sandbox:
             fds += [filt_r, filt_w, info_r, info_w]
             os.write(filt_w, seccomp.program(threads=not self.as_root))
             prefix, staged = self._as_nobody(base, in_dir)
-            argv = bwrap.command(self.bwrap_path() or self.limits.bwrap, self.python, in_dir,
-                                 disk_bytes=self.limits.disk_mb * 1024 * 1024, max_files=self.limits.max_files,
-                                 seccomp_fd=filt_r, info_fd=info_w, staged=staged)
-            proc = subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL, stdout=out[0], stderr=out[1],
-                                    env={}, cwd="/", close_fds=True, pass_fds=[out[2], filt_r, info_w],
-                                    start_new_session=True)
+            argv = bwrap.command(
+                self.bwrap_path() or self.limits.bwrap,
+                self.python,
+                in_dir,
+                disk_bytes=self.limits.disk_mb * 1024 * 1024,
+                max_files=self.limits.max_files,
+                seccomp_fd=filt_r,
+                info_fd=info_w,
+                staged=staged,
+            )
+            proc = subprocess.Popen(
+                [*prefix, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out[0],
+                stderr=out[1],
+                env={},
+                cwd="/",
+                close_fds=True,
+                pass_fds=[out[2], filt_r, info_w],
+                start_new_session=True,
+            )
             os.close(filt_w)
             fds.remove(filt_w)
             os.close(info_w)
@@ -376,13 +443,15 @@ class Sandbox:
                 continue
         return None
 
-    def _result(self, code: int, timed_out: bool, timeout: float, out: list[int], isolation: str,
-                duration: float) -> RunResult:
+    def _result(
+        self, code: int, timed_out: bool, timeout: float, out: list[int], isolation: str, duration: float
+    ) -> RunResult:
         limit = self.limits.max_output_chars
         stdout, cut_out = _truncate(_output(out[0], limit), limit)
         stderr, cut_err = _truncate(_output(out[1], limit), limit)
-        result = RunResult(stdout=stdout, stderr=stderr, exit_code=code, timed_out=timed_out,
-                           duration=duration, isolation=isolation)
+        result = RunResult(
+            stdout=stdout, stderr=stderr, exit_code=code, timed_out=timed_out, duration=duration, isolation=isolation
+        )
         if cut_out or cut_err:
             result.notes.append(f"output truncated to {limit} characters")
         if timed_out:

@@ -69,10 +69,14 @@ def check_files(files: Mapping[str, bytes], limits: Any) -> list[tuple[str, byte
     total = 0
     for name, data in zip(names, files.values(), strict=True):
         if len(data) > per_file:
-            raise FilesRefused(f"“{name}” is {len(data) / 1e6:.1f} MB; a file in the sandbox may be at most "
-                               f"{limits.max_file_mb} MB (SANDBOX_MAX_FILE_MB)")
+            raise FilesRefused(
+                f"“{name}” is {len(data) / 1e6:.1f} MB; a file in the sandbox may be at most "
+                f"{limits.max_file_mb} MB (SANDBOX_MAX_FILE_MB)"
+            )
         total += len(data)
     if total > budget:
-        raise FilesRefused(f"the files are {total / 1e6:.1f} MB together; the sandbox takes at most "
-                           f"{budget / 1e6:.1f} MB of them (half of SANDBOX_DISK_MB)")
+        raise FilesRefused(
+            f"the files are {total / 1e6:.1f} MB together; the sandbox takes at most "
+            f"{budget / 1e6:.1f} MB of them (half of SANDBOX_DISK_MB)"
+        )
     return list(zip(names, files.values(), strict=True))

@@ -33,10 +33,10 @@ def die(message: str) -> None:
 
 def main(argv: list[str]) -> None:
     uid, gid, count = int(argv[0]), int(argv[1]), int(argv[2])
-    pairs = argv[3: 3 + 2 * count]
+    pairs = argv[3 : 3 + 2 * count]
     if argv[3 + 2 * count] != "--":
         die("usage: nobody.py UID GID N SRC DST ... -- BWRAP ARGS...")
-    command = argv[4 + 2 * count:]
+    command = argv[4 + 2 * count :]
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
     if libc.unshare(CLONE_NEWNS) != 0:

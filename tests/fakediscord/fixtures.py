@@ -74,10 +74,17 @@ class BotRunner:
         from models.settings import Settings
 
         values: dict[str, Any] = {
-            "redis_url": self.redis_url, "engine": "test", "data_dir": self.data_dir,
-            "job_visibility_timeout": 2.0, "worker_concurrency": 8, "embedded_worker": True,
-            "discord_token": self.harness.token, "discord_api_base": self.harness.server.api_base,
-            "user_rate_limit": "100/60", "test_engine_token_delay": 0.0, "log_level": "WARNING",
+            "redis_url": self.redis_url,
+            "engine": "test",
+            "data_dir": self.data_dir,
+            "job_visibility_timeout": 2.0,
+            "worker_concurrency": 8,
+            "embedded_worker": True,
+            "discord_token": self.harness.token,
+            "discord_api_base": self.harness.server.api_base,
+            "user_rate_limit": "100/60",
+            "test_engine_token_delay": 0.0,
+            "log_level": "WARNING",
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)
@@ -112,21 +119,25 @@ class BotRunner:
             await self.runtime.close()
         self.bot = self.runtime = self._task = None
 
-    async def reply(self, message: Message, timeout: float = 20.0,
-                    until: Callable[[list[Message]], Any] | None = None) -> list[Message]:
+    async def reply(
+        self, message: Message, timeout: float = 20.0, until: Callable[[list[Message]], Any] | None = None
+    ) -> list[Message]:
         """The bot's complete reply to a user's message (all its messages, once the Stop button is gone).
 
         While a long answer's final parts are written one by one, there is a moment with no Stop button
         and later parts still missing, so pass `until` (e.g. on the text) when the answer spans several
         messages."""
+
         def done(msgs: list[Message]) -> bool:
             return reply_finished(msgs) and (until is None or bool(until(msgs)))
 
         return await self.harness.reply_to(message, until=done, quiet=0.3, timeout=timeout)
 
-    async def answer(self, interaction: Interaction, timeout: float = 20.0,
-                     until: Callable[[list[Message]], Any] | None = None) -> list[Message]:
+    async def answer(
+        self, interaction: Interaction, timeout: float = 20.0, until: Callable[[list[Message]], Any] | None = None
+    ) -> list[Message]:
         """The bot's complete answer to an interaction: the original response and its follow-ups."""
+
         def done(i: Interaction) -> bool:
             return interaction_finished(i) and (until is None or bool(until(interaction_messages(i))))
 

@@ -44,8 +44,19 @@ USER_CONTENT_LIMIT = 4000  # what a Nitro user may type; bots are held to 2000
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 
-OPTION_TYPES = {1: "SUB_COMMAND", 2: "SUB_COMMAND_GROUP", 3: "STRING", 4: "INTEGER", 5: "BOOLEAN", 6: "USER",
-                7: "CHANNEL", 8: "ROLE", 9: "MENTIONABLE", 10: "NUMBER", 11: "ATTACHMENT"}
+OPTION_TYPES = {
+    1: "SUB_COMMAND",
+    2: "SUB_COMMAND_GROUP",
+    3: "STRING",
+    4: "INTEGER",
+    5: "BOOLEAN",
+    6: "USER",
+    7: "CHANNEL",
+    8: "ROLE",
+    9: "MENTIONABLE",
+    10: "NUMBER",
+    11: "ATTACHMENT",
+}
 
 
 class Harness:
@@ -89,18 +100,29 @@ class Harness:
         await asyncio.wait_for(self.server.guild_creates_sent.wait(), timeout)
 
     # ------------------------------------------------------------------ building the world at run time
-    async def create_channel(self, name: str, *, guild: Guild | None = None,
-                             overwrites: list[Overwrite] | None = None,
-                             default_auto_archive_duration: int | None = None) -> Channel:
-        channel = self.world.add_channel(guild or self.guild, name, overwrites=overwrites,
-                                         default_auto_archive_duration=default_auto_archive_duration)
+    async def create_channel(
+        self,
+        name: str,
+        *,
+        guild: Guild | None = None,
+        overwrites: list[Overwrite] | None = None,
+        default_auto_archive_duration: int | None = None,
+    ) -> Channel:
+        channel = self.world.add_channel(
+            guild or self.guild,
+            name,
+            overwrites=overwrites,
+            default_auto_archive_duration=default_auto_archive_duration,
+        )
         await self.server.dispatch("CHANNEL_CREATE", channel.payload(), GUILDS)
         return channel
 
-    async def create_thread(self, parent: Channel, name: str, *, owner: User | None = None,
-                            from_message: Message | None = None) -> Channel:
-        thread = self.world.add_thread(parent, name, owner=owner or self.alice,
-                                       thread_id=from_message.id if from_message else None)
+    async def create_thread(
+        self, parent: Channel, name: str, *, owner: User | None = None, from_message: Message | None = None
+    ) -> Channel:
+        thread = self.world.add_thread(
+            parent, name, owner=owner or self.alice, thread_id=from_message.id if from_message else None
+        )
         await self.server.dispatch("THREAD_CREATE", thread.payload() | {"newly_created": True}, GUILDS)
         return thread
 
@@ -124,9 +146,17 @@ class Harness:
         return self.world.dm_channel(user)
 
     # ------------------------------------------------------------------ users acting
-    async def send(self, channel: Channel, author: User, content: str = "", *,
-                   reference: Message | None = None, mention_author: bool = True,
-                   mentions: Iterable[User] = (), attachments: Iterable[AttachmentSpec] = ()) -> Message:
+    async def send(
+        self,
+        channel: Channel,
+        author: User,
+        content: str = "",
+        *,
+        reference: Message | None = None,
+        mention_author: bool = True,
+        mentions: Iterable[User] = (),
+        attachments: Iterable[AttachmentSpec] = (),
+    ) -> Message:
         """A user posts a message; dispatched as MESSAGE_CREATE the way Discord resolves it.
 
         `<@id>` in the content mentions that user; a reply (`reference`) mentions the replied-to author
@@ -179,9 +209,16 @@ class Harness:
         known = sorted({c.name for c in self.world.commands.values()})
         raise AssertionError(f"/{name} is not registered with Discord (registered: {known})")
 
-    async def slash(self, command: str, options: dict[str, Any] | None = None, *, user: User | None = None,
-                    channel: Channel | None = None, locale: str = "en-US",
-                    check_permissions: bool = True) -> Interaction:
+    async def slash(
+        self,
+        command: str,
+        options: dict[str, Any] | None = None,
+        *,
+        user: User | None = None,
+        channel: Channel | None = None,
+        locale: str = "en-US",
+        check_permissions: bool = True,
+    ) -> Interaction:
         """A user runs `/command` ("group sub" for subcommands); options are typed from the registered
         definition, as Discord's client would send them."""
         user = user or self.alice
@@ -218,9 +255,16 @@ class Harness:
             data["guild_id"] = str(cmd.guild_id)
         return await self._interact(2, data, user, channel, locale)
 
-    async def autocomplete(self, command: str, options: dict[str, Any], focused: str, *,
-                           user: User | None = None, channel: Channel | None = None,
-                           locale: str = "en-US") -> list[dict[str, Any]]:
+    async def autocomplete(
+        self,
+        command: str,
+        options: dict[str, Any],
+        focused: str,
+        *,
+        user: User | None = None,
+        channel: Channel | None = None,
+        locale: str = "en-US",
+    ) -> list[dict[str, Any]]:
         """A user types into an autocomplete option: Discord sends APPLICATION_COMMAND_AUTOCOMPLETE (interaction
         type 4) with the options so far, the one being typed marked `focused` and given as the partial text
         (unvalidated, required ones possibly missing); returns the choices the bot answered with (type 8)."""
@@ -230,19 +274,33 @@ class Harness:
         specs = {o["name"]: o for o in cmd.payload().get("options") or []}
         if focused not in specs or not specs[focused].get("autocomplete"):
             raise AssertionError(f"/{command} {focused!r} is not an autocomplete option")
-        typed = [{"name": name, "type": specs[name]["type"], "value": value,
-                  **({"focused": True} if name == focused else {})} for name, value in options.items()]
+        typed = [
+            {
+                "name": name,
+                "type": specs[name]["type"],
+                "value": value,
+                **({"focused": True} if name == focused else {}),
+            }
+            for name, value in options.items()
+        ]
         data: dict[str, Any] = {"id": str(cmd.id), "name": cmd.name, "type": 1, "options": typed}
         if cmd.guild_id:
             data["guild_id"] = str(cmd.guild_id)
         interaction = await self._interact(4, data, user, channel, locale)
-        await self.wait_for(lambda: interaction.choices is not None, timeout=5,
-                            message=f"the choices for /{command} {focused}")
+        await self.wait_for(
+            lambda: interaction.choices is not None, timeout=5, message=f"the choices for /{command} {focused}"
+        )
         assert interaction.choices is not None
         return interaction.choices
 
-    def _typed_options(self, command: str, specs: list[dict[str, Any]], values: dict[str, Any],
-                       channel: Channel, resolved: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    def _typed_options(
+        self,
+        command: str,
+        specs: list[dict[str, Any]],
+        values: dict[str, Any],
+        channel: Channel,
+        resolved: dict[str, dict[str, Any]],
+    ) -> list[dict[str, Any]]:
         by_name = {o["name"]: o for o in specs}
         for name in values:
             if name not in by_name:
@@ -275,14 +333,16 @@ class Harness:
             member = world.member(guild, value)
             if member is not None:
                 resolved.setdefault("members", {})[str(value.id)] = member.payload(with_user=False) | {
-                    "permissions": str(world.permissions(channel, value))}
+                    "permissions": str(world.permissions(channel, value))
+                }
             return str(value.id)
         if kind in (8, 9) and isinstance(value, Role):
             resolved.setdefault("roles", {})[str(value.id)] = value.payload()
             return str(value.id)
         if kind == 7 and isinstance(value, Channel):
             resolved.setdefault("channels", {})[str(value.id)] = value.payload() | {
-                "permissions": str(world.permissions(value, self.bot))}
+                "permissions": str(world.permissions(value, self.bot))
+            }
             return str(value.id)
         if kind == 11:
             filename, data, ctype = _attachment_spec(value)
@@ -291,8 +351,9 @@ class Harness:
             return str(blob.id)
         raise AssertionError(f"cannot give {value!r} as a {OPTION_TYPES.get(kind, kind)} option")
 
-    async def click(self, message: Message, custom_id: str, *, user: User | None = None,
-                    locale: str = "en-US") -> Interaction:
+    async def click(
+        self, message: Message, custom_id: str, *, user: User | None = None, locale: str = "en-US"
+    ) -> Interaction:
         """A user presses a button on a message (it must be there and enabled, as in Discord's client)."""
         user = user or self.alice
         button = message.button(custom_id)
@@ -315,29 +376,58 @@ class Harness:
                 return button["custom_id"]
         raise AssertionError(f"no {label_or_prefix!r} button on message {message.id}: {message.buttons()}")
 
-    async def _interact(self, kind: int, data: dict[str, Any], user: User, channel: Channel, locale: str, *,
-                        message: Message | None = None) -> Interaction:
+    async def _interact(
+        self,
+        kind: int,
+        data: dict[str, Any],
+        user: User,
+        channel: Channel,
+        locale: str,
+        *,
+        message: Message | None = None,
+    ) -> Interaction:
         world = self.world
         guild = world.guild_of(channel)
-        interaction = Interaction(snowflake(), "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(48), kind, channel.id,
-                                  user, guild.id if guild else None, message=message)
+        interaction = Interaction(
+            snowflake(),
+            "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(48),
+            kind,
+            channel.id,
+            user,
+            guild.id if guild else None,
+            message=message,
+        )
         world.interactions[interaction.id] = interaction
         payload: dict[str, Any] = {
-            "id": str(interaction.id), "application_id": str(world.application_id), "type": kind, "data": data,
-            "channel_id": str(channel.id), "channel": channel.payload(), "token": interaction.token, "version": 1,
-            "locale": locale, "entitlements": [], "attachment_size_limit": 10 * 1024 * 1024,
+            "id": str(interaction.id),
+            "application_id": str(world.application_id),
+            "type": kind,
+            "data": data,
+            "channel_id": str(channel.id),
+            "channel": channel.payload(),
+            "token": interaction.token,
+            "version": 1,
+            "locale": locale,
+            "entitlements": [],
+            "attachment_size_limit": 10 * 1024 * 1024,
             "app_permissions": str(world.permissions(channel, self.bot)),
         }
         if guild is not None:
             member = guild.members[user.id]
-            payload.update({
-                "guild_id": str(guild.id), "guild_locale": guild.preferred_locale,
-                "guild": {"id": str(guild.id), "locale": guild.preferred_locale, "features": []},
-                "member": member.payload() | {"permissions": str(world.permissions(channel, user))},
-                "authorizing_integration_owners": {"0": str(guild.id)}, "context": 0})
+            payload.update(
+                {
+                    "guild_id": str(guild.id),
+                    "guild_locale": guild.preferred_locale,
+                    "guild": {"id": str(guild.id), "locale": guild.preferred_locale, "features": []},
+                    "member": member.payload() | {"permissions": str(world.permissions(channel, user))},
+                    "authorizing_integration_owners": {"0": str(guild.id)},
+                    "context": 0,
+                }
+            )
         else:
-            payload.update({"user": user.payload(), "authorizing_integration_owners": {"0": str(user.id)},
-                            "context": 1})
+            payload.update(
+                {"user": user.payload(), "authorizing_integration_owners": {"0": str(user.id)}, "context": 1}
+            )
         if message is not None:
             payload["message"] = world.message_payload(message)
         interaction.created = time.monotonic()
@@ -347,21 +437,32 @@ class Harness:
     # ------------------------------------------------------------------ reading what the bot did
     def messages(self, channel: Channel, *, after: Message | int | None = None) -> list[Message]:
         floor = after.id if isinstance(after, Message) else after or 0
-        return sorted((m for m in self.world.messages.values()
-                       if m.channel_id == channel.id and m.id > floor and not m.deleted), key=lambda m: m.id)
+        return sorted(
+            (m for m in self.world.messages.values() if m.channel_id == channel.id and m.id > floor and not m.deleted),
+            key=lambda m: m.id,
+        )
 
-    def bot_messages(self, channel: Channel, *, after: Message | int | None = None,
-                     include_ephemeral: bool = True) -> list[Message]:
-        return [m for m in self.messages(channel, after=after) if m.author.id == self.bot.id
-                and (include_ephemeral or not m.ephemeral)]
+    def bot_messages(
+        self, channel: Channel, *, after: Message | int | None = None, include_ephemeral: bool = True
+    ) -> list[Message]:
+        return [
+            m
+            for m in self.messages(channel, after=after)
+            if m.author.id == self.bot.id and (include_ephemeral or not m.ephemeral)
+        ]
 
     def replies_to(self, message: Message) -> list[Message]:
         """The bot's public messages in the channel after `message` (a reply and its overflow messages)."""
         return self.bot_messages(self.world.channels[message.channel_id], after=message, include_ephemeral=False)
 
     def channel_calls(self, channel: Channel, *, method: str | None = None, route: str | None = None) -> list[Call]:
-        return [c for c in self.calls if c.channel_id == channel.id and (method is None or c.method == method)
-                and (route is None or c.route == route)]
+        return [
+            c
+            for c in self.calls
+            if c.channel_id == channel.id
+            and (method is None or c.method == method)
+            and (route is None or c.route == route)
+        ]
 
     def typing_calls(self, channel: Channel) -> list[Call]:
         return self.channel_calls(channel, method="POST", route="/channels/{channel_id}/typing")
@@ -370,13 +471,18 @@ class Harness:
         """Every request that creates or edits a message (channel messages and interaction webhooks)."""
         out = []
         for call in self.calls:
-            if call.route in ("/channels/{channel_id}/messages", "/channels/{channel_id}/messages/{message_id}",
-                              "/webhooks/{application_id}/{token}",
-                              "/webhooks/{application_id}/{token}/messages/{message_id}") and call.method in (
-                                  "POST", "PATCH"):
+            if call.route in (
+                "/channels/{channel_id}/messages",
+                "/channels/{channel_id}/messages/{message_id}",
+                "/webhooks/{application_id}/{token}",
+                "/webhooks/{application_id}/{token}/messages/{message_id}",
+            ) and call.method in ("POST", "PATCH"):
                 out.append(call)
-            elif call.route == "/interactions/{interaction_id}/{token}/callback" and call.json and \
-                    call.json.get("type") in (4, 7):
+            elif (
+                call.route == "/interactions/{interaction_id}/{token}/callback"
+                and call.json
+                and call.json.get("type") in (4, 7)
+            ):
                 out.append(call)
         return out
 
@@ -388,8 +494,14 @@ class Harness:
         return [c for c in self.calls if c.route.startswith("/{tail")]
 
     # ------------------------------------------------------------------ waiting
-    async def wait_for(self, predicate: Callable[[], Any], *, timeout: float = 10.0,
-                       message: str = "condition", describe: Callable[[], str] | None = None) -> Any:
+    async def wait_for(
+        self,
+        predicate: Callable[[], Any],
+        *,
+        timeout: float = 10.0,
+        message: str = "condition",
+        describe: Callable[[], str] | None = None,
+    ) -> Any:
         """Poll `predicate` on every state change (and every 50 ms) until it returns something truthy.
 
         On a timeout the AssertionError says what was awaited, plus `describe()` (the state, for the log)."""
@@ -408,9 +520,16 @@ class Harness:
             except TimeoutError:
                 pass
 
-    async def settled(self, channel: Channel, *, after: Message | int | None = None,
-                      until: Callable[[list[Message]], Any] | None = None, quiet: float = 0.6,
-                      timeout: float = 15.0, include_ephemeral: bool = True) -> list[Message]:
+    async def settled(
+        self,
+        channel: Channel,
+        *,
+        after: Message | int | None = None,
+        until: Callable[[list[Message]], Any] | None = None,
+        quiet: float = 0.6,
+        timeout: float = 15.0,
+        include_ephemeral: bool = True,
+    ) -> list[Message]:
         """The bot's messages in `channel` after `after`, once `until(messages)` holds (default: there is
         at least one) and the bot has not written to the channel for `quiet` seconds."""
         until = until or bool
@@ -425,13 +544,31 @@ class Harness:
 
         return await self.wait_for(ready, timeout=timeout, message=f"the bot's reply in #{channel.name or channel.id}")
 
-    async def reply_to(self, message: Message, *, until: Callable[[list[Message]], Any] | None = None,
-                       quiet: float = 0.6, timeout: float = 15.0) -> list[Message]:
-        return await self.settled(self.world.channels[message.channel_id], after=message, until=until,
-                                  quiet=quiet, timeout=timeout, include_ephemeral=False)
+    async def reply_to(
+        self,
+        message: Message,
+        *,
+        until: Callable[[list[Message]], Any] | None = None,
+        quiet: float = 0.6,
+        timeout: float = 15.0,
+    ) -> list[Message]:
+        return await self.settled(
+            self.world.channels[message.channel_id],
+            after=message,
+            until=until,
+            quiet=quiet,
+            timeout=timeout,
+            include_ephemeral=False,
+        )
 
-    async def response(self, interaction: Interaction, *, until: Callable[[Interaction], Any] | None = None,
-                       quiet: float = 0.6, timeout: float = 15.0) -> Interaction:
+    async def response(
+        self,
+        interaction: Interaction,
+        *,
+        until: Callable[[Interaction], Any] | None = None,
+        quiet: float = 0.6,
+        timeout: float = 15.0,
+    ) -> Interaction:
         """Wait until the interaction was answered, `until(interaction)` holds and the bot went quiet."""
         until = until or (lambda i: i.original is not None and i.original_edited)
         channel_id = interaction.channel_id

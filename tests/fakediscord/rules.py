@@ -49,8 +49,17 @@ def form_error(path: str, code: str, message: str) -> ApiError:
 
 
 def unknown(what: str) -> ApiError:
-    codes = {"channel": 10003, "guild": 10004, "member": 10007, "message": 10008, "role": 10011,
-             "user": 10013, "webhook": 10015, "interaction": 10062, "command": 10063}
+    codes = {
+        "channel": 10003,
+        "guild": 10004,
+        "member": 10007,
+        "message": 10008,
+        "role": 10011,
+        "user": 10013,
+        "webhook": 10015,
+        "interaction": 10062,
+        "command": 10063,
+    }
     return ApiError(404, codes[what], f"Unknown {what.capitalize()}")
 
 
@@ -92,8 +101,7 @@ def check_embeds(embeds: Any) -> None:
                 raise form_error(f"embeds.{i}.{key}", "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
         fields = embed.get("fields") or []
         if len(fields) > MAX_FIELDS:
-            raise form_error(f"embeds.{i}.fields", "BASE_TYPE_MAX_LENGTH",
-                             f"Must be {MAX_FIELDS} or fewer in length.")
+            raise form_error(f"embeds.{i}.fields", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_FIELDS} or fewer in length.")
         for j, fld in enumerate(fields):
             name, value = fld.get("name"), fld.get("value")
             if not name or not str(name).strip():
@@ -101,11 +109,13 @@ def check_embeds(embeds: Any) -> None:
             if value is None or not str(value).strip():
                 raise form_error(f"embeds.{i}.fields.{j}.value", "BASE_TYPE_REQUIRED", "This field is required")
             if len(name) > FIELD_NAME:
-                raise form_error(f"embeds.{i}.fields.{j}.name", "BASE_TYPE_MAX_LENGTH",
-                                 f"Must be {FIELD_NAME} or fewer in length.")
+                raise form_error(
+                    f"embeds.{i}.fields.{j}.name", "BASE_TYPE_MAX_LENGTH", f"Must be {FIELD_NAME} or fewer in length."
+                )
             if len(value) > FIELD_VALUE:
-                raise form_error(f"embeds.{i}.fields.{j}.value", "BASE_TYPE_MAX_LENGTH",
-                                 f"Must be {FIELD_VALUE} or fewer in length.")
+                raise form_error(
+                    f"embeds.{i}.fields.{j}.value", "BASE_TYPE_MAX_LENGTH", f"Must be {FIELD_VALUE} or fewer in length."
+                )
         if len((embed.get("footer") or {}).get("text") or "") > FOOTER_TEXT:
             raise form_error(f"embeds.{i}.footer.text", "BASE_TYPE_MAX_LENGTH", "Must be 2048 or fewer in length.")
         if len((embed.get("author") or {}).get("name") or "") > AUTHOR_NAME:
@@ -144,8 +154,9 @@ def check_components(components: Any) -> None:
             if len(custom_id) > CUSTOM_ID_LIMIT:
                 raise form_error(f"{path}.custom_id", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length.")
             if custom_id in seen:
-                raise form_error(f"{path}.custom_id", "COMPONENT_CUSTOM_ID_DUPLICATED",
-                                 "Component custom id cannot be duplicated")
+                raise form_error(
+                    f"{path}.custom_id", "COMPONENT_CUSTOM_ID_DUPLICATED", "Component custom id cannot be duplicated"
+                )
             seen.add(custom_id)
 
 
@@ -170,13 +181,15 @@ def _check_v2_item(item: dict[str, Any], where: str, parent: int | None) -> None
     """The rules of one component that depend on its kind and where it sits."""
     kind = item.get("type")
     if parent == 17 and kind not in V2_IN_CONTAINER:
-        raise form_error(f"{where}.type", "UNION_TYPE_CHOICES",
-                         f"Value of field \"type\" must be one of {sorted(V2_IN_CONTAINER)}.")
+        raise form_error(
+            f"{where}.type", "UNION_TYPE_CHOICES", f'Value of field "type" must be one of {sorted(V2_IN_CONTAINER)}.'
+        )
     if parent == 9 and kind != 10:
-        raise form_error(f"{where}.type", "UNION_TYPE_CHOICES", "Value of field \"type\" must be one of [10].")
+        raise form_error(f"{where}.type", "UNION_TYPE_CHOICES", 'Value of field "type" must be one of [10].')
     if parent == 1 and kind not in {2} | V2_SELECTS:
-        raise form_error(f"{where}.type", "UNION_TYPE_CHOICES",
-                         f"Value of field \"type\" must be one of {sorted({2} | V2_SELECTS)}.")
+        raise form_error(
+            f"{where}.type", "UNION_TYPE_CHOICES", f'Value of field "type" must be one of {sorted({2} | V2_SELECTS)}.'
+        )
     if kind == 10 and (not isinstance(item.get("content"), str) or not item["content"]):
         raise form_error(f"{where}.content", "BASE_TYPE_REQUIRED", "This field is required")
     if kind == 9:
@@ -187,26 +200,38 @@ def _check_v2_item(item: dict[str, Any], where: str, parent: int | None) -> None
         if not isinstance(accessory, dict):
             raise form_error(f"{where}.accessory", "BASE_TYPE_REQUIRED", "This field is required")
         if accessory.get("type") not in V2_ACCESSORY:
-            raise form_error(f"{where}.accessory.type", "UNION_TYPE_CHOICES",
-                             f"Value of field \"type\" must be one of {sorted(V2_ACCESSORY)}.")
+            raise form_error(
+                f"{where}.accessory.type",
+                "UNION_TYPE_CHOICES",
+                f'Value of field "type" must be one of {sorted(V2_ACCESSORY)}.',
+            )
     if kind == 1:
         children = item.get("components") or []
         selects = [c for c in children if c.get("type") in V2_SELECTS]
         if not 1 <= len(children) <= MAX_ROW_ITEMS or (selects and len(children) > 1):
             raise form_error(f"{where}.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
     if kind == 13 and not str((item.get("file") or {}).get("url") or "").startswith("attachment://"):
-        raise form_error(f"{where}.file.url", "UNFURLED_MEDIA_ITEM_URL_INVALID",
-                         "File components only support attachment:// references.")
+        raise form_error(
+            f"{where}.file.url",
+            "UNFURLED_MEDIA_ITEM_URL_INVALID",
+            "File components only support attachment:// references.",
+        )
 
 
 def check_components_v2(payload: dict[str, Any]) -> None:
     """A Components V2 body: no legacy fields, known types only, and Discord's size limits."""
     if payload.get("content"):
-        raise form_error("content", "MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2",
-                         "The 'content' field cannot be used when using MessageFlags.IS_COMPONENTS_V2")
+        raise form_error(
+            "content",
+            "MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2",
+            "The 'content' field cannot be used when using MessageFlags.IS_COMPONENTS_V2",
+        )
     if payload.get("embeds"):
-        raise form_error("embeds", "MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2",
-                         "The 'embeds' field cannot be used when using MessageFlags.IS_COMPONENTS_V2")
+        raise form_error(
+            "embeds",
+            "MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2",
+            "The 'embeds' field cannot be used when using MessageFlags.IS_COMPONENTS_V2",
+        )
     count = 0
     text = 0
     seen: set[str] = set()
@@ -218,8 +243,11 @@ def check_components_v2(payload: dict[str, Any]) -> None:
             where = f"{path}.{i}"
             kind = item.get("type")
             if kind not in (V2_TOP_LEVEL if top else V2_KNOWN):
-                raise form_error(f"{where}.type", "UNION_TYPE_CHOICES", f"Value of field \"type\" must be one of "
-                                 f"{sorted(V2_TOP_LEVEL if top else V2_KNOWN)}.")
+                raise form_error(
+                    f"{where}.type",
+                    "UNION_TYPE_CHOICES",
+                    f'Value of field "type" must be one of {sorted(V2_TOP_LEVEL if top else V2_KNOWN)}.',
+                )
             _check_v2_item(item, where, parent)
             count += 1
             if kind == 10:
@@ -229,8 +257,11 @@ def check_components_v2(payload: dict[str, Any]) -> None:
             custom_id = item.get("custom_id")
             if custom_id is not None:
                 if custom_id in seen:
-                    raise form_error(f"{where}.custom_id", "COMPONENT_CUSTOM_ID_DUPLICATED",
-                                     "Component custom id cannot be duplicated")
+                    raise form_error(
+                        f"{where}.custom_id",
+                        "COMPONENT_CUSTOM_ID_DUPLICATED",
+                        "Component custom id cannot be duplicated",
+                    )
                 seen.add(custom_id)
             walk(item.get("components") or [], f"{where}.components", kind)
             if isinstance(item.get("accessory"), dict):
@@ -240,8 +271,11 @@ def check_components_v2(payload: dict[str, Any]) -> None:
     if count > V2_MAX_COMPONENTS:
         raise form_error("components", "BASE_TYPE_MAX_LENGTH", f"Must be {V2_MAX_COMPONENTS} or fewer in length.")
     if text > V2_TEXT_TOTAL:
-        raise form_error("components", "MAX_TEXT_DISPLAY_CONTENT_LENGTH",
-                         f"The total text display content must be {V2_TEXT_TOTAL} or fewer in length.")
+        raise form_error(
+            "components",
+            "MAX_TEXT_DISPLAY_CONTENT_LENGTH",
+            f"The total text display content must be {V2_TEXT_TOTAL} or fewer in length.",
+        )
 
 
 def check_allowed_mentions(allowed: Any) -> None:
@@ -251,11 +285,17 @@ def check_allowed_mentions(allowed: Any) -> None:
     if not parse <= {"users", "roles", "everyone"}:
         raise form_error("allowed_mentions.parse", "ENUM_TYPE_COERCE", "Value is not a valid enum value.")
     if "users" in parse and allowed.get("users"):
-        raise form_error("allowed_mentions", "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
-                         'parse:["users"] and users: [ids...] are mutually exclusive.')
+        raise form_error(
+            "allowed_mentions",
+            "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+            'parse:["users"] and users: [ids...] are mutually exclusive.',
+        )
     if "roles" in parse and allowed.get("roles"):
-        raise form_error("allowed_mentions", "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
-                         'parse:["roles"] and roles: [ids...] are mutually exclusive.')
+        raise form_error(
+            "allowed_mentions",
+            "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+            'parse:["roles"] and roles: [ids...] are mutually exclusive.',
+        )
 
 
 def check_payload(payload: dict[str, Any], existing_flags: int = 0) -> None:
@@ -271,11 +311,13 @@ def check_payload(payload: dict[str, Any], existing_flags: int = 0) -> None:
     check_allowed_mentions(payload.get("allowed_mentions"))
 
 
-def is_empty(content: str, embeds: list[Any], attachments: list[Any], components: list[Any],
-             extra: dict[str, Any] | None = None) -> bool:
+def is_empty(
+    content: str, embeds: list[Any], attachments: list[Any], components: list[Any], extra: dict[str, Any] | None = None
+) -> bool:
     extra = extra or {}
-    return not ((content or "").strip() or embeds or attachments or components
-                or extra.get("sticker_ids") or extra.get("poll"))
+    return not (
+        (content or "").strip() or embeds or attachments or components or extra.get("sticker_ids") or extra.get("poll")
+    )
 
 
 def autocomplete_choices(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -292,8 +334,9 @@ def autocomplete_choices(data: dict[str, Any]) -> list[dict[str, Any]]:
             raise form_error(f"data.choices.{i}.name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
         if isinstance(value, str):
             if len(value) > 100:
-                raise form_error(f"data.choices.{i}.value", "BASE_TYPE_BAD_LENGTH",
-                                 "Must be between 0 and 100 in length.")
+                raise form_error(
+                    f"data.choices.{i}.value", "BASE_TYPE_BAD_LENGTH", "Must be between 0 and 100 in length."
+                )
         elif not isinstance(value, int | float) or isinstance(value, bool):
             raise form_error(f"data.choices.{i}.value", "BASE_TYPE_REQUIRED", "This field is required")
     return choices

@@ -275,9 +275,8 @@ class FakeDiscord:
         if not request.path.startswith(API):
             return await handler(request)
         resource = request.match_info.route.resource
-        template = resource.canonical[len(API):] if resource is not None else request.path[len(API):]
-        call = Call(request.method, request.path[len(API):], template, dict(request.query),
-                    dict(request.match_info))
+        template = resource.canonical[len(API) :] if resource is not None else request.path[len(API) :]
+        call = Call(request.method, request.path[len(API) :], template, dict(request.query), dict(request.match_info))
         self.calls.append(call)
         try:
             await self._read_body(request, call)
@@ -322,8 +321,9 @@ class FakeDiscord:
                 if name == "payload_json":
                     request[PAYLOAD] = json.loads(data)
                 elif part.filename is not None:
-                    request[FILES].append((name, part.filename, bytes(data),
-                                             part.headers.get("Content-Type", "application/octet-stream")))
+                    request[FILES].append(
+                        (name, part.filename, bytes(data), part.headers.get("Content-Type", "application/octet-stream"))
+                    )
             call.files = [(n, f, d) for n, f, d, _ in request[FILES]]
         else:
             raw = await request.read()
@@ -341,23 +341,39 @@ class FakeDiscord:
             raise ApiError(401, 0, "401: Unauthorized")
 
     # ------------------------------------------------------------------ rate limits
-    def force_429(self, count: int = 1, *, retry_after: float = 0.5, method: str | None = None,
-                  route: str | None = None, is_global: bool = False) -> None:
+    def force_429(
+        self,
+        count: int = 1,
+        *,
+        retry_after: float = 0.5,
+        method: str | None = None,
+        route: str | None = None,
+        is_global: bool = False,
+    ) -> None:
         """Answer the next `count` requests matching `method` and a `route` template substring with 429."""
         self.forced.append(Forced(count, retry_after, method, route, is_global))
 
-    def _too_many(self, retry_after: float, *, is_global: bool = False, bucket: str | None = None,
-                  limit: int | None = None) -> web.Response:
-        headers = {"Via": "1.1 google", "Retry-After": str(max(1, round(retry_after))),
-                   "X-RateLimit-Scope": "global" if is_global else "user"}
+    def _too_many(
+        self, retry_after: float, *, is_global: bool = False, bucket: str | None = None, limit: int | None = None
+    ) -> web.Response:
+        headers = {
+            "Via": "1.1 google",
+            "Retry-After": str(max(1, round(retry_after))),
+            "X-RateLimit-Scope": "global" if is_global else "user",
+        }
         if is_global:
             headers["X-RateLimit-Global"] = "true"
         if bucket is not None and limit is not None:
-            headers.update({"X-RateLimit-Bucket": bucket, "X-RateLimit-Limit": str(limit),
-                            "X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": f"{retry_after:.3f}",
-                            "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}"})
-        body = {"message": "You are being rate limited.", "retry_after": round(retry_after, 3),
-                "global": is_global}
+            headers.update(
+                {
+                    "X-RateLimit-Bucket": bucket,
+                    "X-RateLimit-Limit": str(limit),
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+                    "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
+                }
+            )
+        body = {"message": "You are being rate limited.", "retry_after": round(retry_after, 3), "global": is_global}
         return json_response(body, status=429, headers=headers)
 
     def _forced_429(self, call: Call) -> web.Response | None:
@@ -399,9 +415,12 @@ class FakeDiscord:
         bucket.used += 1
         # Attached to the handler's response by the middleware (discord.py limits itself from these).
         return None, {
-            "X-RateLimit-Bucket": bucket_hash, "X-RateLimit-Limit": str(bucket.limit),
+            "X-RateLimit-Bucket": bucket_hash,
+            "X-RateLimit-Limit": str(bucket.limit),
             "X-RateLimit-Remaining": str(bucket.limit - bucket.used),
-            "X-RateLimit-Reset-After": f"{reset_after:.3f}", "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}"}
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+        }
 
     # ------------------------------------------------------------------ gateway
     async def _gateway(self, request: web.Request) -> web.StreamResponse:
@@ -413,8 +432,9 @@ class FakeDiscord:
             if request.query.get("encoding", "json") != "json":
                 await ws.close(code=4002, message=b"only json encoding is supported by the fake")
                 return ws
-            await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval_ms},
-                                          "s": None, "t": None}))
+            await ws.send_str(
+                json.dumps({"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval_ms}, "s": None, "t": None})
+            )
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     continue
@@ -462,10 +482,20 @@ class FakeDiscord:
         if self.privileged_intents & GUILD_MEMBERS:
             flags |= FLAG_GATEWAY_GUILD_MEMBERS
         user = world.bot.payload() | {"verified": True, "mfa_enabled": False, "email": None}
-        ready = {"v": 10, "user": user, "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
-                 "session_id": session.id, "session_type": "normal", "resume_gateway_url": self.gateway_url,
-                 "application": {"id": str(world.application_id), "flags": flags}, "private_channels": [],
-                 "relationships": [], "presences": [], "user_settings": {}, "geo_ordered_rtc_regions": []}
+        ready = {
+            "v": 10,
+            "user": user,
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
+            "session_id": session.id,
+            "session_type": "normal",
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": str(world.application_id), "flags": flags},
+            "private_channels": [],
+            "relationships": [],
+            "presences": [],
+            "user_settings": {},
+            "geo_ordered_rtc_regions": [],
+        }
         if session.shard:
             ready["shard"] = session.shard
         await session.dispatch("READY", ready)
@@ -496,8 +526,14 @@ class FakeDiscord:
             guild = self.world.guilds.get(int(gid))
             if guild is None:
                 continue
-            chunk = {"guild_id": str(guild.id), "members": [m.payload() for m in guild.members.values()],
-                     "chunk_index": 0, "chunk_count": 1, "not_found": [], "presences": []}
+            chunk = {
+                "guild_id": str(guild.id),
+                "members": [m.payload() for m in guild.members.values()],
+                "chunk_index": 0,
+                "chunk_count": 1,
+                "not_found": [],
+                "presences": [],
+            }
             if data.get("nonce"):
                 chunk["nonce"] = data["nonce"]
             await session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
@@ -505,8 +541,13 @@ class FakeDiscord:
     def live_sessions(self) -> list[GatewaySession]:
         return [s for s in self.sessions.values() if s.ws is not None and not s.ws.closed]
 
-    async def dispatch(self, event: str, data: dict[str, Any], intent: int | None = None,
-                       transform: Callable[[GatewaySession, dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    async def dispatch(
+        self,
+        event: str,
+        data: dict[str, Any],
+        intent: int | None = None,
+        transform: Callable[[GatewaySession, dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         """Send an event to every identified session that asked for `intent` (None = always)."""
         for session in list(self.sessions.values()):
             if session.wants(intent):
@@ -575,16 +616,20 @@ class FakeDiscord:
     def _note_write(self, channel_id: int) -> None:
         self.last_write[channel_id] = time.monotonic()
 
-    def _attachments_from(self, channel: Channel, request: web.Request, payload: dict[str, Any],
-                          keep: list[Any] | None = None) -> list[Any]:
+    def _attachments_from(
+        self, channel: Channel, request: web.Request, payload: dict[str, Any], keep: list[Any] | None = None
+    ) -> list[Any]:
         """New attachments from the multipart files, plus existing ones listed by id in `attachments`."""
         described = {str(a.get("id")): a for a in payload.get("attachments") or [] if isinstance(a, dict)}
         out = []
         for index, (name, filename, data, ctype) in enumerate(request[FILES]):
-            slot = name[len("files["):-1] if name.startswith("files[") else str(index)
+            slot = name[len("files[") : -1] if name.startswith("files[") else str(index)
             meta = described.get(slot, {})
-            out.append(self.world.store_blob(channel.id, meta.get("filename") or filename, data, ctype,
-                                             meta.get("description")))
+            out.append(
+                self.world.store_blob(
+                    channel.id, meta.get("filename") or filename, data, ctype, meta.get("description")
+                )
+            )
         if keep is not None:
             wanted = {str(a.get("id")) for a in payload.get("attachments") or [] if isinstance(a, dict)}
             out = [a for a in keep if str(a.id) in wanted] + out
@@ -598,17 +643,24 @@ class FakeDiscord:
         ref_channel = int(ref.get("channel_id") or channel.id)
         if target is None or target.deleted or ref_channel != target.channel_id or target.channel_id != channel.id:
             if ref.get("fail_if_not_exists", True):
-                raise rules.form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
-                                       "Unknown message")
+                raise rules.form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message")
             return None, None
         data = {"type": 0, "message_id": str(target.id), "channel_id": str(channel.id)}
         if channel.guild_id:
             data["guild_id"] = str(channel.guild_id)
         return data, target
 
-    def new_bot_message(self, channel: Channel, request: web.Request, payload: dict[str, Any], *,
-                        webhook: bool = False, interaction: Interaction | None = None,
-                        msg_type: int = 0, extra_flags: int = 0) -> Message:
+    def new_bot_message(
+        self,
+        channel: Channel,
+        request: web.Request,
+        payload: dict[str, Any],
+        *,
+        webhook: bool = False,
+        interaction: Interaction | None = None,
+        msg_type: int = 0,
+        extra_flags: int = 0,
+    ) -> Message:
         """Validate a create body the way Discord does and store the message (not yet dispatched)."""
         rules.check_payload(payload)
         reference, replied = self._reference(channel, payload) if not webhook else (None, None)
@@ -619,11 +671,22 @@ class FakeDiscord:
         flags = int(payload.get("flags") or 0) | extra_flags
         if not flags & LOADING and rules.is_empty(content, embeds, attachments, components, payload):
             raise rules.EMPTY_MESSAGE
-        message = Message(snowflake(), channel.id, self.world.bot, content, guild_id=channel.guild_id,
-                          embeds=embeds, components=components, attachments=attachments, reference=reference,
-                          type=19 if reference else msg_type, flags=flags,
-                          webhook_id=self.world.application_id if webhook else None, interaction=interaction,
-                          allowed_mentions=payload.get("allowed_mentions"))
+        message = Message(
+            snowflake(),
+            channel.id,
+            self.world.bot,
+            content,
+            guild_id=channel.guild_id,
+            embeds=embeds,
+            components=components,
+            attachments=attachments,
+            reference=reference,
+            type=19 if reference else msg_type,
+            flags=flags,
+            webhook_id=self.world.application_id if webhook else None,
+            interaction=interaction,
+            allowed_mentions=payload.get("allowed_mentions"),
+        )
         self.world.resolve_mentions(message, message.allowed_mentions, replied)
         message.versions.append(Version(time.monotonic(), content, self.world.message_payload(message)))
         self.world.messages[message.id] = message
@@ -662,8 +725,13 @@ class FakeDiscord:
         return json_response({"url": self.gateway_url})
 
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
-        return json_response({"url": self.gateway_url, "shards": 1, "session_start_limit": {
-            "total": 1000, "remaining": 999, "reset_after": 14400000, "max_concurrency": 1}})
+        return json_response(
+            {
+                "url": self.gateway_url,
+                "shards": 1,
+                "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 14400000, "max_concurrency": 1},
+            }
+        )
 
     async def _get_me(self, request: web.Request) -> web.Response:
         return json_response(self.world.bot.payload() | {"verified": True, "mfa_enabled": False})
@@ -675,13 +743,29 @@ class FakeDiscord:
             flags |= FLAG_GATEWAY_MESSAGE_CONTENT
         if self.privileged_intents & GUILD_MEMBERS:
             flags |= FLAG_GATEWAY_GUILD_MEMBERS
-        return json_response({
-            "id": str(world.application_id), "name": world.bot.username, "icon": None,
-            "description": "fake application", "rpc_origins": [], "bot_public": True,
-            "bot_require_code_grant": False, "bot": world.bot.payload(), "owner": world.owner.payload(),
-            "team": None, "summary": "", "verify_key": secrets.token_hex(32), "flags": flags,
-            "approximate_guild_count": len(world.guilds), "tags": [], "install_params": None,
-            "integration_types_config": {"0": {}}, "interactions_endpoint_url": None, "redirect_uris": []})
+        return json_response(
+            {
+                "id": str(world.application_id),
+                "name": world.bot.username,
+                "icon": None,
+                "description": "fake application",
+                "rpc_origins": [],
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "bot": world.bot.payload(),
+                "owner": world.owner.payload(),
+                "team": None,
+                "summary": "",
+                "verify_key": secrets.token_hex(32),
+                "flags": flags,
+                "approximate_guild_count": len(world.guilds),
+                "tags": [],
+                "install_params": None,
+                "integration_types_config": {"0": {}},
+                "interactions_endpoint_url": None,
+                "redirect_uris": [],
+            }
+        )
 
     async def _get_user(self, request: web.Request) -> web.Response:
         user = self.world.users.get(int(request.match_info["user_id"]))
@@ -703,9 +787,14 @@ class FakeDiscord:
     async def _get_messages(self, request: web.Request) -> web.Response:
         channel = self._channel(request)
         limit = max(1, min(100, int(request.query.get("limit", 50))))
-        items = sorted((m for m in self.world.messages.values()
-                        if m.channel_id == channel.id and not m.deleted and not m.ephemeral),
-                       key=lambda m: m.id)
+        items = sorted(
+            (
+                m
+                for m in self.world.messages.values()
+                if m.channel_id == channel.id and not m.deleted and not m.ephemeral
+            ),
+            key=lambda m: m.id,
+        )
         if "before" in request.query:
             items = [m for m in items if m.id < int(request.query["before"])]
             items = items[-limit:]
@@ -713,7 +802,7 @@ class FakeDiscord:
             items = [m for m in items if m.id > int(request.query["after"])][:limit]
         elif "around" in request.query:
             pivot = int(request.query["around"])
-            older = [m for m in items if m.id < pivot][-(limit // 2):]
+            older = [m for m in items if m.id < pivot][-(limit // 2) :]
             newer = [m for m in items if m.id >= pivot][: limit - len(older)]
             items = older + newer
         else:
@@ -744,7 +833,8 @@ class FakeDiscord:
         channel = self._channel(request)
         message = self._message(channel, request.match_info["message_id"])
         if message.author.id != self.world.bot.id and not (
-                self.world.permissions(channel, self.world.bot) & MANAGE_MESSAGES):
+            self.world.permissions(channel, self.world.bot) & MANAGE_MESSAGES
+        ):
             raise rules.MISSING_PERMISSIONS
         await self.delete_message(message)
         return web.Response(status=204)
@@ -808,13 +898,21 @@ class FakeDiscord:
             raise rules.form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
         duration = payload.get("auto_archive_duration")
         if duration is not None and duration not in ARCHIVE_DURATIONS:
-            raise rules.form_error("auto_archive_duration", "BASE_TYPE_CHOICES",
-                                   f"Value must be one of {set(ARCHIVE_DURATIONS)}.")
+            raise rules.form_error(
+                "auto_archive_duration", "BASE_TYPE_CHOICES", f"Value must be one of {set(ARCHIVE_DURATIONS)}."
+            )
 
-    async def _new_thread(self, parent: Channel, payload: dict[str, Any], thread_id: int | None, *,
-                          private: bool) -> web.Response:
-        thread = self.world.add_thread(parent, payload["name"], owner=self.world.bot, thread_id=thread_id,
-                                       private=private, auto_archive_duration=payload.get("auto_archive_duration"))
+    async def _new_thread(
+        self, parent: Channel, payload: dict[str, Any], thread_id: int | None, *, private: bool
+    ) -> web.Response:
+        thread = self.world.add_thread(
+            parent,
+            payload["name"],
+            owner=self.world.bot,
+            thread_id=thread_id,
+            private=private,
+            auto_archive_duration=payload.get("auto_archive_duration"),
+        )
         await self.dispatch("THREAD_CREATE", thread.payload() | {"newly_created": True}, GUILDS)
         return json_response(thread.payload())
 
@@ -830,8 +928,9 @@ class FakeDiscord:
 
     async def _get_guild_channels(self, request: web.Request) -> web.Response:
         guild = self._guild(request)
-        return json_response([c.payload() for c in self.world.channels.values()
-                              if c.guild_id == guild.id and not c.is_thread])
+        return json_response(
+            [c.payload() for c in self.world.channels.values() if c.guild_id == guild.id and not c.is_thread]
+        )
 
     async def _get_roles(self, request: web.Request) -> web.Response:
         return json_response([r.payload() for r in self._guild(request).roles.values()])
@@ -872,16 +971,24 @@ class FakeDiscord:
         for index, data in enumerate(body):
             _check_command(data, f"{index}")
             if data["name"] in names:
-                raise rules.form_error(f"{index}.name", "APPLICATION_COMMANDS_DUPLICATE_NAME",
-                                       f"Application command names must be unique: {data['name']}")
+                raise rules.form_error(
+                    f"{index}.name",
+                    "APPLICATION_COMMANDS_DUPLICATE_NAME",
+                    f"Application command names must be unique: {data['name']}",
+                )
             names.add(data["name"])
         for command in existing.values():
             del self.world.commands[command.id]
         out = []
         for data in body:
             old = existing.get(data["name"])
-            command = Command(old.id if old else snowflake(), self.world.application_id, scope, dict(data),
-                              version=(old.version + 1) if old else 1)
+            command = Command(
+                old.id if old else snowflake(),
+                self.world.application_id,
+                scope,
+                dict(data),
+                version=(old.version + 1) if old else 1,
+            )
             self.world.commands[command.id] = command
             out.append(command.payload())
         return json_response(out)
@@ -914,14 +1021,24 @@ class FakeDiscord:
         if kind in (4, 5):
             ephemeral = bool(int(data.get("flags") or 0) & EPHEMERAL)
             msg_type = 20 if interaction.type == 2 else 19 if interaction.type == 3 else 0
-            message = self.new_bot_message(channel, request, data, webhook=True, interaction=interaction,
-                                           msg_type=msg_type, extra_flags=LOADING if kind == 5 else 0)
+            message = self.new_bot_message(
+                channel,
+                request,
+                data,
+                webhook=True,
+                interaction=interaction,
+                msg_type=msg_type,
+                extra_flags=LOADING if kind == 5 else 0,
+            )
             interaction.original, interaction.ephemeral = message, ephemeral
             interaction.original_edited = kind == 4
         elif kind in (6, 7):
             if interaction.type != 3 or interaction.message is None:
-                raise rules.form_error("type", "INTERACTION_RESPONSE_TYPE_INVALID",
-                                       "This response type is only valid for component interactions.")
+                raise rules.form_error(
+                    "type",
+                    "INTERACTION_RESPONSE_TYPE_INVALID",
+                    "This response type is only valid for component interactions.",
+                )
             interaction.original = interaction.message
             interaction.original_edited = True
             if kind == 7:
@@ -948,9 +1065,13 @@ class FakeDiscord:
         response_message = interaction.original if kind in (4, 5, 7) else None
         meta: dict[str, Any] = {"id": str(interaction.id), "type": interaction.type}
         if response_message is not None:
-            meta.update({"response_message_id": str(response_message.id),
-                         "response_message_loading": kind == 5,
-                         "response_message_ephemeral": response_message.ephemeral})
+            meta.update(
+                {
+                    "response_message_id": str(response_message.id),
+                    "response_message_loading": kind == 5,
+                    "response_message_ephemeral": response_message.ephemeral,
+                }
+            )
         return json_response({"interaction": meta, "resource": resource})
 
     def _webhook_interaction(self, request: web.Request) -> Interaction:
@@ -1029,19 +1150,24 @@ def _check_command(data: dict[str, Any], path: str) -> None:
     """The checks Discord applies to a command in a bulk overwrite (names, descriptions, option order)."""
     name = data.get("name") or ""
     ctype = data.get("type", 1)
-    if ctype == 1 and (not 1 <= len(name) <= 32 or any(ch not in _NAME_OK and not ch.isalnum() for ch in name)
-                       or name != name.lower()):
+    if ctype == 1 and (
+        not 1 <= len(name) <= 32 or any(ch not in _NAME_OK and not ch.isalnum() for ch in name) or name != name.lower()
+    ):
         raise rules.form_error(f"{path}.name", "APPLICATION_COMMAND_INVALID_NAME", f"Invalid name {name!r}")
     if ctype == 1 and not 1 <= len(data.get("description") or "") <= 100:
         raise rules.form_error(f"{path}.description", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
     for loc, value in (data.get("name_localizations") or {}).items():
         if not 1 <= len(value) <= 32 or value != value.lower():
-            raise rules.form_error(f"{path}.name_localizations.{loc}", "APPLICATION_COMMAND_INVALID_NAME",
-                                   f"Invalid name {value!r}")
+            raise rules.form_error(
+                f"{path}.name_localizations.{loc}", "APPLICATION_COMMAND_INVALID_NAME", f"Invalid name {value!r}"
+            )
     for loc, value in (data.get("description_localizations") or {}).items():
         if not 1 <= len(value) <= 100:
-            raise rules.form_error(f"{path}.description_localizations.{loc}", "BASE_TYPE_BAD_LENGTH",
-                                   "Must be between 1 and 100 in length.")
+            raise rules.form_error(
+                f"{path}.description_localizations.{loc}",
+                "BASE_TYPE_BAD_LENGTH",
+                "Must be between 1 and 100 in length.",
+            )
     options = data.get("options") or []
     if len(options) > 25:
         raise rules.form_error(f"{path}.options", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
@@ -1057,8 +1183,11 @@ def _check_command(data: dict[str, Any], path: str) -> None:
             continue
         if option.get("required"):
             if seen_optional:
-                raise rules.form_error(f"{sub}.required", "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
-                                       "Required options must be placed before non-required options")
+                raise rules.form_error(
+                    f"{sub}.required",
+                    "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                    "Required options must be placed before non-required options",
+                )
         else:
             seen_optional = True
         _check_command(option | {"type": 1, "options": []}, sub)

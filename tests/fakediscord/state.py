@@ -37,9 +37,18 @@ CREATE_PRIVATE_THREADS = 1 << 36
 SEND_MESSAGES_IN_THREADS = 1 << 38
 ALL_PERMISSIONS = (1 << 50) - 1
 
-DEFAULT_EVERYONE = (VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES | READ_MESSAGE_HISTORY
-                    | ADD_REACTIONS | USE_EXTERNAL_EMOJIS | USE_APPLICATION_COMMANDS | CREATE_PUBLIC_THREADS
-                    | SEND_MESSAGES_IN_THREADS)
+DEFAULT_EVERYONE = (
+    VIEW_CHANNEL
+    | SEND_MESSAGES
+    | EMBED_LINKS
+    | ATTACH_FILES
+    | READ_MESSAGE_HISTORY
+    | ADD_REACTIONS
+    | USE_EXTERNAL_EMOJIS
+    | USE_APPLICATION_COMMANDS
+    | CREATE_PUBLIC_THREADS
+    | SEND_MESSAGES_IN_THREADS
+)
 DEFAULT_BOT_ROLE = DEFAULT_EVERYONE | MENTION_EVERYONE | MANAGE_MESSAGES
 
 # Channel types.
@@ -86,8 +95,15 @@ class User:
         return self.global_name or self.username
 
     def payload(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"id": str(self.id), "username": self.username, "global_name": self.global_name,
-                                "discriminator": "0", "avatar": None, "public_flags": 0, "flags": 0}
+        data: dict[str, Any] = {
+            "id": str(self.id),
+            "username": self.username,
+            "global_name": self.global_name,
+            "discriminator": "0",
+            "avatar": None,
+            "public_flags": 0,
+            "flags": 0,
+        }
         if self.bot:
             data["bot"] = True
         return data
@@ -109,10 +125,21 @@ class Role:
 
     def payload(self) -> dict[str, Any]:
         tags = {"bot_id": str(self.bot_id)} if self.bot_id else {}
-        return {"tags": tags, "id": str(self.id), "name": self.name, "color": 0, "colors": {"primary_color": 0},
-                "hoist": False, "icon": None, "unicode_emoji": None, "position": self.position,
-                "permissions": str(self.permissions), "managed": self.managed, "mentionable": True,
-                "flags": 0}
+        return {
+            "tags": tags,
+            "id": str(self.id),
+            "name": self.name,
+            "color": 0,
+            "colors": {"primary_color": 0},
+            "hoist": False,
+            "icon": None,
+            "unicode_emoji": None,
+            "position": self.position,
+            "permissions": str(self.permissions),
+            "managed": self.managed,
+            "mentionable": True,
+            "flags": 0,
+        }
 
 
 @dataclass
@@ -124,9 +151,18 @@ class Member:
     joined_at: str = field(default_factory=iso_now)
 
     def payload(self, *, with_user: bool = True) -> dict[str, Any]:
-        data: dict[str, Any] = {"roles": [str(r) for r in self.roles], "nick": self.nick, "avatar": None,
-                                "joined_at": self.joined_at, "premium_since": None, "deaf": False,
-                                "mute": False, "pending": False, "flags": 0, "communication_disabled_until": None}
+        data: dict[str, Any] = {
+            "roles": [str(r) for r in self.roles],
+            "nick": self.nick,
+            "avatar": None,
+            "joined_at": self.joined_at,
+            "premium_since": None,
+            "deaf": False,
+            "mute": False,
+            "pending": False,
+            "flags": 0,
+            "communication_disabled_until": None,
+        }
         if with_user:
             data["user"] = self.user.payload()
         return data
@@ -173,16 +209,33 @@ class Channel:
         if self.type == DM:
             data["recipients"] = [u.payload() for u in self.recipients]
             return data
-        data.update({"guild_id": str(self.guild_id), "name": self.name, "position": self.position,
-                     "nsfw": False, "rate_limit_per_user": 0, "topic": None,
-                     "parent_id": str(self.parent_id) if self.parent_id else None})
+        data.update(
+            {
+                "guild_id": str(self.guild_id),
+                "name": self.name,
+                "position": self.position,
+                "nsfw": False,
+                "rate_limit_per_user": 0,
+                "topic": None,
+                "parent_id": str(self.parent_id) if self.parent_id else None,
+            }
+        )
         if self.is_thread:
-            data.update({"owner_id": str(self.owner_id) if self.owner_id else None, "message_count": 0,
-                         "member_count": 1, "total_message_sent": 0,
-                         "thread_metadata": {"archived": self.archived,
-                                             "auto_archive_duration": self.auto_archive_duration,
-                                             "archive_timestamp": self.created_at, "locked": self.locked,
-                                             "create_timestamp": self.created_at}})
+            data.update(
+                {
+                    "owner_id": str(self.owner_id) if self.owner_id else None,
+                    "message_count": 0,
+                    "member_count": 1,
+                    "total_message_sent": 0,
+                    "thread_metadata": {
+                        "archived": self.archived,
+                        "auto_archive_duration": self.auto_archive_duration,
+                        "archive_timestamp": self.created_at,
+                        "locked": self.locked,
+                        "create_timestamp": self.created_at,
+                    },
+                }
+            )
             if self.type == PRIVATE_THREAD:
                 data["thread_metadata"]["invitable"] = True
         else:
@@ -216,8 +269,14 @@ class Attachment:
     description: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": str(self.id), "filename": self.filename, "size": len(self.data),
-                               "url": self.url, "proxy_url": self.url, "content_type": self.content_type}
+        out: dict[str, Any] = {
+            "id": str(self.id),
+            "filename": self.filename,
+            "size": len(self.data),
+            "url": self.url,
+            "proxy_url": self.url,
+            "content_type": self.content_type,
+        }
         if self.description:
             out["description"] = self.description
         return out
@@ -334,12 +393,19 @@ class Command:
         return self.data["name"]
 
     def payload(self) -> dict[str, Any]:
-        out = {"type": 1, "description": "", "options": [], "default_member_permissions": None,
-               "nsfw": False, "name_localizations": None, "description_localizations": None,
-               "contexts": None, "integration_types": [0]}
+        out = {
+            "type": 1,
+            "description": "",
+            "options": [],
+            "default_member_permissions": None,
+            "nsfw": False,
+            "name_localizations": None,
+            "description_localizations": None,
+            "contexts": None,
+            "integration_types": [0],
+        }
         out.update(self.data)
-        out.update({"id": str(self.id), "application_id": str(self.application_id),
-                    "version": str(self.version)})
+        out.update({"id": str(self.id), "application_id": str(self.application_id), "version": str(self.version)})
         if self.guild_id:
             out["guild_id"] = str(self.guild_id)
         else:
@@ -385,34 +451,62 @@ class World:
         self.add_member(guild, self.bot, roles=[bot_role])
         return guild
 
-    def add_role(self, guild: Guild, name: str, permissions: int = 0, *, managed: bool = False,
-                 bot_id: int | None = None) -> Role:
-        role = Role(snowflake(), guild.id, name, permissions, position=len(guild.roles), managed=managed,
-                    bot_id=bot_id)
+    def add_role(
+        self, guild: Guild, name: str, permissions: int = 0, *, managed: bool = False, bot_id: int | None = None
+    ) -> Role:
+        role = Role(snowflake(), guild.id, name, permissions, position=len(guild.roles), managed=managed, bot_id=bot_id)
         guild.roles[role.id] = role
         return role
 
-    def add_member(self, guild: Guild, user: User, *, roles: list[Role] | None = None,
-                   nick: str | None = None) -> Member:
+    def add_member(
+        self, guild: Guild, user: User, *, roles: list[Role] | None = None, nick: str | None = None
+    ) -> Member:
         member = Member(user, guild.id, [r.id for r in roles or []], nick)
         guild.members[user.id] = member
         return member
 
-    def add_channel(self, guild: Guild, name: str, *, overwrites: list[Overwrite] | None = None,
-                    default_auto_archive_duration: int | None = None) -> Channel:
+    def add_channel(
+        self,
+        guild: Guild,
+        name: str,
+        *,
+        overwrites: list[Overwrite] | None = None,
+        default_auto_archive_duration: int | None = None,
+    ) -> Channel:
         position = sum(1 for c in self.channels.values() if c.guild_id == guild.id)
-        channel = Channel(snowflake(), GUILD_TEXT, guild.id, name, overwrites=overwrites or [], position=position,
-                          default_auto_archive_duration=default_auto_archive_duration)
+        channel = Channel(
+            snowflake(),
+            GUILD_TEXT,
+            guild.id,
+            name,
+            overwrites=overwrites or [],
+            position=position,
+            default_auto_archive_duration=default_auto_archive_duration,
+        )
         self.channels[channel.id] = channel
         return channel
 
-    def add_thread(self, parent: Channel, name: str, *, owner: User, thread_id: int | None = None,
-                   private: bool = False, auto_archive_duration: int | None = None) -> Channel:
+    def add_thread(
+        self,
+        parent: Channel,
+        name: str,
+        *,
+        owner: User,
+        thread_id: int | None = None,
+        private: bool = False,
+        auto_archive_duration: int | None = None,
+    ) -> Channel:
         """A thread; without `auto_archive_duration` it takes the parent's default (Discord: 1440 if unset)."""
         duration = auto_archive_duration or parent.default_auto_archive_duration or DEFAULT_ARCHIVE_DURATION
-        thread = Channel(thread_id or snowflake(), PRIVATE_THREAD if private else PUBLIC_THREAD,
-                         parent.guild_id, name, parent_id=parent.id, owner_id=owner.id,
-                         auto_archive_duration=duration)
+        thread = Channel(
+            thread_id or snowflake(),
+            PRIVATE_THREAD if private else PUBLIC_THREAD,
+            parent.guild_id,
+            name,
+            parent_id=parent.id,
+            owner_id=owner.id,
+            auto_archive_duration=duration,
+        )
         self.channels[thread.id] = thread
         return thread
 
@@ -424,8 +518,9 @@ class World:
         self.dm_by_user[user.id] = channel.id
         return channel
 
-    def store_blob(self, channel_id: int, filename: str, data: bytes, content_type: str,
-                   description: str | None = None) -> Attachment:
+    def store_blob(
+        self, channel_id: int, filename: str, data: bytes, content_type: str, description: str | None = None
+    ) -> Attachment:
         aid = snowflake()
         url = f"{self.cdn_base}/attachments/{channel_id}/{aid}/{filename}"
         attachment = Attachment(aid, filename, data, content_type, url, description)
@@ -472,8 +567,7 @@ class World:
         return perms
 
     # ------------------------------------------------------------------ mentions
-    def resolve_mentions(self, message: Message, allowed: dict[str, Any] | None,
-                         replied: Message | None) -> None:
+    def resolve_mentions(self, message: Message, allowed: dict[str, Any] | None, replied: Message | None) -> None:
         """Fill in who the message mentions, the way Discord applies `allowed_mentions`.
 
         `allowed=None` is Discord's default: everything in the content pings (and a reply pings its
@@ -492,12 +586,10 @@ class World:
         if replied is not None and (allowed is None or allowed.get("replied_user", False)):
             if all(u.id != replied.author.id for u in users):
                 users.append(replied.author)
-        roles = [int(r) for r in _ROLE_MENTION.findall(content)
-                 if "roles" in parse or int(r) in allowed_roles]
+        roles = [int(r) for r in _ROLE_MENTION.findall(content) if "roles" in parse or int(r) in allowed_roles]
         channel = self.channels.get(message.channel_id)
         may_everyone = channel is not None and bool(self.permissions(channel, message.author) & MENTION_EVERYONE)
-        everyone = ("everyone" in parse and may_everyone
-                    and ("@everyone" in content or "@here" in content))
+        everyone = "everyone" in parse and may_everyone and ("@everyone" in content or "@here" in content)
         message.mentions, message.mention_roles, message.mention_everyone = users, roles, everyone
 
     def pinged(self, message: Message) -> bool:
@@ -509,14 +601,22 @@ class World:
         guild = self.guilds.get(message.guild_id) if message.guild_id else None
         author = message.author
         data: dict[str, Any] = {
-            "id": str(message.id), "channel_id": str(message.channel_id), "type": message.type,
-            "author": author.payload(), "content": message.content, "timestamp": message.timestamp,
-            "edited_timestamp": message.edited_timestamp, "tts": False,
+            "id": str(message.id),
+            "channel_id": str(message.channel_id),
+            "type": message.type,
+            "author": author.payload(),
+            "content": message.content,
+            "timestamp": message.timestamp,
+            "edited_timestamp": message.edited_timestamp,
+            "tts": False,
             "mention_everyone": message.mention_everyone,
             "mentions": [self._mention_payload(guild, u) for u in message.mentions],
             "mention_roles": [str(r) for r in message.mention_roles],
-            "attachments": [a.payload() for a in message.attachments], "embeds": message.embeds,
-            "components": message.components, "pinned": False, "flags": message.flags,
+            "attachments": [a.payload() for a in message.attachments],
+            "embeds": message.embeds,
+            "components": message.components,
+            "pinned": False,
+            "flags": message.flags,
         }
         if guild is not None:
             data["guild_id"] = str(guild.id)
@@ -530,14 +630,19 @@ class World:
             data["message_reference"] = message.reference
             if referenced:
                 ref = self.messages.get(int(message.reference["message_id"]))
-                data["referenced_message"] = (self.message_payload(ref, referenced=False)
-                                              if ref and not ref.deleted else None)
+                data["referenced_message"] = (
+                    self.message_payload(ref, referenced=False) if ref and not ref.deleted else None
+                )
         if message.interaction is not None:
             inter = message.interaction
             data["interaction_metadata"] = {
-                "id": str(inter.id), "type": inter.type, "user": inter.user.payload(),
-                "authorizing_integration_owners": {"0": str(inter.guild_id)} if inter.guild_id else {"1": str(
-                    inter.user.id)}}
+                "id": str(inter.id),
+                "type": inter.type,
+                "user": inter.user.payload(),
+                "authorizing_integration_owners": {"0": str(inter.guild_id)}
+                if inter.guild_id
+                else {"1": str(inter.user.id)},
+            }
         return data
 
     def _mention_payload(self, guild: Guild | None, user: User) -> dict[str, Any]:
@@ -550,27 +655,67 @@ class World:
     def guild_payload(self, guild: Guild) -> dict[str, Any]:
         channels = [c for c in self.channels.values() if c.guild_id == guild.id]
         return {
-            "id": str(guild.id), "name": guild.name, "icon": None, "splash": None, "discovery_splash": None,
-            "owner_id": str(guild.owner_id), "afk_channel_id": None, "afk_timeout": 300,
-            "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
-            "roles": [r.payload() for r in guild.roles.values()], "emojis": [], "stickers": [],
-            "features": [], "mfa_level": 0, "application_id": None, "system_channel_id": None,
-            "system_channel_flags": 0, "rules_channel_id": None, "vanity_url_code": None,
-            "description": None, "banner": None, "premium_tier": 0, "premium_subscription_count": 0,
-            "preferred_locale": guild.preferred_locale, "public_updates_channel_id": None,
-            "nsfw_level": 0, "premium_progress_bar_enabled": False, "max_members": 500000,
+            "id": str(guild.id),
+            "name": guild.name,
+            "icon": None,
+            "splash": None,
+            "discovery_splash": None,
+            "owner_id": str(guild.owner_id),
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "roles": [r.payload() for r in guild.roles.values()],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "mfa_level": 0,
+            "application_id": None,
+            "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "vanity_url_code": None,
+            "description": None,
+            "banner": None,
+            "premium_tier": 0,
+            "premium_subscription_count": 0,
+            "preferred_locale": guild.preferred_locale,
+            "public_updates_channel_id": None,
+            "nsfw_level": 0,
+            "premium_progress_bar_enabled": False,
+            "max_members": 500000,
             "safety_alerts_channel_id": None,
             # GUILD_CREATE extras
-            "joined_at": iso_now(), "large": False, "unavailable": False, "member_count": len(guild.members),
-            "voice_states": [], "members": [m.payload() for m in guild.members.values()],
+            "joined_at": iso_now(),
+            "large": False,
+            "unavailable": False,
+            "member_count": len(guild.members),
+            "voice_states": [],
+            "members": [m.payload() for m in guild.members.values()],
             "channels": [c.payload() for c in channels if not c.is_thread],
             "threads": [c.payload() for c in channels if c.is_thread and not c.archived],
-            "presences": [], "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
         }
 
     def guild_rest_payload(self, guild: Guild) -> dict[str, Any]:
         data = self.guild_payload(guild)
-        for key in ("joined_at", "large", "unavailable", "member_count", "voice_states", "members", "channels",
-                    "threads", "presences", "stage_instances", "guild_scheduled_events", "soundboard_sounds"):
+        for key in (
+            "joined_at",
+            "large",
+            "unavailable",
+            "member_count",
+            "voice_states",
+            "members",
+            "channels",
+            "threads",
+            "presences",
+            "stage_instances",
+            "guild_scheduled_events",
+            "soundboard_sounds",
+        ):
             data.pop(key, None)
         return data

@@ -39,8 +39,7 @@ from typing import Any
 USER = "<agent-code>"
 SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 MAGIC = {"image/png": b"\x89PNG", "image/jpeg": b"\xff\xd8", "image/gif": b"GIF8"}
-SPAWN = {"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen",
-         "pty.spawn"}
+SPAWN = {"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen", "pty.spawn"}
 
 
 class Blocked(PermissionError):
@@ -53,8 +52,13 @@ class BlockedImport(ImportError):
 
 def plain_name(name: object) -> bool:
     """One path component that stays in the working directory (the worker's names are safe already)."""
-    return (isinstance(name, str) and 0 < len(name) <= 255 and name not in (".", "..") and "/" not in name
-            and "\x00" not in name)
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and name not in (".", "..")
+        and "/" not in name
+        and "\x00" not in name
+    )
 
 
 def copy_files(files: list[list[str]]) -> None:
@@ -75,8 +79,14 @@ def copy_files(files: list[list[str]]) -> None:
 
 
 def set_limits(lim: dict[str, int]) -> None:
-    for name, value in (("RLIMIT_CPU", lim["cpu"]), ("RLIMIT_AS", lim["memory"]), ("RLIMIT_NPROC", lim["nproc"]),
-                        ("RLIMIT_FSIZE", lim["fsize"]), ("RLIMIT_NOFILE", lim["nofile"]), ("RLIMIT_CORE", 0)):
+    for name, value in (
+        ("RLIMIT_CPU", lim["cpu"]),
+        ("RLIMIT_AS", lim["memory"]),
+        ("RLIMIT_NPROC", lim["nproc"]),
+        ("RLIMIT_FSIZE", lim["fsize"]),
+        ("RLIMIT_NOFILE", lim["nofile"]),
+        ("RLIMIT_CORE", 0),
+    ):
         resource.setrlimit(getattr(resource, name), (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead of killing
 
@@ -228,7 +238,7 @@ def send_figures(fd: int, figures: list[tuple[str, str, bytes]], notes: list[str
     payload = json.dumps(header).encode() + b"\n" + b"".join(d for _, _, d in figures)
     view = memoryview(payload)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def main(config_path: str) -> None:
