@@ -675,3 +675,37 @@ def test_root_fallback_holds_with_one_thread(secret_file: tuple[Path, str], redi
     out = result.stdout
     assert "refused thread" in out and "fork -1" in out and "refused file" in out and "refused net" in out, out
     assert "caps (0, 0, 0, 0, 0, 0)" in out and value not in result.for_model()
+
+
+def test_a_host_that_gains_bubblewrap_gets_python_back_without_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed probe is remembered for RECHECK_S (no bwrap run per agent task), then tried again: here
+    bubblewrap "gets installed" (a link appears where SANDBOX_BWRAP points) and the same Sandbox object runs
+    code in it.  SANDBOX_ISOLATION=off is never re-probed."""
+    from models.sandbox import core
+
+    real = shutil.which("bwrap")
+    if real is None:
+        pytest.skip("needs bwrap to install")
+    sandbox_or_skip(SandboxLimits())  # this machine can run the sandbox at all (fails under SANDBOX_TESTS_REQUIRE)
+    # Not pytest's tmp_path: a root worker starts bubblewrap as nobody, who cannot walk a 0700 directory.
+    root = Path(tempfile.mkdtemp(prefix="bwrap-install-"))
+    root.chmod(0o755)
+    try:
+        where = root / "bin" / "bwrap"
+        box = Sandbox(SandboxLimits(bwrap=str(where)))
+        with pytest.raises(SandboxUnavailable, match="not installed"):
+            _ = box.isolation
+        where.parent.mkdir(mode=0o755)
+        where.symlink_to(real)
+        with pytest.raises(SandboxUnavailable, match="not installed"):  # within RECHECK_S: the failure is kept
+            _ = box.isolation
+        monkeypatch.setattr(core, "RECHECK_S", 0.0)
+        assert box.isolation == "bubblewrap"
+        result = box.run("print(6 * 7)")
+        assert result.ok and result.stdout.strip() == "42", result.for_model()
+        off = Sandbox(SandboxLimits(isolation="off"))
+        for _ in range(2):
+            with pytest.raises(SandboxUnavailable, match="switched off"):
+                _ = off.isolation
+    finally:
+        shutil.rmtree(root)

@@ -165,6 +165,9 @@ def _parent_of(pid: int) -> int | None:
     return None
 
 
+RECHECK_S = 60.0  # a host that could not run bubblewrap is probed again after this long (see Sandbox.isolation)
+
+
 class Sandbox:
     """Runs code snippets; thread-safe (each run has its own directory and process tree)."""
 
@@ -176,14 +179,26 @@ class Sandbox:
         self.python = python or sys.executable
         self._isolation: str | None = None
         self._unavailable: SandboxUnavailable | None = None
+        self._failed_at = 0.0  # monotonic time of the last failed probe
         self._lock = threading.Lock()
         self.as_root = False  # a root worker's fallback where nobody gets no user namespace (see _resolve)
 
     # ------------------------------------------------------------------ configuration
     @property
     def isolation(self) -> str:
-        """The isolation in force ("bubblewrap"); raises SandboxUnavailable where there is none (checked once)."""
+        """The isolation in force ("bubblewrap"); raises SandboxUnavailable where there is none.
+
+        A success is kept for the process.  A failure is kept for RECHECK_S, then probed again: the usual causes
+        are fixed on a running host (bubblewrap installed, user namespaces allowed, a container's seccomp
+        profile changed), and the Python tool should come back without a worker restart.  A configuration that
+        switches it off (SANDBOX_ISOLATION=off) is not a failure of the host and is never re-probed."""
         with self._lock:
+            if (
+                self._unavailable is not None
+                and self.limits.isolation == "bubblewrap"
+                and time.monotonic() - self._failed_at >= RECHECK_S
+            ):
+                self._unavailable = None  # probe again
             if self._isolation is None and self._unavailable is None:
                 try:
                     self._isolation = self._resolve()
@@ -195,9 +210,12 @@ class Sandbox:
                             self.limits.disk_mb,
                         )
                 except SandboxUnavailable as exc:
-                    self._unavailable = exc
-                    if self.announce:
+                    again = self._failed_at > 0
+                    self._unavailable, self._failed_at = exc, time.monotonic()
+                    if self.announce and not again:
                         log.error("sandbox: UNAVAILABLE — the Python tool is off: %s", exc)
+                    elif self.announce:
+                        log.warning("sandbox: still unavailable: %s", exc)
             if self._unavailable is not None:
                 raise self._unavailable
             assert self._isolation is not None
