@@ -126,11 +126,7 @@ class ToolAgent(StepAgent):
                 return
             thought = text.strip()
             if not calls:
-                if not thought:
-                    yield {"type": "note", "turn": turn, "title": "Note", "text": "The model returned an empty answer."}
-                    yield {"type": "answer", "turn": turn, "title": "Answer", "text": "", "empty": True}
-                    return
-                yield {"type": "answer", "turn": turn, "title": "Answer", "text": thought}
+                yield from self.answer(turn, thought)
                 return
             if thought:
                 yield {"type": "thought", "turn": turn, "title": "Thought", "text": thought}

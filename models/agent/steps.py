@@ -102,11 +102,7 @@ class StepAgent(Internlm2Agent):
                 name, thought, action = "malformed", response.split(ACTION_START)[0], None
             thought = (thought or "").strip()
             if not name:
-                if not thought:
-                    yield {"type": "note", "turn": turn, "title": "Note", "text": "The model returned an empty answer."}
-                    yield {"type": "answer", "turn": turn, "title": "Answer", "text": "", "empty": True}
-                    return
-                yield {"type": "answer", "turn": turn, "title": "Answer", "text": thought}
+                yield from self.answer(turn, thought)
                 return
             if thought:
                 yield {"type": "thought", "turn": turn, "title": "Thought", "text": thought}
@@ -143,6 +139,15 @@ class StepAgent(Internlm2Agent):
             "limit": "turns",
             "text": f"Stopped after {self.max_turn} steps without a final answer (AGENT_MAX_TURNS).",
         }
+
+    @staticmethod
+    def answer(turn: int, text: str) -> Iterator[dict[str, Any]]:
+        """The steps that end a run with the model's answer (both protocols): an empty one is said to be empty."""
+        if not text:
+            yield {"type": "note", "turn": turn, "title": "Note", "text": "The model returned an empty answer."}
+            yield {"type": "answer", "turn": turn, "title": "Answer", "text": "", "empty": True}
+        else:
+            yield {"type": "answer", "turn": turn, "title": "Answer", "text": text}
 
     def _check_call(self, name: str, action: Any) -> tuple[str, dict[str, Any]]:
         """What is wrong with a parsed call ('' if nothing), and the call as {"name", "parameters"}; an
