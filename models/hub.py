@@ -49,6 +49,7 @@ from .hub_files import (  # re-exported: models.hub is where callers and tests f
     _origin,
     _size,
     parse_reference,
+    pick_cached,
     pick_files,
     reachable,
     verify,
@@ -190,15 +191,7 @@ class Hub(BaseHub):
         storage = self.cache_root / ("models--" + ref.repo_id.replace("/", "--"))
         commit_file = storage / "refs" / ref.revision
         commit = commit_file.read_text().strip() if commit_file.is_file() else ref.revision
-        snapshot = storage / "snapshots" / commit
-        if not snapshot.is_dir():
-            return None
-        names = [str(p.relative_to(snapshot)).replace("\\", "/") for p in snapshot.rglob("*") if p.is_file()]
-        try:
-            parts = pick_files(ref, names, projector=projector)
-        except HubError:
-            return None
-        return snapshot / parts[0]
+        return pick_cached(storage / "snapshots" / commit, ref, projector=projector)
 
     # ------------------------------------------------------------------ fetching
     def list_files(self, ref: HubReference) -> list[RemoteFile]:

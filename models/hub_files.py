@@ -153,6 +153,18 @@ class BaseHub:
         return paths[0]
 
 
+def pick_cached(folder: Path, ref: HubReference, *, projector: bool = False) -> Path | None:
+    """The file `ref` names among those already in a hub's cache folder, or None (a cache miss, not an error)."""
+    if not folder.is_dir():
+        return None
+    names = [str(p.relative_to(folder)).replace("\\", "/") for p in folder.rglob("*") if p.is_file()]
+    try:
+        parts = pick_files(ref, names, projector=projector)
+    except HubError:
+        return None
+    return folder / parts[0]
+
+
 def pick_files(ref: HubReference, names: list[str], *, projector: bool = False) -> list[str]:
     """The files a reference means among a repository's file names, the model first (llama.cpp's `-hf` rules);
     with `projector`, the one mmproj GGUF it means."""

@@ -40,7 +40,7 @@ from .hub_files import (
     Transfer,
     _describe,
     _size,
-    pick_files,
+    pick_cached,
     reachable,
     verify,
 )
@@ -101,15 +101,7 @@ class ModelScopeHub(BaseHub):
         return None
 
     def cached(self, ref: HubReference, *, projector: bool = False) -> Path | None:
-        folder = self.model_dir(ref)
-        if not folder.is_dir():
-            return None
-        names = [str(p.relative_to(folder)).replace("\\", "/") for p in folder.rglob("*") if p.is_file()]
-        try:
-            parts = pick_files(ref, names, projector=projector)
-        except HubError:
-            return None
-        return folder / parts[0]
+        return pick_cached(self.model_dir(ref), ref, projector=projector)
 
     # ------------------------------------------------------------------ the two calls
     def list_files(self, ref: HubReference) -> list[RemoteFile]:
