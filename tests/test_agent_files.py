@@ -10,7 +10,6 @@ each given only once the prompt holds what the turn before must have produced (`
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -19,18 +18,17 @@ from test_agent import steps
 from test_agent_replay import env_turn, prompt_turns
 
 from handlers.agent import AgentHandler
-from handlers.chat import ChatHandler, Update
-from handlers.history import HistoryStore
+from handlers.chat import Update
 from handlers.images import Attachment
-from handlers.overrides import ConfStore
 from handlers.text_files import TextFile, TextFileIntake, TextFileRefused
-from models.engines.openai import OpenAIEngine
 from models.protocol import Bus
 from models.protocol.keys import KEYS
 from models.sandbox import Sandbox, SandboxLimits
 from models.settings import Settings
 from models.untrusted import CONTROL_TOKENS
 from models.worker import Worker
+from tests.agent_support import agent_handler
+from tests.agent_support import openai_worker as serving
 from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI, ReplayTurn
 from tests.sandbox_support import sandbox_or_skip
 
@@ -55,20 +53,13 @@ async def server() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 def agent(settings: Settings, bus: Bus) -> AgentHandler:
-    settings.agent_arxiv = False
-    settings.agent_timeout = 90
-    return AgentHandler(ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings))
+    return agent_handler(settings, bus)
 
 
 @pytest.fixture
 async def worker(settings: Settings, bus: Bus, server: FakeOpenAI) -> AsyncIterator[Worker]:
-    engine = OpenAIEngine(base_url=server.base_url, chat_model=MODEL)
-    serving = Worker(settings, bus, engine, worker_id="files-worker")
-    task = asyncio.create_task(serving.run())
-    yield serving
-    serving.stop()
-    await asyncio.wait_for(task, 30)
-    await engine.close()
+    async with serving(settings, bus, server.base_url, MODEL, "files-worker") as running:
+        yield running
 
 
 @pytest.fixture

@@ -36,9 +36,8 @@ from test_agent import last_environment, steps
 from test_arxiv import AtomServer, feed_of
 
 from handlers.agent import AgentHandler, format_step
-from handlers.chat import ChatHandler, Update
+from handlers.chat import Update
 from handlers.history import HistoryStore, Turn
-from handlers.overrides import ConfStore
 from models.agent.parsing import PluginCallError, extract_code, parse_plugin_call
 from models.engines.openai import OpenAIEngine
 from models.jobs import agent as runner
@@ -47,6 +46,8 @@ from models.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 from models.settings import Settings
 from models.untrusted import CONTROL_TOKENS, JOINER
 from models.worker import Worker
+from tests.agent_support import agent_handler
+from tests.agent_support import openai_worker as serving
 from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI, ReplayTurn
 from tests.sandbox_support import sandbox_or_skip
 
@@ -106,21 +107,13 @@ async def server() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 def agent(settings: Settings, bus: Bus) -> AgentHandler:
-    settings.agent_arxiv = False
-    settings.agent_timeout = 90
-    settings.agent_protocol = "internlm2"  # what these recordings are; `auto` would pick tools on ENGINE=openai
-    return AgentHandler(ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings))
+    return agent_handler(settings, bus, "internlm2")  # what these recordings are
 
 
 @pytest.fixture
 async def openai_worker(settings: Settings, bus: Bus, server: FakeOpenAI) -> AsyncIterator[Worker]:
-    engine = OpenAIEngine(base_url=server.base_url, chat_model=MODEL)
-    worker = Worker(settings, bus, engine, worker_id="replay-worker")
-    task = asyncio.create_task(worker.run())
-    yield worker
-    worker.stop()
-    await asyncio.wait_for(task, 30)
-    await engine.close()
+    async with serving(settings, bus, server.base_url, MODEL, "replay-worker") as worker:
+        yield worker
 
 
 @pytest.fixture

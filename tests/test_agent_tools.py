@@ -27,16 +27,14 @@ from test_agent_replay import FORGED, NoIsolation, recorded_papers, run
 from test_arxiv import AtomServer, feed_of
 
 from handlers.agent import AgentHandler
-from handlers.chat import ChatHandler
-from handlers.history import HistoryStore
-from handlers.overrides import ConfStore
-from models.engines.openai import OpenAIEngine
 from models.jobs import agent as runner
 from models.protocol import Bus
 from models.sandbox import Sandbox, SandboxLimits
 from models.settings import Settings
 from models.untrusted import CONTROL_TOKENS, JOINER
 from models.worker import Worker
+from tests.agent_support import agent_handler
+from tests.agent_support import openai_worker as serving
 from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI, ReplayTurn
 from tests.sandbox_support import sandbox_or_skip
 
@@ -55,21 +53,13 @@ async def server() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 def agent(settings: Settings, bus: Bus) -> AgentHandler:
-    settings.agent_arxiv = False
-    settings.agent_timeout = 90
-    settings.agent_protocol = "tools"
-    return AgentHandler(ChatHandler(bus, HistoryStore(bus.redis), ConfStore(bus.redis, settings), settings))
+    return agent_handler(settings, bus, "tools")
 
 
 @pytest.fixture
 async def worker(settings: Settings, bus: Bus, server: FakeOpenAI, agent: AgentHandler) -> AsyncIterator[Worker]:
-    engine = OpenAIEngine(base_url=server.base_url, chat_model=MODEL)
-    serving = Worker(settings, bus, engine, worker_id="tools-worker")
-    task = asyncio.create_task(serving.run())
-    yield serving
-    serving.stop()
-    await asyncio.wait_for(task, 30)
-    await engine.close()
+    async with serving(settings, bus, server.base_url, MODEL, "tools-worker") as running:
+        yield running
 
 
 @pytest.fixture
