@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from models.settings import Settings
+from models.untrusted import fence_for  # the same rule as the worker's prompts (file and note text)
 
 from .images import Attachment
 from .types import CodedRefusal, InputError
@@ -119,12 +120,6 @@ def decode(data: bytes, name: str) -> tuple[str, str]:
     if not text.strip():
         raise TextFileRefused("empty", name=name)
     return text, encoding
-
-
-def fence_for(text: str) -> str:
-    """A backtick fence longer than any run inside the text, so the file cannot close its own block."""
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
 
 
 def render(files: Sequence[TextFile]) -> str:

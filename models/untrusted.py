@@ -72,3 +72,10 @@ def inert(text: str, extra: Collection[str] = ()) -> str:
     if pattern.search(text) is None:
         return text
     return pattern.sub(_break, text)
+
+
+def fence_for(text: str) -> str:
+    """A backtick fence longer than any run inside `text`, so quoted file or note text cannot close its own block
+    (and what follows it in the prompt cannot pass for the file's content)."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)

@@ -19,11 +19,11 @@ from handlers.text_files import (
     TextFileIntake,
     TextFileRefused,
     decode,
-    fence_for,
     is_text_file,
     render,
 )
 from models.settings import Settings
+from models.untrusted import fence_for
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 

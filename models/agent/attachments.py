@@ -14,20 +14,15 @@ instead, within TEXT_FILE_MAX_CHARS, so the agent can still read it.  All of it 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..context import JobContext, JobError
 from ..sandbox import FilesRefused, SandboxLimits, check_files, unique_names
+from ..untrusted import fence_for
 
 PREVIEW_LINES = 5
 PREVIEW_LINE_CHARS = 200
-
-
-def _fence(text: str) -> str:
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
 
 
 async def load_files(ctx: JobContext) -> dict[str, bytes]:
@@ -84,7 +79,7 @@ def files_note(files: Mapping[str, bytes], *, python: bool, budget: int) -> str:
             cut = len(text) - len(shown)
             more = f"\n[cut here: {cut:,} more characters not shown]" if cut else ""
             head = f"File: {name}"
-        fence = _fence(shown)
+        fence = fence_for(shown)
         parts.append(f"{head}\n{fence}\n{shown}\n{fence}{more}")
     return "\n\n".join(parts)
 

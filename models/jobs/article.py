@@ -52,7 +52,7 @@ from typing import Any
 from ..context import BadPayload, JobContext, JobError
 from ..engines.base import ChatMessage, Engine, GenParams, ImageInput, VisionUnsupported
 from ..engines.families import XCOMPOSER, model_family
-from ..untrusted import inert
+from ..untrusted import fence_for, inert
 from .chat import NO_VISION
 
 # The meta instructions of XComposer's composition demo (text-only and multimodal variants).
@@ -302,10 +302,6 @@ def layout_text(blocks: list[dict[str, Any]], image_numbers: dict[str, int] | No
 NOTES_MARGIN = 64  # tokens kept free besides the prompt, the notes and the article
 
 
-def _fence(text: str) -> str:
-    return "`" * max(3, max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
-
-
 def fit_notes(
     engine: Engine, notes: list[dict[str, Any]], budget: int, special: frozenset[str] | tuple[str, ...] = ()
 ) -> tuple[str, list[dict[str, Any]]]:
@@ -317,7 +313,7 @@ def fit_notes(
     for note in notes:
         raw, name = note["text"], inert(note["name"], special)
         total = max(int(note.get("total") or 0), len(raw))
-        fence = _fence(raw)
+        fence = fence_for(raw)
         frame = f"File: {name}\n{fence}\n\n{fence}\n[cut here: {total:,} more characters not shown]"
         room = left - engine.count_tokens(frame)  # the header, fences and cut note take their share
         size, tokens = len(raw), engine.count_tokens(inert(raw, special))
