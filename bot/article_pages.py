@@ -16,7 +16,7 @@ from typing import Any
 
 import discord
 
-from handlers.article import split_text
+from handlers.article import shown_blocks, split_text
 
 from .layouts import MAX_GALLERY_ITEMS, V2_MAX_COMPONENTS, V2_TEXT_LIMIT
 
@@ -92,14 +92,11 @@ def plan_pages(
 
     if header.strip():
         add_text(header)
-    for block in layout:
-        kind = block.get("type")
-        if kind == "text" and block.get("text"):
-            add_text(str(block["text"]))
-        elif kind == "caption" and block.get("text"):
-            add_text(f"*🖼️ {block['text']}*")
-        elif kind == "image" and block.get("ref"):
-            add_image(str(block["ref"]))
+    for kind, shown in shown_blocks(layout):
+        if kind == "text":
+            add_text(shown)
+        else:
+            add_image(str(shown["ref"]))
     return [page for page in pages if page.items]
 
 

@@ -9,7 +9,7 @@ Discord types, so the console and tests use the same plan.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,19 @@ def split_text(text: str, limit: int) -> list[str]:
     return pieces
 
 
+def shown_blocks(layout: Sequence[dict[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """The worker's layout as what is shown, in order: ("text", paragraph or italic caption suggestion) and
+    ("image", block) — one reading for the plain posts here and the Components V2 pages (bot/article_pages.py)."""
+    for block in layout:
+        kind = block.get("type")
+        if kind == "text" and block.get("text"):
+            yield "text", str(block["text"])
+        elif kind == "caption" and block.get("text"):
+            yield "text", f"*🖼️ {block['text']}*"
+        elif kind == "image" and block.get("ref"):
+            yield "image", block
+
+
 def plan_posts(
     layout: Sequence[dict[str, Any]],
     title: str = "",
@@ -128,14 +141,11 @@ def plan_posts(
                 flush()
             current.append(piece)
 
-    for block in layout:
-        kind = block.get("type")
-        if kind == "text" and block.get("text"):
-            add(str(block["text"]))
-        elif kind == "caption" and block.get("text"):
-            add(f"*🖼️ {block['text']}*")
-        elif kind == "image" and block.get("ref"):  # several images after one paragraph: one post each
-            number = block.get("number")
-            flush(str(block["ref"]), number if isinstance(number, int) else None)
+    for kind, shown in shown_blocks(layout):
+        if kind == "text":
+            add(shown)
+        else:  # several images after one paragraph: one post each
+            number = shown.get("number")
+            flush(str(shown["ref"]), number if isinstance(number, int) else None)
     flush()
     return posts
