@@ -3,8 +3,9 @@
 Why: a bot process holds ~100,000 long-lived objects once discord.py, redis-py, the cogs and the settings are
 imported and built (modules, functions, classes, caches).  None of them will ever be garbage, yet every
 full (generation-2) collection walks them all: on the 2-core development machine one full collection took
-100–140 ms, in the middle of a burst of replies, so whichever replies were in flight waited for it (P1 at 32
-channels: p99 236 → 158 ms with this alone, docs/performance.md).  `gc.freeze()` moves every object alive
+100–140 ms, in the middle of a burst of replies, so whichever replies were in flight waited for it.  With the
+freeze the longest pause in P1 at 32 channels fell to 26–39 ms; p99 alone moved within the noise (228/221 →
+192/234 ms, docs/performance.md, "What changed").  `gc.freeze()` moves every object alive
 now into a permanent generation the collector never scans; objects made later (replies, messages, jobs) are
 collected as before, and a full collection only walks those.
 
