@@ -18,7 +18,6 @@ Faults a test can switch on: cut the next body after N bytes (once), serve bytes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -27,38 +26,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakehub import HostedFile  # a file's bytes, size and sha256: the same for either hub
+
 _FILES = re.compile(r"^/api/v1/models/(?P<repo>[^/]+/[^/]+)/repo/files$")
 _FILE = re.compile(r"^/api/v1/models/(?P<repo>[^/]+/[^/]+)/repo$")
 _MODEL = re.compile(r"^/api/v1/models/(?P<repo>[^/]+/[^/]+)$")
 _RANGE = re.compile(r"^bytes=(?P<start>\d+)-(?P<end>\d*)$")
-
-
-@dataclass
-class Hosted:
-    path: str
-    source: Path | None = None
-    data: bytes = b""
-    sha256: str = ""
-    size: int = 0
-
-    def __post_init__(self) -> None:
-        digest = hashlib.sha256()
-        if self.source is not None:
-            with self.source.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            self.size = self.source.stat().st_size
-        else:
-            digest.update(self.data)
-            self.size = len(self.data)
-        self.sha256 = digest.hexdigest()
-
-    def read(self, start: int, end: int) -> bytes:
-        if self.source is None:
-            return self.data[start:end]
-        with self.source.open("rb") as f:
-            f.seek(start)
-            return f.read(end - start)
 
 
 @dataclass
@@ -71,7 +44,7 @@ class Seen:
 
 @dataclass
 class FakeModelScope:
-    repos: dict[str, dict[str, Hosted]] = field(default_factory=dict)
+    repos: dict[str, dict[str, HostedFile]] = field(default_factory=dict)
     requests: list[Seen] = field(default_factory=list)
     cut_next_body_after: int | None = None
     corrupt: set[str] = field(default_factory=set)  # sha256s served with other bytes (same length)
@@ -79,8 +52,8 @@ class FakeModelScope:
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, repo_id: str, path: str, *, source: Path | None = None, data: bytes = b"") -> Hosted:
-        hosted = Hosted(path, source=source, data=data)
+    def add(self, repo_id: str, path: str, *, source: Path | None = None, data: bytes = b"") -> HostedFile:
+        hosted = HostedFile(path, source=source, data=data)
         self.repos.setdefault(repo_id, {})[path] = hosted
         return hosted
 
