@@ -823,7 +823,12 @@ class FakeDiscord:
     async def _edit_message(self, request: web.Request) -> web.Response:
         channel = self._channel(request)
         message = self._message(channel, request.match_info["message_id"])
-        if message.author.id != self.world.bot.id or message.webhook_id:
+        # An interaction's response is authored by the bot user, so the channel endpoint edits it like any of
+        # the bot's messages (what bots do once the 15-minute interaction token has expired); an ephemeral one
+        # exists only for its interaction and is not found here.
+        if message.flags & EPHEMERAL:
+            raise rules.unknown("message")
+        if message.author.id != self.world.bot.id:
             raise rules.NOT_AUTHOR
         self.apply_edit(message, request, request[PAYLOAD] or {})
         await self.dispatch_message(message, "MESSAGE_UPDATE")
