@@ -35,11 +35,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import json
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -372,3 +374,21 @@ class FakeOpenAI:
                 await asyncio.sleep(0.02)  # aiohttp offers no "client went away" event to wait on
         finally:
             self.disconnected.set()
+
+
+@contextlib.contextmanager
+def threaded(models: tuple[str, ...]) -> Iterator[FakeOpenAI]:
+    """The server on its own event loop in a thread, for tests that block on a subprocess (the console), served
+    the way lmdeploy serves InternLM2: special tokens skipped unless asked for, stop strings applied."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-openai", daemon=True)
+    thread.start()
+    fake = asyncio.run_coroutine_threadsafe(FakeOpenAI(models=models).start(), loop).result(10)
+    fake.skip_special, fake.apply_stop = INTERNLM2_SPECIAL, True
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -6,10 +6,8 @@ before reached the prompt."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from test_agent_replay import MATH, MODEL, math_turns
 from test_console import ROOT, assert_no_redis_left, console_env
 
 from models.sandbox import SandboxLimits
-from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI
+from tests.fakeopenai import FakeOpenAI, threaded
 from tests.sandbox_support import sandbox_or_skip
 
 pytestmark = pytest.mark.timeout(180)
@@ -27,16 +25,8 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def server() -> Iterator[FakeOpenAI]:
     """The replay server on its own event loop in a thread (the test itself blocks on the subprocess)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="fake-openai", daemon=True)
-    thread.start()
-    fake = asyncio.run_coroutine_threadsafe(FakeOpenAI(models=(MODEL,)).start(), loop).result(10)
-    fake.skip_special, fake.apply_stop = INTERNLM2_SPECIAL, True  # as lmdeploy serves it
-    yield fake
-    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with threaded((MODEL,)) as fake:
+        yield fake
 
 
 def test_console_runs_the_recorded_math_run(server: FakeOpenAI, tmp_path: Path) -> None:

@@ -5,10 +5,8 @@ file gets text_files.py's refusal and no model call."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from test_agent_replay import MODEL, env_turn
 from test_console import ROOT, assert_no_redis_left, console_env
 
 from models.sandbox import SandboxLimits
-from tests.fakeopenai import INTERNLM2_SPECIAL, FakeOpenAI, ReplayTurn
+from tests.fakeopenai import FakeOpenAI, ReplayTurn, threaded
 from tests.sandbox_support import sandbox_or_skip
 
 pytestmark = pytest.mark.timeout(180)
@@ -31,16 +29,8 @@ TOTAL = (
 @pytest.fixture
 def server() -> Iterator[FakeOpenAI]:
     """The replay server on its own event loop in a thread (the test itself blocks on the subprocess)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="fake-openai", daemon=True)
-    thread.start()
-    fake = asyncio.run_coroutine_threadsafe(FakeOpenAI(models=(MODEL,)).start(), loop).result(10)
-    fake.skip_special, fake.apply_stop = INTERNLM2_SPECIAL, True
-    yield fake
-    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with threaded((MODEL,)) as fake:
+        yield fake
 
 
 def test_console_agent_reads_the_file(server: FakeOpenAI, tmp_path: Path) -> None:
